@@ -1,0 +1,3 @@
+from authz.cli import main
+
+raise SystemExit(main())

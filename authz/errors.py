@@ -1,0 +1,152 @@
+"""The one exception tree of authz.
+
+Every leaf carries a stable snake_case ``reason`` (used in the deny body, the
+decision log and metric labels) and the HTTP ``status`` a request denied for it
+gets. Library errors are translated into these at the edge of each stage, so
+nothing past a stage sees a PyJWT or jsonschema exception.
+
+::
+
+    AuthzError
+    ├── PolicyError                      policy file could not be used (not a request error)
+    ├── RequestError              400    the request itself cannot be read
+    │   └── InvalidPath           400    invalid_path
+    ├── RouteError
+    │   ├── UndeclaredRoute       404    undeclared_route
+    │   └── MethodNotAllowed      405    method_not_allowed
+    ├── AuthenticationError       401    (WWW-Authenticate: Bearer error="invalid_token")
+    │   ├── MissingCredential     401    missing_credential   (no error= attribute, RFC 6750 3.1)
+    │   ├── MultipleCredentials   401    multiple_credentials
+    │   ├── InvalidToken          401    token_* reasons (malformed, algorithm, header, kid,
+    │   │                                signature, issuer, audience, expired, ...)
+    │   ├── InvalidApiKey         401    api_key_unknown / api_key_expired
+    │   └── InvalidPeerIdentity   401    peer_identity_invalid / untrusted_trust_domain
+    ├── AuthorizationError        403
+    │   ├── InsufficientScope     403    insufficient_scope   (error="insufficient_scope")
+    │   ├── ClaimMismatch         403    claim_mismatch
+    │   ├── SpiffeIdNotAllowed    403    spiffe_id_not_allowed
+    │   └── ProviderNotAllowed    403    provider_not_allowed
+    ├── DependencyError           503    jwks_unavailable
+    └── InternalError             500    internal_error
+"""
+
+from __future__ import annotations
+
+
+class AuthzError(Exception):
+    """Base of every error authz raises on purpose."""
+
+    status: int = 403
+    reason: str = "forbidden"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or (reason or self.reason))
+        self.detail = detail
+        if reason is not None:
+            self.reason = reason
+
+
+class PolicyError(AuthzError):
+    """A policy file (or a document it names) cannot be used.
+
+    ``problems`` holds one ``(location, message)`` pair per problem found, where the
+    location is ``file:line:column`` (or ``file`` plus a JSON path when no line is known).
+    """
+
+    reason = "invalid_policy"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+
+class RequestError(AuthzError):
+    status = 400
+    reason = "bad_request"
+
+
+class InvalidPath(RequestError):
+    reason = "invalid_path"
+
+
+class RouteError(AuthzError):
+    status = 404
+    reason = "undeclared_route"
+
+
+class UndeclaredRoute(RouteError):
+    status = 404
+    reason = "undeclared_route"
+
+
+class MethodNotAllowed(RouteError):
+    status = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__("method not allowed")
+        self.allowed = allowed
+
+
+class AuthenticationError(AuthzError):
+    status = 401
+    reason = "invalid_credential"
+    #: The RFC 6750 ``error`` attribute of the challenge; None leaves it out.
+    challenge_error: str | None = "invalid_token"
+
+
+class MissingCredential(AuthenticationError):
+    reason = "missing_credential"
+    challenge_error = None
+
+
+class MultipleCredentials(AuthenticationError):
+    reason = "multiple_credentials"
+    challenge_error = "invalid_request"
+
+
+class InvalidToken(AuthenticationError):
+    reason = "token_invalid"
+
+
+class InvalidApiKey(AuthenticationError):
+    reason = "api_key_unknown"
+
+
+class InvalidPeerIdentity(AuthenticationError):
+    reason = "peer_identity_invalid"
+
+
+class AuthorizationError(AuthzError):
+    status = 403
+    reason = "forbidden"
+
+
+class InsufficientScope(AuthorizationError):
+    reason = "insufficient_scope"
+
+    def __init__(self, required: tuple[str, ...]) -> None:
+        super().__init__("insufficient scope")
+        self.required = required
+
+
+class ClaimMismatch(AuthorizationError):
+    reason = "claim_mismatch"
+
+
+class SpiffeIdNotAllowed(AuthorizationError):
+    reason = "spiffe_id_not_allowed"
+
+
+class ProviderNotAllowed(AuthorizationError):
+    reason = "provider_not_allowed"
+
+
+class DependencyError(AuthzError):
+    status = 503
+    reason = "dependency_unavailable"
+
+
+class InternalError(AuthzError):
+    status = 500
+    reason = "internal_error"

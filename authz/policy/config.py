@@ -1,0 +1,123 @@
+"""Frozen, typed configuration: what a policy file says, after loading.
+
+The loader (:mod:`authz.policy.loader`) is the only place that sees raw YAML;
+everything past it uses these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODES = ("enforce", "monitor")
+UNDECLARED = ("deny", "monitor")
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProviderConfig:
+    """An OIDC/JWT issuer. Exactly one key source: jwks_uri, jwks_file or discovery."""
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_uri: str | None = None
+    jwks_file: str | None = None  # absolute path
+    discovery: bool = False
+    leeway: float = 30.0
+    max_lifetime: float = 3600.0
+    scope_claim: str = "scope"  # "scope" (space-separated string) or "scp" (array)
+    header: str = "authorization"  # the header that carries "Bearer <token>"
+    jwks_ttl: float = 300.0  # how long fetched keys are used before a refresh
+    jwks_refresh_interval: float = 30.0  # at most one unknown-kid refresh per interval
+    jwks_stale_ttl: float = 3600.0  # keep the last good keys this long while unreachable
+    jwks_timeout: float = 5.0
+    cache_size: int = 10_000  # verified-token cache entries
+    type: str = "jwt"
+
+
+@dataclass(frozen=True, slots=True)
+class MtlsProviderConfig:
+    """Service identities verified by Envoy's TLS handshake (SPIFFE IDs)."""
+
+    name: str
+    trust_domains: tuple[str, ...]
+    type: str = "mtls"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    sha256: str  # lower-case hex digest of the key; the key itself is never stored
+    owner: str
+    scopes: tuple[str, ...] = ()
+    expires_at: float | None = None  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyProviderConfig:
+    """Legacy API keys, governed: digests only, each with an owner and an expiry."""
+
+    name: str
+    header: str = "x-api-key"
+    keys: tuple[ApiKey, ...] = ()
+    type: str = "api_key"
+
+
+ProviderConfig = JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    path: str  # template, e.g. /v1/orders/{id} or /static/{rest=**}
+    methods: tuple[str, ...]  # upper case; ("*",) for any
+    hosts: tuple[str, ...] = ()  # empty: any host; "*.example.com" wildcards allowed
+    providers: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    claims: tuple[tuple[str, tuple[str, ...]], ...] = ()  # claim -> any of these values
+    spiffe_ids: tuple[str, ...] = ()  # exact SPIFFE IDs
+    spiffe_id_prefixes: tuple[str, ...] = ()
+    public: bool = False
+    mode: str | None = None  # None: the policy's mode
+    strip_credential: bool = False
+    location: str = ""  # file:line of the route, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderNames:
+    """Names of the identity headers the service sets for the upstream."""
+
+    subject: str = "x-authz-subject"
+    identity_type: str = "x-authz-identity-type"
+    issuer: str = "x-authz-issuer"
+    scopes: str = "x-authz-scopes"
+    provider: str = "x-authz-provider"
+    decision_id: str = "x-authz-decision-id"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.subject, self.identity_type, self.issuer, self.scopes, self.provider,
+            self.decision_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    version: str  # content hash of the policy file
+    source: str  # path of the policy file
+    mode: str = "enforce"
+    undeclared_routes: str = "deny"
+    realm: str = "authz"
+    headers: HeaderNames = field(default_factory=HeaderNames)
+    providers: tuple[ProviderConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
