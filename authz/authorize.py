@@ -1,0 +1,49 @@
+"""Authorization checks on a proven identity: scopes, claim values, SPIFFE IDs.
+
+Compiled per route at policy load into an :class:`Authorizer`; per request it
+does set operations only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authz.errors import ClaimMismatch, InsufficientScope, SpiffeIdNotAllowed
+from authz.model import Identity
+from authz.policy.config import RouteConfig
+
+
+def claim_texts(value: Any) -> frozenset[str]:
+    """A claim value as the set of strings it can match (lists match any member)."""
+    items = value if isinstance(value, list | tuple) else [value]
+    out = set()
+    for item in items:
+        if isinstance(item, bool):
+            out.add("true" if item else "false")
+        elif isinstance(item, str | int | float):
+            out.add(str(item))
+    return frozenset(out)
+
+
+class Authorizer:
+    __slots__ = ("_claims", "_scopes", "_scopes_text", "_spiffe_exact", "_spiffe_prefixes")
+
+    def __init__(self, route: RouteConfig) -> None:
+        self._scopes = frozenset(route.scopes)
+        self._scopes_text = tuple(sorted(route.scopes))
+        self._claims = tuple((name, frozenset(values)) for name, values in route.claims)
+        self._spiffe_exact = frozenset(route.spiffe_ids)
+        self._spiffe_prefixes = tuple(route.spiffe_id_prefixes)
+
+    def check(self, identity: Identity) -> None:
+        """Raise an AuthorizationError if the identity may not use the route."""
+        if self._scopes and not self._scopes <= identity.scopes:
+            raise InsufficientScope(self._scopes_text)
+        for name, allowed in self._claims:
+            value = identity.claims.get(name)
+            if value is None or not (claim_texts(value) & allowed):
+                raise ClaimMismatch(f"claim {name} does not hold an allowed value")
+        if identity.kind == "mtls" and (self._spiffe_exact or self._spiffe_prefixes):
+            sid = identity.subject
+            if sid not in self._spiffe_exact and not sid.startswith(self._spiffe_prefixes):
+                raise SpiffeIdNotAllowed("SPIFFE ID not allowed on this route")

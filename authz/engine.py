@@ -1,0 +1,368 @@
+"""PolicyEngine: runs the stages on a Request and returns a Decision.
+
+Stages, in order: canonical path -> route -> identity -> authorize. Each raises
+an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a Decision
+(status, challenge, JSON body), applies monitor mode, and writes exactly one
+decision record. ``check`` never raises.
+
+A :class:`CompiledPolicy` holds everything prepared at load (route table,
+providers, per-route plans, header lists); swapping it is one assignment, so a
+reload is atomic for every request that starts after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz.audit.sink import DecisionSink, NullSink
+from authz.authorize import Authorizer
+from authz.errors import (
+    AuthenticationError,
+    AuthzError,
+    InsufficientScope,
+    InternalError,
+    InvalidPath,
+    MethodNotAllowed,
+    MissingCredential,
+    UndeclaredRoute,
+)
+from authz.identity.base import Clock, Fetcher, IdentityProvider
+from authz.identity.registry import build_provider
+from authz.model import ANONYMOUS, Decision, Identity, Request
+from authz.paths import canonicalize
+from authz.policy.config import (
+    ApiKeyProviderConfig,
+    JwtProviderConfig,
+    PolicyConfig,
+    RouteConfig,
+)
+from authz.routing import Router
+
+log = logging.getLogger("authz.engine")
+
+MAX_UNDECLARED_SHAPES = 10_000
+_ID_SEGMENT = re.compile(
+    r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,})$"
+)
+
+
+def path_shape(path: str) -> str:
+    """Collapse numeric, UUID and long hex segments: /v1/users/42 -> /v1/users/{id}."""
+    return "/".join("{id}" if _ID_SEGMENT.match(seg) else seg for seg in path.split("/"))
+
+
+def _header_value(value: str) -> str:
+    """A value safe to put in an HTTP header (control characters percent-encoded)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(
+        c if (c.isascii() and c.isprintable()) else "".join(f"%{b:02X}" for b in c.encode())
+        for c in value
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """What the engine needs for one route, prepared at load."""
+
+    route: RouteConfig
+    providers: tuple[IdentityProvider, ...]
+    authorizer: Authorizer
+    monitor: bool
+    strip: tuple[str, ...]  # credential headers to remove upstream
+
+
+class CompiledPolicy:
+    """A loaded policy with its providers; ``start`` makes it ready to serve."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        *,
+        clock: Clock = time.time,
+        fetcher: Fetcher | None = None,
+    ) -> None:
+        self.config = config
+        self.version = config.version
+        self.router = Router(config.routes)
+        self.providers: dict[str, IdentityProvider] = {
+            p.name: build_provider(p, clock=clock, fetcher=fetcher) for p in config.providers
+        }
+        header_of = {
+            p.name: p.header
+            for p in config.providers
+            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+        }
+        global_monitor = config.mode == "monitor"
+        self.plans: dict[str, RoutePlan] = {}
+        for route in config.routes:
+            strip: tuple[str, ...] = ()
+            if route.strip_credential:
+                strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
+            self.plans[route.name] = RoutePlan(
+                route=route,
+                providers=tuple(self.providers[n] for n in route.providers),
+                authorizer=Authorizer(route),
+                monitor=global_monitor if route.mode is None else route.mode == "monitor",
+                strip=strip,
+            )
+        self.global_monitor = global_monitor
+        self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
+        names = config.headers
+        self.identity_headers = names.all()
+        self.realm = config.realm.replace('"', "")
+
+    async def start(self) -> None:
+        await asyncio.gather(*(p.start() for p in self.providers.values()))
+
+    def ready(self) -> bool:
+        return all(p.ready() for p in self.providers.values())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+
+
+class PolicyEngine:
+    """Decides requests against the current policy; swap() replaces it atomically."""
+
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        *,
+        sink: DecisionSink | None = None,
+        clock: Clock = time.time,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._sink = sink or NullSink()
+        self._clock = clock
+        prefix = os.urandom(6).hex()
+        counter = itertools.count(1)
+        self._new_id = id_factory or (lambda: f"{prefix}-{next(counter):x}")
+        self.undeclared: dict[tuple[str, str], int] = {}
+        self.decisions: dict[str, int] = {}
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    def swap(self, policy: CompiledPolicy) -> CompiledPolicy:
+        """Make ``policy`` current; return the one it replaced."""
+        old, self._policy = self._policy, policy
+        return old
+
+    async def check(self, request: Request) -> Decision:
+        """Decide one request. Never raises."""
+        started = time.perf_counter()
+        policy = self._policy
+        decision_id = self._new_id()
+        path = ""
+        route: RouteConfig | None = None
+        identity = ANONYMOUS
+        try:
+            try:
+                path, _query = canonicalize(request.path)
+                route = policy.router.match(request.host, request.method, path)
+                plan = policy.plans[route.name]
+                if plan.providers:
+                    for provider in plan.providers:
+                        found = await provider.authenticate(request)
+                        if found is not None:
+                            identity = found
+                            break
+                    else:
+                        raise MissingCredential("no credential")
+                    plan.authorizer.check(identity)
+                decision = self._allow(policy, request, decision_id, plan, identity, path)
+            except AuthzError as exc:
+                decision = self._deny(policy, request, decision_id, exc, route, identity, path)
+        except Exception:
+            log.exception("internal error deciding request %s", request.request_id)
+            decision = self._deny(
+                policy, request, decision_id, InternalError(), route, identity, path
+            )
+        self._record(request, decision, started)
+        return decision
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _identity_headers(
+        self, policy: CompiledPolicy, identity: Identity, decision_id: str
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        names = policy.config.headers
+        if identity.kind == "anonymous":
+            return ((names.decision_id, decision_id),), tuple(
+                h for h in policy.identity_headers if h != names.decision_id
+            )
+        headers = [
+            (names.subject, _header_value(identity.subject)),
+            (names.identity_type, identity.kind),
+            (names.provider, identity.provider),
+            (names.decision_id, decision_id),
+        ]
+        remove = []
+        if identity.issuer:
+            headers.append((names.issuer, _header_value(identity.issuer)))
+        else:
+            remove.append(names.issuer)
+        if identity.scopes:
+            headers.append((names.scopes, _header_value(" ".join(sorted(identity.scopes)))))
+        else:
+            remove.append(names.scopes)
+        return tuple(headers), tuple(remove)
+
+    def _allow(
+        self,
+        policy: CompiledPolicy,
+        request: Request,
+        decision_id: str,
+        plan: RoutePlan,
+        identity: Identity,
+        path: str,
+    ) -> Decision:
+        set_headers, remove = self._identity_headers(policy, identity, decision_id)
+        return Decision(
+            allowed=True,
+            status=200,
+            reason="allowed",
+            decision_id=decision_id,
+            request_id=request.request_id,
+            route=plan.route.name,
+            path=path,
+            identity=identity,
+            upstream_headers=set_headers,
+            remove_upstream_headers=remove + plan.strip,
+            metadata=self._metadata(policy, decision_id, identity, "allowed"),
+            policy_version=policy.version,
+        )
+
+    def _deny(
+        self,
+        policy: CompiledPolicy,
+        request: Request,
+        decision_id: str,
+        exc: AuthzError,
+        route: RouteConfig | None,
+        identity: Identity,
+        path: str,
+    ) -> Decision:
+        reason = exc.reason
+        if route is not None:
+            monitor = policy.plans[route.name].monitor
+        elif isinstance(exc, UndeclaredRoute):
+            monitor = policy.undeclared_monitor
+            self._count_undeclared(request.method, path)
+        else:
+            monitor = policy.global_monitor and not isinstance(exc, InvalidPath | InternalError)
+        if monitor:
+            set_headers, remove = self._identity_headers(policy, identity, decision_id)
+            strip = policy.plans[route.name].strip if route is not None else ()
+            return Decision(
+                allowed=True,
+                status=exc.status,
+                reason=reason,
+                decision_id=decision_id,
+                request_id=request.request_id,
+                route=route.name if route is not None else "",
+                path=path,
+                identity=identity,
+                upstream_headers=set_headers,
+                remove_upstream_headers=remove + strip,
+                metadata=self._metadata(policy, decision_id, identity, reason),
+                policy_version=policy.version,
+                monitored=True,
+            )
+        headers: list[tuple[str, str]] = [("content-type", "application/json")]
+        if isinstance(exc, AuthenticationError):
+            challenge = f'Bearer realm="{policy.realm}"'
+            if exc.challenge_error:
+                challenge += f', error="{exc.challenge_error}"'
+            headers.append(("www-authenticate", challenge))
+        elif isinstance(exc, InsufficientScope):
+            headers.append(
+                (
+                    "www-authenticate",
+                    f'Bearer realm="{policy.realm}", error="insufficient_scope", '
+                    f'scope="{" ".join(exc.required)}"',
+                )
+            )
+        elif isinstance(exc, MethodNotAllowed):
+            headers.append(("allow", ", ".join(exc.allowed)))
+        body = json.dumps({"error": reason, "request_id": request.request_id})
+        return Decision(
+            allowed=False,
+            status=exc.status,
+            reason=reason,
+            decision_id=decision_id,
+            request_id=request.request_id,
+            route=route.name if route is not None else "",
+            path=path,
+            identity=identity,
+            response_headers=tuple(headers),
+            body=body,
+            metadata=self._metadata(policy, decision_id, identity, reason),
+            policy_version=policy.version,
+        )
+
+    @staticmethod
+    def _metadata(
+        policy: CompiledPolicy, decision_id: str, identity: Identity, reason: str
+    ) -> Mapping[str, str]:
+        return {
+            "decision_id": decision_id,
+            "subject": identity.subject,
+            "reason": reason,
+            "policy_version": policy.version,
+        }
+
+    def _count_undeclared(self, method: str, path: str) -> None:
+        key = (method, path_shape(path) if path else "<invalid>")
+        counts = self.undeclared
+        if key in counts:
+            counts[key] += 1
+        elif len(counts) < MAX_UNDECLARED_SHAPES:
+            counts[key] = 1
+        else:
+            other = ("*", "<other>")
+            counts[other] = counts.get(other, 0) + 1
+
+    def _record(self, request: Request, decision: Decision, started: float) -> None:
+        outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
+        self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
+        identity = decision.identity
+        record: dict[str, Any] = {
+            "time": self._clock(),
+            "request_id": request.request_id,
+            "decision_id": decision.decision_id,
+            "route": decision.route,
+            "method": request.method,
+            "path": decision.path or _log_path(request.path),
+            "identity_type": identity.kind,
+            "subject": identity.subject,
+            "issuer": identity.issuer,
+            "decision": outcome,
+            "status": decision.status,
+            "reason": decision.reason,
+            "policy_version": decision.policy_version,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        try:
+            self._sink.emit(record)
+        except Exception:  # a broken sink must not break decisions
+            log.exception("decision sink failed")
+
+
+def _log_path(raw: str) -> str:
+    """A raw (unreadable) path for the log: no query (it may hold a token), bounded."""
+    path = raw.split("?", 1)[0][:256]
+    return path.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")

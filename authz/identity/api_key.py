@@ -1,0 +1,66 @@
+"""API keys: the governed legacy path.
+
+Keys are stored only as SHA-256 digests, each with an owner, scopes and an
+expiry. A presented key is hashed once and looked up by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from authz.errors import InvalidApiKey, MultipleCredentials
+from authz.identity.base import Clock
+from authz.model import Identity, Request
+from authz.policy.config import ApiKey, ApiKeyProviderConfig
+
+
+class ApiKeyProvider:
+    kind = "api_key"
+
+    def __init__(self, config: ApiKeyProviderConfig, *, clock: Clock = time.time) -> None:
+        self.name = config.name
+        self._header = config.header
+        self._clock = clock
+        self._keys: dict[str, tuple[ApiKey, Identity]] = {
+            key.sha256: (
+                key,
+                Identity(
+                    kind="api_key",
+                    subject=key.owner,
+                    provider=config.name,
+                    issuer=config.name,
+                    scopes=frozenset(key.scopes),
+                    claims={"key_id": key.id, "owner": key.owner},
+                    expires_at=key.expires_at,
+                ),
+            )
+            for key in config.keys
+        }
+
+    async def start(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    async def authenticate(self, request: Request) -> Identity | None:
+        value = request.headers.get(self._header)
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise InvalidApiKey("empty API key", reason="api_key_unknown")
+        if "," in value:  # Envoy joins repeated headers with ","
+            raise MultipleCredentials("more than one API key")
+        digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+        found = self._keys.get(digest)
+        if found is None:
+            raise InvalidApiKey("unknown API key", reason="api_key_unknown")
+        key, identity = found
+        if key.expires_at is not None and self._clock() >= key.expires_at:
+            raise InvalidApiKey("API key expired", reason="api_key_expired")
+        return identity

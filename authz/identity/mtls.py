@@ -1,0 +1,89 @@
+"""mTLS / SPIFFE service identities.
+
+The identity is the SPIFFE ID that Envoy verified during the TLS handshake:
+``attributes.source.principal`` (Envoy fills it with the URI SAN of the peer
+certificate) or, failing that, the URI SAN of the peer certificate Envoy
+forwards. Headers sent by the client (``x-forwarded-client-cert`` and the like)
+are never read.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from cryptography import x509
+
+from authz.errors import InvalidPeerIdentity
+from authz.model import Identity, Request
+from authz.policy.config import MtlsProviderConfig
+
+_MAX_SPIFFE_ID = 2048
+
+
+def parse_spiffe_id(value: str) -> tuple[str, str]:
+    """Split a SPIFFE ID into (trust domain, path); raise ValueError if it is not one."""
+    if not value.startswith("spiffe://") or len(value) > _MAX_SPIFFE_ID:
+        raise ValueError("not a SPIFFE ID")
+    rest = value[len("spiffe://") :]
+    domain, _, path = rest.partition("/")
+    if not domain or domain != domain.lower() or any(c in domain for c in ":@?#%"):
+        raise ValueError("invalid trust domain")
+    if any(c in rest for c in "?#") or "//" in rest or rest.endswith("/"):
+        raise ValueError("invalid SPIFFE ID path")
+    for seg in path.split("/") if path else ():
+        if seg in (".", ".."):
+            raise ValueError("dot segment in SPIFFE ID")
+    return domain, "/" + path if path else ""
+
+
+def spiffe_id_from_certificate(pem_urlencoded: str) -> str | None:
+    """The single spiffe:// URI SAN of a (URL-encoded) PEM certificate, if any."""
+    try:
+        cert = x509.load_pem_x509_certificate(unquote(pem_urlencoded).encode("ascii"))
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound, UnicodeEncodeError):
+        return None
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    return spiffe[0] if len(spiffe) == 1 else None
+
+
+class MtlsProvider:
+    kind = "mtls"
+
+    def __init__(self, config: MtlsProviderConfig) -> None:
+        self.name = config.name
+        self._trust_domains = frozenset(config.trust_domains)
+
+    async def start(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    async def authenticate(self, request: Request) -> Identity | None:
+        principal = request.principal
+        if not principal.startswith("spiffe://") and request.peer_certificate:
+            principal = spiffe_id_from_certificate(request.peer_certificate) or principal
+        if not principal:
+            return None
+        if not principal.startswith("spiffe://"):
+            # A verified peer without a SPIFFE ID: not an identity this provider knows.
+            return None
+        try:
+            domain, _ = parse_spiffe_id(principal)
+        except ValueError as exc:
+            raise InvalidPeerIdentity(str(exc), reason="peer_identity_invalid") from exc
+        if domain not in self._trust_domains:
+            raise InvalidPeerIdentity(
+                "peer trust domain not trusted", reason="untrusted_trust_domain"
+            )
+        return Identity(
+            kind="mtls",
+            subject=principal,
+            provider=self.name,
+            issuer="spiffe://" + domain,
+        )

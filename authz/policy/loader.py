@@ -1,0 +1,368 @@
+"""Load a policy file: YAML -> JSON Schema check -> semantic checks -> PolicyConfig.
+
+Every problem is reported with its location (``file:line:column``), all of them
+at once, as a :class:`~authz.errors.PolicyError`. This is the only module that
+sees raw YAML; it returns frozen :mod:`authz.policy.config` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, date, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from authz.errors import PolicyError
+from authz.pathtemplate import TemplateError, parse_template
+from authz.policy.config import (
+    HMAC_ALGORITHMS,
+    ApiKey,
+    ApiKeyProviderConfig,
+    HeaderNames,
+    JwtProviderConfig,
+    MtlsProviderConfig,
+    PolicyConfig,
+    ProviderConfig,
+    RouteConfig,
+)
+
+JsonPath = tuple[str | int, ...]
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@cache
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy file (shipped in the package)."""
+    text = resources.files("authz.policy").joinpath("policy.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(policy_schema())
+
+
+def policy_version(data: bytes) -> str:
+    """The policy version: a content hash of the file."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_policy(path: str | Path) -> PolicyConfig:
+    """Read, check and compile a policy file; raise PolicyError listing every problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError([(str(path), f"cannot read the policy file: {exc.strerror}")]) from exc
+    return load_policy_bytes(data, source=str(path), base_dir=path.parent)
+
+
+def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConfig:
+    doc, marks = _parse_yaml(data, source)
+    problems: list[tuple[str, str]] = []
+
+    def where(jpath: JsonPath) -> str:
+        # the deepest node of the path that has a known position
+        for cut in range(len(jpath), -1, -1):
+            mark = marks.get(tuple(jpath[:cut]))
+            if mark is not None:
+                return f"{source}:{mark[0]}:{mark[1]}"
+        return source
+
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    for err in errors:
+        jpath = tuple(err.absolute_path)
+        problems.append((where(jpath), f"{_json_path(jpath)}: {_schema_message(err)}"))
+    if problems:
+        raise PolicyError(problems)
+
+    builder = _Builder(doc, where, base_dir)
+    config = builder.build(policy_version(data), source)
+    if builder.problems:
+        raise PolicyError(builder.problems)
+    return config
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def _parse_yaml(data: bytes, source: str) -> tuple[Any, dict[JsonPath, tuple[int, int]]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError([(source, f"the file is not UTF-8 (byte {exc.start})")]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([(loc, f"invalid YAML: {problem}")]) from exc
+    if node is None:
+        raise PolicyError([(source, "the policy file is empty")])
+    marks: dict[JsonPath, tuple[int, int]] = {}
+    problems: list[tuple[str, str]] = []
+    constructor = yaml.SafeLoader("")
+
+    def convert(n: yaml.Node, jpath: JsonPath) -> Any:
+        marks[jpath] = (n.start_mark.line + 1, n.start_mark.column + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in n.value:
+                key = constructor.construct_object(key_node, deep=True)
+                loc = f"{source}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
+                if not isinstance(key, str):
+                    problems.append((loc, f"{_json_path(jpath)}: keys must be strings"))
+                    continue
+                if key in out:
+                    problems.append((loc, f"{_json_path(jpath)}: duplicate key {key!r}"))
+                    continue
+                out[key] = convert(value_node, (*jpath, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [convert(item, (*jpath, i)) for i, item in enumerate(n.value)]
+        value = constructor.construct_object(n, deep=True)
+        if isinstance(value, datetime | date):
+            return value.isoformat()  # dates stay strings; parsed where expected
+        return value
+
+    doc = convert(node, ())
+    if problems:
+        raise PolicyError(problems)
+    return doc, marks
+
+
+def _json_path(jpath: JsonPath) -> str:
+    out = "$"
+    for part in jpath:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _schema_message(err: Any) -> str:
+    if err.validator == "additionalProperties":
+        return err.message.replace("Additional properties are not allowed", "unknown field(s)")
+    if err.validator == "enum":
+        return f"must be one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "oneOf" and err.schema.get("description"):
+        return f"invalid value: {err.schema['description']}"
+    return str(err.message)
+
+
+def parse_duration(value: float | int | str) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"invalid duration {value!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_expiry(value: str) -> float:
+    """RFC 3339 date or date-time -> unix time (a bare date means its start, UTC)."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+class _Builder:
+    def __init__(self, doc: dict[str, Any], where: Any, base_dir: Path) -> None:
+        self.doc = doc
+        self.where = where
+        self.base_dir = base_dir
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, jpath: JsonPath, message: str) -> None:
+        self.problems.append((self.where(jpath), f"{_json_path(jpath)}: {message}"))
+
+    def build(self, version: str, source: str) -> PolicyConfig:
+        doc = self.doc
+        headers = HeaderNames(**doc.get("headers", {}))
+        if len(set(headers.all())) != len(headers.all()):
+            self.problem(("headers",), "identity header names must be distinct")
+        providers = tuple(
+            p
+            for name, spec in doc.get("providers", {}).items()
+            if (p := self.provider(name, spec)) is not None
+        )
+        by_name = {p.name: p for p in providers}
+        routes = tuple(self.route(i, spec, by_name) for i, spec in enumerate(doc["routes"]))
+        self.check_route_set(routes)
+        return PolicyConfig(
+            version=version,
+            source=source,
+            mode=doc.get("mode", "enforce"),
+            undeclared_routes=doc.get("undeclared_routes", "deny"),
+            realm=doc.get("realm", "authz"),
+            headers=headers,
+            providers=providers,
+            routes=routes,
+        )
+
+    def provider(self, name: str, spec: dict[str, Any]) -> ProviderConfig | None:
+        at: JsonPath = ("providers", name)
+        kind = spec["type"]
+        if kind == "mtls":
+            return MtlsProviderConfig(name=name, trust_domains=tuple(spec["trust_domains"]))
+        if kind == "api_key":
+            return self.api_key_provider(name, spec, at)
+        sources = [k for k in ("jwks_uri", "jwks_file") if k in spec]
+        if spec.get("discovery"):
+            sources.append("discovery")
+        if len(sources) > 1:
+            self.problem(at, f"give one key source, not {' and '.join(sources)}")
+        discovery = not sources or sources == ["discovery"]
+        jwks_file = None
+        if "jwks_file" in spec:
+            file = Path(spec["jwks_file"])
+            file = file if file.is_absolute() else (self.base_dir / file)
+            if not file.is_file():
+                self.problem((*at, "jwks_file"), f"no such file: {file}")
+            jwks_file = str(file.resolve())
+        algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
+        if any(a in HMAC_ALGORITHMS for a in algorithms):
+            self.problem((*at, "algorithms"), "HMAC algorithms are not accepted for issuers")
+        durations: dict[str, float] = {}
+        for key in (
+            "leeway", "max_lifetime", "jwks_ttl", "jwks_refresh_interval", "jwks_stale_ttl",
+            "jwks_timeout",
+        ):
+            if key in spec:
+                durations[key] = parse_duration(spec[key])
+        if durations.get("max_lifetime", 1.0) <= 0:
+            self.problem((*at, "max_lifetime"), "must be more than zero")
+        return JwtProviderConfig(
+            name=name,
+            issuer=spec["issuer"],
+            audiences=tuple(spec["audiences"]),
+            algorithms=algorithms,
+            jwks_uri=spec.get("jwks_uri"),
+            jwks_file=jwks_file,
+            discovery=discovery,
+            scope_claim=spec.get("scope_claim", "scope"),
+            header=spec.get("header", "authorization"),
+            cache_size=spec.get("cache_size", 10_000),
+            **durations,
+        )
+
+    def api_key_provider(
+        self, name: str, spec: dict[str, Any], at: JsonPath
+    ) -> ApiKeyProviderConfig:
+        keys: list[ApiKey] = []
+        seen_ids: set[str] = set()
+        seen_digests: set[str] = set()
+        for i, k in enumerate(spec["keys"]):
+            kat = (*at, "keys", i)
+            if k["id"] in seen_ids:
+                self.problem((*kat, "id"), f"duplicate key id {k['id']!r}")
+            if k["sha256"] in seen_digests:
+                self.problem((*kat, "sha256"), "the same key digest appears twice")
+            seen_ids.add(k["id"])
+            seen_digests.add(k["sha256"])
+            try:
+                expires_at = parse_expiry(k["expires"])
+            except ValueError:
+                self.problem((*kat, "expires"), "not an RFC 3339 date or date-time")
+                expires_at = 0.0
+            keys.append(
+                ApiKey(
+                    id=k["id"],
+                    sha256=k["sha256"],
+                    owner=k["owner"],
+                    scopes=tuple(k.get("scopes", ())),
+                    expires_at=expires_at,
+                )
+            )
+        return ApiKeyProviderConfig(
+            name=name, header=spec.get("header", "x-api-key"), keys=tuple(keys)
+        )
+
+    def route(self, i: int, spec: dict[str, Any], providers: dict[str, ProviderConfig]) -> RouteConfig:
+        at: JsonPath = ("routes", i)
+        try:
+            parse_template(spec["path"])
+        except TemplateError as exc:
+            self.problem((*at, "path"), str(exc))
+        public = bool(spec.get("public", False))
+        names = tuple(spec.get("providers", ()))
+        for j, pname in enumerate(names):
+            if pname not in providers:
+                self.problem((*at, "providers", j), f"no provider named {pname!r}")
+        if public and (names or spec.get("scopes") or spec.get("claims") or spec.get("spiffe_ids")):
+            self.problem(at, "a public route takes no providers, scopes, claims or spiffe_ids")
+        if not public and not names:
+            self.problem(at, "a route needs providers (or public: true)")
+        kinds = {providers[n].type for n in names if n in providers}
+        if spec.get("spiffe_ids") and "mtls" not in kinds:
+            self.problem((*at, "spiffe_ids"), "spiffe_ids need an mtls provider on the route")
+        if spec.get("scopes") and not kinds & {"jwt", "api_key"}:
+            self.problem((*at, "scopes"), "scopes need a jwt or api_key provider on the route")
+        exact = tuple(s for s in spec.get("spiffe_ids", ()) if not s.endswith("/*"))
+        prefixes = tuple(s[:-1] for s in spec.get("spiffe_ids", ()) if s.endswith("/*"))
+        claims = tuple(
+            (claim, tuple(_claim_text(v) for v in (value if isinstance(value, list) else [value])))
+            for claim, value in spec.get("claims", {}).items()
+        )
+        mark = self.where(at)
+        return RouteConfig(
+            name=spec["name"],
+            path=spec["path"],
+            methods=tuple(spec["methods"]),
+            hosts=tuple(h.lower() for h in spec.get("hosts", ())),
+            providers=names,
+            scopes=tuple(spec.get("scopes", ())),
+            claims=claims,
+            spiffe_ids=exact,
+            spiffe_id_prefixes=prefixes,
+            public=public,
+            mode=spec.get("mode"),
+            strip_credential=bool(spec.get("strip_credential", False)),
+            location=mark,
+        )
+
+    def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:
+        names: dict[str, int] = {}
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, r in enumerate(routes):
+            if r.name in names:
+                self.problem(("routes", i, "name"), f"duplicate route name {r.name!r}")
+            names.setdefault(r.name, i)
+            try:
+                shape = tuple(
+                    f"{{{kind}}}" if kind else text
+                    for kind, text in parse_template(r.path).segments
+                )
+            except TemplateError:
+                continue
+            for host in r.hosts or ("*",):
+                for method in r.methods:
+                    key = (host, method, "/".join(shape))
+                    if key in seen:
+                        self.problem(
+                            ("routes", i),
+                            f"{method} {r.path} is already declared by route "
+                            f"{routes[seen[key]].name!r}",
+                        )
+                    seen.setdefault(key, i)
+
+
+def _claim_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
