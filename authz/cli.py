@@ -1,0 +1,260 @@
+"""The ``authz`` command line: serve | validate | check | envoy-config | token | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from authz.errors import PolicyError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error names the command and exits 2 without a traceback."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from authz.policy.loader import load_policy
+
+    try:
+        config = load_policy(args.policy)
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{args.policy}: invalid ({n} problem{'s' if n != 1 else ''})", file=sys.stderr)
+        return 1
+    print(
+        f"{args.policy}: valid, version {config.version}, "
+        f"{len(config.providers)} providers, {len(config.routes)} routes"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.server import ServeOptions, run_service
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    return run_service(
+        ServeOptions(
+            policy=args.policy,
+            grpc=args.grpc,
+            workers=args.workers,
+            decision_log=args.decision_log,
+            reload_interval=args.reload_interval,
+            drain_timeout=args.drain_timeout,
+            reuse_port=args.reuse_port or args.workers > 1,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _parse_header(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition(":")
+    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip().lower(), val.strip()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+    from authz.transport.envoy_grpc import build_check_request
+
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        print(f"authz check: expected an http(s) URL, got {args.url!r}", file=sys.stderr)
+        return 2
+    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    headers = dict(args.header)
+    body = b""
+    if args.data is not None:
+        if args.data.startswith("@"):
+            try:
+                with open(args.data[1:], "rb") as fh:
+                    body = fh.read()
+            except OSError as exc:
+                print(f"authz check: --data {args.data}: {exc.strerror}", file=sys.stderr)
+                return 2
+        else:
+            body = args.data.encode()
+        headers.setdefault("content-length", str(len(body)))
+    method = args.request or ("POST" if args.data is not None else "GET")
+    certificate = ""
+    if args.cert:
+        from urllib.parse import quote
+
+        try:
+            with open(args.cert, encoding="ascii") as fh:
+                certificate = quote(fh.read(), safe="")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"authz check: --cert {args.cert}: {exc}", file=sys.stderr)
+            return 2
+    request = build_check_request(
+        method=method.upper(),
+        path=target,
+        host=url.netloc,
+        headers=headers,
+        body=body,
+        principal=args.principal or "",
+        certificate=certificate,
+        source_address=args.source,
+        request_id=args.request_id,
+        scheme=url.scheme,
+    )
+    try:
+        with grpc.insecure_channel(args.server) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            response = stub.Check(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"authz check: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 3
+    meta = dict(response.dynamic_metadata)
+    if response.HasField("ok_response"):
+        status, verdict = 200, "ALLOW"
+        headers_out = [(h.header.key, h.header.value) for h in response.ok_response.headers]
+        removed = list(response.ok_response.headers_to_remove)
+        body_out = ""
+    else:
+        status, verdict = response.denied_response.status.code, "DENY"
+        headers_out = [(h.header.key, h.header.value) for h in response.denied_response.headers]
+        removed = []
+        body_out = response.denied_response.body
+    reason = meta.get("reason", "")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "decision": verdict.lower(),
+                    "status": status,
+                    "reason": reason,
+                    "metadata": meta,
+                    "headers": dict(headers_out),
+                    "headers_to_remove": removed,
+                    "body": body_out,
+                },
+                indent=2,
+            )
+        )
+    else:
+        monitored = " (monitor: would deny)" if verdict == "ALLOW" and reason != "allowed" else ""
+        print(f"{verdict} {status} {reason}{monitored}")
+        for key in ("decision_id", "subject", "policy_version"):
+            if meta.get(key):
+                print(f"  {key}: {meta[key]}")
+        for k, v in headers_out:
+            print(f"  {'upstream' if verdict == 'ALLOW' else 'response'} header {k}: {v}")
+        for k in removed:
+            print(f"  upstream header removed: {k}")
+        if body_out:
+            print(f"  body: {body_out}")
+    return 0 if verdict == "ALLOW" else 1
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from authz import __version__
+    from authz.devissuer import add_token_parser
+    from authz.envoy_config import add_envoy_config_parser
+
+    parser = _Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
+    parser.add_argument("--version", action="version", version=f"authz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check a policy file; print every error with its location")
+    p.add_argument("policy")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("serve", help="run the ext_authz gRPC service")
+    p.add_argument("policy")
+    p.add_argument("--grpc", type=_address, default="0.0.0.0:9191", metavar="HOST:PORT")
+    p.add_argument("--workers", type=_workers, default=1, help="processes on one port")
+    p.add_argument(
+        "--decision-log", default="-", metavar="PATH",
+        help="where decision records go: - (stdout, default), off, or a file",
+    )
+    p.add_argument("--reload-interval", type=_positive, default=1.0, metavar="SECONDS",
+                   help="how often to check the policy file for changes (0: only on SIGHUP)")
+    p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="send one request to a running service; print the decision")
+    p.add_argument("url", help="the request URL, e.g. http://api.local/v1/orders?limit=5")
+    p.add_argument("-X", "--request", metavar="METHOD", help="method (default GET, POST with --data)")
+    p.add_argument("-H", "--header", type=_parse_header, action="append", default=[],
+                   metavar="'NAME: VALUE'")
+    p.add_argument("-d", "--data", metavar="DATA", help="request body, or @FILE")
+    p.add_argument("--principal", help="the SPIFFE ID Envoy verified for the peer (mTLS)")
+    p.add_argument("--cert", metavar="PEM", help="peer certificate Envoy forwards (mTLS)")
+    p.add_argument("--source", default="127.0.0.1", help="client address Envoy saw")
+    p.add_argument("--request-id", default="cli-check")
+    p.add_argument("--server", type=_address, default="127.0.0.1:9191", metavar="HOST:PORT")
+    p.add_argument("--timeout", type=_positive, default=5.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    p.set_defaults(func=cmd_check)
+
+    add_envoy_config_parser(sub)
+    add_token_parser(sub)
+    from authz.demo.stack import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130

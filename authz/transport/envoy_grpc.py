@@ -1,0 +1,137 @@
+"""Envoy ext_authz v3 messages <-> the core's Request and Decision values.
+
+This and the server are the only modules that know about protobuf.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from authz.model import Decision, Request
+
+CheckRequest = external_auth_pb2.CheckRequest
+CheckResponse = external_auth_pb2.CheckResponse
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = 0
+_PERMISSION_DENIED = 7
+_UNAUTHENTICATED = 16
+_METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+
+
+def to_request(check: external_auth_pb2.CheckRequest) -> Request:
+    """Translate a CheckRequest; trusts only what Envoy itself attests."""
+    attrs = check.attributes
+    http = attrs.request.http
+    headers: dict[str, str]
+    if http.headers:
+        headers = dict(http.headers)
+    else:
+        headers = _from_header_map(http.header_map)
+    path = http.path
+    if http.fragment:
+        path += "#" + http.fragment  # rejected as invalid_path by canonicalisation
+    source = attrs.source
+    body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
+    return Request(
+        method=http.method,
+        path=path,
+        host=http.host,
+        headers=headers,
+        body=body,
+        principal=source.principal,
+        peer_certificate=source.certificate,
+        source_address=source.address.socket_address.address,
+        request_id=headers.get("x-request-id") or http.id,
+        scheme=http.scheme,
+    )
+
+
+def _from_header_map(header_map: base_pb2.HeaderMap) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for h in header_map.headers:
+        value = h.value or h.raw_value.decode("utf-8", "surrogateescape")
+        key = h.key.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
+
+
+def _header_options(pairs: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
+        )
+        for k, v in pairs
+    ]
+
+
+def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    metadata = struct_pb2.Struct()
+    metadata.update(decision.metadata)
+    if decision.allowed:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=_OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=_header_options(decision.upstream_headers),
+                headers_to_remove=decision.remove_upstream_headers,
+            ),
+            dynamic_metadata=metadata,
+        )
+    code = _UNAUTHENTICATED if decision.status == 401 else _PERMISSION_DENIED
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code, message=decision.reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            headers=_header_options(decision.response_headers),
+            body=decision.body,
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+def build_check_request(
+    *,
+    method: str,
+    path: str,
+    host: str,
+    headers: dict[str, str],
+    body: bytes = b"",
+    principal: str = "",
+    certificate: str = "",
+    source_address: str = "127.0.0.1",
+    request_id: str = "",
+    scheme: str = "http",
+) -> external_auth_pb2.CheckRequest:
+    """A CheckRequest shaped like the ones Envoy sends (for the CLI and tests)."""
+    ctx = attribute_context_pb2.AttributeContext
+    http = ctx.HttpRequest(
+        id=request_id,
+        method=method,
+        headers={k.lower(): v for k, v in headers.items()},
+        path=path,
+        host=host,
+        scheme=scheme,
+        protocol="HTTP/1.1",
+        size=len(body),
+    )
+    if body:
+        try:
+            http.body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            http.raw_body = body
+    if request_id and "x-request-id" not in http.headers:
+        http.headers["x-request-id"] = request_id
+    source = ctx.Peer(
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=source_address, port_value=50000)
+        ),
+        principal=principal,
+        certificate=certificate,
+    )
+    return external_auth_pb2.CheckRequest(
+        attributes=ctx(source=source, request=ctx.Request(http=http))
+    )
