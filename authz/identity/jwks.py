@@ -1,0 +1,476 @@
+"""Signing keys of one JWT issuer: load, cache, refresh, and serve them by ``kid``.
+
+A :class:`JwksCache` holds the issuer's current JSON Web Key Set, parsed once into
+key objects. Its source is exactly one of a local file, a ``jwks_uri`` or OIDC
+discovery. Lookups of known key ids never do I/O. Everything that touches the
+network is rate-limited so that a flood of tokens with random ``kid`` values cannot
+turn this service into an amplifier against the issuer, and a failing issuer
+degrades to "last good keys" for a bounded time before requests fail closed.
+
+Time decisions use the injected :data:`~authz.identity.base.Clock`, so tests drive
+TTLs with a fake clock; network I/O goes through the injected
+:data:`~authz.identity.base.Fetcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+
+from authz.errors import DependencyError, InvalidToken
+from authz.identity.base import Clock, Fetcher
+from authz.policy.config import JwtProviderConfig
+
+logger = logging.getLogger("authz.jwks")
+
+#: Largest JWKS or discovery document accepted; real ones are a few KiB.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+#: JWK ``kty`` -> key family, and the family each JWS ``alg`` needs.
+KEY_FAMILIES = ("RSA", "EC", "OKP", "oct")
+_ALG_FAMILY: dict[str, str] = {
+    "RS256": "RSA", "RS384": "RSA", "RS512": "RSA",
+    "PS256": "RSA", "PS384": "RSA", "PS512": "RSA",
+    "ES256": "EC", "ES384": "EC", "ES512": "EC", "ES256K": "EC",
+    "EdDSA": "OKP",
+    "HS256": "oct", "HS384": "oct", "HS512": "oct",
+}  # fmt: skip
+
+
+def algorithm_family(alg: str) -> str | None:
+    """The key family (``RSA``, ``EC``, ``OKP``, ``oct``) a JWS ``alg`` needs, or None."""
+    return _ALG_FAMILY.get(alg)
+
+
+@dataclass(frozen=True, slots=True)
+class JwkKey:
+    """One usable verification key from a JWKS.
+
+    ``key`` is a ``cryptography`` public key object (``bytes`` for ``oct``);
+    ``alg`` is the JWK's own ``alg`` member, which, when present, is the only
+    algorithm the key may be used with.
+    """
+
+    kid: str | None
+    key: Any  # a cryptography public key, or bytes for an "oct" key
+    family: str
+    alg: str | None = None
+
+    def compatible(self, alg: str) -> bool:
+        """True if a token signed with ``alg`` may be verified with this key."""
+        return algorithm_family(alg) == self.family and (self.alg is None or self.alg == alg)
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only to http(s); urllib would also follow one to ftp://."""
+
+    max_redirections = 3
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"refusing redirect to {newurl!r}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_RedirectHandler)
+
+
+def _fetch_blocking(url: str, timeout: float) -> bytes:
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        # Never let a configured or discovered URL read local files (file://) etc.
+        raise OSError(f"refusing to fetch non-http(s) URL {url!r}")
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", "User-Agent": "authz-jwks"}
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            status = getattr(response, "status", 200)
+            if status != 200:
+                raise OSError(f"GET {url}: HTTP {status}")
+            body: bytes = response.read(MAX_DOCUMENT_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response (and its socket) open otherwise
+        raise OSError(f"GET {url}: HTTP {exc.code}") from None
+    except (http.client.HTTPException, ValueError) as exc:
+        # Protocol errors are not OSError; the Fetcher contract promises OSError.
+        raise OSError(f"GET {url}: {exc}") from exc
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise OSError(f"GET {url}: response larger than {MAX_DOCUMENT_BYTES} bytes")
+    return body
+
+
+async def fetch_url(url: str, timeout: float) -> bytes:
+    """The default :data:`Fetcher`: GET ``url`` with urllib in a worker thread.
+
+    Refuses non-http(s) URLs (also as redirect targets) and bodies over
+    :data:`MAX_DOCUMENT_BYTES`; raises :class:`OSError` on any failure.
+    """
+    return await asyncio.to_thread(_fetch_blocking, url, timeout)
+
+
+def parse_jwks(data: bytes | str | Mapping[str, Any], *, source: str = "jwks") -> list[JwkKey]:
+    """Parse a JWKS document into usable verification keys.
+
+    Keys whose ``use`` is not ``sig``, whose ``key_ops`` exclude ``verify``, or that
+    cannot be parsed are skipped with a warning. Raises :class:`ValueError` when the
+    document itself is unusable or holds no usable key, so that a bad document
+    never replaces good keys.
+    """
+    doc: Any = data
+    if isinstance(data, bytes | str):
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{source}: not a JSON object")
+    members = doc.get("keys")
+    if not isinstance(members, list):
+        raise ValueError(f"{source}: no 'keys' array")
+    keys: list[JwkKey] = []
+    seen: set[str] = set()
+    for index, member in enumerate(members):
+        key = _parse_jwk(member, f"{source}: keys[{index}]")
+        if key is None:
+            continue
+        if key.kid is not None:
+            if key.kid in seen:
+                # An ambiguous kid would make the choice of key depend on order.
+                logger.warning("%s: keys[%d]: duplicate kid %r skipped", source, index, key.kid)
+                continue
+            seen.add(key.kid)
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"{source}: no usable signing keys")
+    return keys
+
+
+def _parse_jwk(member: Any, where: str) -> JwkKey | None:
+    if not isinstance(member, dict):
+        logger.warning("%s: not a JSON object, skipped", where)
+        return None
+    use = member.get("use")
+    if use is not None and use != "sig":
+        return None  # encryption keys are not for us; not worth a warning
+    ops = member.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return None
+    kty = member.get("kty")
+    if kty not in KEY_FAMILIES:
+        logger.warning("%s: unsupported kty %r, skipped", where, kty)
+        return None
+    kid = member.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        logger.warning("%s: kid is not a string, skipped", where)
+        return None
+    alg = member.get("alg")
+    if alg is not None and (not isinstance(alg, str) or algorithm_family(alg) != kty):
+        logger.warning("%s: alg %r does not fit kty %r, skipped", where, alg, kty)
+        return None
+    try:
+        parsed = jwt.PyJWK(member)
+    except Exception as exc:  # PyJWT raises several types; none may escape
+        logger.warning("%s: unparsable key skipped: %s", where, exc)
+        return None
+    key = parsed.key
+    if hasattr(key, "public_key"):
+        # A JWKS that leaks a private key is still usable for verification; never
+        # keep the private half in memory longer than needed.
+        key = key.public_key()
+    return JwkKey(kid=kid, key=key, family=kty, alg=alg)
+
+
+class JwksCache:
+    """The verification keys of one issuer, kept fresh.
+
+    * :meth:`start` loads the keys once and starts a background task that refreshes
+      them when they are older than ``jwks_ttl`` (files: when their mtime changed,
+      checked at most once per ``jwks_refresh_interval``).
+    * :meth:`key_for` returns a known key without I/O. An unknown kid causes at most
+      one refresh per ``jwks_refresh_interval`` for the whole cache; concurrent
+      callers share the refresh in flight.
+    * While the issuer is unreachable the last good keys serve for ``jwks_stale_ttl``
+      after their last successful fetch; past that, lookups raise
+      ``DependencyError(reason="jwks_unavailable")``.
+
+    The counters ``fetches``, ``failures``, ``unknown_kid_refreshes`` and
+    ``suppressed_refreshes`` are plain ints for metrics.
+    """
+
+    def __init__(
+        self,
+        config: JwtProviderConfig,
+        *,
+        clock: Clock = time.time,
+        fetcher: Fetcher | None = None,
+        poll_interval: float | None = None,
+    ) -> None:
+        sources = sum((config.jwks_file is not None, config.jwks_uri is not None, config.discovery))
+        if sources != 1:
+            raise ValueError(
+                f"provider {config.name!r}: exactly one of jwks_file, jwks_uri, discovery"
+            )
+        self.config = config
+        self._clock = clock
+        self._fetcher: Fetcher = fetcher if fetcher is not None else fetch_url
+        # How often the background task wakes to ask the clock whether work is due.
+        self._poll_interval = (
+            poll_interval
+            if poll_interval is not None
+            else max(0.05, min(config.jwks_refresh_interval, config.jwks_ttl, 10.0))
+        )
+        self._by_kid: dict[str, JwkKey] = {}
+        self._all: tuple[JwkKey, ...] = ()
+        self._last_success: float | None = None
+        self._last_attempt: float | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._jwks_uri: str | None = config.jwks_uri  # discovery fills it in
+        self._file_stamp: tuple[int, int] | None = None
+        #: Documents actually loaded (HTTP GETs of the JWKS, or file reads).
+        self.fetches = 0
+        #: Refresh attempts that failed (the previous keys were kept).
+        self.failures = 0
+        #: Refreshes caused by a token with an unknown kid.
+        self.unknown_kid_refreshes = 0
+        #: Unknown-kid lookups that caused no refresh of their own (rate limit, or
+        #: they joined a refresh already in flight).
+        self.suppressed_refreshes = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the keys once and start background refreshes.
+
+        A failed initial load is logged, not raised: the cache stays not
+        :meth:`ready` and the background task keeps retrying.
+        """
+        if self._background is not None:
+            return
+        await self.refresh()
+        self._background = asyncio.get_running_loop().create_task(
+            self._run(), name=f"jwks-refresh:{self.config.name}"
+        )
+
+    def ready(self) -> bool:
+        """True while the cache holds keys that are not past ``jwks_stale_ttl``."""
+        return self._usable(self._clock())
+
+    async def close(self) -> None:
+        """Stop the background task and any refresh in flight."""
+        for task in (self._background, self._inflight):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._background = None
+        self._inflight = None
+
+    @property
+    def keys(self) -> tuple[JwkKey, ...]:
+        """The keys currently served."""
+        return self._all
+
+    # -- lookups -----------------------------------------------------------------
+
+    async def key_for(self, kid: str | None, alg: str | None = None) -> JwkKey:
+        """The key a token with header ``kid`` (and ``alg``) must be verified with.
+
+        A token without ``kid`` is accepted only when exactly one key is compatible
+        with ``alg``. Raises ``InvalidToken(reason="token_unknown_kid")`` or
+        ``DependencyError(reason="jwks_unavailable")``.
+        """
+        now = self._clock()
+        if not self._usable(now):
+            if self._inflight is not None or self._refresh_allowed(now):
+                await self.refresh()
+            if not self._usable(self._clock()):
+                raise DependencyError(
+                    f"no usable keys for issuer {self.config.issuer}", reason="jwks_unavailable"
+                )
+
+        found = self._lookup(kid, alg)
+        if found is not None:
+            if self._inflight is None and self._refresh_due(now):
+                # Keys past their TTL keep serving while a refresh runs in the background.
+                self._spawn_refresh()
+            return found
+        if kid is None and alg is not None and self._count_compatible(alg) > 1:
+            # Several candidates: a refresh cannot make the choice unambiguous.
+            raise InvalidToken("token has no kid and several keys fit", reason="token_unknown_kid")
+
+        if self._inflight is not None:
+            self.suppressed_refreshes += 1
+            await self.refresh()
+        elif self._refresh_allowed(self._clock()):
+            self.unknown_kid_refreshes += 1
+            await self.refresh()
+        else:
+            self.suppressed_refreshes += 1
+            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+        found = self._lookup(kid, alg)
+        if found is None:
+            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+        return found
+
+    def _lookup(self, kid: str | None, alg: str | None) -> JwkKey | None:
+        if kid is not None:
+            return self._by_kid.get(kid)
+        if alg is None:
+            return self._all[0] if len(self._all) == 1 else None
+        candidates = [k for k in self._all if k.compatible(alg)]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _count_compatible(self, alg: str) -> int:
+        return sum(1 for k in self._all if k.compatible(alg))
+
+    # -- refresh -----------------------------------------------------------------
+
+    def _usable(self, now: float) -> bool:
+        return (
+            bool(self._all)
+            and self._last_success is not None
+            and now - self._last_success < self.config.jwks_stale_ttl
+        )
+
+    def _refresh_allowed(self, now: float) -> bool:
+        return self._last_attempt is None or now - self._last_attempt >= (
+            self.config.jwks_refresh_interval
+        )
+
+    def _refresh_due(self, now: float) -> bool:
+        if not self._refresh_allowed(now):
+            return False
+        if self.config.jwks_file is not None:
+            return True  # a cheap stat; the file is re-read only if it changed
+        return self._last_success is None or now - self._last_success >= self.config.jwks_ttl
+
+    def _spawn_refresh(self) -> asyncio.Task[bool]:
+        task = self._inflight
+        if task is None:
+            # Stamped before the task runs so that every caller in this loop
+            # iteration already sees the attempt and joins instead of starting another.
+            self._last_attempt = self._clock()
+            task = asyncio.get_running_loop().create_task(
+                self._do_refresh(), name=f"jwks-fetch:{self.config.name}"
+            )
+            self._inflight = task
+        return task
+
+    async def refresh(self) -> bool:
+        """Refresh now (or join the refresh in flight). True if it succeeded.
+
+        Never raises for fetch or parse failures: they are logged and counted.
+        """
+        # shield: a caller cancelled by its own deadline must not cancel the
+        # refresh that other callers are waiting on.
+        return await asyncio.shield(self._spawn_refresh())
+
+    async def _do_refresh(self) -> bool:
+        try:
+            keys = await self._load()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure mode of I/O and parsing; never raw
+            self.failures += 1
+            logger.warning(
+                "provider %s: refreshing keys failed (keeping %d previous keys): %s",
+                self.config.name,
+                len(self._all),
+                exc,
+            )
+            return False
+        finally:
+            self._inflight = None
+        if keys is not None:
+            self._all = tuple(keys)
+            self._by_kid = {k.kid: k for k in keys if k.kid is not None}
+        self._last_success = self._clock()
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            if self._inflight is None and self._refresh_due(self._clock()):
+                await self.refresh()
+
+    async def _load(self) -> list[JwkKey] | None:
+        """Fetch and parse the key set; None means "unchanged" (file not modified)."""
+        config = self.config
+        if config.jwks_file is not None:
+            return await asyncio.to_thread(self._load_file, config.jwks_file)
+        uri = self._jwks_uri
+        if uri is None:
+            uri = await self._discover()
+        try:
+            data = await self._fetch(uri)
+        except Exception:
+            if config.discovery:
+                # The issuer may have moved its keys; discover again next time.
+                self._jwks_uri = None
+            raise
+        self.fetches += 1
+        return parse_jwks(data, source=uri)
+
+    def _load_file(self, path: str) -> list[JwkKey] | None:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._file_stamp and self._all:
+            return None
+        with open(path, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes")
+        self.fetches += 1
+        keys = parse_jwks(data, source=path)
+        self._file_stamp = stamp
+        return keys
+
+    async def _fetch(self, url: str) -> bytes:
+        timeout = self.config.jwks_timeout
+        # The fetcher's own timeout is per socket operation; this bounds the whole call.
+        return await asyncio.wait_for(self._fetcher(url, timeout), timeout + 1.0)
+
+    async def _discover(self) -> str:
+        issuer = self.config.issuer
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        data = await self._fetch(url)
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{url}: not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{url}: not a JSON object")
+        if doc.get("issuer") != issuer:
+            # OIDC Discovery 4.3: a mismatch means the document is not this issuer's.
+            raise ValueError(
+                f"{url}: discovery issuer {doc.get('issuer')!r} does not match {issuer!r}"
+            )
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or urlsplit(uri).scheme.lower() not in ("http", "https"):
+            raise ValueError(f"{url}: jwks_uri missing or not http(s): {uri!r}")
+        if urlsplit(issuer).scheme.lower() == "https" and urlsplit(uri).scheme.lower() != "https":
+            raise ValueError(f"{url}: jwks_uri {uri!r} downgrades an https issuer to http")
+        self._jwks_uri = uri
+        return uri

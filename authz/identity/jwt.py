@@ -1,0 +1,335 @@
+"""JWT bearer tokens from one OIDC/JWT issuer (identity provider kind ``jwt``).
+
+The hot path is a verified-token cache: a token seen before costs one dict lookup
+and one clock comparison. On a miss the token is parsed exactly once (one split,
+one base64url decode and one JSON parse per segment), the header is checked
+before any key is looked up, the signature is verified with PyJWT's algorithm
+objects on the already-decoded bytes, and the registered claims are checked here.
+Every failure is an :class:`~authz.errors.InvalidToken` with a stable ``reason``;
+no PyJWT exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from collections import OrderedDict
+from types import MappingProxyType
+from typing import Any, NoReturn
+from urllib.parse import unquote
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+from authz.errors import InvalidToken, MultipleCredentials
+from authz.identity.base import Clock, Fetcher
+from authz.identity.jwks import JwksCache, algorithm_family
+from authz.model import Identity, Request
+from authz.policy.config import JwtProviderConfig
+
+#: Longest token looked at; real tokens are far smaller, and this bounds the work
+#: (and cache memory) an attacker can cause per request.
+MAX_TOKEN_LENGTH = 16 * 1024
+
+#: Header parameters that would make us fetch or trust key material named by the
+#: token itself, or that demand extensions we do not implement (RFC 7515 4.1.11).
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+
+# Compact JWS: three base64url segments. The signature may be empty so that an
+# unsigned ("alg": "none") token is reported as a forbidden algorithm, not as garbage.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64_INDEX = {c: i for i, c in enumerate(_B64URL_ALPHABET)}
+
+
+def _fail(reason: str, detail: str) -> NoReturn:
+    raise InvalidToken(detail, reason=reason)
+
+
+def _b64decode(segment: str, name: str) -> bytes:
+    rem = len(segment) % 4
+    if rem == 1:
+        _fail("token_malformed", f"bad base64url length in {name}")
+    if rem:
+        # Unused low bits of the last character must be zero, else several strings
+        # would decode to the same bytes (a cache key and a token id would differ).
+        mask = 0x0F if rem == 2 else 0x03
+        if _B64_INDEX[segment[-1]] & mask:
+            _fail("token_malformed", f"non-canonical base64url in {name}")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        _fail("token_malformed", f"bad base64url in {name}")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # json accepts NaN and Infinity, which would defeat every time comparison.
+    _fail("token_malformed", f"non-finite number {name} in token")
+
+
+def _json_object(segment: str, name: str) -> dict[str, Any]:
+    raw = _b64decode(segment, name)
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except InvalidToken:
+        raise
+    except (ValueError, RecursionError):
+        _fail("token_malformed", f"{name} is not JSON")
+    if not isinstance(value, dict):
+        _fail("token_malformed", f"{name} is not a JSON object")
+    return value
+
+
+def _number(payload: dict[str, Any], claim: str) -> float | None:
+    value = payload.get(claim)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail("token_malformed", f"claim {claim} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        _fail("token_malformed", f"claim {claim} is out of range")
+    if not math.isfinite(number):
+        _fail("token_malformed", f"claim {claim} is out of range")
+    return number
+
+
+def parse_authorization(value: str, *, dedicated: bool) -> str | None:
+    """The bearer token in a header value, None if it carries no bearer credential.
+
+    Envoy joins repeated headers with ``,``, and a JWT never contains one, so more
+    than one comma-separated credential, or extra words after the token, means
+    the client sent several: :class:`MultipleCredentials`. Another scheme
+    (``Basic``) abstains when the header is shared (``authorization``); on a
+    header dedicated to this provider it is a malformed token.
+    """
+    if "," in value:
+        parts = [p.split() for p in value.split(",") if p.strip()]
+        if len(parts) > 1:
+            if any(p[0].lower() == "bearer" for p in parts):
+                raise MultipleCredentials("more than one credential in the header")
+            _not_bearer(dedicated)
+            return None
+        words = parts[0] if parts else []
+    else:
+        words = value.split()  # the common case: one credential, no list to build
+    if not words:
+        return None
+    if words[0].lower() != "bearer":
+        _not_bearer(dedicated)
+        return None
+    if len(words) == 2:
+        return words[1]
+    if len(words) > 2:
+        raise MultipleCredentials("more than one token after 'Bearer'")
+    _fail("token_malformed", "'Bearer' without a token")
+
+
+def _not_bearer(dedicated: bool) -> None:
+    # Another scheme in a header that only this provider reads is a bad credential.
+    if dedicated:
+        _fail("token_malformed", "expected 'Bearer <token>'")
+
+
+def _query_has_access_token(path: str) -> bool:
+    query = path.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        name = pair.partition("=")[0]
+        if "%" in name:
+            # A percent-encoded name (access%5Ftoken) must not slip past the check.
+            name = unquote(name)
+        if name == "access_token":
+            return True
+    return False
+
+
+class JwtProvider:
+    """Verifies ``Bearer`` JWTs from one issuer; implements ``IdentityProvider``.
+
+    ``verifications`` and ``cache_hits`` are plain int counters for metrics.
+    """
+
+    kind = "jwt"
+
+    def __init__(
+        self,
+        config: JwtProviderConfig,
+        *,
+        clock: Clock = time.time,
+        fetcher: Fetcher | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._clock = clock
+        self.jwks = JwksCache(config, clock=clock, fetcher=fetcher)
+        self._header = config.header.lower()
+        self._dedicated = self._header != "authorization"
+        self._audiences = frozenset(config.audiences)
+        available = get_default_algorithms()
+        # "none" is never an algorithm, whatever the configuration says.
+        self._algorithms: dict[str, Algorithm] = {
+            alg: available[alg]
+            for alg in config.algorithms
+            if alg.lower() != "none" and alg in available and algorithm_family(alg)
+        }
+        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._cache_size = max(0, config.cache_size)
+        self.verifications = 0
+        self.cache_hits = 0
+
+    @property
+    def cached(self) -> int:
+        """Number of verified tokens currently cached."""
+        return len(self._cache)
+
+    async def start(self) -> None:
+        """Load the issuer's keys (see :meth:`JwksCache.start`)."""
+        await self.jwks.start()
+
+    def ready(self) -> bool:
+        """True once the issuer's keys are loaded and not stale."""
+        return self.jwks.ready()
+
+    async def close(self) -> None:
+        """Stop background key refreshes."""
+        await self.jwks.close()
+
+    async def authenticate(self, request: Request) -> Identity | None:
+        """The identity a bearer JWT proves; None when no bearer token is present."""
+        value = request.headers.get(self._header)
+        if value is None:
+            return None
+        token = parse_authorization(value, dedicated=self._dedicated)
+        if token is None:
+            return None
+        path = request.path
+        if "?" in path and _query_has_access_token(path):
+            raise MultipleCredentials("token in both the header and the query")
+
+        entry = self._cache.get(token)
+        if entry is not None:
+            if self._clock() < entry[1]:
+                self._cache.move_to_end(token)
+                self.cache_hits += 1
+                return entry[0]
+            del self._cache[token]
+
+        identity, valid_until = await self.verify(token)
+        if self._cache_size:
+            cache = self._cache
+            cache[token] = (identity, valid_until)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return identity
+
+    async def verify(self, token: str) -> tuple[Identity, float]:
+        """Verify ``token`` fully (no cache); the identity and the time it stops being valid.
+
+        Raises :class:`InvalidToken` with one of the ``token_*`` reasons, or
+        ``DependencyError(reason="jwks_unavailable")`` from the key set.
+        """
+        self.verifications += 1
+        if len(token) > MAX_TOKEN_LENGTH:
+            _fail("token_malformed", "token too long")
+        if _COMPACT.fullmatch(token) is None:
+            _fail("token_malformed", "not a compact JWS (three base64url parts)")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(header_b64, "header")
+        payload = _json_object(payload_b64, "payload")
+        signature = _b64decode(signature_b64, "signature")
+
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg:
+            _fail("token_algorithm_not_allowed", "alg missing")
+        algorithm = self._algorithms.get(alg)
+        if algorithm is None:
+            _fail("token_algorithm_not_allowed", f"alg {alg[:20]!r} not allowed")
+        forbidden = FORBIDDEN_HEADERS.intersection(header)
+        if forbidden:
+            _fail("token_header_forbidden", f"header {sorted(forbidden)[0]!r} not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            _fail("token_malformed", "kid is not a string")
+        if algorithm_family(alg) == "oct" and not any(k.family == "oct" for k in self.jwks.keys):
+            # An HMAC token for an issuer with only asymmetric keys is the classic key
+            # confusion attempt; refuse it before it can trigger an unknown-kid refresh.
+            _fail("token_algorithm_not_allowed", f"alg {alg} but the issuer has no HMAC keys")
+
+        jwk = await self.jwks.key_for(kid, alg)
+        # Key confusion: an HS* token must never be checked with an RSA/EC key used
+        # as an HMAC secret, nor an RS token with a PS-only key and so on.
+        if not jwk.compatible(alg):
+            _fail("token_algorithm_not_allowed", f"alg {alg} does not fit key {kid!r}")
+        try:
+            key = algorithm.prepare_key(jwk.key)
+        except Exception:  # PyJWT InvalidKeyError/TypeError: e.g. ES384 with a P-256 key
+            _fail("token_algorithm_not_allowed", f"alg {alg} does not fit key {kid!r}")
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        try:
+            valid = algorithm.verify(signing_input, key, signature)
+        except Exception:  # malformed signature encodings raise in some algorithms
+            valid = False
+        if not valid:
+            _fail("token_bad_signature", "signature verification failed")
+        return self._check_claims(payload)
+
+    def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
+        config = self.config
+        if payload.get("iss") != config.issuer:
+            _fail("token_wrong_issuer", "issuer does not match")
+        aud = payload.get("aud")
+        if isinstance(aud, str):
+            aud_ok = aud in self._audiences
+        elif isinstance(aud, list):
+            aud_ok = any(isinstance(a, str) and a in self._audiences for a in aud)
+        else:
+            aud_ok = False
+        if not aud_ok:
+            _fail("token_wrong_audience", "audience not accepted")
+
+        now = self._clock()
+        leeway = config.leeway
+        exp = _number(payload, "exp")
+        if exp is None:
+            _fail("token_missing_exp", "exp missing")
+        if now >= exp + leeway:
+            _fail("token_expired", "token expired")
+        nbf = _number(payload, "nbf")
+        if nbf is not None and nbf > now + leeway:
+            _fail("token_not_yet_valid", "nbf in the future")
+        iat = _number(payload, "iat")
+        if iat is not None and iat > now + leeway:
+            _fail("token_not_yet_valid", "iat in the future")
+        start = iat if iat is not None else nbf if nbf is not None else now
+        if exp - start > config.max_lifetime + leeway:
+            _fail("token_lifetime_too_long", "token lifetime exceeds the maximum")
+
+        sub = payload.get("sub")
+        if not isinstance(sub, str) or not sub:
+            _fail("token_missing_subject", "sub missing")
+        identity = Identity(
+            kind="jwt",
+            subject=sub,
+            provider=config.name,
+            issuer=config.issuer,
+            scopes=self._scopes(payload),
+            claims=MappingProxyType(payload),
+            expires_at=exp,
+        )
+        return identity, exp + leeway
+
+    def _scopes(self, payload: dict[str, Any]) -> frozenset[str]:
+        value = payload.get(self.config.scope_claim)
+        if value is None:
+            return frozenset()
+        # "scope" is a space-separated string (RFC 8693) and "scp" an array, but
+        # issuers mix them up; accept both shapes for either claim name.
+        if isinstance(value, str):
+            return frozenset(value.split())
+        if isinstance(value, list) and all(isinstance(s, str) for s in value):
+            return frozenset(s for s in value if s)
+        _fail("token_malformed", f"claim {self.config.scope_claim} is neither string nor list")
