@@ -443,13 +443,13 @@ def _cmd_help(parser: argparse.ArgumentParser) -> Any:
 
 
 def add_token_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: argparse._SubParsersAction[Any],
 ) -> argparse.ArgumentParser:
     """Add the ``token`` command (keygen, mint, serve, jwks) to a CLI's subparsers.
 
     Every leaf sets ``func``: a callable ``(args) -> int`` exit code.
     """
-    token = subparsers.add_parser(
+    token: argparse.ArgumentParser = subparsers.add_parser(
         "token", help="development tokens and issuer", description=__doc__.splitlines()[0]
     )
     token.set_defaults(func=_cmd_help(token))
