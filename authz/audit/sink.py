@@ -14,6 +14,7 @@ import logging
 import queue
 import sys
 import threading
+from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 log = logging.getLogger("authz.audit")
@@ -51,6 +52,19 @@ class NullSink:
 _STOP = object()
 
 
+def _rfc3339(record: Any) -> Any:
+    """Render a unix ``time`` as RFC 3339 (here, in the writer thread, not per request)."""
+    when = record.get("time")
+    if isinstance(when, float | int):
+        record = dict(record)
+        record["time"] = (
+            datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            )
+        )
+    return record
+
+
 class JsonLinesSink:
     """One JSON object per line to a stream (stdout by default) or a file."""
 
@@ -86,7 +100,7 @@ class JsonLinesSink:
                     stop = True
                     continue
                 try:
-                    lines.append(json.dumps(rec, separators=(",", ":"), default=str))
+                    lines.append(json.dumps(_rfc3339(rec), separators=(",", ":"), default=str))
                 except (TypeError, ValueError):  # pragma: no cover - records are flat
                     log.exception("unserialisable decision record")
             if lines:
