@@ -39,6 +39,9 @@ logger = logging.getLogger("authz.jwks")
 #: Largest JWKS or discovery document accepted; real ones are a few KiB.
 MAX_DOCUMENT_BYTES = 1024 * 1024
 
+#: First retry delay (seconds) while no usable keys are held; doubles per failure.
+RETRY_BASE = 0.5
+
 #: JWK ``kty`` -> key family, and the family each JWS ``alg`` needs.
 KEY_FAMILIES = ("RSA", "EC", "OKP", "oct")
 _ALG_FAMILY: dict[str, str] = {
@@ -213,6 +216,8 @@ class JwksCache:
     * While the issuer is unreachable the last good keys serve for ``jwks_stale_ttl``
       after their last successful fetch; past that, lookups raise
       ``DependencyError(reason="jwks_unavailable")``.
+    * With no usable keys (never loaded, or stale) retries back off from 1 s up to
+      ``jwks_refresh_interval``, so that a service recovers soon after its issuer.
 
     The counters ``fetches``, ``failures``, ``unknown_kid_refreshes`` and
     ``suppressed_refreshes`` are plain ints for metrics.
@@ -248,6 +253,7 @@ class JwksCache:
         self._background: asyncio.Task[None] | None = None
         self._jwks_uri: str | None = config.jwks_uri  # discovery fills it in
         self._file_stamp: tuple[int, int] | None = None
+        self._consecutive_failures = 0
         #: Documents actually loaded (HTTP GETs of the JWKS, or file reads).
         self.fetches = 0
         #: Refresh attempts that failed (the previous keys were kept).
@@ -355,9 +361,15 @@ class JwksCache:
         )
 
     def _refresh_allowed(self, now: float) -> bool:
-        return self._last_attempt is None or now - self._last_attempt >= (
-            self.config.jwks_refresh_interval
-        )
+        if self._last_attempt is None:
+            return True
+        interval = self.config.jwks_refresh_interval
+        if not self._usable(now):
+            # Without usable keys every request fails anyway: retry sooner (1 s, 2 s,
+            # 4 s, ... up to the interval) so that the service recovers promptly once
+            # the issuer is back, still one fetch at a time per process.
+            interval = min(interval, RETRY_BASE * 2 ** min(self._consecutive_failures, 16))
+        return now - self._last_attempt >= interval
 
     def _refresh_due(self, now: float) -> bool:
         if not self._refresh_allowed(now):
@@ -394,6 +406,7 @@ class JwksCache:
             raise
         except Exception as exc:  # every failure mode of I/O and parsing; never raw
             self.failures += 1
+            self._consecutive_failures += 1
             logger.warning(
                 "provider %s: refreshing keys failed (keeping %d previous keys): %s",
                 self.config.name,
@@ -407,11 +420,14 @@ class JwksCache:
             self._all = tuple(keys)
             self._by_kid = {k.kid: k for k in keys if k.kid is not None}
         self._last_success = self._clock()
+        self._consecutive_failures = 0
         return True
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._poll_interval)
+            # Poll faster while unusable, so the shorter retry backoff is honoured.
+            usable = self._usable(self._clock())
+            await asyncio.sleep(self._poll_interval if usable else min(self._poll_interval, 0.25))
             if self._inflight is None and self._refresh_due(self._clock()):
                 await self.refresh()
 

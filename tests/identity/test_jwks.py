@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -446,3 +447,33 @@ async def test_default_fetcher_limits_response_size(
 async def test_default_fetcher_raises_oserror_on_http_error(server: DevIssuerServer) -> None:
     with pytest.raises(OSError):
         await fetch_url(server.url + "/nothing-here", 2.0)
+
+
+async def test_without_usable_keys_retries_back_off_up_to_the_interval(
+    es_keys: list[DevKey], clock: FakeClock, caches: list[JwksCache]
+) -> None:
+    attempts: list[float] = []
+    down = True
+    doc = json.dumps(devissuer.jwks([es_keys[0]])).encode()
+
+    async def fetcher(url: str, timeout: float) -> bytes:
+        attempts.append(clock())
+        if down:
+            raise OSError("connection refused")
+        return doc
+
+    cache = JwksCache(config(jwks_uri="http://issuer.test/j"), clock=clock, fetcher=fetcher)
+    caches.append(cache)
+    await cache.start()
+    t0 = clock()
+    for _ in range(80):  # 80 s of requests, one per second
+        clock.advance(1)
+        with pytest.raises(DependencyError):
+            await cache.key_for(es_keys[0].kid)
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert attempts[0] == t0
+    assert gaps[:5] == [1, 2, 4, 8, 16] and set(gaps[5:]) == {30}
+    down = False
+    clock.advance(30)
+    assert (await cache.key_for(es_keys[0].kid)).kid == es_keys[0].kid
+    assert cache.ready()
