@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not host or not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return value
 
@@ -217,22 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", type=_address, default="0.0.0.0:9191", metavar="HOST:PORT")
     p.add_argument("--workers", type=_workers, default=1, help="processes on one port")
     p.add_argument(
-        "--decision-log", default="-", metavar="PATH",
+        "--decision-log",
+        default="-",
+        metavar="PATH",
         help="where decision records go: - (stdout, default), off, or a file",
     )
-    p.add_argument("--reload-interval", type=_positive, default=1.0, metavar="SECONDS",
-                   help="how often to check the policy file for changes (0: only on SIGHUP)")
+    p.add_argument(
+        "--reload-interval",
+        type=_positive,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to check the policy file for changes (0: only on SIGHUP)",
+    )
     p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="send one request to a running service; print the decision")
     p.add_argument("url", help="the request URL, e.g. http://api.local/v1/orders?limit=5")
-    p.add_argument("-X", "--request", metavar="METHOD", help="method (default GET, POST with --data)")
-    p.add_argument("-H", "--header", type=_parse_header, action="append", default=[],
-                   metavar="'NAME: VALUE'")
+    p.add_argument(
+        "-X", "--request", metavar="METHOD", help="method (default GET, POST with --data)"
+    )
+    p.add_argument(
+        "-H", "--header", type=_parse_header, action="append", default=[], metavar="'NAME: VALUE'"
+    )
     p.add_argument("-d", "--data", metavar="DATA", help="request body, or @FILE")
     p.add_argument("--principal", help="the SPIFFE ID Envoy verified for the peer (mTLS)")
     p.add_argument("--cert", metavar="PEM", help="peer certificate Envoy forwards (mTLS)")

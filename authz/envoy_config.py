@@ -19,6 +19,12 @@ What it encodes, and why:
   service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
 - Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
   identity headers there; everywhere else the service removes them.
+- Optional downstream TLS (``--tls-cert/--tls-key``), TLS 1.2 at least; with a trust
+  bundle (``--client-ca``) Envoy verifies client certificates (mTLS, SPIFFE X.509-SVIDs)
+  and ext_authz sends the verified identity: ``attributes.source.principal`` (the URI
+  SAN) and the URL-encoded PEM in ``attributes.source.certificate``. Which SPIFFE IDs
+  may call which route is the policy's decision, not Envoy's: no SAN matchers here.
+  ``x-forwarded-client-cert`` from the client is removed (SANITIZE), never forwarded.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryTy
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     ApiVersion,
+    DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HealthCheck,
@@ -51,6 +58,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     Node,
     SocketAddress,
     SubstitutionFormatString,
+    TransportSocket,
     TypedExtensionConfig,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
@@ -83,6 +91,14 @@ from envoy_data_plane.envoy.extensions.path.match.uri_template.v3 import UriTemp
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+    TlsParameters,
+    TlsParametersTlsProtocol,
+)
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions as UpstreamHttpProtocolOptions,
 )
@@ -98,6 +114,7 @@ from authz.policy.config import PolicyConfig, RouteConfig
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ROUTER_FILTER = "envoy.filters.http.router"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template.uri_template_matcher"
 AUTHZ_CLUSTER = "authz"
 UPSTREAM_CLUSTER = "upstream"
@@ -183,6 +200,36 @@ def parse_timeout(text: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS on Envoy's listener; with ``client_ca``, mutual TLS.
+
+    Paths are written into the config as given: Envoy reads the files when it starts
+    (relative paths against its working directory).
+    """
+
+    cert_chain: str  # PEM: Envoy's certificate, then any intermediates
+    private_key: str  # PEM, unencrypted
+    #: PEM trust bundle; when set, client certificates are verified against it and a
+    #: certificate that does not verify ends the handshake.
+    client_ca: str | None = None
+    #: Refuse clients without a certificate. None: True when client_ca is set. Without
+    #: client_ca, Envoy does not ask for client certificates at all.
+    require_client_cert: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cert_chain or not self.private_key:
+            raise EnvoyConfigError("TLS needs both a certificate chain and a private key")
+        if self.client_ca == "":
+            raise EnvoyConfigError("client_ca is an empty path")
+        if self.require_client_cert is None:
+            object.__setattr__(self, "require_client_cert", self.client_ca is not None)
+        elif self.require_client_cert and self.client_ca is None:
+            raise EnvoyConfigError(
+                "requiring client certificates needs a trust bundle to verify them (client_ca)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class EnvoyOptions:
     """Where things are, for one deployment of the same policy."""
 
@@ -192,6 +239,8 @@ class EnvoyOptions:
     admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
     #: How long Envoy waits for the authz service before denying (status_on_error).
     timeout: float = 0.5
+    #: Downstream TLS/mTLS on the listener; None: plaintext.
+    tls: TlsOptions | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,6 +537,32 @@ def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
     return cluster
 
 
+def _downstream_tls(tls: TlsOptions) -> TransportSocket:
+    """The listener's TLS: Envoy's certificate and, with a trust bundle, client verification."""
+    common = CommonTlsContext(
+        tls_params=TlsParameters(tls_minimum_protocol_version=TlsParametersTlsProtocol.TLSv1_2),
+        tls_certificates=[
+            TlsCertificate(
+                certificate_chain=DataSource(filename=tls.cert_chain),
+                private_key=DataSource(filename=tls.private_key),
+            )
+        ],
+        # HTTP/2 over TLS is negotiated by ALPN (codec_type AUTO).
+        alpn_protocols=["h2", "http/1.1"],
+    )
+    if tls.client_ca is not None:
+        # Chain verification only: no SAN matchers, the policy decides which SPIFFE IDs
+        # may call which route.
+        common.validation_context = CertificateValidationContext(
+            trusted_ca=DataSource(filename=tls.client_ca)
+        )
+    context = DownstreamTlsContext(
+        common_tls_context=common,
+        require_client_certificate=bool(tls.require_client_cert),
+    )
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=Any.pack(context))
+
+
 def _overload_manager() -> OverloadManager:
     return OverloadManager(
         resource_monitors=[
@@ -504,20 +579,21 @@ def _overload_manager() -> OverloadManager:
 def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Bootstrap:
     """The typed Envoy v3 bootstrap for ``policy`` deployed as ``options`` says."""
     hcm = _http_connection_manager(policy, options)
+    chain = FilterChain(
+        filters=[
+            Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=Any.pack(hcm),
+            )
+        ]
+    )
+    if options.tls is not None:
+        chain.transport_socket = _downstream_tls(options.tls)
     listener = Listener(
         name="ingress",
         address=_socket(options.listen),
         per_connection_buffer_limit_bytes=32768,
-        filter_chains=[
-            FilterChain(
-                filters=[
-                    Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=Any.pack(hcm),
-                    )
-                ]
-            )
-        ],
+        filter_chains=[chain],
     )
     return Bootstrap(
         node=Node(id="authz-envoy", cluster="authz-envoy"),
@@ -554,6 +630,60 @@ def build_bootstrap(policy: PolicyConfig, options: EnvoyOptions) -> dict[str, An
     return config
 
 
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise EnvoyConfigError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def check_tls_files(tls: TlsOptions) -> None:
+    """Check now what Envoy would otherwise reject (or accept wrongly) when it starts.
+
+    The files must be readable PEM: a certificate chain whose first certificate is
+    current and matches the (unencrypted) private key, and a trust bundle of one or
+    more certificates. Raises EnvoyConfigError naming the file and the problem.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        chain = x509.load_pem_x509_certificates(_read(tls.cert_chain, "--tls-cert"))
+    except ValueError:
+        raise EnvoyConfigError(f"--tls-cert {tls.cert_chain}: no PEM certificate in it") from None
+    try:
+        key = serialization.load_pem_private_key(_read(tls.private_key, "--tls-key"), password=None)
+    except TypeError:
+        raise EnvoyConfigError(
+            f"--tls-key {tls.private_key}: the private key is encrypted; Envoy needs it unencrypted"
+        ) from None
+    except ValueError as exc:
+        raise EnvoyConfigError(
+            f"--tls-key {tls.private_key}: not a PEM private key ({exc})"
+        ) from None
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise EnvoyConfigError(
+            f"--tls-key {tls.private_key} is not the private key of the first certificate "
+            f"in --tls-cert {tls.cert_chain}"
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = chain[0]
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise EnvoyConfigError(
+            f"--tls-cert {tls.cert_chain}: the certificate is valid only from "
+            f"{leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if tls.client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(_read(tls.client_ca, "--client-ca"))
+        except ValueError:
+            raise EnvoyConfigError(
+                f"--client-ca {tls.client_ca}: no PEM certificate in it"
+            ) from None
+
+
 def render_yaml(config: dict[str, AnyType], *, header: str = "") -> str:
     """YAML text of a bootstrap dict, fields in proto order, ``header`` as ``#`` lines."""
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
@@ -577,6 +707,15 @@ def _arg_type(parse: Callable[[str], object], what: str) -> Callable[[str], obje
 
 
 _DEFAULTS = EnvoyOptions()
+
+
+def _readable_file(text: str) -> str:
+    try:
+        with open(text, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {text}: {exc.strerror or exc}") from None
+    return text
 
 
 def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> None:
@@ -611,17 +750,64 @@ def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> 
         help="how long Envoy waits for a decision before denying, e.g. 0.5s or 500ms "
         f"(default {_DEFAULTS.timeout:g}s)",
     )  # fmt: skip
+    tls = p.add_argument_group(
+        "downstream TLS",
+        "Envoy terminates TLS; with --client-ca, mutual TLS: client certificates (SPIFFE "
+        "X.509-SVIDs) are verified against the bundle and the verified identity is sent to "
+        "the service (attributes.source.principal and .certificate). The paths are written "
+        "into the config as given.",
+    )
+    readable = _arg_type(_readable_file, "file")
+    tls.add_argument(
+        "--tls-cert", type=readable, metavar="FILE",
+        help="Envoy's certificate chain (PEM); needs --tls-key",
+    )  # fmt: skip
+    tls.add_argument("--tls-key", type=readable, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--client-ca", type=readable, metavar="FILE",
+        help="trust bundle (PEM) that client certificates must verify against",
+    )  # fmt: skip
+    tls.add_argument(
+        "--client-cert", choices=("optional", "required"), default=None,
+        help="with --client-ca: refuse clients without a certificate (required, the "
+        "default) or let them through unauthenticated by TLS (optional); a certificate "
+        "that does not verify is refused either way",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
 
+def _tls_from_args(args: argparse.Namespace) -> TlsOptions | None:
+    cert = getattr(args, "tls_cert", None)
+    key = getattr(args, "tls_key", None)
+    client_ca = getattr(args, "client_ca", None)
+    client_cert = getattr(args, "client_cert", None)
+    if cert is None and key is None:
+        if client_ca is not None or client_cert is not None:
+            flag = "--client-ca" if client_ca is not None else "--client-cert"
+            raise EnvoyConfigError(f"{flag} needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise EnvoyConfigError("--tls-cert and --tls-key go together")
+    if client_cert is not None and client_ca is None:
+        raise EnvoyConfigError("--client-cert needs --client-ca (the bundle to verify against)")
+    return TlsOptions(
+        cert_chain=cert,
+        private_key=key,
+        client_ca=client_ca,
+        require_client_cert=None if client_cert is None else client_cert == "required",
+    )
+
+
 def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
+    """EnvoyOptions from parsed arguments; EnvoyConfigError for combinations that make no sense."""
     return EnvoyOptions(
         listen=args.listen,
         upstream=args.upstream,
         authz=args.authz,
         admin=args.admin,
         timeout=args.timeout,
+        tls=_tls_from_args(args),
     )
 
 
@@ -635,6 +821,12 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{name}", str(value)]
     if opts.timeout != _DEFAULTS.timeout:
         parts += ["--timeout", f"{opts.timeout:g}s"]
+    if opts.tls is not None:
+        parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
+        if opts.tls.client_ca is not None:
+            parts += ["--client-ca", opts.tls.client_ca]
+            if not opts.tls.require_client_cert:
+                parts += ["--client-cert", "optional"]
     if args.output:
         parts += ["-o", args.output]
     return " ".join(parts)
@@ -652,10 +844,18 @@ def generate(policy: PolicyConfig, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``authz envoy-config``: 0 on success, 1 when the policy or output is unusable."""
+    """``authz envoy-config``: 0 on success, 1 when the policy or output is unusable,
+    2 when the options are (e.g. a TLS file that is missing or not what it should be)."""
     from authz.errors import PolicyError
     from authz.policy.loader import load_policy
 
+    try:
+        options = options_from_args(args)
+        if options.tls is not None:
+            check_tls_files(options.tls)
+    except EnvoyConfigError as exc:
+        print(f"authz envoy-config: error: {exc}", file=sys.stderr)
+        return 2
     try:
         policy: PolicyConfig = load_policy(args.policy)
     except PolicyError as exc:

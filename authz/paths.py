@@ -31,13 +31,13 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 def split_target(target: str) -> tuple[str, str]:
     """Split a request target into (path, query); the query has no leading '?'."""
-    path, sep, query = target.partition("?")
+    path, _, query = target.partition("?")
     return path, query
 
 
 def canonicalize(target: str) -> tuple[str, str]:
     """Return (canonical path, raw query) for a request target, or raise InvalidPath."""
-    path, _, query = target.partition("?")
+    path, query = split_target(target)
     if not path.startswith("/"):
         raise InvalidPath("the request target is not an absolute path")
     if not path.isascii():

@@ -110,7 +110,9 @@ class Service:
                 self.rejected_reloads += 1
                 log.error(
                     "policy reload rejected: %s: providers not ready within %.0fs; keeping %s",
-                    policy.version, self.options.ready_timeout, self.engine.policy.version,
+                    policy.version,
+                    self.options.ready_timeout,
+                    self.engine.policy.version,
                 )
                 await policy.close()
                 return False
@@ -145,7 +147,9 @@ class Service:
         await self.transport.start()
         log.info(
             "authz serving policy %s on port %d (pid %d)",
-            policy.version, self.transport.port, os.getpid(),
+            policy.version,
+            self.transport.port,
+            os.getpid(),
         )
         self._tasks.append(asyncio.create_task(self._become_ready(policy)))
         if self.options.reload_interval > 0:
@@ -211,11 +215,22 @@ def _supervise(options: ServeOptions) -> int:
         print("authz: --workers needs a fixed port", file=sys.stderr)
         return 2
     argv = [
-        sys.executable, "-m", "authz", "serve", str(Path(options.policy)),
-        "--grpc", options.grpc, "--workers", "1", "--reuse-port",
-        "--decision-log", options.decision_log,
-        "--reload-interval", str(options.reload_interval),
-        "--drain-timeout", str(options.drain_timeout),
+        sys.executable,
+        "-m",
+        "authz",
+        "serve",
+        str(Path(options.policy)),
+        "--grpc",
+        options.grpc,
+        "--workers",
+        "1",
+        "--reuse-port",
+        "--decision-log",
+        options.decision_log,
+        "--reload-interval",
+        str(options.reload_interval),
+        "--drain-timeout",
+        str(options.drain_timeout),
     ]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False

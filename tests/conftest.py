@@ -24,9 +24,7 @@ def issuer(dev_key: devissuer.DevKey) -> Iterator[devissuer.DevIssuerServer]:
 
 
 @pytest.fixture()
-def mint(
-    dev_key: devissuer.DevKey, issuer: devissuer.DevIssuerServer
-) -> Callable[..., str]:
+def mint(dev_key: devissuer.DevKey, issuer: devissuer.DevIssuerServer) -> Callable[..., str]:
     def _mint(subject: str = "alice", scopes: str = "orders:read", **kw: object) -> str:
         kw.setdefault("audience", "orders")
         return devissuer.mint(dev_key, issuer=issuer.url, subject=subject, scopes=scopes, **kw)  # type: ignore[arg-type]

@@ -24,8 +24,18 @@ class ServiceProcess:
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "authz", "serve", str(policy), "--grpc", self.address,
-                "--decision-log", str(self.decision_log), "--reload-interval", "0.2", *extra,
+                sys.executable,
+                "-m",
+                "authz",
+                "serve",
+                str(policy),
+                "--grpc",
+                self.address,
+                "--decision-log",
+                str(self.decision_log),
+                "--reload-interval",
+                "0.2",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,

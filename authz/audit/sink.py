@@ -58,9 +58,9 @@ def _rfc3339(record: Any) -> Any:
     if isinstance(when, float | int):
         record = dict(record)
         record["time"] = (
-            datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            )
+            datetime.fromtimestamp(when, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
         )
     return record
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -132,9 +131,18 @@ class LocalStack:
         serve_log = open(self.state_dir / "authz.log", "ab")  # noqa: SIM115
         service = subprocess.Popen(
             [
-                sys.executable, "-m", "authz", "serve", str(self.policy),
-                "--grpc", self.authz_address, "--decision-log", str(self.decision_log),
-                "--reload-interval", "0.2", *self.extra_serve_args,
+                sys.executable,
+                "-m",
+                "authz",
+                "serve",
+                str(self.policy),
+                "--grpc",
+                self.authz_address,
+                "--decision-log",
+                str(self.decision_log),
+                "--reload-interval",
+                "0.2",
+                *self.extra_serve_args,
             ],
             stdout=serve_log,
             stderr=subprocess.STDOUT,
@@ -143,8 +151,15 @@ class LocalStack:
         envoy_log = open(self.state_dir / "envoy.log", "ab")  # noqa: SIM115
         envoy = subprocess.Popen(
             [
-                envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
-                "--base-id", str(self.admin_port), "--concurrency", "1",
+                envoy_binary(),
+                "-c",
+                str(envoy_yaml),
+                "--log-level",
+                "warn",
+                "--base-id",
+                str(self.admin_port),
+                "--concurrency",
+                "1",
             ],
             stdout=envoy_log,
             stderr=subprocess.STDOUT,
@@ -202,7 +217,8 @@ def add_demo_parser(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8080, help="Envoy's listener port")
     p.add_argument("--state-dir", default=".authz-demo", help="keys, tokens, logs")
     p.add_argument(
-        "--smoke", action="store_true",
+        "--smoke",
+        action="store_true",
         help="send the four example requests, check their statuses, and exit",
     )
     p.set_defaults(func=cmd_demo)
@@ -235,15 +251,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"authz demo: cannot start the dev issuer on port {port}: {exc}", file=sys.stderr)
         return 1
     tokens = {
-        "reader": devissuer.mint(key, issuer=issuer_url, subject="alice", audience=audience,
-                                 scopes="orders:read", ttl=900),
-        "writer": devissuer.mint(key, issuer=issuer_url, subject="bob", audience=audience,
-                                 scopes="orders:read orders:write", ttl=900),
+        "reader": devissuer.mint(
+            key,
+            issuer=issuer_url,
+            subject="alice",
+            audience=audience,
+            scopes="orders:read",
+            ttl=900,
+        ),
+        "writer": devissuer.mint(
+            key,
+            issuer=issuer_url,
+            subject="bob",
+            audience=audience,
+            scopes="orders:read orders:write",
+            ttl=900,
+        ),
     }
     for name, token in tokens.items():
         (state / f"{name}.jwt").write_text(token + "\n")
-    stack = LocalStack(policy=policy, state_dir=state, listen_port=args.port,
-                       authz_port=9191, admin_port=9901, upstream_port=8000)
+    stack = LocalStack(
+        policy=policy,
+        state_dir=state,
+        listen_port=args.port,
+        authz_port=9191,
+        admin_port=9901,
+        upstream_port=8000,
+    )
     try:
         stack.start()
     except (OSError, RuntimeError, TimeoutError) as exc:
@@ -264,16 +298,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         verb = f" -X {method}" if method != "GET" else ""
         print(f"# {expected}: {what}")
         print(f"curl -i{verb} {base}{path}{auth}\n")
-    print(f"# a decision without Envoy:  authz check --server {stack.authz_address} "
-          f"-H \"Authorization: Bearer $(cat {state}/writer.jwt)\" -X POST {base}/v1/orders")
+    print(
+        f"# a decision without Envoy:  authz check --server {stack.authz_address} "
+        f'-H "Authorization: Bearer $(cat {state}/writer.jwt)" -X POST {base}/v1/orders'
+    )
     print(f"# grpcurl:  grpcurl -plaintext {stack.authz_address} list\n")
     code = 0
     try:
         if args.smoke:
-            for expected, what, method, path, who in examples:
+            for expected, _what, method, path, who in examples:
                 headers = {"authorization": f"Bearer {tokens[who]}"} if who else {}
-                status, _, body = http(method, base + path, headers,
-                                       b"{}" if method == "POST" else None)
+                status, _, body = http(
+                    method, base + path, headers, b"{}" if method == "POST" else None
+                )
                 reason = ""
                 with contextlib.suppress(ValueError, AttributeError):
                     reason = json.loads(body).get("error", "")
@@ -300,5 +337,3 @@ def _wait_for_signal() -> None:
     signal.signal(signal.SIGINT, handler)
     while not stop:
         time.sleep(0.2)
-
-

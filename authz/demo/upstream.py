@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ThreadingHTTPServer((args.host, args.port), _Handler)
     except OSError as exc:
-        print(f"upstream: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"upstream: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
         return 1
     server.daemon_threads = True
 

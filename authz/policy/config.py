@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 MODES = ("enforce", "monitor")
 UNDECLARED = ("deny", "monitor")
 ASYMMETRIC_ALGORITHMS = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 
@@ -100,7 +109,11 @@ class HeaderNames:
 
     def all(self) -> tuple[str, ...]:
         return (
-            self.subject, self.identity_type, self.issuer, self.scopes, self.provider,
+            self.subject,
+            self.identity_type,
+            self.issuer,
+            self.scopes,
+            self.provider,
             self.decision_id,
         )
 

@@ -150,7 +150,7 @@ def _json_path(jpath: JsonPath) -> str:
 
 def _schema_message(err: Any) -> str:
     if err.validator == "additionalProperties":
-        return err.message.replace("Additional properties are not allowed", "unknown field(s)")
+        return str(err.message).replace("Additional properties are not allowed", "unknown field(s)")
     if err.validator == "enum":
         return f"must be one of {', '.join(map(str, err.validator_value))}"
     if err.validator == "oneOf" and err.schema.get("description"):
@@ -222,7 +222,7 @@ class _Builder:
             return MtlsProviderConfig(name=name, trust_domains=tuple(spec["trust_domains"]))
         if kind == "api_key":
             return self.api_key_provider(name, spec, at)
-        sources = [k for k in ("jwks_uri", "jwks_file") if k in spec]
+        sources: list[str] = [k for k in ("jwks_uri", "jwks_file") if k in spec]
         if spec.get("discovery"):
             sources.append("discovery")
         if len(sources) > 1:
@@ -238,14 +238,14 @@ class _Builder:
         algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
         if any(a in HMAC_ALGORITHMS for a in algorithms):
             self.problem((*at, "algorithms"), "HMAC algorithms are not accepted for issuers")
-        durations: dict[str, float] = {}
-        for key in (
-            "leeway", "max_lifetime", "jwks_ttl", "jwks_refresh_interval", "jwks_stale_ttl",
-            "jwks_timeout",
-        ):
-            if key in spec:
-                durations[key] = parse_duration(spec[key])
-        if durations.get("max_lifetime", 1.0) <= 0:
+        defaults = JwtProviderConfig(name=name, issuer="", audiences=())
+
+        def duration(key: str) -> float:
+            value = spec.get(key)
+            return float(getattr(defaults, key)) if value is None else parse_duration(value)
+
+        max_lifetime = duration("max_lifetime")
+        if max_lifetime <= 0:
             self.problem((*at, "max_lifetime"), "must be more than zero")
         return JwtProviderConfig(
             name=name,
@@ -257,8 +257,13 @@ class _Builder:
             discovery=discovery,
             scope_claim=spec.get("scope_claim", "scope"),
             header=spec.get("header", "authorization"),
-            cache_size=spec.get("cache_size", 10_000),
-            **durations,
+            cache_size=spec.get("cache_size", defaults.cache_size),
+            leeway=duration("leeway"),
+            max_lifetime=max_lifetime,
+            jwks_ttl=duration("jwks_ttl"),
+            jwks_refresh_interval=duration("jwks_refresh_interval"),
+            jwks_stale_ttl=duration("jwks_stale_ttl"),
+            jwks_timeout=duration("jwks_timeout"),
         )
 
     def api_key_provider(
@@ -293,7 +298,9 @@ class _Builder:
             name=name, header=spec.get("header", "x-api-key"), keys=tuple(keys)
         )
 
-    def route(self, i: int, spec: dict[str, Any], providers: dict[str, ProviderConfig]) -> RouteConfig:
+    def route(
+        self, i: int, spec: dict[str, Any], providers: dict[str, ProviderConfig]
+    ) -> RouteConfig:
         at: JsonPath = ("routes", i)
         try:
             parse_template(spec["path"])

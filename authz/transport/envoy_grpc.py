@@ -27,11 +27,7 @@ def to_request(check: external_auth_pb2.CheckRequest) -> Request:
     """Translate a CheckRequest; trusts only what Envoy itself attests."""
     attrs = check.attributes
     http = attrs.request.http
-    headers: dict[str, str]
-    if http.headers:
-        headers = dict(http.headers)
-    else:
-        headers = _from_header_map(http.header_map)
+    headers = dict(http.headers) if http.headers else _from_header_map(http.header_map)
     path = http.path
     if http.fragment:
         path += "#" + http.fragment  # rejected as invalid_path by canonicalisation

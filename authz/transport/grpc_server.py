@@ -17,9 +17,7 @@ from authz.transport.envoy_grpc import to_check_response, to_request
 
 log = logging.getLogger("authz.grpc")
 
-AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name[
-    "Authorization"
-].full_name
+AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 _INTERNAL = to_check_response(
     Decision(
@@ -40,7 +38,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def __init__(self, engine: PolicyEngine) -> None:
         self._engine = engine
 
-    async def Check(  # noqa: N802 - the gRPC method name
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         try:

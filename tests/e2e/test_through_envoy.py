@@ -13,7 +13,6 @@ import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,8 +81,13 @@ def _unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes =
 
 
 class Env:
-    def __init__(self, stack: LocalStack, key: devissuer.DevKey, issuer_url: str,
-                 flaky: devissuer.DevIssuerServer) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        key: devissuer.DevKey,
+        issuer_url: str,
+        flaky: devissuer.DevIssuerServer,
+    ) -> None:
         self.flaky = flaky
         self.stack = stack
         self.key = key
@@ -96,13 +100,25 @@ class Env:
 
     def claims(self, **over: Any) -> dict[str, Any]:
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": "alice", "aud": "orders", "iat": now, "nbf": now,
-                  "exp": now + 300, "scope": "orders:read"}
+        claims = {
+            "iss": self.issuer,
+            "sub": "alice",
+            "aud": "orders",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            "scope": "orders:read",
+        }
         claims.update(over)
         return claims
 
-    def get(self, path: str, headers: dict[str, str] | None = None,
-            method: str = "GET", body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         return send(method, self.stack.base_url + path, headers, body)
 
 
@@ -114,8 +130,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     flaky = devissuer.DevIssuerServer([key]).start()
     policy = tmp / "policy.yaml"
     policy.write_text(
-        POLICY.format(issuer=issuer.url, flaky_issuer=flaky.url, key_digest=_digest(API_KEY),
-                      expired_digest=_digest(EXPIRED_KEY))
+        POLICY.format(
+            issuer=issuer.url,
+            flaky_issuer=flaky.url,
+            key_digest=_digest(API_KEY),
+            expired_digest=_digest(EXPIRED_KEY),
+        )
     )
     stack = LocalStack(policy=policy, state_dir=tmp / "state")
     try:
@@ -160,56 +180,155 @@ DENY_CASES: list[Case] = [
     ("undeclared route", 404, "undeclared_route", lambda e: ("GET", "/v1/admin/users", {})),
     ("method not allowed", 405, "method_not_allowed", lambda e: ("DELETE", "/v1/orders/1", {})),
     ("invalid UTF-8 in path", 400, "invalid_path", lambda e: ("GET", "/v1/orders/%C3", {})),
-    ("overlong UTF-8 '/' in path", 400, "invalid_path",
-     lambda e: ("GET", "/v1/orders/%C0%AF", {})),
+    ("overlong UTF-8 '/' in path", 400, "invalid_path", lambda e: ("GET", "/v1/orders/%C0%AF", {})),
     ("encoded control character", 400, "invalid_path", lambda e: ("GET", "/v1/orders/%7F", {})),
     ("missing credential", 401, "missing_credential", lambda e: ("GET", "/v1/orders/1", {})),
-    ("two tokens", 401, "multiple_credentials",
-     lambda e: ("GET", "/v1/orders/1", {"authorization": f"Bearer {e.token()}, Bearer {e.token()}"})),
-    ("malformed token", 401, "token_malformed",
-     lambda e: ("GET", "/v1/orders/1", _bearer("not.a.jwt"))),
-    ("alg none", 401, "token_algorithm_not_allowed",
-     lambda e: ("GET", "/v1/orders/1", _bearer(_unsigned({"alg": "none"}, e.claims())))),
-    ("HS256 signed with the public key", 401, "token_algorithm_not_allowed",
-     lambda e: ("GET", "/v1/orders/1", _bearer(_hs256_with_public_key(e)))),
-    ("jku header", 401, "token_header_forbidden",
-     lambda e: ("GET", "/v1/orders/1",
-                _bearer(e.token(headers={"jku": "http://127.0.0.1:1/keys"})))),
-    ("embedded jwk header", 401, "token_header_forbidden",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(headers={"jwk": e.key.public_jwk()})))),
-    ("crit header", 401, "token_header_forbidden",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(headers={"crit": ["exp"]})))),
-    ("unknown kid", 401, "token_unknown_kid",
-     lambda e: ("GET", "/v1/orders/1",
-                _bearer(devissuer.mint(devissuer.generate_key("ES256"), issuer=e.issuer,
-                                       subject="x", audience="orders", scopes="orders:read")))),
-    ("bad signature", 401, "token_bad_signature",
-     lambda e: ("GET", "/v1/orders/1", _bearer(_tampered(e)))),
-    ("wrong issuer", 401, "token_wrong_issuer",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(extra_claims={"iss": "https://evil"})))),
-    ("wrong audience", 401, "token_wrong_audience",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(audience="billing")))),
-    ("expired", 401, "token_expired",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(now=time.time() - 400, ttl=300)))),
-    ("not yet valid", 401, "token_not_yet_valid",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(now=time.time() + 600)))),
-    ("missing exp", 401, "token_missing_exp",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(extra_claims={"exp": None})))),
-    ("lifetime too long", 401, "token_lifetime_too_long",
-     lambda e: ("GET", "/v1/orders/1", _bearer(e.token(ttl=86400)))),
-    ("unknown API key", 401, "api_key_unknown",
-     lambda e: ("GET", "/v1/orders/1", {"x-api-key": "guessed-key"})),
-    ("expired API key", 401, "api_key_expired",
-     lambda e: ("GET", "/v1/orders/1", {"x-api-key": EXPIRED_KEY})),
-    ("insufficient scope", 403, "insufficient_scope",
-     lambda e: ("POST", "/v1/orders", _bearer(e.token("orders:read")))),
-    ("scope is matched exactly", 403, "insufficient_scope",
-     lambda e: ("POST", "/v1/orders", _bearer(e.token("orders:writer orders:*")))),
-    ("claim mismatch", 403, "claim_mismatch",
-     lambda e: ("GET", "/v1/orders/export",
-                _bearer(e.token(extra_claims={"tenant": "globex"})))),
-    ("issuer unreachable past the stale-key limit", 503, "jwks_unavailable",
-     lambda e: ("GET", "/v1/reports", _bearer(_after_outage(e)))),
+    (
+        "two tokens",
+        401,
+        "multiple_credentials",
+        lambda e: (
+            "GET",
+            "/v1/orders/1",
+            {"authorization": f"Bearer {e.token()}, Bearer {e.token()}"},
+        ),
+    ),
+    (
+        "malformed token",
+        401,
+        "token_malformed",
+        lambda e: ("GET", "/v1/orders/1", _bearer("not.a.jwt")),
+    ),
+    (
+        "alg none",
+        401,
+        "token_algorithm_not_allowed",
+        lambda e: ("GET", "/v1/orders/1", _bearer(_unsigned({"alg": "none"}, e.claims()))),
+    ),
+    (
+        "HS256 signed with the public key",
+        401,
+        "token_algorithm_not_allowed",
+        lambda e: ("GET", "/v1/orders/1", _bearer(_hs256_with_public_key(e))),
+    ),
+    (
+        "jku header",
+        401,
+        "token_header_forbidden",
+        lambda e: (
+            "GET",
+            "/v1/orders/1",
+            _bearer(e.token(headers={"jku": "http://127.0.0.1:1/keys"})),
+        ),
+    ),
+    (
+        "embedded jwk header",
+        401,
+        "token_header_forbidden",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(headers={"jwk": e.key.public_jwk()}))),
+    ),
+    (
+        "crit header",
+        401,
+        "token_header_forbidden",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(headers={"crit": ["exp"]}))),
+    ),
+    (
+        "unknown kid",
+        401,
+        "token_unknown_kid",
+        lambda e: (
+            "GET",
+            "/v1/orders/1",
+            _bearer(
+                devissuer.mint(
+                    devissuer.generate_key("ES256"),
+                    issuer=e.issuer,
+                    subject="x",
+                    audience="orders",
+                    scopes="orders:read",
+                )
+            ),
+        ),
+    ),
+    (
+        "bad signature",
+        401,
+        "token_bad_signature",
+        lambda e: ("GET", "/v1/orders/1", _bearer(_tampered(e))),
+    ),
+    (
+        "wrong issuer",
+        401,
+        "token_wrong_issuer",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(extra_claims={"iss": "https://evil"}))),
+    ),
+    (
+        "wrong audience",
+        401,
+        "token_wrong_audience",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(audience="billing"))),
+    ),
+    (
+        "expired",
+        401,
+        "token_expired",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(now=time.time() - 400, ttl=300))),
+    ),
+    (
+        "not yet valid",
+        401,
+        "token_not_yet_valid",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(now=time.time() + 600))),
+    ),
+    (
+        "missing exp",
+        401,
+        "token_missing_exp",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(extra_claims={"exp": None}))),
+    ),
+    (
+        "lifetime too long",
+        401,
+        "token_lifetime_too_long",
+        lambda e: ("GET", "/v1/orders/1", _bearer(e.token(ttl=86400))),
+    ),
+    (
+        "unknown API key",
+        401,
+        "api_key_unknown",
+        lambda e: ("GET", "/v1/orders/1", {"x-api-key": "guessed-key"}),
+    ),
+    (
+        "expired API key",
+        401,
+        "api_key_expired",
+        lambda e: ("GET", "/v1/orders/1", {"x-api-key": EXPIRED_KEY}),
+    ),
+    (
+        "insufficient scope",
+        403,
+        "insufficient_scope",
+        lambda e: ("POST", "/v1/orders", _bearer(e.token("orders:read"))),
+    ),
+    (
+        "scope is matched exactly",
+        403,
+        "insufficient_scope",
+        lambda e: ("POST", "/v1/orders", _bearer(e.token("orders:writer orders:*"))),
+    ),
+    (
+        "claim mismatch",
+        403,
+        "claim_mismatch",
+        lambda e: ("GET", "/v1/orders/export", _bearer(e.token(extra_claims={"tenant": "globex"}))),
+    ),
+    (
+        "issuer unreachable past the stale-key limit",
+        503,
+        "jwks_unavailable",
+        lambda e: ("GET", "/v1/reports", _bearer(_after_outage(e))),
+    ),
 ]
 
 
@@ -217,8 +336,9 @@ DENY_CASES: list[Case] = [
 def test_deny(env: Env, case: Case) -> None:
     _, status, reason, build = case
     method, path, headers = build(env)
-    got, resp_headers, body = env.get(path, headers, method=method,
-                                      body=b"{}" if method == "POST" else None)
+    got, resp_headers, body = env.get(
+        path, headers, method=method, body=b"{}" if method == "POST" else None
+    )
     assert got == status, body
     payload = json.loads(body)
     assert payload["error"] == reason
@@ -243,9 +363,13 @@ def test_deny(env: Env, case: Case) -> None:
 def test_allow_sets_identity_headers_and_drops_spoofed_ones(env: Env) -> None:
     status, _, body = env.get(
         "/v1/orders/42",
-        {**_bearer(env.token("orders:read orders:audit")),
-         "x-authz-subject": "admin", "x-authz-identity-type": "mtls",
-         "x-authz-scopes": "orders:write", "x-forwarded-client-cert": "By=spiffe://x;URI=spiffe://x"},
+        {
+            **_bearer(env.token("orders:read orders:audit")),
+            "x-authz-subject": "admin",
+            "x-authz-identity-type": "mtls",
+            "x-authz-scopes": "orders:write",
+            "x-forwarded-client-cert": "By=spiffe://x;URI=spiffe://x",
+        },
     )
     assert status == 200
     seen = json.loads(body)["headers"]
@@ -259,8 +383,9 @@ def test_allow_sets_identity_headers_and_drops_spoofed_ones(env: Env) -> None:
 
 
 def test_spoofed_identity_headers_never_reach_upstream_on_public_route(env: Env) -> None:
-    status, _, body = env.get("/healthz", {"x-authz-subject": "admin",
-                                           "x-authz-scopes": "orders:write"})
+    status, _, body = env.get(
+        "/healthz", {"x-authz-subject": "admin", "x-authz-scopes": "orders:write"}
+    )
     assert status == 200
     seen = json.loads(body)["headers"]
     assert "x-authz-subject" not in seen
@@ -273,8 +398,9 @@ def test_api_key_identity_and_strip_credential(env: Env) -> None:
     seen = json.loads(body)["headers"]
     assert seen["x-authz-subject"] == "reporting"
     assert seen["x-authz-identity-type"] == "api_key"
-    status, _, body = env.get("/v1/orders", _bearer(env.token("orders:write")), method="POST",
-                              body=b"{}")
+    status, _, body = env.get(
+        "/v1/orders", _bearer(env.token("orders:write")), method="POST", body=b"{}"
+    )
     assert status == 200
     assert "authorization" not in json.loads(body)["headers"]  # strip_credential
 
@@ -302,9 +428,22 @@ def test_decision_log_has_every_field_and_no_secrets(env: Env) -> None:
     assert token not in text
     assert "leaked-secret-value" not in text
     record = json.loads(text.splitlines()[-1])
-    for field in ("time", "request_id", "decision_id", "route", "method", "path",
-                  "identity_type", "subject", "issuer", "decision", "status", "reason",
-                  "policy_version", "latency_ms"):
+    for field in (
+        "time",
+        "request_id",
+        "decision_id",
+        "route",
+        "method",
+        "path",
+        "identity_type",
+        "subject",
+        "issuer",
+        "decision",
+        "status",
+        "reason",
+        "policy_version",
+        "latency_ms",
+    ):
         assert field in record
 
 
@@ -337,4 +476,3 @@ def test_path_normalisation_agrees_with_envoy(env: Env, raw: str) -> None:
 def deny_table() -> list[tuple[str, int, str]]:
     """The table for the issue note: case, status through Envoy, reason."""
     return [(name, status, reason) for name, status, reason, _ in DENY_CASES]
-

@@ -123,9 +123,17 @@ def test_reflection_and_grpcurl(
         }
     )
     called = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", body, svc.address,
-         "envoy.service.auth.v3.Authorization/Check"],
-        capture_output=True, text=True, timeout=30,
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            body,
+            svc.address,
+            "envoy.service.auth.v3.Authorization/Check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert called.returncode == 0, called.stderr
     reply = json.loads(called.stdout)
@@ -139,24 +147,59 @@ def test_check_cli(
     svc = start_service(policy_file)
     token = mint(scopes="orders:read")
     allowed = subprocess.run(
-        [sys.executable, "-m", "authz", "check", "--server", svc.address,
-         "-H", f"Authorization: Bearer {token}", "http://api.local/v1/orders/9"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "authz",
+            "check",
+            "--server",
+            svc.address,
+            "-H",
+            f"Authorization: Bearer {token}",
+            "http://api.local/v1/orders/9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.startswith("ALLOW 200 allowed")
     denied = subprocess.run(
-        [sys.executable, "-m", "authz", "check", "--server", svc.address,
-         "-H", f"Authorization: Bearer {token}", "-d", "{}", "http://api.local/v1/orders"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "authz",
+            "check",
+            "--server",
+            svc.address,
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-d",
+            "{}",
+            "http://api.local/v1/orders",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert denied.returncode == 1
     assert denied.stdout.startswith("DENY 403 insufficient_scope")
     assert 'error="insufficient_scope", scope="orders:write"' in denied.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "authz", "check", "--server", svc.address, "-H", "nocolon",
-         "http://api.local/"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "authz",
+            "check",
+            "--server",
+            svc.address,
+            "-H",
+            "nocolon",
+            "http://api.local/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert bad.returncode == 2
     assert "expected 'Name: value'" in bad.stderr
@@ -164,7 +207,9 @@ def test_check_cli(
 
 
 def test_reload_on_change_rejects_invalid_and_sighup(
-    policy_file: Path, start_service: Callable[..., ServiceProcess], mint: Callable[..., str],
+    policy_file: Path,
+    start_service: Callable[..., ServiceProcess],
+    mint: Callable[..., str],
     issuer: devissuer.DevIssuerServer,
 ) -> None:
     svc = start_service(policy_file)
@@ -240,8 +285,13 @@ def test_sigterm_drains_in_flight_calls(
         svc = start_service(policy)
         jwks.delay = 2.0
         other = devissuer.generate_key("ES256")  # unknown kid: forces a (slow) refresh
-        token = devissuer.mint(other, issuer="https://issuer.test", subject="x",
-                               audience="orders", scopes="orders:read")
+        token = devissuer.mint(
+            other,
+            issuer="https://issuer.test",
+            subject="x",
+            audience="orders",
+            scopes="orders:read",
+        )
         result: dict[str, Any] = {}
 
         def call() -> None:
@@ -282,7 +332,9 @@ def test_serve_refuses_invalid_policy(tmp_path: Path) -> None:
     bad.write_text("mode: sometimes\nroutes: []\n")
     run = subprocess.run(
         [sys.executable, "-m", "authz", "serve", str(bad), "--grpc", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode == 1
     assert f"{bad}:1:7: $.mode: must be one of enforce, monitor" in run.stderr
