@@ -257,7 +257,9 @@ class PolicyEngine:
         path: str,
     ) -> Decision:
         reason = exc.reason
-        if route is not None:
+        if isinstance(exc, InternalError):
+            monitor = False  # a failure is never let through, whatever the mode
+        elif route is not None:
             monitor = policy.plans[route.name].monitor
         elif isinstance(exc, UndeclaredRoute):
             monitor = policy.undeclared_monitor
@@ -363,6 +365,7 @@ class PolicyEngine:
 
 
 def _log_path(raw: str) -> str:
-    """A raw (unreadable) path for the log: no query (it may hold a token), bounded."""
-    path = raw.split("?", 1)[0][:256]
+    """A raw (unreadable) path for the log: no query or fragment (either may hold a
+    token), bounded."""
+    path = raw.split("?", 1)[0].split("#", 1)[0][:256]
     return path.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")

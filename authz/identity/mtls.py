@@ -9,6 +9,7 @@ are never read.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from cryptography import x509
@@ -18,6 +19,9 @@ from authz.model import Identity, Request
 from authz.policy.config import MtlsProviderConfig
 
 _MAX_SPIFFE_ID = 2048
+# SPIFFE ID spec: path segments of letters, digits, '.', '-' and '_' only.
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 
 
 def parse_spiffe_id(value: str) -> tuple[str, str]:
@@ -26,13 +30,13 @@ def parse_spiffe_id(value: str) -> tuple[str, str]:
         raise ValueError("not a SPIFFE ID")
     rest = value[len("spiffe://") :]
     domain, _, path = rest.partition("/")
-    if not domain or domain != domain.lower() or any(c in domain for c in ":@?#%"):
+    if not _TRUST_DOMAIN.match(domain):
         raise ValueError("invalid trust domain")
     if any(c in rest for c in "?#") or "//" in rest or rest.endswith("/"):
         raise ValueError("invalid SPIFFE ID path")
     for seg in path.split("/") if path else ():
-        if seg in (".", ".."):
-            raise ValueError("dot segment in SPIFFE ID")
+        if seg in (".", "..") or not _SEGMENT.match(seg):
+            raise ValueError("invalid SPIFFE ID path segment")
     return domain, "/" + path if path else ""
 
 

@@ -67,10 +67,13 @@ def load_policy(path: str | Path) -> PolicyConfig:
 
 
 def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConfig:
-    doc, marks = _parse_yaml(data, source)
+    doc, marks, key_marks = _parse_yaml(data, source)
     problems: list[tuple[str, str]] = []
 
-    def where(jpath: JsonPath) -> str:
+    def where(jpath: JsonPath, *, key: bool = False) -> str:
+        if key and jpath in key_marks:
+            line, column = key_marks[jpath]
+            return f"{source}:{line}:{column}"
         # the deepest node of the path that has a known position
         for cut in range(len(jpath), -1, -1):
             mark = marks.get(tuple(jpath[:cut]))
@@ -78,24 +81,48 @@ def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConf
                 return f"{source}:{mark[0]}:{mark[1]}"
         return source
 
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    for err in errors:
+    schema_paths: list[JsonPath] = []
+    for err in _validator().iter_errors(doc):
         jpath = tuple(err.absolute_path)
+        schema_paths.append(jpath)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = set(err.schema.get("properties", {}))
+            for extra in (k for k in err.instance if k not in known):
+                problems.append(
+                    (
+                        where((*jpath, extra), key=True),
+                        f"{_json_path(jpath)}: unknown field {extra!r}",
+                    )
+                )
+            continue
         problems.append((where(jpath), f"{_json_path(jpath)}: {_schema_message(err)}"))
-    if problems:
-        raise PolicyError(problems)
 
-    builder = _Builder(doc, where, base_dir)
+    # Semantic checks run even when the schema found problems, so that one run of
+    # `authz validate` lists everything; parts the schema rejected are skipped.
+    builder = _Builder(doc, where, base_dir, tolerant=bool(problems), reported=schema_paths)
     config = builder.build(policy_version(data), source)
-    if builder.problems:
-        raise PolicyError(builder.problems)
+    problems.extend(builder.problems)
+    if problems:
+        raise PolicyError(sorted(problems, key=_by_position))
     return config
+
+
+def _by_position(problem: tuple[str, str]) -> tuple[int, int]:
+    parts = problem[0].rsplit(":", 2)
+    try:
+        return int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return 0, 0
 
 
 # --------------------------------------------------------------------------- YAML
 
 
-def _parse_yaml(data: bytes, source: str) -> tuple[Any, dict[JsonPath, tuple[int, int]]]:
+Marks = dict[JsonPath, tuple[int, int]]
+
+
+def _parse_yaml(data: bytes, source: str) -> tuple[Any, Marks, Marks]:
+    """The document, the (line, column) of each value, and of each mapping key."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -109,28 +136,51 @@ def _parse_yaml(data: bytes, source: str) -> tuple[Any, dict[JsonPath, tuple[int
         raise PolicyError([(loc, f"invalid YAML: {problem}")]) from exc
     if node is None:
         raise PolicyError([(source, "the policy file is empty")])
-    marks: dict[JsonPath, tuple[int, int]] = {}
+    marks: Marks = {}
+    key_marks: Marks = {}
     problems: list[tuple[str, str]] = []
     constructor = yaml.SafeLoader("")
+
+    def at(n: yaml.Node) -> str:
+        return f"{source}:{n.start_mark.line + 1}:{n.start_mark.column + 1}"
+
+    def scalar(n: yaml.Node, jpath: JsonPath) -> Any:
+        try:
+            return constructor.construct_object(n, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            problems.append((at(n), f"{_json_path(jpath)}: cannot read this value: {problem}"))
+            return None
 
     def convert(n: yaml.Node, jpath: JsonPath) -> Any:
         marks[jpath] = (n.start_mark.line + 1, n.start_mark.column + 1)
         if isinstance(n, yaml.MappingNode):
+            explicit = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
+            try:
+                constructor.flatten_mapping(n)  # resolve '<<: *anchor' merge keys
+            except yaml.YAMLError as exc:
+                problems.append((at(n), f"{_json_path(jpath)}: {getattr(exc, 'problem', exc)}"))
+                return {}
+            merged = len(n.value) - explicit  # merged entries come first; later keys win
             out: dict[str, Any] = {}
-            for key_node, value_node in n.value:
-                key = constructor.construct_object(key_node, deep=True)
-                loc = f"{source}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
+            for index, (key_node, value_node) in enumerate(n.value):
+                key = scalar(key_node, jpath)
                 if not isinstance(key, str):
-                    problems.append((loc, f"{_json_path(jpath)}: keys must be strings"))
+                    problems.append((at(key_node), f"{_json_path(jpath)}: keys must be strings"))
                     continue
-                if key in out:
-                    problems.append((loc, f"{_json_path(jpath)}: duplicate key {key!r}"))
+                if key in out and index >= merged and (*jpath, key) in key_marks:
+                    problems.append((at(key_node), f"{_json_path(jpath)}: duplicate key {key!r}"))
                     continue
+                if index >= merged:
+                    key_marks[(*jpath, key)] = (
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                    )
                 out[key] = convert(value_node, (*jpath, key))
             return out
         if isinstance(n, yaml.SequenceNode):
             return [convert(item, (*jpath, i)) for i, item in enumerate(n.value)]
-        value = constructor.construct_object(n, deep=True)
+        value = scalar(n, jpath)
         if isinstance(value, datetime | date):
             return value.isoformat()  # dates stay strings; parsed where expected
         return value
@@ -138,7 +188,7 @@ def _parse_yaml(data: bytes, source: str) -> tuple[Any, dict[JsonPath, tuple[int
     doc = convert(node, ())
     if problems:
         raise PolicyError(problems)
-    return doc, marks
+    return doc, marks, key_marks
 
 
 def _json_path(jpath: JsonPath) -> str:
@@ -182,28 +232,56 @@ def parse_expiry(value: str) -> float:
 
 
 class _Builder:
-    def __init__(self, doc: dict[str, Any], where: Any, base_dir: Path) -> None:
-        self.doc = doc
+    def __init__(
+        self,
+        doc: Any,
+        where: Any,
+        base_dir: Path,
+        *,
+        tolerant: bool = False,
+        reported: list[JsonPath] | None = None,
+    ) -> None:
+        self.doc = doc if isinstance(doc, dict) else {}
+        self.reported = reported or []  # where the schema already found a problem
         self.where = where
         self.base_dir = base_dir
+        self.tolerant = tolerant  # the schema failed: skip what cannot be read
         self.problems: list[tuple[str, str]] = []
 
+    def guarded(self, fn: Any, *args: Any) -> Any:
+        if not self.tolerant:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            return None
+
     def problem(self, jpath: JsonPath, message: str) -> None:
+        for seen in self.reported:  # one problem per place: the schema's wins
+            n = min(len(seen), len(jpath))
+            if seen[:n] == jpath[:n]:
+                return
         self.problems.append((self.where(jpath), f"{_json_path(jpath)}: {message}"))
 
     def build(self, version: str, source: str) -> PolicyConfig:
         doc = self.doc
-        headers = HeaderNames(**doc.get("headers", {}))
+        headers = self.guarded(lambda: HeaderNames(**doc.get("headers", {}))) or HeaderNames()
         if len(set(headers.all())) != len(headers.all()):
             self.problem(("headers",), "identity header names must be distinct")
+        provider_specs = doc.get("providers")
         providers = tuple(
             p
-            for name, spec in doc.get("providers", {}).items()
-            if (p := self.provider(name, spec)) is not None
+            for name, spec in (provider_specs.items() if isinstance(provider_specs, dict) else ())
+            if (p := self.guarded(self.provider, name, spec)) is not None
         )
         by_name = {p.name: p for p in providers}
-        routes = tuple(self.route(i, spec, by_name) for i, spec in enumerate(doc["routes"]))
-        self.check_route_set(routes)
+        route_specs = doc.get("routes")
+        routes = tuple(
+            r
+            for i, spec in enumerate(route_specs if isinstance(route_specs, list) else ())
+            if (r := self.guarded(self.route, i, spec, by_name)) is not None
+        )
+        self.guarded(self.check_route_set, routes)
         return PolicyConfig(
             version=version,
             source=source,

@@ -274,11 +274,6 @@ async def test_mtls_malformed_spiffe_id(mesh: MtlsProvider, principal: str) -> N
     assert info.value.reason == "peer_identity_invalid"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mtls.parse_spiffe_id accepts path segments with characters the SPIFFE ID "
-    "spec forbids (only [A-Za-z0-9._-]; no percent-encoding), e.g. spaces and %2e%2e",
-)
 @pytest.mark.parametrize(
     "principal",
     [
