@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import http.client
 import itertools
 import json
@@ -26,12 +27,15 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from authz.envoy_config import (
     EXT_AUTHZ_FILTER,
     EnvoyConfigError,
     EnvoyOptions,
     HostPort,
+    TlsOptions,
     add_envoy_config_parser,
     build_bootstrap,
     generate,
@@ -45,6 +49,7 @@ from authz.pathtemplate import parse_template
 from authz.policy.config import HeaderNames, PolicyConfig, RouteConfig
 from authz.policy.loader import load_policy
 from authz.routing import Router
+from tests.certs import MtlsPki, generate_ca, issue_cert, make_mtls_pki
 
 REPO = Path(__file__).resolve().parent.parent
 HCM_TYPE = (
@@ -420,6 +425,205 @@ def test_cli_prints_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(REPO / "examples/policy.yaml")]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert hcm(config)["route_config"]["virtual_hosts"][0]["domains"] == ["*"]
+
+
+# ----------------------------------------------------------------------------- TLS
+
+TLS_SOCKET_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+
+
+def filter_chain(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    result: dict[str, Any] = chain
+    return result
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> MtlsPki:
+    return make_mtls_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_no_tls_without_tls_options() -> None:
+    assert "transport_socket" not in filter_chain(build_bootstrap(DEMO, EnvoyOptions()))
+
+
+def test_mtls_listener() -> None:
+    tls = TlsOptions("/tls/server.crt", "/tls/server.key", client_ca="/tls/bundle.pem")
+    config = build_bootstrap(DEMO, EnvoyOptions(tls=tls))
+    socket = filter_chain(config)["transport_socket"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    context = socket["typed_config"]
+    assert context == {
+        "@type": TLS_SOCKET_TYPE,
+        "common_tls_context": {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": "/tls/server.crt"},
+                    "private_key": {"filename": "/tls/server.key"},
+                }
+            ],
+            # chain verification only: no SAN matchers, the policy decides per route
+            "validation_context": {"trusted_ca": {"filename": "/tls/bundle.pem"}},
+            "alpn_protocols": ["h2", "http/1.1"],
+        },
+        "require_client_certificate": True,
+    }
+    # the verified identity goes to the service; client-sent XFCC does not
+    assert ext_authz(config)["include_peer_certificate"] is True
+    assert hcm(config)["forward_client_cert_details"] == "SANITIZE"
+    # everything else is as without TLS
+    del filter_chain(config)["transport_socket"]
+    assert config == build_bootstrap(DEMO, EnvoyOptions())
+
+
+def test_tls_options_client_certificates() -> None:
+    assert TlsOptions("c", "k", client_ca="ca").require_client_cert is True
+    assert TlsOptions("c", "k").require_client_cert is False
+    optional = TlsOptions("c", "k", client_ca="ca", require_client_cert=False)
+    context = filter_chain(build_bootstrap(DEMO, EnvoyOptions(tls=optional)))
+    assert context["transport_socket"]["typed_config"]["require_client_certificate"] is False
+    server_only = filter_chain(build_bootstrap(DEMO, EnvoyOptions(tls=TlsOptions("c", "k"))))
+    common = server_only["transport_socket"]["typed_config"]["common_tls_context"]
+    assert "validation_context" not in common
+    with pytest.raises(EnvoyConfigError, match="needs a trust bundle"):
+        TlsOptions("c", "k", require_client_cert=True)
+    with pytest.raises(EnvoyConfigError):
+        TlsOptions("", "k")
+
+
+def test_cli_mtls_config_envoy_accepts(pki: MtlsPki, tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    policy_file = str(REPO / "examples/policy.yaml")
+    argv = [policy_file, "--tls-cert", pki.server.cert, "--tls-key", pki.server.key,
+            "--client-ca", pki.ca.cert, "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    assert text.splitlines()[2] == "#   authz envoy-config " + " ".join(argv)
+    context = filter_chain(yaml.safe_load(text))["transport_socket"]["typed_config"]
+    assert context["require_client_certificate"] is True
+    assert context["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": pki.ca.cert}
+    }
+    envoy_validate(out)
+    # the header's command reproduces the file
+    args = parser().parse_args(["envoy-config", *_regenerate_command(out)])
+    assert generate(load_policy(args.policy), args) == text
+
+    argv = [policy_file, "--tls-cert", pki.server.cert, "--tls-key", pki.server.key,
+            "--client-ca", pki.ca.cert, "--client-cert", "optional", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    assert text.splitlines()[2] == "#   authz envoy-config " + " ".join(argv)
+    context = filter_chain(yaml.safe_load(text))["transport_socket"]["typed_config"]
+    assert context["require_client_certificate"] is False
+    # --client-cert required is the default: not repeated in the header
+    argv = [policy_file, "--tls-cert", pki.server.cert, "--tls-key", pki.server.key,
+            "--client-ca", pki.ca.cert, "--client-cert", "required", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "--client-cert" not in out.read_text().splitlines()[2]
+
+
+def _bad_tls_files(tmp_path: Path) -> dict[str, str]:
+    other = issue_cert(generate_ca("other"), "localhost", dns_names=["localhost"], server=True)
+    files = {
+        "missing": str(tmp_path / "missing.pem"),
+        "directory": str(tmp_path),
+        "garbage": str(tmp_path / "garbage.pem"),
+        "other_key": str(tmp_path / "other.key"),
+        "encrypted": str(tmp_path / "encrypted.key"),
+    }
+    Path(files["garbage"]).write_text("not a PEM file\n")
+    Path(files["other_key"]).write_text(other.key_pem)
+    Path(files["encrypted"]).write_bytes(
+        other.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return files
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (["--tls-cert", "{missing}", "--tls-key", "{key}"],
+         "argument --tls-cert: invalid file: cannot read {missing}: No such file or directory"),
+        (["--tls-cert", "{cert}", "--tls-key", "{directory}"],
+         "argument --tls-key: invalid file: cannot read {directory}: Is a directory"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-ca", "{missing}"],
+         "argument --client-ca: invalid file: cannot read {missing}: No such file or directory"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-cert", "maybe"],
+         "argument --client-cert: invalid choice: 'maybe'"),
+        (["--tls-cert", "{cert}"], "error: --tls-cert and --tls-key go together"),
+        (["--tls-key", "{key}"], "error: --tls-cert and --tls-key go together"),
+        (["--client-ca", "{ca}"], "error: --client-ca needs --tls-cert and --tls-key"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-cert", "required"],
+         "error: --client-cert needs --client-ca"),
+        (["--tls-cert", "{garbage}", "--tls-key", "{key}"],
+         "error: --tls-cert {garbage}: no PEM certificate in it"),
+        (["--tls-cert", "{cert}", "--tls-key", "{garbage}"],
+         "error: --tls-key {garbage}: not a PEM private key"),
+        (["--tls-cert", "{cert}", "--tls-key", "{encrypted}"],
+         "error: --tls-key {encrypted}: the private key is encrypted"),
+        (["--tls-cert", "{cert}", "--tls-key", "{other_key}"],
+         "error: --tls-key {other_key} is not the private key of the first certificate in "
+         "--tls-cert {cert}"),
+        (["--tls-cert", "{cert}", "--tls-key", "{key}", "--client-ca", "{garbage}"],
+         "error: --client-ca {garbage}: no PEM certificate in it"),
+    ],
+    ids=["missing-cert", "key-is-dir", "missing-ca", "bad-choice", "no-key", "no-cert",
+         "ca-without-tls", "required-without-ca", "cert-not-pem", "key-not-pem",
+         "key-encrypted", "key-mismatch", "ca-not-pem"],
+)  # fmt: skip
+def test_cli_bad_tls_options_exit_2(
+    pki: MtlsPki,
+    tmp_path: Path,
+    case: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {"cert": pki.server.cert, "key": pki.server.key, "ca": pki.ca.cert}
+    files |= _bad_tls_files(tmp_path)
+    out = tmp_path / "envoy.yaml"
+    argv = [str(REPO / "examples/policy.yaml"), *(a.format(**files) for a in case)]
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([*argv, "-o", str(out)]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(**files) in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_expired_server_certificate_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = generate_ca("ca")
+    leaf = issue_cert(ca, "localhost", dns_names=["localhost"], server=True)
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.certificate.subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(leaf.key.public_key())
+        .serial_number(1)
+        .not_valid_before(past)
+        .not_valid_after(past + datetime.timedelta(days=1))
+        .sign(ca.key, hashes.SHA256())
+    )
+    files = leaf.write(tmp_path, "server")
+    Path(files.cert).write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    argv = [str(REPO / "examples/policy.yaml"), "--tls-cert", files.cert, "--tls-key", files.key]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--tls-cert {files.cert}: the certificate is valid only from 2020-01-01T00:00:00Z" in err
+    )
 
 
 # ----------------------------------------------------------------------------- committed files
