@@ -5,11 +5,10 @@ This and the server are the only modules that know about protobuf.
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
-from google.rpc import status_pb2
 
 from authz.model import Decision, Request
 
@@ -56,37 +55,35 @@ def _from_header_map(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     return headers
 
 
-def _header_options(pairs: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderValueOption]:
-    return [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
-        )
-        for k, v in pairs
-    ]
+def _add_headers(target: Any, pairs: tuple[tuple[str, str], ...]) -> None:
+    # Filling fields in place is about 3x cheaper with upb than building
+    # sub-messages and passing them to constructors.
+    add = target.add
+    for key, value in pairs:
+        option = add(append_action=_OVERWRITE)
+        option.header.key = key
+        option.header.value = value
 
 
 def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
-    metadata = struct_pb2.Struct()
-    metadata.update(decision.metadata)
+    response = external_auth_pb2.CheckResponse()
+    fields = response.dynamic_metadata.fields
+    for key, value in decision.metadata.items():
+        fields[key].string_value = value
     if decision.allowed:
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=_OK),
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=_header_options(decision.upstream_headers),
-                headers_to_remove=decision.remove_upstream_headers,
-            ),
-            dynamic_metadata=metadata,
-        )
-    code = _UNAUTHENTICATED if decision.status == 401 else _PERMISSION_DENIED
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code, message=decision.reason),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
-            headers=_header_options(decision.response_headers),
-            body=decision.body,
-        ),
-        dynamic_metadata=metadata,
-    )
+        response.status.code = _OK
+        ok = response.ok_response
+        _add_headers(ok.headers, decision.upstream_headers)
+        if decision.remove_upstream_headers:
+            ok.headers_to_remove.extend(decision.remove_upstream_headers)
+        return response
+    response.status.code = _UNAUTHENTICATED if decision.status == 401 else _PERMISSION_DENIED
+    response.status.message = decision.reason
+    denied = response.denied_response
+    denied.status.code = decision.status  # type: ignore[assignment]
+    _add_headers(denied.headers, decision.response_headers)
+    denied.body = decision.body
+    return response
 
 
 def build_check_request(
