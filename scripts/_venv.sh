@@ -33,6 +33,9 @@ ensure_venv() {
     fi
   fi
   echo "== installing authz[$extra] into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extra]"
+  # (the grep hides this machine's pip warnings about absent local mirrors)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip \
+    2> >(grep -v "is neither a file nor a directory" >&2) >/dev/null
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extra]" \
+    2> >(grep -v "is neither a file nor a directory" >&2)
 }

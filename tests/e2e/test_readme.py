@@ -61,16 +61,20 @@ def demo() -> Iterator[subprocess.Popen[bytes]]:
     log = open(ROOT / ".authz-demo-test.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(BIN / "authz"), "demo", "--policy", "examples/policy.yaml"],
-        cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=ENV,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert proc.poll() is None, (ROOT / ".authz-demo-test.log").read_text()
             try:
-                if grpc_serving("127.0.0.1:9191") and b"Ctrl-C" in (
-                    ROOT / ".authz-demo-test.log"
-                ).read_bytes():
+                if (
+                    grpc_serving("127.0.0.1:9191")
+                    and b"Ctrl-C" in (ROOT / ".authz-demo-test.log").read_bytes()
+                ):
                     break
             except Exception:
                 pass
@@ -118,7 +122,11 @@ def test_demo_script_smoke(demo: subprocess.Popen[bytes]) -> None:
     demo.wait(timeout=30)
     result = subprocess.run(
         ["bash", "scripts/demo", "--smoke", "--state-dir", ".authz-demo-smoke"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok  ") == 4
