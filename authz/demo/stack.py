@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 from authz import devissuer
 from authz.demo.upstream import EchoUpstream
-from authz.envoy_config import EnvoyOptions, HostPort, build_bootstrap, render_yaml
+from authz.envoy_config import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
 from authz.errors import PolicyError
 from authz.policy.loader import load_policy
 
@@ -86,6 +87,7 @@ class LocalStack:
     upstream_port: int = 0
     envoy_timeout: float = 1.0
     extra_serve_args: tuple[str, ...] = ()
+    tls: TlsOptions | None = None  # TLS (and mTLS with a client CA) on Envoy's listener
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     upstream: EchoUpstream | None = None
 
@@ -97,7 +99,8 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.listen_port}"
 
     @property
     def authz_address(self) -> str:
@@ -125,6 +128,7 @@ class LocalStack:
             authz=HostPort("127.0.0.1", self.authz_port),
             admin=HostPort("127.0.0.1", self.admin_port),
             timeout=self.envoy_timeout,
+            tls=self.tls,
         )
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
@@ -193,12 +197,16 @@ class LocalStack:
 
 
 def http(
-    method: str, url: str, headers: dict[str, str] | None = None, body: bytes | None = None
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; returns (status, lower-case headers, body) for any status."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as reply:
+        with urllib.request.urlopen(req, timeout=10, context=context) as reply:
             return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
     except urllib.error.HTTPError as err:
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
