@@ -183,7 +183,7 @@ class PolicyEngine:
                     else:
                         raise MissingCredential("no credential")
                     plan.authorizer.check(identity)
-                decision = self._allow(policy, request, decision_id, plan, identity, path)
+                decision = self._allow(policy, request, decision_id, route, identity, path)
             except AuthzError as exc:
                 decision = self._deny(policy, request, decision_id, exc, route, identity, path)
         except Exception:
@@ -226,24 +226,31 @@ class PolicyEngine:
         policy: CompiledPolicy,
         request: Request,
         decision_id: str,
-        plan: RoutePlan,
+        route: RouteConfig | None,
         identity: Identity,
         path: str,
+        *,
+        status: int = 200,
+        reason: str = "allowed",
+        monitored: bool = False,
     ) -> Decision:
+        """Let the request through; ``monitored`` marks a deny that monitor mode allowed."""
         set_headers, remove = self._identity_headers(policy, identity, decision_id)
+        strip = policy.plans[route.name].strip if route is not None else ()
         return Decision(
             allowed=True,
-            status=200,
-            reason="allowed",
+            status=status,
+            reason=reason,
             decision_id=decision_id,
             request_id=request.request_id,
-            route=plan.route.name,
+            route=route.name if route is not None else "",
             path=path,
             identity=identity,
             upstream_headers=set_headers,
-            remove_upstream_headers=remove + plan.strip,
-            metadata=self._metadata(policy, decision_id, identity, "allowed"),
+            remove_upstream_headers=remove + strip,
+            metadata=self._metadata(policy, decision_id, identity, reason),
             policy_version=policy.version,
+            monitored=monitored,
         )
 
     def _deny(
@@ -267,21 +274,15 @@ class PolicyEngine:
         else:
             monitor = policy.global_monitor and not isinstance(exc, InvalidPath | InternalError)
         if monitor:
-            set_headers, remove = self._identity_headers(policy, identity, decision_id)
-            strip = policy.plans[route.name].strip if route is not None else ()
-            return Decision(
-                allowed=True,
+            return self._allow(
+                policy,
+                request,
+                decision_id,
+                route,
+                identity,
+                path,
                 status=exc.status,
                 reason=reason,
-                decision_id=decision_id,
-                request_id=request.request_id,
-                route=route.name if route is not None else "",
-                path=path,
-                identity=identity,
-                upstream_headers=set_headers,
-                remove_upstream_headers=remove + strip,
-                metadata=self._metadata(policy, decision_id, identity, reason),
-                policy_version=policy.version,
                 monitored=True,
             )
         headers: list[tuple[str, str]] = [("content-type", "application/json")]

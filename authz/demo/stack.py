@@ -132,47 +132,28 @@ class LocalStack:
         )
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
-        serve_log = open(self.state_dir / "authz.log", "ab")  # noqa: SIM115
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "authz",
-                "serve",
-                str(self.policy),
-                "--grpc",
-                self.authz_address,
-                "--decision-log",
-                str(self.decision_log),
-                "--reload-interval",
-                "0.2",
-                *self.extra_serve_args,
-            ],
-            stdout=serve_log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(service)
-        envoy_log = open(self.state_dir / "envoy.log", "ab")  # noqa: SIM115
-        envoy = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                str(envoy_yaml),
-                "--log-level",
-                "warn",
-                "--base-id",
-                str(self.admin_port),
-                "--concurrency",
-                "1",
-            ],
-            stdout=envoy_log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(envoy)
+        service = self._spawn(
+            "authz.log",
+            sys.executable, "-m", "authz", "serve", str(self.policy),
+            "--grpc", self.authz_address, "--decision-log", str(self.decision_log),
+            "--reload-interval", "0.2", *self.extra_serve_args,
+        )  # fmt: skip
+        envoy = self._spawn(
+            "envoy.log",
+            envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
+            "--base-id", str(self.admin_port), "--concurrency", "1",
+        )  # fmt: skip
         _wait("authz service", lambda: grpc_serving(self.authz_address), timeout, service)
         _wait(
             "envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"), timeout, envoy
         )
+
+    def _spawn(self, log_name: str, *argv: str) -> subprocess.Popen[bytes]:
+        """Start a child whose output goes to a log file in the state directory."""
+        with open(self.state_dir / log_name, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

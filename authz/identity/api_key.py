@@ -10,12 +10,12 @@ import hashlib
 import time
 
 from authz.errors import InvalidApiKey, MultipleCredentials
-from authz.identity.base import Clock
+from authz.identity.base import Clock, StaticProvider
 from authz.model import Identity, Request
 from authz.policy.config import ApiKey, ApiKeyProviderConfig
 
 
-class ApiKeyProvider:
+class ApiKeyProvider(StaticProvider):
     kind = "api_key"
 
     def __init__(self, config: ApiKeyProviderConfig, *, clock: Clock = time.time) -> None:
@@ -37,15 +37,6 @@ class ApiKeyProvider:
             )
             for key in config.keys
         }
-
-    async def start(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        return None
 
     async def authenticate(self, request: Request) -> Identity | None:
         value = request.headers.get(self._header)

@@ -33,3 +33,16 @@ class IdentityProvider(Protocol):
 
     async def close(self) -> None:
         """Stop background work."""
+
+
+class StaticProvider:
+    """Lifecycle for providers whose configuration is all they need (no I/O)."""
+
+    async def start(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from cryptography import x509
 
 from authz.errors import InvalidPeerIdentity
+from authz.identity.base import StaticProvider
 from authz.model import Identity, Request
 from authz.policy.config import MtlsProviderConfig
 
@@ -52,21 +53,12 @@ def spiffe_id_from_certificate(pem_urlencoded: str) -> str | None:
     return spiffe[0] if len(spiffe) == 1 else None
 
 
-class MtlsProvider:
+class MtlsProvider(StaticProvider):
     kind = "mtls"
 
     def __init__(self, config: MtlsProviderConfig) -> None:
         self.name = config.name
         self._trust_domains = frozenset(config.trust_domains)
-
-    async def start(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        return None
 
     async def authenticate(self, request: Request) -> Identity | None:
         principal = request.principal
