@@ -1,6 +1,7 @@
 """PolicyEngine: runs the stages on a Request and returns a Decision.
 
-Stages, in order: canonical path -> route -> identity -> authorize. Each raises
+Stages, in order: canonical path -> ``request`` checks -> route -> ``pre`` checks
+-> identity -> authorize -> ``post`` checks (see :mod:`authz.stages`). Each raises
 an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a Decision
 (status, challenge, JSON body), applies monitor mode, and writes exactly one
 decision record. ``check`` never raises.
@@ -37,7 +38,7 @@ from authz.errors import (
 )
 from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.registry import build_provider
-from authz.model import ANONYMOUS, Decision, Identity, Request
+from authz.model import Decision, Identity, Request
 from authz.paths import canonicalize
 from authz.policy.config import (
     ApiKeyProviderConfig,
@@ -46,6 +47,7 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.routing import Router
+from authz.stages import STAGES, Check, Context, Shared, StageFactory
 
 log = logging.getLogger("authz.engine")
 
@@ -80,6 +82,8 @@ class RoutePlan:
     authorizer: Authorizer
     monitor: bool
     strip: tuple[str, ...]  # credential headers to remove upstream
+    pre: tuple[Check, ...] = ()  # before identity
+    post: tuple[Check, ...] = ()  # after authorize
 
 
 class CompiledPolicy:
@@ -91,8 +95,12 @@ class CompiledPolicy:
         *,
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
+        shared: Shared | None = None,
+        stages: list[StageFactory] | None = None,
     ) -> None:
         self.config = config
+        self.shared = shared if shared is not None else Shared()
+        stages = STAGES if stages is None else stages
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
@@ -115,7 +123,10 @@ class CompiledPolicy:
                 authorizer=Authorizer(route),
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
+                pre=_build(stages, "pre", config, route, self.shared),
+                post=_build(stages, "post", config, route, self.shared),
             )
+        self.request_checks = _build(stages, "request", config, None, self.shared)
         self.global_monitor = global_monitor
         self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
         names = config.headers
@@ -130,6 +141,17 @@ class CompiledPolicy:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+
+
+def _build(
+    stages: list[StageFactory],
+    phase: str,
+    config: PolicyConfig,
+    route: RouteConfig | None,
+    shared: Shared,
+) -> tuple[Check, ...]:
+    checks = (stage.build(config, route, shared) for stage in stages if stage.phase == phase)
+    return tuple(check for check in checks if check is not None)
 
 
 class PolicyEngine:
@@ -166,31 +188,33 @@ class PolicyEngine:
         started = time.perf_counter()
         policy = self._policy
         decision_id = self._new_id()
-        path = ""
-        route: RouteConfig | None = None
-        identity = ANONYMOUS
+        ctx = Context(request, "", "")
         try:
             try:
-                path, _query = canonicalize(request.path)
-                route = policy.router.match(request.host, request.method, path)
+                ctx.path, ctx.query = canonicalize(request.path)
+                for check in policy.request_checks:
+                    await check(ctx)
+                route = ctx.route = policy.router.match(request.host, request.method, ctx.path)
                 plan = policy.plans[route.name]
+                for check in plan.pre:
+                    await check(ctx)
                 if plan.providers:
                     for provider in plan.providers:
                         found = await provider.authenticate(request)
                         if found is not None:
-                            identity = found
+                            ctx.identity = found
                             break
                     else:
                         raise MissingCredential("no credential")
-                    plan.authorizer.check(identity)
-                decision = self._allow(policy, request, decision_id, route, identity, path)
+                    plan.authorizer.check(ctx.identity)
+                for check in plan.post:
+                    await check(ctx)
+                decision = self._allow(policy, decision_id, ctx)
             except AuthzError as exc:
-                decision = self._deny(policy, request, decision_id, exc, route, identity, path)
+                decision = self._deny(policy, decision_id, exc, ctx)
         except Exception:
             log.exception("internal error deciding request %s", request.request_id)
-            decision = self._deny(
-                policy, request, decision_id, InternalError(), route, identity, path
-            )
+            decision = self._deny(policy, decision_id, InternalError(), ctx)
         self._record(request, decision, started)
         return decision
 
@@ -224,17 +248,15 @@ class PolicyEngine:
     def _allow(
         self,
         policy: CompiledPolicy,
-        request: Request,
         decision_id: str,
-        route: RouteConfig | None,
-        identity: Identity,
-        path: str,
+        ctx: Context,
         *,
         status: int = 200,
         reason: str = "allowed",
         monitored: bool = False,
     ) -> Decision:
         """Let the request through; ``monitored`` marks a deny that monitor mode allowed."""
+        identity, route = ctx.identity, ctx.route
         set_headers, remove = self._identity_headers(policy, identity, decision_id)
         strip = policy.plans[route.name].strip if route is not None else ()
         return Decision(
@@ -242,27 +264,22 @@ class PolicyEngine:
             status=status,
             reason=reason,
             decision_id=decision_id,
-            request_id=request.request_id,
+            request_id=ctx.request.request_id,
             route=route.name if route is not None else "",
-            path=path,
+            path=ctx.path,
             identity=identity,
-            upstream_headers=set_headers,
+            upstream_headers=set_headers + tuple(ctx.upstream_headers),
             remove_upstream_headers=remove + strip,
+            response_headers=tuple(ctx.response_headers),
             metadata=self._metadata(policy, decision_id, identity, reason),
             policy_version=policy.version,
             monitored=monitored,
         )
 
     def _deny(
-        self,
-        policy: CompiledPolicy,
-        request: Request,
-        decision_id: str,
-        exc: AuthzError,
-        route: RouteConfig | None,
-        identity: Identity,
-        path: str,
+        self, policy: CompiledPolicy, decision_id: str, exc: AuthzError, ctx: Context
     ) -> Decision:
+        request, route, identity, path = ctx.request, ctx.route, ctx.identity, ctx.path
         reason = exc.reason
         if isinstance(exc, InternalError):
             monitor = False  # a failure is never let through, whatever the mode
@@ -275,15 +292,7 @@ class PolicyEngine:
             monitor = policy.global_monitor and not isinstance(exc, InvalidPath | InternalError)
         if monitor:
             return self._allow(
-                policy,
-                request,
-                decision_id,
-                route,
-                identity,
-                path,
-                status=exc.status,
-                reason=reason,
-                monitored=True,
+                policy, decision_id, ctx, status=exc.status, reason=reason, monitored=True
             )
         headers: list[tuple[str, str]] = [("content-type", "application/json")]
         if isinstance(exc, AuthenticationError):
@@ -301,6 +310,8 @@ class PolicyEngine:
             )
         elif isinstance(exc, MethodNotAllowed):
             headers.append(("allow", ", ".join(exc.allowed)))
+        headers.extend(exc.headers)
+        headers.extend(ctx.response_headers)
         body = json.dumps({"error": reason, "request_id": request.request_id})
         return Decision(
             allowed=False,

@@ -38,12 +38,22 @@ class AuthzError(Exception):
 
     status: int = 403
     reason: str = "forbidden"
+    #: Extra response headers for the client (e.g. Retry-After).
+    headers: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        reason: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(detail or (reason or self.reason))
         self.detail = detail
         if reason is not None:
             self.reason = reason
+        if headers:
+            self.headers = headers
 
 
 class PolicyError(AuthzError):

@@ -57,9 +57,10 @@ class Decision:
     """The verdict on one request, in transport-neutral form.
 
     For an allow, ``upstream_headers`` are set on the request sent upstream
-    (overwriting any client-sent copy) and ``remove_upstream_headers`` are removed
-    from it. For a deny, ``status``, ``response_headers`` and ``body`` make the
-    response the client gets. ``metadata`` goes to Envoy's dynamic metadata.
+    (overwriting any client-sent copy), ``remove_upstream_headers`` are removed
+    from it and ``response_headers`` are added to the client's response. For a
+    deny, ``status``, ``response_headers`` and ``body`` make the response the
+    client gets. ``metadata`` goes to Envoy's dynamic metadata.
     ``enforced_allow`` is what was done; ``reason`` is why the true decision was
     made, which in monitor mode may be a deny that was not enforced.
     """

@@ -28,6 +28,7 @@ from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import PolicyError
 from authz.policy.loader import load_policy
+from authz.stages import Shared
 from authz.transport.grpc_server import GrpcTransport
 
 log = logging.getLogger("authz.server")
@@ -58,6 +59,7 @@ class Service:
         self.options = options
         self.sink = sink or make_sink(options.decision_log)
         self.engine: PolicyEngine | None = None
+        self.shared = Shared()  # state that outlives a policy (stores, inventories)
         self.transport: GrpcTransport | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -78,7 +80,7 @@ class Service:
     async def _compile(self) -> CompiledPolicy:
         self._file_stamp = self._stamp()
         config = load_policy(self.options.policy)
-        return CompiledPolicy(config)
+        return CompiledPolicy(config, shared=self.shared)
 
     async def _wait_ready(self, policy: CompiledPolicy, timeout: float) -> bool:
         try:
@@ -173,6 +175,10 @@ class Service:
             await self.transport.stop(self.options.drain_timeout)
         if self.engine is not None:
             await self.engine.policy.close()
+        for obj in self.shared.values():
+            closer = getattr(obj, "aclose", None)
+            if closer is not None:
+                await closer()
         self.sink.close()
 
     async def run(self) -> None:

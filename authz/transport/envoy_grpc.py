@@ -76,6 +76,8 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         _add_headers(ok.headers, decision.upstream_headers)
         if decision.remove_upstream_headers:
             ok.headers_to_remove.extend(decision.remove_upstream_headers)
+        if decision.response_headers:
+            _add_headers(ok.response_headers_to_add, decision.response_headers)
         return response
     response.status.code = _UNAUTHENTICATED if decision.status == 401 else _PERMISSION_DENIED
     response.status.message = decision.reason
