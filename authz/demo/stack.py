@@ -240,22 +240,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"authz demo: cannot start the dev issuer on port {port}: {exc}", file=sys.stderr)
         return 1
     tokens = {
-        "reader": devissuer.mint(
-            key,
-            issuer=issuer_url,
-            subject="alice",
-            audience=audience,
-            scopes="orders:read",
-            ttl=900,
-        ),
-        "writer": devissuer.mint(
-            key,
-            issuer=issuer_url,
-            subject="bob",
-            audience=audience,
-            scopes="orders:read orders:write",
-            ttl=900,
-        ),
+        name: devissuer.mint(
+            key, issuer=issuer_url, subject=subject, audience=audience, scopes=scopes, ttl=900
+        )
+        for name, subject, scopes in (
+            ("reader", "alice", "orders:read"),
+            ("writer", "bob", "orders:read orders:write"),
+        )
     }
     for name, token in tokens.items():
         (state / f"{name}.jwt").write_text(token + "\n")
