@@ -18,7 +18,12 @@ What it encodes, and why:
   service's most specific match. Each ends with a catch-all that still calls the
   service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
 - Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
-  identity headers there; everywhere else the service removes them.
+  identity headers there; everywhere else the service removes them. A public route
+  with a contract is the exception: it is checked (anonymously) so its request is
+  validated.
+- The request body goes to the service only on routes whose contract validates it
+  (``check_settings.with_request_body``, limited to the contract's ``max_body_bytes``,
+  partial bodies refused with 413, raw bytes); buffering stays off everywhere else.
 - Optional downstream TLS (``--tls-cert/--tls-key``), TLS 1.2 at least; with a trust
   bundle (``--client-ca``) Envoy verifies client certificates (mTLS, SPIFFE X.509-SVIDs)
   and ext_authz sends the verified identity: ``attributes.source.principal`` (the URI
@@ -78,7 +83,12 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
-from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthz, ExtAuthzPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    BufferSettings,
+    CheckSettings,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+)
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -308,8 +318,26 @@ def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
 
 
 def _ext_authz_per_route(route: RouteConfig) -> ExtAuthzPerRoute | None:
-    """The per-route ext_authz settings of a policy route (None: the filter's own)."""
-    if route.public:
+    """The per-route ext_authz settings of a policy route (None: the filter's own).
+
+    A route whose contract reads the body gets it: buffered up to the contract's
+    ``max_body_bytes`` (Envoy answers 413 itself above that, and never sends part of
+    a body: ``allow_partial_message: false``), as raw bytes (``pack_as_bytes``: a
+    body that is not UTF-8 reaches the service intact, to be refused there). Every
+    other route keeps the filter's default: no body, no buffering.
+    """
+    contract = route.contract
+    if contract is not None and contract.reads_body:
+        return ExtAuthzPerRoute(
+            check_settings=CheckSettings(
+                with_request_body=BufferSettings(
+                    max_request_bytes=contract.max_body_bytes,
+                    allow_partial_message=False,
+                    pack_as_bytes=True,
+                )
+            )
+        )
+    if route.public and contract is None:
         return ExtAuthzPerRoute(disabled=True)
     return None
 
@@ -613,6 +641,10 @@ def _add_explicit_defaults(node: object) -> None:
     if isinstance(node, dict):
         for key, value in _EXPLICIT_DEFAULTS.get(str(node.get("@type", "")), {}).items():
             node.setdefault(key, value)
+        body = node.get("with_request_body")
+        if isinstance(body, dict):
+            # The safety of body validation rests on this default: say it.
+            body.setdefault("allow_partial_message", False)
         for child in node.values():
             _add_explicit_defaults(child)
     elif isinstance(node, list):
