@@ -2,8 +2,8 @@
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
   (JWKS fetched), SERVING after, NOT_SERVING again while draining.
-- A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads: a valid policy whose
-  providers become ready swaps in atomically; an invalid one is logged with
+- A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
+  a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
   every problem and the old one keeps serving.
 - SIGTERM/SIGINT drain: NOT_SERVING, in-flight calls finish (up to the drain
   timeout), then exit.

@@ -81,6 +81,9 @@ class _Doc:
         self.problems: list[tuple[str, str]] = []
 
     def where(self, jpath: JsonPath) -> str:
+        key = self.key_marks.get(tuple(jpath))
+        if key is not None:  # a mapping entry: point at its key
+            return f"{self.path}:{key[0]}:{key[1]}"
         for cut in range(len(jpath), -1, -1):
             mark = self.marks.get(tuple(jpath[:cut]))
             if mark is not None:
@@ -447,7 +450,7 @@ class _Importer:
         before = len(self.d.problems)
         op_id = op.get("operationId")
         name = str(op_id) if isinstance(op_id, str) and op_id else f"{method}-{template}"
-        name = _NAME_OK.sub("-", name).strip("-.")[:64] or method
+        name = re.sub(r"-{2,}", "-", _NAME_OK.sub("-", name)).strip("-.")[:64] or method
         security = self._security(op, at)
         params = {**shared, **self._param_list(op.get("parameters", []), (*at, "parameters"))}
         specs: list[dict[str, Any]] = []

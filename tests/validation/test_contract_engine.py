@@ -115,7 +115,9 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 OK_BODY = b'{"items": [{"sku": "aaa", "qty": 2}]}'
 
 
-def order(body: bytes, headers: dict[str, str] | None = None, path: str = "/v1/orders") -> dict[str, Any]:
+def order(
+    body: bytes, headers: dict[str, str] | None = None, path: str = "/v1/orders"
+) -> dict[str, Any]:
     return dict(method="POST", path=path, headers={**JSON, **(headers or {})}, body=body)
 
 
@@ -200,7 +202,9 @@ async def run(engine: PolicyEngine, request: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-async def test_contract(tmp_path: Path, case: tuple[str, dict[str, Any], int, str, str, str]) -> None:
+async def test_contract(
+    tmp_path: Path, case: tuple[str, dict[str, Any], int, str, str, str]
+) -> None:
     _, request, status, reason, part, location = case
     engine, sink = make_engine(tmp_path)
     response = await run(engine, request)

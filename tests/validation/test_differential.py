@@ -195,9 +195,7 @@ def corpus() -> list[tuple[str, Any, list[Any]]]:
 def test_same_verdicts(name: str, schema: Any, documents: list[Any]) -> None:
     reference = Draft202012Validator(schema)
     fast = compile_text(canonical(schema))
-    disagreements = [
-        doc for doc in documents if fast.is_valid(doc) != reference.is_valid(doc)
-    ]
+    disagreements = [doc for doc in documents if fast.is_valid(doc) != reference.is_valid(doc)]
     assert disagreements == []
     # and the deny path names a failure exactly when the verdict is a deny
     for doc in documents:
