@@ -11,8 +11,9 @@ Refused, each as ``body_malformed`` (400) unless said otherwise:
   (``body_limit_exceeded``), checked on the raw bytes before parsing, so a hostile
   body costs no more than a scan.
 
-The structure scan blanks out strings with one linear regular expression, then
-measures nesting with a running sum over the remaining brackets (C loops only).
+The structure scan drops the strings (a split on quotes, or one linear regular
+expression when a quote is escaped), then measures nesting with a running sum over
+the remaining brackets (C loops only).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from authz.errors import ContractViolation
 from authz.policy.config import BodyLimits
 
 _BOM = b"\xef\xbb\xbf"
-# A JSON string: disjoint alternatives, so matching is linear.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+# A JSON string, unrolled ("normal* (special normal*)*"): linear, no backtracking.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _BRACKETS_ONLY = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_STEP = [0] * 256
 for _b in b"[{":
@@ -79,7 +80,10 @@ def malformed(detail: str, pointer: str = "") -> ContractViolation:
 
 def scan_structure(body: bytes, limits: BodyLimits) -> None:
     """Refuse bodies nested deeper or holding more values than the limits allow."""
-    blanked = _STRING.sub(b'""', body)
+    # Without an escaped quote every quote delimits a string, so what lies outside
+    # strings is every other piece between quotes (C loops only, 2x a regex's speed).
+    escaped = b'\\"' in body
+    blanked = _STRING.sub(b'""', body) if escaped else b"".join(body.split(b'"')[0::2])
     brackets = blanked.translate(None, _BRACKETS_ONLY)
     if brackets:
         depth = max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)))

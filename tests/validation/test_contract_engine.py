@@ -152,6 +152,8 @@ CASES: list[tuple[str, dict[str, Any], int, str, str, str]] = [
     ("single quotes", order(b"{'items': []}"), 400, "body_malformed", "body", ""),
     ("not JSON", order(b"items=1"), 400, "body_malformed", "body", ""),
     ("too deep", order(b'{"items": [], "tags": ' + b"[" * 9 + b"]" * 9 + b"}"), 400, "body_limit_exceeded", "body", ""),
+    ("brackets in strings with escaped quotes do not count", order(b'{"items": [], "note": "\\"[[[[[[[[[[[[[\\\\"}'), 200, "allowed", "", ""),
+    ("escaped quotes do not hide depth", order(b'{"items": [], "note": "\\"", "tags": ' + b"[" * 9 + b"]" * 9 + b"}"), 400, "body_limit_exceeded", "body", ""),
     ("brackets in strings do not count", order(b'{"items": [], "note": "[[[[[[[[[[[[[[[[[["}'), 200, "allowed", "", ""),
     ("too many members", order(b'{"items": [], "tags": [' + b",".join([b'"x"'] * 250) + b"]}"), 400, "body_limit_exceeded", "body", ""),
     ("empty body, body required", order(b""), 400, "body_missing", "body", ""),
