@@ -1,4 +1,5 @@
-"""The ``authz`` command line: serve | validate | check | envoy-config | token | demo."""
+"""The ``authz`` command line: serve | validate | check | inventory | envoy-config | token |
+demo."""
 
 from __future__ import annotations
 
@@ -58,9 +59,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         n = len(exc.problems)
         print(f"{args.policy}: invalid ({n} problem{'s' if n != 1 else ''})", file=sys.stderr)
         return 1
+    imported = sum(1 for r in config.routes if r.contract and r.contract.origin != "policy")
     print(
         f"{args.policy}: valid, version {config.version}, "
         f"{len(config.providers)} providers, {len(config.routes)} routes"
+        + (f" ({imported} from OpenAPI)" if imported else "")
     )
     return 0
 
@@ -123,6 +126,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             body = args.data.encode()
         headers.setdefault("content-length", str(len(body)))
+        headers.setdefault("content-type", "application/json")
     method = args.request or ("POST" if args.data is not None else "GET")
     certificate = ""
     if args.cert:
@@ -242,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-H", "--header", type=_parse_header, action="append", default=[], metavar="'NAME: VALUE'"
     )
-    p.add_argument("-d", "--data", metavar="DATA", help="request body, or @FILE")
+    p.add_argument(
+        "-d", "--data", metavar="DATA",
+        help="request body, or @FILE (Content-Type application/json unless -H sets one)",
+    )  # fmt: skip
     p.add_argument("--principal", help="the SPIFFE ID Envoy verified for the peer (mTLS)")
     p.add_argument("--cert", metavar="PEM", help="peer certificate Envoy forwards (mTLS)")
     p.add_argument("--source", default="127.0.0.1", help="client address Envoy saw")
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole response as JSON")
     p.set_defaults(func=cmd_check)
 
+    from authz.admin import add_inventory_parser
+
+    add_inventory_parser(sub, _address, _positive)
     add_envoy_config_parser(sub)
     add_token_parser(sub)
     from authz.demo.stack import add_demo_parser

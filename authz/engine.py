@@ -1,7 +1,8 @@
 """PolicyEngine: runs the stages on a Request and returns a Decision.
 
 Stages, in order: canonical path -> ``request`` checks -> route -> ``pre`` checks
--> identity -> authorize -> ``post`` checks (see :mod:`authz.stages`). Each raises
+-> identity -> authorize -> ``post`` checks, then ``observe`` hooks see the
+decision (see :mod:`authz.stages`). Each raises
 an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a Decision
 (status, challenge, JSON body), applies monitor mode, and writes exactly one
 decision record. ``check`` never raises.
@@ -18,7 +19,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from authz.errors import (
 from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.registry import build_provider
 from authz.model import Decision, Identity, Request
-from authz.paths import canonicalize
+from authz.paths import canonicalize, path_shape
 from authz.policy.config import (
     ApiKeyProviderConfig,
     JwtProviderConfig,
@@ -52,15 +52,6 @@ from authz.stages import STAGES, Check, Context, Shared, StageFactory
 log = logging.getLogger("authz.engine")
 
 MAX_UNDECLARED_SHAPES = 10_000
-_ID_SEGMENT = re.compile(
-    r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|[0-9a-fA-F]{16,})$"
-)
-
-
-def path_shape(path: str) -> str:
-    """Collapse numeric, UUID and long hex segments: /v1/users/42 -> /v1/users/{id}."""
-    return "/".join("{id}" if _ID_SEGMENT.match(seg) else seg for seg in path.split("/"))
 
 
 def _header_value(value: str) -> str:
@@ -127,6 +118,7 @@ class CompiledPolicy:
                 post=_build(stages, "post", config, route, self.shared),
             )
         self.request_checks = _build(stages, "request", config, None, self.shared)
+        self.observers = _build(stages, "observe", config, None, self.shared)
         self.global_monitor = global_monitor
         self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
         names = config.headers
@@ -216,6 +208,13 @@ class PolicyEngine:
             log.exception("internal error deciding request %s", request.request_id)
             decision = self._deny(policy, decision_id, InternalError(), ctx)
         self._record(request, decision, started)
+        if policy.observers:
+            ctx.decision = decision
+            for observe in policy.observers:
+                try:
+                    await observe(ctx)
+                except Exception:  # an observer never changes or breaks a decision
+                    log.exception("observer failed")
         return decision
 
     # -- outcomes --------------------------------------------------------------------
@@ -312,7 +311,9 @@ class PolicyEngine:
             headers.append(("allow", ", ".join(exc.allowed)))
         headers.extend(exc.headers)
         headers.extend(ctx.response_headers)
-        body = json.dumps({"error": reason, "request_id": request.request_id})
+        body = json.dumps(
+            {"error": reason, "request_id": request.request_id, **dict(exc.body_fields)}
+        )
         return Decision(
             allowed=False,
             status=exc.status,

@@ -18,7 +18,12 @@ What it encodes, and why:
   service's most specific match. Each ends with a catch-all that still calls the
   service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
 - Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
-  identity headers there; everywhere else the service removes them.
+  identity headers there; everywhere else the service removes them. A public route
+  with a contract is the exception: it is checked (anonymously) so its request is
+  validated.
+- The request body goes to the service only on routes whose contract validates it
+  (``check_settings.with_request_body``, limited to the contract's ``max_body_bytes``,
+  partial bodies refused with 413, raw bytes); buffering stays off everywhere else.
 - Optional downstream TLS (``--tls-cert/--tls-key``), TLS 1.2 at least; with a trust
   bundle (``--client-ca``) Envoy verifies client certificates (mTLS, SPIFFE X.509-SVIDs)
   and ext_authz sends the verified identity: ``attributes.source.principal`` (the URI
@@ -78,7 +83,12 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
-from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthz, ExtAuthzPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    BufferSettings,
+    CheckSettings,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+)
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -287,7 +297,21 @@ def _access_log() -> AccessLog:
     return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))
 
 
-def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
+def _body_limit(policy: PolicyConfig) -> int:
+    """The largest body any route's contract reads (0: no route reads bodies)."""
+    return max(
+        (r.contract.max_body_bytes for r in policy.routes if r.contract and r.contract.reads_body),
+        default=0,
+    )
+
+
+def _buffer_settings(max_bytes: int) -> BufferSettings:
+    return BufferSettings(
+        max_request_bytes=max_bytes, allow_partial_message=False, pack_as_bytes=True
+    )
+
+
+def _ext_authz_filter(options: EnvoyOptions, policy: PolicyConfig) -> HttpFilter:
     ext_authz = ExtAuthz(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
@@ -300,18 +324,48 @@ def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
         # The service never changes the route; re-routing after authorisation would
         # let a request be authorised for one route and served by another.
         clear_route_cache=False,
-        # The body is not sent by default; routes that need it opt in through
-        # _ext_authz_per_route (CheckSettings.with_request_body).
         stat_prefix="authz",
     )
+    limit = _body_limit(policy)
+    if limit:
+        # Envoy 1.40 takes pack_as_bytes from the filter, not from a route's settings:
+        # without it a body that is not UTF-8 would reach the service with its bad bytes
+        # replaced (and validated as something the upstream never gets). So the filter
+        # says how bodies are sent, and every route that does not validate its body
+        # turns buffering off (_ext_authz_per_route, _no_body).
+        ext_authz.with_request_body = _buffer_settings(limit)
     return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
 
 
-def _ext_authz_per_route(route: RouteConfig) -> ExtAuthzPerRoute | None:
-    """The per-route ext_authz settings of a policy route (None: the filter's own)."""
-    if route.public:
+def _no_body() -> ExtAuthzPerRoute:
+    return ExtAuthzPerRoute(check_settings=CheckSettings(disable_request_body_buffering=True))
+
+
+def _ext_authz_per_route(route: RouteConfig, policy: PolicyConfig) -> ExtAuthzPerRoute | None:
+    """The per-route ext_authz settings of a policy route (None: the filter's own).
+
+    A route whose contract reads the body gets it: buffered up to the contract's
+    ``max_body_bytes`` (Envoy answers 413 itself above that, and never sends part of
+    a body: ``allow_partial_message: false``), as raw bytes (``pack_as_bytes``: a
+    body that is not UTF-8 reaches the service intact, to be refused there). Every
+    other route gets no body and no buffering.
+    """
+    contract = route.contract
+    if contract is not None and contract.reads_body:
+        return ExtAuthzPerRoute(
+            check_settings=CheckSettings(
+                with_request_body=_buffer_settings(contract.max_body_bytes)
+            )
+        )
+    if route.public and contract is None:
         return ExtAuthzPerRoute(disabled=True)
-    return None
+    return _no_body() if _body_limit(policy) else None
+
+
+def _with_per_route(route: Route, per_route: ExtAuthzPerRoute | None) -> Route:
+    if per_route is not None:
+        route.typed_per_filter_config = {EXT_AUTHZ_FILTER: Any.pack(per_route)}
+    return route
 
 
 def _route_match(route: RouteConfig) -> RouteMatch:
@@ -343,10 +397,8 @@ def _envoy_route(route: RouteConfig, policy: PolicyConfig) -> Route:
         match=_route_match(route),
         route=RouteAction(cluster=UPSTREAM_CLUSTER),
     )
-    per_route = _ext_authz_per_route(route)
-    if per_route is not None:
-        envoy_route.typed_per_filter_config = {EXT_AUTHZ_FILTER: Any.pack(per_route)}
-    if route.public:
+    _with_per_route(envoy_route, _ext_authz_per_route(route, policy))
+    if route.public and route.contract is None:
         # ext_authz is not called here, so nothing else strips forged identity headers.
         envoy_route.request_headers_to_remove = list(policy.headers.all())
     return envoy_route
@@ -438,6 +490,10 @@ def _envoy_routes(routes: list[RouteConfig], policy: PolicyConfig) -> list[Route
             result.append(guard)
         result.append(_envoy_route(route, policy))
     result.append(_catch_all())
+    if _body_limit(policy):
+        for envoy_route in result:
+            if envoy_route.name == CATCH_ALL_ROUTE:
+                _with_per_route(envoy_route, _no_body())
     return result
 
 
@@ -468,7 +524,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         stat_prefix="ingress_http",
         route_config=_route_configuration(policy),
         http_filters=[
-            _ext_authz_filter(options),
+            _ext_authz_filter(options, policy),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
         ],
         common_http_protocol_options=HttpProtocolOptions(
@@ -613,6 +669,10 @@ def _add_explicit_defaults(node: object) -> None:
     if isinstance(node, dict):
         for key, value in _EXPLICIT_DEFAULTS.get(str(node.get("@type", "")), {}).items():
             node.setdefault(key, value)
+        body = node.get("with_request_body")
+        if isinstance(body, dict):
+            # The safety of body validation rests on this default: say it.
+            body.setdefault("allow_partial_message", False)
         for child in node.values():
             _add_explicit_defaults(child)
     elif isinstance(node, list):

@@ -10,7 +10,13 @@ nothing past a stage sees a PyJWT or jsonschema exception.
     AuthzError
     ├── PolicyError                      policy file could not be used (not a request error)
     ├── RequestError              400    the request itself cannot be read
-    │   └── InvalidPath           400    invalid_path
+    │   ├── InvalidPath           400    invalid_path
+    │   └── ContractViolation     400    the request breaks its route's contract (body_*,
+    │       │                            parameter_*, query_malformed); the deny body names
+    │       │                            where ("in": body|query|path|header, "location": a
+    │       │                            JSON pointer), never the offending value
+    │       ├── BodyTooLarge      413    body_too_large, body_partial
+    │       └── UnsupportedMediaType 415 unsupported_media_type
     ├── RouteError
     │   ├── UndeclaredRoute       404    undeclared_route
     │   └── MethodNotAllowed      405    method_not_allowed
@@ -40,6 +46,9 @@ class AuthzError(Exception):
     reason: str = "forbidden"
     #: Extra response headers for the client (e.g. Retry-After).
     headers: tuple[tuple[str, str], ...] = ()
+    #: Extra members of the JSON deny body (after "error" and "request_id"); never secrets
+    #: and never a value the client sent.
+    body_fields: tuple[tuple[str, str], ...] = ()
 
     def __init__(
         self,
@@ -77,6 +86,36 @@ class RequestError(AuthzError):
 
 class InvalidPath(RequestError):
     reason = "invalid_path"
+
+
+class ContractViolation(RequestError):
+    """The request does not match its route's contract.
+
+    ``part`` is where the problem is (body, query, path or header) and ``pointer`` a JSON
+    pointer into that part (``/items/0/qty``, ``/limit``); both go to the deny body.
+    ``detail`` (logs only) says what is wrong, never with the offending value.
+    """
+
+    reason = "body_invalid"
+
+    def __init__(
+        self, reason: str, detail: str = "", *, part: str = "body", pointer: str = ""
+    ) -> None:
+        fields = (("in", part), ("location", pointer)) if part else ()
+        super().__init__(detail or reason, reason=reason)
+        self.part = part
+        self.pointer = pointer
+        self.body_fields = fields
+
+
+class BodyTooLarge(ContractViolation):
+    status = 413
+    reason = "body_too_large"
+
+
+class UnsupportedMediaType(ContractViolation):
+    status = 415
+    reason = "unsupported_media_type"
 
 
 class RouteError(AuthzError):

@@ -103,3 +103,14 @@ def _remove_dot_segments(path: str) -> str:
     if trailing and stack:
         result += "/"
     return result
+
+
+_ID_SEGMENT = re.compile(
+    r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,})$"
+)
+
+
+def path_shape(path: str) -> str:
+    """Collapse numeric, UUID and long hex segments: /v1/users/42 -> /v1/users/{id}."""
+    return "/".join("{id}" if _ID_SEGMENT.match(seg) else seg for seg in path.split("/"))

@@ -2,8 +2,8 @@
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
   (JWKS fetched), SERVING after, NOT_SERVING again while draining.
-- A changed policy file (polled) or SIGHUP reloads: a valid policy whose
-  providers become ready swaps in atomically; an invalid one is logged with
+- A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
+  a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
   every problem and the old one keeps serving.
 - SIGTERM/SIGINT drain: NOT_SERVING, in-flight calls finish (up to the drain
   timeout), then exit.
@@ -63,23 +63,34 @@ class Service:
         self.transport: GrpcTransport | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._file_stamp: tuple[float, int] | None = None
+        self._file_stamp: tuple[tuple[float, int] | None, ...] | None = None
+        self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
         self._tasks: list[asyncio.Task[None]] = []
         self.reloads = 0
         self.rejected_reloads = 0
 
     # -- policy ------------------------------------------------------------------
 
-    def _stamp(self) -> tuple[float, int] | None:
-        try:
-            st = os.stat(self.options.policy)
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size)
+    def _stamp(self) -> tuple[tuple[float, int] | None, ...] | None:
+        """Modification stamps of the policy file and the documents it names."""
+        stamps: list[tuple[float, int] | None] = []
+        for path in (self.options.policy, *self._documents):
+            try:
+                st = os.stat(path)
+            except OSError:
+                if path == self.options.policy:
+                    return None
+                stamps.append(None)
+                continue
+            stamps.append((st.st_mtime, st.st_size))
+        return tuple(stamps)
 
     async def _compile(self) -> CompiledPolicy:
         self._file_stamp = self._stamp()
         config = load_policy(self.options.policy)
+        if config.documents != self._documents:
+            self._documents = config.documents
+            self._file_stamp = self._stamp()
         return CompiledPolicy(config, shared=self.shared)
 
     async def _wait_ready(self, policy: CompiledPolicy, timeout: float) -> bool:

@@ -12,7 +12,10 @@ Phases, in the order the engine runs them:
 - ``request``: once per policy, after the path is canonical and before routing
   (cheap gates that must hold even for undeclared paths, e.g. per-address limits);
 - ``pre``: per route, before identity (cheap gates before the costly stages);
-- ``post``: per route, after identity and authorization (schema, per-identity limits).
+- ``post``: per route, after identity and authorization (schema, per-identity limits);
+- ``observe``: once per policy, after every decision (allow or deny, declared or not),
+  with ``Context.decision`` set; it cannot change the decision and its errors are
+  logged, never raised (inventories, statistics).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from authz.model import ANONYMOUS, Identity, Request
+from authz.model import ANONYMOUS, Decision, Identity, Request
 from authz.policy.config import PolicyConfig, RouteConfig
 
-Phase = Literal["request", "pre", "post"]
+Phase = Literal["request", "pre", "post", "observe"]
 T = TypeVar("T")
 
 
@@ -41,6 +44,8 @@ class Context:
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     #: Extra headers for the client's response (on allow and on deny).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The decision, for ``observe`` hooks only (None before it is made).
+    decision: Decision | None = None
 
 
 Check = Callable[[Context], Awaitable[None]]
@@ -75,8 +80,17 @@ class StageFactory(Protocol):
     def build(
         self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
     ) -> Check | None:
-        """The check for this route (None for the ``request`` phase), or None if not needed."""
+        """The check for this route (None for the ``request`` and ``observe`` phases), or
+        None if not needed."""
+
+
+def _registered() -> list[StageFactory]:
+    # Imported here: the stage modules import this one.
+    from authz.inventory import InventoryStage
+    from authz.validation.stage import ValidationStage
+
+    return [ValidationStage(), InventoryStage()]
 
 
 #: The registered stages, in the order they run within a phase.
-STAGES: list[StageFactory] = []
+STAGES: list[StageFactory] = _registered()

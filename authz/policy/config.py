@@ -78,6 +78,63 @@ class ApiKeyProviderConfig:
 
 ProviderConfig = JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig
 
+PARAMETER_LOCATIONS = ("path", "query", "header")
+JSON_MEDIA_TYPE = "application/json"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonSchema:
+    """A JSON Schema (draft 2020-12), self-contained: local ``$ref`` only, into ``$defs``.
+
+    Kept as canonical JSON text so the config stays immutable; validators are compiled
+    from it at load (:mod:`authz.validation.schema`).
+    """
+
+    text: str
+    location: str = ""  # file:line:column of the schema, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """A path, query or header parameter of a route's contract."""
+
+    name: str  # header names lower case
+    where: str  # one of PARAMETER_LOCATIONS
+    required: bool = False
+    schema: JsonSchema | None = None  # None: any string
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """Hard limits of the body parsers, checked before any schema."""
+
+    max_depth: int = 32  # nesting of arrays and objects
+    max_members: int = 10_000  # object members plus array items, in the whole body
+    max_fields: int = 256  # fields of a form body, parameters of a query string
+
+
+@dataclass(frozen=True, slots=True)
+class ContractConfig:
+    """What a request to a route must look like (its API contract)."""
+
+    body: JsonSchema | None = None  # JSON Schema of the body (JSON or form fields)
+    body_required: bool = False
+    #: Allowed media types of the body (lower case, no parameters); a request with a
+    #: body of another type is refused with 415.
+    content_types: tuple[str, ...] = (JSON_MEDIA_TYPE,)
+    max_body_bytes: int = 65_536  # 413 above; also Envoy's buffer limit for the route
+    parameters: tuple[Parameter, ...] = ()
+    unknown_query_parameters: str = "allow"  # allow | deny
+    limits: BodyLimits = field(default_factory=BodyLimits)
+    #: Where the contract was declared: "policy" or the OpenAPI file's path.
+    origin: str = "policy"
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether the service needs the request body for this route (Envoy sends it)."""
+        return self.body is not None
+
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
@@ -94,6 +151,7 @@ class RouteConfig:
     mode: str | None = None  # None: the policy's mode
     strip_credential: bool = False
     location: str = ""  # file:line of the route, for messages
+    contract: ContractConfig | None = None  # None: nothing validated
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +186,9 @@ class PolicyConfig:
     headers: HeaderNames = field(default_factory=HeaderNames)
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    #: Other files the policy is made of (OpenAPI documents), absolute paths: a change
+    #: to one is a new policy version.
+    documents: tuple[str, ...] = ()
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

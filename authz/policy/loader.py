@@ -7,6 +7,7 @@ sees raw YAML; it returns frozen :mod:`authz.policy.config` objects.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -32,6 +33,7 @@ from authz.policy.config import (
     ProviderConfig,
     RouteConfig,
 )
+from authz.policy.contract import build_contract, defaults_from
 
 JsonPath = tuple[str | int, ...]
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
@@ -101,18 +103,23 @@ def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConf
     # `authz validate` lists everything; parts the schema rejected are skipped.
     builder = _Builder(doc, where, base_dir, tolerant=bool(problems), reported=schema_paths)
     config = builder.build(policy_version(data), source)
+    if builder.documents:
+        # The policy is the file and the documents it names: a change to either is a
+        # new version.
+        parts = [data] + [hashlib.sha256(d).digest() for d in builder.document_bytes]
+        config = dataclasses.replace(config, version=policy_version(b"".join(parts)))
     problems.extend(builder.problems)
     if problems:
         raise PolicyError(sorted(problems, key=_by_position))
     return config
 
 
-def _by_position(problem: tuple[str, str]) -> tuple[int, int]:
+def _by_position(problem: tuple[str, str]) -> tuple[str, int, int]:
     parts = problem[0].rsplit(":", 2)
     try:
-        return int(parts[1]), int(parts[2])
+        return parts[0], int(parts[1]), int(parts[2])
     except (IndexError, ValueError):
-        return 0, 0
+        return problem[0], 0, 0
 
 
 # --------------------------------------------------------------------------- YAML
@@ -247,6 +254,9 @@ class _Builder:
         self.base_dir = base_dir
         self.tolerant = tolerant  # the schema failed: skip what cannot be read
         self.problems: list[tuple[str, str]] = []
+        self.documents: list[str] = []  # OpenAPI files, resolved
+        self.document_bytes: list[bytes] = []
+        self.contract_defaults = defaults_from(self.doc.get("validation"))
 
     def guarded(self, fn: Any, *args: Any) -> Any:
         if not self.tolerant:
@@ -281,6 +291,9 @@ class _Builder:
             for i, spec in enumerate(route_specs if isinstance(route_specs, list) else ())
             if (r := self.guarded(self.route, i, spec, by_name)) is not None
         )
+        openapi_specs = doc.get("openapi")
+        for i, spec in enumerate(openapi_specs if isinstance(openapi_specs, list) else ()):
+            routes += tuple(self.guarded(self.openapi, i, spec, by_name) or ())
         self.guarded(self.check_route_set, routes)
         return PolicyConfig(
             version=version,
@@ -291,7 +304,31 @@ class _Builder:
             headers=headers,
             providers=providers,
             routes=routes,
+            documents=tuple(self.documents),
         )
+
+    def openapi(
+        self, i: int, spec: dict[str, Any], providers: dict[str, ProviderConfig]
+    ) -> list[RouteConfig]:
+        from authz.policy.openapi import load_openapi
+
+        at: JsonPath = ("openapi", i)
+        for scheme, names in spec.get("security_schemes", {}).items():
+            for j, name in enumerate(names):
+                if name not in providers:
+                    self.problem(
+                        (*at, "security_schemes", scheme, j), f"no provider named {name!r}"
+                    )
+        routes, file, data, problems = load_openapi(
+            spec, self.base_dir, providers, self.contract_defaults
+        )
+        if file is None:
+            self.problem((*at, "file"), problems[0][1])
+            return []
+        self.documents.append(str(file.resolve()))
+        self.document_bytes.append(data)
+        self.problems.extend(problems)
+        return routes
 
     def provider(self, name: str, spec: dict[str, Any]) -> ProviderConfig | None:
         at: JsonPath = ("providers", name)
@@ -405,6 +442,20 @@ class _Builder:
             for claim, value in spec.get("claims", {}).items()
         )
         mark = self.where(at)
+        contract = None
+        if "contract" in spec:
+            try:
+                template_params = parse_template(spec["path"]).params
+            except TemplateError:
+                template_params = ()
+            contract = build_contract(
+                spec["contract"],
+                (*at, "contract"),
+                self.problem,
+                self.where,
+                self.contract_defaults,
+                template_params,
+            )
         return RouteConfig(
             name=spec["name"],
             path=spec["path"],
@@ -419,14 +470,23 @@ class _Builder:
             mode=spec.get("mode"),
             strip_credential=bool(spec.get("strip_credential", False)),
             location=mark,
+            contract=contract,
         )
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:
         names: dict[str, int] = {}
         seen: dict[tuple[str, str, str], int] = {}
+
+        def report(i: int, jpath: JsonPath, message: str) -> None:
+            contract = routes[i].contract
+            if contract is not None and contract.origin != "policy":  # from an OpenAPI file
+                self.problems.append((routes[i].location, f"operation {routes[i].name}: {message}"))
+            else:
+                self.problem(jpath, message)
+
         for i, r in enumerate(routes):
             if r.name in names:
-                self.problem(("routes", i, "name"), f"duplicate route name {r.name!r}")
+                report(i, ("routes", i, "name"), f"duplicate route name {r.name!r}")
             names.setdefault(r.name, i)
             try:
                 shape = tuple(
@@ -439,7 +499,8 @@ class _Builder:
                 for method in r.methods:
                     key = (host, method, "/".join(shape))
                     if key in seen:
-                        self.problem(
+                        report(
+                            i,
                             ("routes", i),
                             f"{method} {r.path} is already declared by route "
                             f"{routes[seen[key]].name!r}",

@@ -1,4 +1,5 @@
-"""The ext_authz v3 gRPC transport: Authorization/Check, health and reflection."""
+"""The ext_authz v3 gRPC transport: Authorization/Check, health, reflection and our
+control plane (authz.v1.Admin)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from authz import admin
 from authz.engine import PolicyEngine
 from authz.errors import InternalError
 from authz.model import Decision
@@ -49,7 +51,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
 
 class GrpcTransport:
-    """A grpc.aio server with the Authorization, Health and Reflection services."""
+    """A grpc.aio server with the Authorization, Admin, Health and Reflection services."""
 
     def __init__(self, engine: PolicyEngine, address: str, *, reuse_port: bool = False) -> None:
         self.health = health.aio.HealthServicer()
@@ -65,8 +67,15 @@ class GrpcTransport:
             AuthorizationServicer(engine), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        admin.add_to_server(engine, self.server)
         reflection.enable_server_reflection(
-            (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (
+                AUTHORIZATION_SERVICE,
+                admin.ADMIN_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
         )
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:

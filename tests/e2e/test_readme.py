@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "AUTHZ_VENV": sys.prefix}
 
 # Statuses the README promises for its curl lines, in order.
-CURL_STATUSES = [200, 200, 401, 403, 404, 200]
+CURL_STATUSES = [200, 200, 401, 403, 404, 200, 200, 400]
 
 
 def blocks(lang: str) -> list[list[str]]:

@@ -99,6 +99,7 @@ def test_example_policy_loads() -> None:
 def test_version_is_a_content_hash(tmp_path: Path) -> None:
     copy = tmp_path / "policy.yaml"
     shutil.copy(EXAMPLE, copy)
+    shutil.copy(EXAMPLE.parent / "openapi.yaml", tmp_path / "openapi.yaml")
     first = load_policy(copy).version
     assert load_policy(copy).version == first
     assert load_policy(EXAMPLE).version == first  # same bytes, same version, any path
@@ -106,6 +107,10 @@ def test_version_is_a_content_hash(tmp_path: Path) -> None:
     second = load_policy(copy).version
     assert second != first
     assert second.startswith("sha256:")
+    # the OpenAPI document the policy names is part of it
+    openapi = tmp_path / "openapi.yaml"
+    openapi.write_text(openapi.read_text("utf-8") + "\n# changed\n", "utf-8")
+    assert load_policy(copy).version not in (first, second)
 
 
 def test_defaults(tmp_path: Path) -> None:
