@@ -17,8 +17,9 @@ What it encodes, and why:
   host, routes are emitted in specificity order, so Envoy's first match is the
   service's most specific match. Each ends with a catch-all that still calls the
   service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
-- Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
-  identity headers there; everywhere else the service removes them.
+- Public routes skip ext_authz (unless they have rate limits), so Envoy itself
+  removes client-sent copies of the identity headers there; everywhere else the
+  service removes them.
 - Optional downstream TLS (``--tls-cert/--tls-key``), TLS 1.2 at least; with a trust
   bundle (``--client-ca``) Envoy verifies client certificates (mTLS, SPIFFE X.509-SVIDs)
   and ext_authz sends the verified identity: ``attributes.source.principal`` (the URI
@@ -307,9 +308,14 @@ def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
     return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
 
 
+def _skips_authz(route: RouteConfig) -> bool:
+    """Public routes skip ext_authz, unless they have rate limits for authz to apply."""
+    return route.public and not route.rate_limits
+
+
 def _ext_authz_per_route(route: RouteConfig) -> ExtAuthzPerRoute | None:
     """The per-route ext_authz settings of a policy route (None: the filter's own)."""
-    if route.public:
+    if _skips_authz(route):
         return ExtAuthzPerRoute(disabled=True)
     return None
 
@@ -346,7 +352,7 @@ def _envoy_route(route: RouteConfig, policy: PolicyConfig) -> Route:
     per_route = _ext_authz_per_route(route)
     if per_route is not None:
         envoy_route.typed_per_filter_config = {EXT_AUTHZ_FILTER: Any.pack(per_route)}
-    if route.public:
+    if _skips_authz(route):
         # ext_authz is not called here, so nothing else strips forged identity headers.
         envoy_route.request_headers_to_remove = list(policy.headers.all())
     return envoy_route

@@ -56,6 +56,8 @@ class Shared:
 
     def __init__(self) -> None:
         self._objects: dict[str, object] = {}
+        #: Decisions in flight right now (kept by the engine; read by load shedding).
+        self.in_flight = 0
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)
@@ -78,5 +80,7 @@ class StageFactory(Protocol):
         """The check for this route (None for the ``request`` phase), or None if not needed."""
 
 
+from authz.ratelimit.stage import RATE_LIMIT_STAGES  # noqa: E402  (needs the names above)
+
 #: The registered stages, in the order they run within a phase.
-STAGES: list[StageFactory] = []
+STAGES: list[StageFactory] = [*RATE_LIMIT_STAGES]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
+
 MODES = ("enforce", "monitor")
 UNDECLARED = ("deny", "monitor")
 ASYMMETRIC_ALGORITHMS = (
@@ -94,6 +96,8 @@ class RouteConfig:
     mode: str | None = None  # None: the policy's mode
     strip_credential: bool = False
     location: str = ""  # file:line of the route, for messages
+    priority: str = "normal"  # critical | normal | background (load shedding order)
+    rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,8 @@ class HeaderNames:
     scopes: str = "x-authz-scopes"
     provider: str = "x-authz-provider"
     decision_id: str = "x-authz-decision-id"
+    #: The remaining quota (the RateLimit field's value) for the upstream.
+    ratelimit: str = "x-authz-ratelimit"
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -115,6 +121,7 @@ class HeaderNames:
             self.scopes,
             self.provider,
             self.decision_id,
+            self.ratelimit,
         )
 
 
@@ -128,6 +135,7 @@ class PolicyConfig:
     headers: HeaderNames = field(default_factory=HeaderNames)
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

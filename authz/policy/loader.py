@@ -32,6 +32,8 @@ from authz.policy.config import (
     ProviderConfig,
     RouteConfig,
 )
+from authz.policy.ratelimit_config import RateLimitConfig
+from authz.policy.ratelimit_loader import RateLimitBuilder
 
 JsonPath = tuple[str | int, ...]
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
@@ -247,6 +249,7 @@ class _Builder:
         self.base_dir = base_dir
         self.tolerant = tolerant  # the schema failed: skip what cannot be read
         self.problems: list[tuple[str, str]] = []
+        self.limits = RateLimitBuilder(self, self.doc)
 
     def guarded(self, fn: Any, *args: Any) -> Any:
         if not self.tolerant:
@@ -275,6 +278,7 @@ class _Builder:
             if (p := self.guarded(self.provider, name, spec)) is not None
         )
         by_name = {p.name: p for p in providers}
+        self.guarded(self.limits.load)
         route_specs = doc.get("routes")
         routes = tuple(
             r
@@ -282,6 +286,7 @@ class _Builder:
             if (r := self.guarded(self.route, i, spec, by_name)) is not None
         )
         self.guarded(self.check_route_set, routes)
+        rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
         return PolicyConfig(
             version=version,
             source=source,
@@ -291,6 +296,7 @@ class _Builder:
             headers=headers,
             providers=providers,
             routes=routes,
+            rate_limits=rate_limits,
         )
 
     def provider(self, name: str, spec: dict[str, Any]) -> ProviderConfig | None:
@@ -405,6 +411,7 @@ class _Builder:
             for claim, value in spec.get("claims", {}).items()
         )
         mark = self.where(at)
+        priority, rate_limits = self.limits.route_limits(i, spec, spec["name"], public)
         return RouteConfig(
             name=spec["name"],
             path=spec["path"],
@@ -419,6 +426,8 @@ class _Builder:
             mode=spec.get("mode"),
             strip_credential=bool(spec.get("strip_credential", False)),
             location=mark,
+            priority=priority,
+            rate_limits=rate_limits,
         )
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:
