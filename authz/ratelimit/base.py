@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 GCRA = 0
 LEASE = 1
@@ -36,8 +35,7 @@ SYNC = 2
 EPSILON = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):  # tuples: built on every decision, so cheap to build
     key: str
     mode: int  # GCRA | LEASE | SYNC
     interval: float  # GCRA: seconds per token; LEASE: lease seconds
@@ -46,8 +44,7 @@ class Item:
     cost: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     allowed: bool
     remaining: int  # tokens (or free leases) left after this request
     reset: float  # seconds until the bucket is full again (every lease free)
