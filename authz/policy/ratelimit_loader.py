@@ -8,6 +8,7 @@ in-process store, ...) at their location through the loader's builder.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Protocol
 
 from authz.policy.ratelimit_config import (
@@ -28,6 +29,8 @@ DEFAULT_RETRY_AFTER = 5.0
 
 
 class Reporter(Protocol):
+    base_dir: Path  # relative paths in the policy are relative to its directory
+
     def problem(self, jpath: JsonPath, message: str) -> None: ...
 
     def where(self, jpath: JsonPath, *, key: bool = False) -> str: ...
@@ -115,10 +118,13 @@ class RateLimitBuilder:
                 (*at, "normal_at"), "normal routes cannot be shed before background ones"
             )
         retry_after = _duration(spec.get("retry_after", DEFAULT_RETRY_AFTER))
+        signal_file = spec.get("signal_file")
+        if signal_file is not None:
+            signal_file = str((self.reporter.base_dir / signal_file).resolve())
         return OverloadConfig(
             background_at=background,
             normal_at=normal,
-            signal_file=spec.get("signal_file"),
+            signal_file=signal_file,
             retry_after=retry_after,
         )
 
