@@ -10,6 +10,11 @@ keys that carry state.
 Keys are ``<prefix><rule>:<blake2b of the key values>``: no subject, address
 or header value is stored in clear.
 
+Decisions made at the same moment share the network, not the atomicity: a
+call made while another is on the wire waits for the next turn of the event
+loop and goes out in one pipelined write with the others waiting then (still
+one ``EVALSHA`` per decision, each atomic). Alone, a call goes out at once.
+
 Connections come from a bounded pool; every call has a deadline. After
 :data:`FAILURES_TO_OPEN` failures in a row the store is *down*: calls fail at
 once (no waiting on timeouts) for ``retry_interval``, then one call probes
@@ -31,7 +36,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from authz.policy.ratelimit_config import RedisStoreConfig
 from authz.ratelimit.base import Item, Outcome, StoreUnavailable
@@ -39,6 +44,9 @@ from authz.ratelimit.base import Item, Outcome, StoreUnavailable
 log = logging.getLogger("authz.ratelimit")
 
 FAILURES_TO_OPEN = 3
+MAX_PIPELINE = 64  # decisions in one pipelined write at most
+#: A call waiting for the next pipelined write: (script, keys, args, its result).
+Queued = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
 _US = 1_000_000
 
 #: KEYS: one per item. ARGV[1]: now in microseconds ("" = Redis TIME), ARGV[2]: a
@@ -172,6 +180,10 @@ class RedisStore:
         self._acquire = self.client.register_script(ACQUIRE)
         self._release = self.client.register_script(RELEASE)
         self._nonce = f"{os.getpid():x}.{os.urandom(3).hex()}."
+        self._on_the_wire = 0
+        self._queued: list[Queued] = []
+        self.pipelined = 0  # calls that shared a write with others
+        self._sending: set[asyncio.Task[None]] = set()
         self._counter = itertools.count(1)
         # outage state
         self._failures = 0
@@ -223,7 +235,14 @@ class RedisStore:
         self.calls += 1
         try:
             async with asyncio.timeout(self.config.timeout):
-                result = await script(keys=keys, args=args)
+                if self._on_the_wire:
+                    result = await self._enqueue(script, keys, args)
+                else:
+                    self._on_the_wire += 1
+                    try:
+                        result = await script(keys=keys, args=args)
+                    finally:
+                        self._on_the_wire -= 1
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise StoreUnavailable(
@@ -236,6 +255,58 @@ class RedisStore:
         if self._failures or self.down_since is not None:
             self._recovered()
         return result
+
+    # -- coalescing concurrent calls -----------------------------------------------------
+
+    def _enqueue(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.append((script, keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued, []
+        for start in range(0, len(batch), MAX_PIPELINE):
+            task = asyncio.get_running_loop().create_task(
+                self._send(batch[start : start + MAX_PIPELINE])
+            )
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        self._on_the_wire += 1
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            for (script, keys, args, future), result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):  # Redis restarted: load it, once
+                    try:
+                        result = await script(keys=keys, args=args)
+                    except Exception as exc:  # handed to the caller
+                        result = exc
+                if future.done():
+                    continue  # the caller's deadline passed
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            self.pipelined += len(batch)
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else RedisConnectionError("cancelled")
+                    )
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._on_the_wire -= 1
 
     def _retry_left(self) -> float:
         return max(self._retry_at - self._monotonic(), 0.0) or self.config.retry_interval
@@ -281,6 +352,7 @@ class RedisStore:
             "errors": self.errors,
             "refused_while_down": self.skipped,
             "outages": self.outages,
+            "pipelined": self.pipelined,
         }
 
     async def aclose(self) -> None:

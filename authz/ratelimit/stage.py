@@ -45,7 +45,7 @@ from authz.policy.ratelimit_config import (
 from authz.ratelimit.base import GCRA, LEASE, Item, Outcome, StoreUnavailable
 from authz.ratelimit.batched import BatchedItem, BatchedStore
 from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key_part
-from authz.ratelimit.memory import MemoryStore
+from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
 from authz.ratelimit.overload import RANK, OverloadMonitor
 from authz.ratelimit.redis_store import RedisStore
 
@@ -110,7 +110,7 @@ class RateLimitRuntime:
                 "ratelimit: in-process buckets bounded at %d keys (about %.0f MB) per table; "
                 "stores: %s",
                 config.max_keys,
-                config.max_keys * 190 / 1e6,
+                config.max_keys * BYTES_PER_KEY / 1e6,
                 ", ".join([MEMORY_STORE, *(f"{s.name} (redis)" for s in config.stores)]),
             )
         self._start_stats_log()
@@ -199,27 +199,25 @@ class CompiledRule:
     interval: float = 0.0
     capacity: int = 0
     redis_prefix: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def shadow(self) -> bool:
-        return self.config.shadow
+    name: str = ""
+    shadow: bool = False
+    state_prefix: str = ""  # '"name";r='
 
     def values(self, ctx: Context) -> str:
-        return SEPARATOR.join([part(ctx) for part in self.parts])
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0](ctx)
+        return SEPARATOR.join([part(ctx) for part in parts])
 
     def memory_item(self, values: str, prefix: str = "") -> Item:
-        key = f"{prefix}{self.config.name}{SEPARATOR}{values}"
+        key = f"{prefix}{self.name}{SEPARATOR}{values}"
         if len(key) > MAX_KEY_LENGTH:
-            key = f"{prefix}{self.config.name}#{digest(values)}"
-        return Item(key, self.mode, self.interval, self.capacity, self.config.shadow)
+            key = f"{prefix}{self.name}#{digest(values)}"
+        return Item(key, self.mode, self.interval, self.capacity, self.shadow)
 
     def redis_item(self, values: str) -> Item:
-        key = f"{self.redis_prefix}{self.config.name}:{digest(values)}"
-        return Item(key, self.mode, self.interval, self.capacity, self.config.shadow)
+        key = f"{self.redis_prefix}{self.name}:{digest(values)}"
+        return Item(key, self.mode, self.interval, self.capacity, self.shadow)
 
 
 def compile_rule(
@@ -244,25 +242,38 @@ def compile_rule(
         interval=interval,
         capacity=rule.burst,
         redis_prefix=store.key_prefix if store is not None else "",
+        name=rule.name,
+        shadow=rule.shadow,
+        state_prefix=f'"{rule.name}";r=',
     )
 
 
 # --------------------------------------------------------------------------- groups
 
 
-Refund = Any  # a zero-argument callable, sync or async
-
-
 class _Group:
-    """The rules of one phase that live in one store."""
+    """The rules of one phase that live in one store.
+
+    ``decide`` returns the outcomes and the items it charged; ``undo`` gives
+    those back when a later group denies the request.
+    """
+
+    local = False  # True: decided in this process, no I/O (``decide_local``)
 
     def __init__(self, rules: list[CompiledRule], runtime: RateLimitRuntime) -> None:
         self.rules = rules
         self.runtime = runtime
 
-    async def decide(
-        self, values: Sequence[str]
-    ) -> tuple[list[Outcome], Any]:  # (outcomes, refund)
+    def values(self, ctx: Context) -> list[str]:
+        return [rule.values(ctx) for rule in self.rules]
+
+    def decide_local(self, ctx: Context) -> tuple[list[Outcome], Any]:
+        raise NotImplementedError
+
+    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
+        raise NotImplementedError
+
+    async def undo(self, charged: Any) -> None:
         raise NotImplementedError
 
     def fallback(self, values: Sequence[str], exc: StoreUnavailable) -> tuple[list[Outcome], Any]:
@@ -279,15 +290,23 @@ class _Group:
             rule.memory_item(v, prefix="fallback" + SEPARATOR)
             for rule, v in zip(self.rules, values, strict=True)
         ]
-        memory = self.runtime.memory
-        return memory.decide(items), lambda: memory.refund(items)
+        return self.runtime.memory.decide(items), ("fallback", items)
 
 
 class _MemoryGroup(_Group):
-    async def decide(self, values: Sequence[str]) -> tuple[list[Outcome], Any]:
-        items = [rule.memory_item(v) for rule, v in zip(self.rules, values, strict=True)]
-        memory = self.runtime.memory
-        return memory.decide(items), lambda: memory.refund(items)
+    local = True
+
+    def decide_local(self, ctx: Context) -> tuple[list[Outcome], Any]:
+        rules = self.rules
+        if len(rules) == 1:
+            rule = rules[0]
+            items = [rule.memory_item(rule.values(ctx))]
+        else:
+            items = [rule.memory_item(rule.values(ctx)) for rule in rules]
+        return self.runtime.memory.decide(items), items
+
+    async def undo(self, charged: Any) -> None:
+        self.runtime.memory.refund(charged)
 
 
 class _RedisGroup(_Group):
@@ -297,19 +316,20 @@ class _RedisGroup(_Group):
         super().__init__(rules, runtime)
         self.store = store
 
-    async def decide(self, values: Sequence[str]) -> tuple[list[Outcome], Any]:
+    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
+        values = self.values(ctx)
         items = [rule.redis_item(v) for rule, v in zip(self.rules, values, strict=True)]
         try:
-            outcomes = await self.store.acquire(items)
+            return await self.store.acquire(items), items
         except StoreUnavailable as exc:
             return self.fallback(values, exc)
-        store = self.store
 
-        async def refund() -> None:
-            with contextlib.suppress(StoreUnavailable):
-                await store.release(items)
-
-        return outcomes, refund
+    async def undo(self, charged: Any) -> None:
+        if isinstance(charged, tuple):  # decided locally: the store was down
+            self.runtime.memory.refund(charged[1])
+            return
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.release(charged)
 
 
 class _BatchedGroup(_Group):
@@ -319,17 +339,22 @@ class _BatchedGroup(_Group):
         super().__init__(rules, runtime)
         self.store = store
 
-    async def decide(self, values: Sequence[str]) -> tuple[list[Outcome], Any]:
+    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
+        values = self.values(ctx)
         items = [
             BatchedItem(rule.redis_item(v), rule.config.batch, rule.config.sync_interval)
             for rule, v in zip(self.rules, values, strict=True)
         ]
         try:
-            outcomes = await self.store.acquire_batched(items)
+            return await self.store.acquire_batched(items), items
         except StoreUnavailable as exc:
             return self.fallback(values, exc)
-        store = self.store
-        return outcomes, lambda: store.refund_batched(items)
+
+    async def undo(self, charged: Any) -> None:
+        if isinstance(charged, tuple):
+            self.runtime.memory.refund(charged[1])
+            return
+        self.store.refund_batched(charged)
 
 
 # --------------------------------------------------------------------------- the check
@@ -357,13 +382,12 @@ class RateLimitCheck:
         self.rules = rules
         self.response_headers = config.response_headers
         self.upstream_header = upstream_header
-        by_store: dict[str, list[CompiledRule]] = {}
+        by_store: dict[tuple[str, str], list[CompiledRule]] = {}
         for rule in rules:
             kind = "batched" if rule.config.batch else "exact"
-            by_store.setdefault(f"{kind}:{rule.config.store}", []).append(rule)
+            by_store.setdefault((kind, rule.config.store), []).append(rule)
         groups: list[tuple[int, _Group]] = []
-        for name, members in by_store.items():
-            kind, store_name = name.split(":", 1)
+        for (kind, store_name), members in by_store.items():
             store = config.store(store_name)
             if store is None:
                 groups.append((0, _MemoryGroup(members, runtime)))
@@ -373,17 +397,21 @@ class RateLimitCheck:
                 groups.append((2, _RedisGroup(members, runtime, runtime.redis_store(store))))
         # cheapest first: a local denial spares the round trip
         self.groups = [g for _, g in sorted(groups, key=lambda pair: pair[0])]
+        enforced = [r for r in rules if not r.shadow]
+        self.policy_header = ", ".join(r.policy_item for r in enforced)
 
     async def __call__(self, ctx: Context) -> None:
-        refunds: list[Any] = []
+        charged: list[tuple[_Group, Any]] = []
         decided: list[tuple[CompiledRule, Outcome]] = []
         for group in self.groups:
-            values = [rule.values(ctx) for rule in group.rules]
-            try:
-                outcomes, refund = await group.decide(values)
-            except RateLimitUnavailable:
-                await _run_refunds(refunds)
-                raise
+            if group.local:
+                outcomes, items = group.decide_local(ctx)
+            else:
+                try:
+                    outcomes, items = await group.decide(ctx)
+                except RateLimitUnavailable:
+                    await _undo(charged)
+                    raise
             denied = False
             for rule, outcome in zip(group.rules, outcomes, strict=True):
                 decided.append((rule, outcome))
@@ -393,24 +421,24 @@ class RateLimitCheck:
                     else:
                         denied = True
             if denied:
-                await _run_refunds(refunds)
+                await _undo(charged)
                 self._deny(ctx, decided)
-            refunds.append(refund)
+            charged.append((group, items))
         self._allow(ctx, decided)
 
     def _allow(self, ctx: Context, decided: list[tuple[CompiledRule, Outcome]]) -> None:
-        policies, states = [], []
+        states = []
         for rule, outcome in decided:
-            if rule.shadow:
-                continue
-            rule.counters.admitted += 1
-            policies.append(rule.policy_item)
-            states.append(f'"{rule.name}";r={outcome.remaining};t={_seconds(outcome.reset)}')
+            if not rule.shadow:
+                rule.counters.admitted += 1
+                reset = outcome.reset
+                t = math.ceil(reset - 1e-9) if reset > 0 else 0
+                states.append(f"{rule.state_prefix}{outcome.remaining};t={t}")
         if not states:
             return
-        state = ", ".join(states)
+        state = states[0] if len(states) == 1 else ", ".join(states)
         if self.response_headers:
-            _merge_header(ctx.response_headers, "ratelimit-policy", ", ".join(policies))
+            _merge_header(ctx.response_headers, "ratelimit-policy", self.policy_header)
             _merge_header(ctx.response_headers, "ratelimit", state)
         _merge_header(ctx.upstream_headers, self.upstream_header, state)
 
@@ -420,11 +448,8 @@ class RateLimitCheck:
             rule.counters.limited += 1
         retry = max(math.ceil(o.retry_after - 1e-9) for _, o in denying)
         if self.response_headers:
-            _merge_header(
-                ctx.response_headers,
-                "ratelimit-policy",
-                ", ".join(r.policy_item for r, _ in denying),
-            )
+            policies = ", ".join(r.policy_item for r, _ in denying)
+            _merge_header(ctx.response_headers, "ratelimit-policy", policies)
             _merge_header(
                 ctx.response_headers,
                 "ratelimit",
@@ -441,11 +466,9 @@ def _seconds(value: float) -> int:
     return max(math.ceil(value - 1e-9), 0)
 
 
-async def _run_refunds(refunds: list[Any]) -> None:
-    for refund in reversed(refunds):
-        result = refund()
-        if asyncio.iscoroutine(result):
-            await result
+async def _undo(charged: list[tuple[_Group, Any]]) -> None:
+    for group, items in reversed(charged):
+        await group.undo(items)
 
 
 # --------------------------------------------------------------------------- the stages

@@ -89,8 +89,21 @@ async def test_concurrent_clients_never_share_the_last_token(redis_server: Redis
     item = Item("hot", GCRA, 3600.0, 50)  # 50 at once, then one an hour
     results = await asyncio.gather(*(clients[i % 4].acquire([item]) for i in range(400)))
     assert sum(r[0].allowed for r in results) == 50
+    # calls made together shared pipelined writes (each still its own atomic script)
+    assert sum(c.pipelined for c in clients) > 0
     for client in clients:
         await client.aclose()
+
+
+async def test_pipelined_calls_survive_a_script_cache_flush(redis_server: RedisServer) -> None:
+    redis = store(redis_server, timeout=2.0)
+    item = Item("flushed", GCRA, 3600.0, 30)
+    assert (await redis.acquire([item]))[0].allowed
+    redis_server.command("SCRIPT", "FLUSH")  # as after a Redis restart: NOSCRIPT
+    results = await asyncio.gather(*(redis.acquire([item]) for _ in range(40)))
+    assert sum(r[0].allowed for r in results) == 29
+    assert redis.up and redis.errors == 0
+    await redis.aclose()
 
 
 async def test_outage_fails_fast_then_recovers_by_itself(redis_server: RedisServer) -> None:

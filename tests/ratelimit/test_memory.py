@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from authz.ratelimit.base import GCRA, LEASE, Item
-from authz.ratelimit.memory import MemoryStore
+from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
 
 
 class Clock:
@@ -143,7 +143,7 @@ def test_a_million_keys_stay_within_the_bound() -> None:
     # each key still held state when it was pushed out: those evictions are reported
     assert stats["evicted_live"] + stats["evicted_expired"] + stats["expired"] == 990_000
     assert stats["evicted_live"] > 0
-    assert stats["approx_bytes"] == stats["keys"] * 190
+    assert stats["approx_bytes"] == stats["keys"] * BYTES_PER_KEY
 
 
 def test_full_buckets_expire_and_are_swept() -> None:
