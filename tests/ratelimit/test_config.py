@@ -161,3 +161,16 @@ def test_validate_cli_reports_without_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "no store named 'nope'" in result.stderr
+
+
+def test_readme_example_is_a_valid_policy(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Rate limits and load shedding", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load(tmp_path, example)
+    limits = config.rate_limits  # type: ignore[attr-defined]
+    assert [r.name for r in limits.rules] == ["per-address"]
+    routes = {r.name: r for r in config.routes}  # type: ignore[attr-defined]
+    assert routes["search"].rate_limits[0].batch == 50
+    assert routes["export"].priority == "background"
+    assert routes["checkout"].priority == "critical"
