@@ -105,14 +105,14 @@ class RateLimitRuntime:
         for batched in self.batched.values():
             batched.max_keys = config.max_keys
         self.overload.configure(config.overload)
-        if config.rules or config.stores or config.overload.enabled:
-            log.info(
-                "ratelimit: in-process buckets bounded at %d keys (about %.0f MB) per table; "
-                "stores: %s",
-                config.max_keys,
-                config.max_keys * BYTES_PER_KEY / 1e6,
-                ", ".join([MEMORY_STORE, *(f"{s.name} (redis)" for s in config.stores)]),
-            )
+        # (called only by stages that have limits or shedding to apply)
+        log.info(
+            "ratelimit: in-process buckets bounded at %d keys (about %.0f MB) per table; "
+            "stores: %s",
+            config.max_keys,
+            config.max_keys * BYTES_PER_KEY / 1e6,
+            ", ".join([MEMORY_STORE, *(f"{s.name} (redis)" for s in config.stores)]),
+        )
         self._start_stats_log()
 
     def counter(self, rule: str) -> RuleCounters:

@@ -439,3 +439,35 @@ routes:
     got = [two[i % 2].check(p) for i, p in enumerate(variants)]
     assert [g[0] for g in got] == [200, 200, 200, 200, 429]
     assert got[-1][2]["ratelimit-policy"] == '"per-endpoint";q=4;w=86400'
+
+
+def test_the_bound_and_the_counters_are_logged(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess], clients: list[Client]
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "rate_limits: {max_keys: 500}\n"
+        "routes:\n  - {name: a, path: /a, methods: [GET], public: true,"
+        " rate_limits: [{name: per-address, rate: 2/d, key: [client_address]},"
+        " {name: trial, rate: 1/d, key: [client_address], shadow: true}]}\n"
+    )
+    service = start_service(path)
+    client = Client(service)
+    clients.append(client)
+    statuses = [client.check("/a", source=f"198.51.100.{i % 250}")[0] for i in range(1000)]
+    assert statuses.count(429) == 500  # 4 requests per address, 2 admitted
+    assert service.stop() == 0  # SIGTERM: the last counters are logged on the way out
+    log = service.log()
+    assert "ratelimit: in-process buckets bounded at 500 keys" in log
+    stats = json.loads(log.split("ratelimit stats ", 1)[1].splitlines()[0])
+    assert stats["memory"]["max_keys"] == 500
+    assert stats["memory"]["keys"] == 500  # 250 addresses, 2 rules: at the bound
+    # the shadow rule would have denied all but the first request of each address
+    assert stats["rules"]["trial"]["shadow_limited"] == 750
+    assert stats["rules"]["per-address"] == {
+        "admitted": 500,
+        "limited": 500,
+        "shadow_limited": 0,
+        "fell_back": 0,
+        "unavailable": 0,
+    }
