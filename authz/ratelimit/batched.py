@@ -49,6 +49,8 @@ from authz.ratelimit.redis_store import RedisStore
 
 log = logging.getLogger("authz.ratelimit")
 
+MIN_VIEWS = 64  # the table holds at least the views one decision can need
+
 
 @dataclass(slots=True)
 class View:
@@ -56,6 +58,7 @@ class View:
 
     item: Item  # the bucket (key, interval, capacity)
     batch: int
+    sync_interval: float
     synced_at: float  # local clock
     debt: float  # seconds: the bucket's TAT minus now, at the sync
     available: int  # tokens available at the sync (after charging)
@@ -90,7 +93,8 @@ class BatchedStore:
         self.clock = clock
         self._views: OrderedDict[str, View] = OrderedDict()
         self._flusher: asyncio.Task[None] | None = None
-        self._flush_interval = 0.1
+        self._flush_interval = 1.0  # lowered to the shortest sync_interval seen
+        self._dirty: dict[str, None] = {}  # views with admissions not yet charged
         self.syncs = 0
         self.local_decisions = 0
         self.evicted_pending = 0
@@ -146,6 +150,8 @@ class BatchedStore:
             for view, outcome in zip(views, outcomes, strict=True):
                 if outcome.allowed:
                     view.used += 1
+                    if view.used == 1:
+                        self._dirty[view.item.key] = None  # to be charged
         return outcomes
 
     def refund_batched(self, items: Sequence[BatchedItem]) -> None:
@@ -196,6 +202,7 @@ class BatchedStore:
         view = View(
             item=item,
             batch=b.batch,
+            sync_interval=b.sync_interval,
             synced_at=now,
             debt=outcome.reset,
             available=available,
@@ -207,41 +214,49 @@ class BatchedStore:
         if item.key in views:
             views.move_to_end(item.key)
         else:
-            while len(views) >= self.max_keys:
-                _, old = views.popitem(last=False)
+            while len(views) >= max(self.max_keys, MIN_VIEWS):
+                old_key, old = views.popitem(last=False)
+                self._dirty.pop(old_key, None)
                 if old.used:
                     self.evicted_pending += 1
         views[item.key] = view
+        if used:
+            self._dirty[item.key] = None
+        else:
+            self._dirty.pop(item.key, None)
 
     # -- background flush ----------------------------------------------------------------
 
     def _start_flusher(self, items: Sequence[BatchedItem]) -> None:
+        shortest = min(b.sync_interval for b in items)
+        if shortest < self._flush_interval:
+            self._flush_interval = shortest
         if self._flusher is None or self._flusher.done():
-            self._flush_interval = min(b.sync_interval for b in items)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        """Charge views older than their sync interval, so other processes see them."""
+        """Charge views older than their sync interval, so other processes see them.
+
+        Only views with uncharged admissions are looked at (``_dirty``), not the table."""
         while True:
             await asyncio.sleep(self._flush_interval)
             now = self.clock()
-            due = [
-                key
-                for key, view in self._views.items()
-                if view.used
-                and view.syncing is None
-                and now - view.synced_at >= self._flush_interval
-            ]
+            due = []
+            for key in list(self._dirty):
+                view = self._views.get(key)
+                if view is None or not view.used:
+                    self._dirty.pop(key, None)
+                elif view.syncing is None and now - view.synced_at >= view.sync_interval:
+                    due.append(BatchedItem(view.item, view.batch, view.sync_interval))
             for start in range(0, len(due), 64):
-                chunk = []
-                for key in due[start : start + 64]:
-                    view = self._views.get(key)
-                    if view is None or view.syncing is not None:
-                        continue
-                    chunk.append(BatchedItem(view.item, view.batch, self._flush_interval))
+                chunk = [b for b in due[start : start + 64] if self._idle(b.item.key)]
                 if chunk:
                     with contextlib.suppress(StoreUnavailable):
                         await self._sync(chunk)
+
+    def _idle(self, key: str) -> bool:
+        view = self._views.get(key)
+        return view is not None and view.syncing is None and view.used > 0
 
     def stats(self) -> dict[str, int]:
         return {

@@ -25,7 +25,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from authz.policy.ratelimit_config import RedisStoreConfig
-from authz.ratelimit.base import GCRA, LEASE, Item, StoreUnavailable
+from authz.ratelimit.base import GCRA, LEASE, SYNC, Item, StoreUnavailable
 from authz.ratelimit.batched import BatchedItem, BatchedStore
 from authz.ratelimit.memory import MemoryStore
 from authz.ratelimit.redis_store import FAILURES_TO_OPEN, RedisStore
@@ -206,6 +206,25 @@ async def test_batched_syncs_once_per_batch(redis_server: RedisServer) -> None:
     assert batched.syncs == 10  # one round trip per 20 decisions
     await batched.aclose()
     await batched.redis.aclose()
+
+
+async def test_background_flush_charges_idle_views(redis_server: RedisServer) -> None:
+    batched = BatchedStore(store(redis_server))  # real clocks: the flusher runs on its own
+    item = BatchedItem(Item("idle", GCRA, 3600.0, 10), batch=5, sync_interval=0.05)
+    for _ in range(3):
+        assert (await batched.acquire_batched([item]))[0].allowed
+    assert batched.syncs == 1  # the first view; the three admissions are not charged yet
+    probe = store(redis_server)
+    deadline = time.monotonic() + 10
+    while True:  # no more requests: the background flush charges them for the others
+        (seen,) = await probe.acquire([Item("idle", SYNC, 3600.0, 10, cost=0)])
+        if seen.remaining == 7:
+            break
+        assert time.monotonic() < deadline, "the idle view was never charged"
+        await asyncio.sleep(0.02)
+    await batched.aclose()
+    await batched.redis.aclose()
+    await probe.aclose()
 
 
 # --------------------------------------------------------------------------- through authz serve
