@@ -295,7 +295,7 @@ def measure_accuracy(url: str, tmp: Path, seconds: float, threads: int) -> list[
     policy = tmp / "accuracy.yaml"
     policy.write_text(accuracy_policy(url))
     services = [Serve(policy, tmp), Serve(policy, tmp)]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     try:
         for s in services:
             s.wait()

@@ -35,19 +35,16 @@ RANK = {"background": 1, "normal": 2, "critical": 3}
 class OverloadMonitor:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.config = OverloadConfig()
         self._checked_at = float("-inf")
+        self._signal_path: str | None = None
         self._signal_level = 0
         self.shed: dict[str, int] = {"background": 0, "normal": 0}
 
-    def configure(self, config: OverloadConfig) -> None:
-        if config != self.config:
-            self.config = config
-            self._checked_at = float("-inf")
+    def level(self, in_flight: int, config: OverloadConfig) -> int:
+        """0: shed nothing; 1: shed background; 2: shed normal and background.
 
-    def level(self, in_flight: int) -> int:
-        """0: shed nothing; 1: shed background; 2: shed normal and background."""
-        config = self.config
+        ``config`` is the policy's that built the calling check (a policy being
+        loaded does not change what the serving one does)."""
         level = 0
         if config.normal_at is not None and in_flight > config.normal_at:
             level = 2
@@ -59,8 +56,9 @@ class OverloadMonitor:
 
     def _signal(self, path: str) -> int:
         now = self.clock()
-        if now - self._checked_at < SIGNAL_CHECK_INTERVAL:
+        if path == self._signal_path and now - self._checked_at < SIGNAL_CHECK_INTERVAL:
             return self._signal_level
+        self._signal_path = path
         self._checked_at = now
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:

@@ -97,14 +97,13 @@ class RateLimitRuntime:
         return shared.get(SHARED_NAME, RateLimitRuntime)
 
     def configure(self, config: RateLimitConfig) -> None:
-        """Apply a (re)loaded policy's settings: the key bound, overload thresholds."""
+        """Apply a (re)loaded policy's bound on in-process keys."""
         if config is self.config:
             return
         self.config = config
         self.memory.max_keys = config.max_keys
         for batched in self.batched.values():
             batched.max_keys = config.max_keys
-        self.overload.configure(config.overload)
         # (called only by stages that have limits or shedding to apply)
         log.info(
             "ratelimit: in-process buckets bounded at %d keys (about %.0f MB) per table; "
@@ -519,7 +518,7 @@ class ShedStage:
         headers = (("retry-after", str(max(math.ceil(overload.retry_after), 1))),)
 
         async def shed(ctx: Context) -> None:
-            if monitor.level(shared.in_flight) >= rank:
+            if monitor.level(shared.in_flight, overload) >= rank:
                 monitor.shed[priority] += 1
                 raise Overloaded(f"shedding {priority} routes", headers=headers)
 
