@@ -181,6 +181,8 @@ class PolicyEngine:
         policy = self._policy
         decision_id = self._new_id()
         ctx = Context(request, "", "")
+        shared = policy.shared
+        shared.in_flight += 1  # read by load shedding
         try:
             try:
                 ctx.path, ctx.query = canonicalize(request.path)
@@ -207,6 +209,8 @@ class PolicyEngine:
         except Exception:
             log.exception("internal error deciding request %s", request.request_id)
             decision = self._deny(policy, decision_id, InternalError(), ctx)
+        finally:
+            shared.in_flight -= 1
         self._record(request, decision, started)
         if policy.observers:
             ctx.decision = decision
@@ -233,7 +237,7 @@ class PolicyEngine:
             (names.provider, identity.provider),
             (names.decision_id, decision_id),
         ]
-        remove = []
+        remove = [names.ratelimit]  # set by the rate-limit stage when a limit applies
         if identity.issuer:
             headers.append((names.issuer, _header_value(identity.issuer)))
         else:
@@ -257,6 +261,10 @@ class PolicyEngine:
         """Let the request through; ``monitored`` marks a deny that monitor mode allowed."""
         identity, route = ctx.identity, ctx.route
         set_headers, remove = self._identity_headers(policy, identity, decision_id)
+        if ctx.upstream_headers:
+            # a header a stage sets is not also removed (Envoy removes after setting)
+            stage_set = {name for name, _ in ctx.upstream_headers}
+            remove = tuple(h for h in remove if h not in stage_set)
         strip = policy.plans[route.name].strip if route is not None else ()
         return Decision(
             allowed=True,

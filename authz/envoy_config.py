@@ -19,8 +19,8 @@ What it encodes, and why:
   service (which answers 404 ``undeclared_route`` or, in monitor mode, allows).
 - Public routes skip ext_authz, so Envoy itself removes client-sent copies of the
   identity headers there; everywhere else the service removes them. A public route
-  with a contract is the exception: it is checked (anonymously) so its request is
-  validated.
+  with a contract or rate limits is the exception: it is checked (anonymously) so
+  its request is validated and counted.
 - The request body goes to the service only on routes whose contract validates it
   (``check_settings.with_request_body``, limited to the contract's ``max_body_bytes``,
   partial bodies refused with 413, raw bytes); buffering stays off everywhere else.
@@ -337,6 +337,11 @@ def _ext_authz_filter(options: EnvoyOptions, policy: PolicyConfig) -> HttpFilter
     return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
 
 
+def _skips_authz(route: RouteConfig) -> bool:
+    """Public routes skip ext_authz, unless authz has a contract or rate limits to apply."""
+    return route.public and route.contract is None and not route.rate_limits
+
+
 def _no_body() -> ExtAuthzPerRoute:
     return ExtAuthzPerRoute(check_settings=CheckSettings(disable_request_body_buffering=True))
 
@@ -357,7 +362,7 @@ def _ext_authz_per_route(route: RouteConfig, policy: PolicyConfig) -> ExtAuthzPe
                 with_request_body=_buffer_settings(contract.max_body_bytes)
             )
         )
-    if route.public and contract is None:
+    if _skips_authz(route):
         return ExtAuthzPerRoute(disabled=True)
     return _no_body() if _body_limit(policy) else None
 
@@ -398,7 +403,7 @@ def _envoy_route(route: RouteConfig, policy: PolicyConfig) -> Route:
         route=RouteAction(cluster=UPSTREAM_CLUSTER),
     )
     _with_per_route(envoy_route, _ext_authz_per_route(route, policy))
-    if route.public and route.contract is None:
+    if _skips_authz(route):
         # ext_authz is not called here, so nothing else strips forged identity headers.
         envoy_route.request_headers_to_remove = list(policy.headers.all())
     return envoy_route

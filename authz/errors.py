@@ -32,7 +32,12 @@ nothing past a stage sees a PyJWT or jsonschema exception.
     │   ├── ClaimMismatch         403    claim_mismatch
     │   ├── SpiffeIdNotAllowed    403    spiffe_id_not_allowed
     │   └── ProviderNotAllowed    403    provider_not_allowed
+    ├── RateLimitError            429    (Retry-After, RateLimit-Policy, RateLimit)
+    │   ├── RateLimited           429    rate_limited          a rate rule's bucket is empty
+    │   └── ConcurrencyLimited    429    concurrency_limited   a concurrency cap is full
     ├── DependencyError           503    jwks_unavailable
+    │   └── RateLimitUnavailable  503    rate_limit_unavailable  (Redis down, rule fails closed)
+    ├── Overloaded                503    overloaded            load shed by priority class
     └── InternalError             500    internal_error
 """
 
@@ -191,9 +196,35 @@ class ProviderNotAllowed(AuthorizationError):
     reason = "provider_not_allowed"
 
 
+class RateLimitError(AuthzError):
+    status = 429
+    reason = "rate_limited"
+
+
+class RateLimited(RateLimitError):
+    reason = "rate_limited"
+
+
+class ConcurrencyLimited(RateLimitError):
+    reason = "concurrency_limited"
+
+
 class DependencyError(AuthzError):
     status = 503
     reason = "dependency_unavailable"
+
+
+class RateLimitUnavailable(DependencyError):
+    """The shared rate-limit store cannot be reached and the rule fails closed."""
+
+    reason = "rate_limit_unavailable"
+
+
+class Overloaded(AuthzError):
+    """Shed under overload: the route's priority class is below what is being served."""
+
+    status = 503
+    reason = "overloaded"
 
 
 class InternalError(AuthzError):

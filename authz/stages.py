@@ -61,6 +61,8 @@ class Shared:
 
     def __init__(self) -> None:
         self._objects: dict[str, object] = {}
+        #: Decisions in flight right now (kept by the engine; read by load shedding).
+        self.in_flight = 0
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)
@@ -87,10 +89,12 @@ class StageFactory(Protocol):
 def _registered() -> list[StageFactory]:
     # Imported here: the stage modules import this one.
     from authz.inventory import InventoryStage
+    from authz.ratelimit.stage import RATE_LIMIT_STAGES
     from authz.validation.stage import ValidationStage
 
-    return [ValidationStage(), InventoryStage()]
-
+    # Within the post phase, per-identity limits run before validation, so a caller
+    # over its quota never costs a body parse.
+    return [*RATE_LIMIT_STAGES, ValidationStage(), InventoryStage()]
 
 #: The registered stages, in the order they run within a phase.
 STAGES: list[StageFactory] = _registered()

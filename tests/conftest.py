@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from authz import devissuer
+from tests.redis_server import redis_server  # noqa: F401  (a fixture: a real redis-server)
 from tests.support import ServiceProcess
 
 

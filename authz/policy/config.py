@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
+
 MODES = ("enforce", "monitor")
 UNDECLARED = ("deny", "monitor")
 ASYMMETRIC_ALGORITHMS = (
@@ -152,6 +154,8 @@ class RouteConfig:
     strip_credential: bool = False
     location: str = ""  # file:line of the route, for messages
     contract: ContractConfig | None = None  # None: nothing validated
+    priority: str = "normal"  # critical | normal | background (load shedding order)
+    rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,8 @@ class HeaderNames:
     scopes: str = "x-authz-scopes"
     provider: str = "x-authz-provider"
     decision_id: str = "x-authz-decision-id"
+    #: The remaining quota (the RateLimit field's value) for the upstream.
+    ratelimit: str = "x-authz-ratelimit"
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -173,6 +179,7 @@ class HeaderNames:
             self.scopes,
             self.provider,
             self.decision_id,
+            self.ratelimit,
         )
 
 
@@ -189,6 +196,7 @@ class PolicyConfig:
     #: Other files the policy is made of (OpenAPI documents), absolute paths: a change
     #: to one is a new policy version.
     documents: tuple[str, ...] = ()
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

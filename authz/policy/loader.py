@@ -34,6 +34,8 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.policy.contract import build_contract, defaults_from
+from authz.policy.ratelimit_config import RateLimitConfig
+from authz.policy.ratelimit_loader import RateLimitBuilder
 
 JsonPath = tuple[str | int, ...]
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
@@ -257,6 +259,7 @@ class _Builder:
         self.documents: list[str] = []  # OpenAPI files, resolved
         self.document_bytes: list[bytes] = []
         self.contract_defaults = defaults_from(self.doc.get("validation"))
+        self.limits = RateLimitBuilder(self, self.doc)
 
     def guarded(self, fn: Any, *args: Any) -> Any:
         if not self.tolerant:
@@ -285,6 +288,7 @@ class _Builder:
             if (p := self.guarded(self.provider, name, spec)) is not None
         )
         by_name = {p.name: p for p in providers}
+        self.guarded(self.limits.load)
         route_specs = doc.get("routes")
         routes = tuple(
             r
@@ -295,6 +299,7 @@ class _Builder:
         for i, spec in enumerate(openapi_specs if isinstance(openapi_specs, list) else ()):
             routes += tuple(self.guarded(self.openapi, i, spec, by_name) or ())
         self.guarded(self.check_route_set, routes)
+        rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
         return PolicyConfig(
             version=version,
             source=source,
@@ -305,6 +310,7 @@ class _Builder:
             providers=providers,
             routes=routes,
             documents=tuple(self.documents),
+            rate_limits=rate_limits,
         )
 
     def openapi(
@@ -456,6 +462,7 @@ class _Builder:
                 self.contract_defaults,
                 template_params,
             )
+        priority, rate_limits = self.limits.route_limits(i, spec, spec["name"], public)
         return RouteConfig(
             name=spec["name"],
             path=spec["path"],
@@ -471,6 +478,8 @@ class _Builder:
             strip_credential=bool(spec.get("strip_credential", False)),
             location=mark,
             contract=contract,
+            priority=priority,
+            rate_limits=rate_limits,
         )
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:

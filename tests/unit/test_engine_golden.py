@@ -72,6 +72,7 @@ ID_HEADERS = (
     "x-authz-scopes",
     "x-authz-provider",
     "x-authz-decision-id",
+    "x-authz-ratelimit",
 )
 CHALLENGE_MISSING = 'Bearer realm="shop"'
 CHALLENGE_INVALID = 'Bearer realm="shop", error="invalid_token"'

@@ -1,0 +1,368 @@
+"""The shared store: Redis, one atomic Lua script per decision, one round trip.
+
+Every item of a decision goes to one ``EVALSHA`` of :data:`ACQUIRE`: the script
+reads the buckets, decides all or nothing, and writes the admitted ones, so two
+replicas never both take the last token. Time is Redis's own clock
+(``TIME``), so replicas with skewed clocks still agree; tests may pass ``now``.
+Buckets expire in Redis when they are full again (``PX``), so Redis holds only
+keys that carry state.
+
+Keys are ``<prefix><rule>:<blake2b of the key values>``: no subject, address
+or header value is stored in clear.
+
+Decisions made at the same moment share the network, not the atomicity: a
+call made while another is on the wire waits for the next turn of the event
+loop and goes out in one pipelined write with the others waiting then (still
+one ``EVALSHA`` per decision, each atomic). Alone, a call goes out at once.
+
+Connections come from a bounded pool; every call has a deadline. After
+:data:`FAILURES_TO_OPEN` failures in a row the store is *down*: calls fail at
+once (no waiting on timeouts) for ``retry_interval``, then one call probes
+Redis again; the first success ends the outage. Each rule decides what a
+failure means (deny 503, or limit locally), see :mod:`authz.ratelimit.stage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from authz.policy.ratelimit_config import RedisStoreConfig
+from authz.ratelimit.base import Item, Outcome, StoreUnavailable
+
+log = logging.getLogger("authz.ratelimit")
+
+FAILURES_TO_OPEN = 3
+MAX_PIPELINE = 64  # decisions in one pipelined write at most
+#: A call waiting for the next pipelined write: (script, keys, args, its result).
+Queued = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]
+_US = 1_000_000
+
+#: KEYS: one per item. ARGV[1]: now in microseconds ("" = Redis TIME), ARGV[2]: a
+#: nonce for lease members, then per item: mode, interval (us), capacity, shadow, cost.
+#: Returns per item: admitted (1/0), remaining, reset (us), retry after (us).
+ACQUIRE = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local nonce = ARGV[2]
+local out = {}
+local states = {}
+local admit = true
+for i, key in ipairs(KEYS) do
+  local b = 2 + (i - 1) * 5
+  local mode = tonumber(ARGV[b + 1])
+  local interval = tonumber(ARGV[b + 2])
+  local cap = tonumber(ARGV[b + 3])
+  local shadow = ARGV[b + 4] == '1'
+  local cost = tonumber(ARGV[b + 5])
+  local ok, remaining, reset, retry, state = 0, 0, 0, 0, false
+  if mode == 1 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local held = redis.call('ZCARD', key)
+    if held + cost <= cap then
+      ok, remaining, reset, state = 1, cap - held - cost, interval, now + interval
+    else
+      local nth = held + cost - cap - 1
+      local first = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
+      local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      retry = tonumber(first[2]) - now
+      reset = tonumber(last[2]) - now
+    end
+  else
+    local tat = tonumber(redis.call('GET', key)) or now
+    if tat < now then tat = now end
+    local new_tat = tat + interval * cost
+    if mode == 2 then
+      ok, reset = 1, new_tat - now
+      remaining = math.floor((interval * cap - (new_tat - now)) / interval)
+      if cost > 0 then state = new_tat end
+    else
+      local allow_at = new_tat - interval * cap
+      if allow_at <= now then
+        ok, state, reset = 1, new_tat, new_tat - now
+        remaining = math.floor((now - allow_at) / interval)
+      else
+        reset, retry = tat - now, allow_at - now
+      end
+    end
+  end
+  if ok == 0 and not shadow then admit = false end
+  states[i] = state
+  out[#out + 1] = ok
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+for i, key in ipairs(KEYS) do
+  local state = states[i]
+  local mode = tonumber(ARGV[2 + (i - 1) * 5 + 1])
+  if state and (admit or mode == 2) then
+    if mode == 1 then
+      local interval = tonumber(ARGV[2 + (i - 1) * 5 + 2])
+      redis.call('ZADD', key, state, nonce .. ':' .. i)
+      redis.call('PEXPIRE', key, math.ceil(interval / 1000) + 1)
+    else
+      local ttl = math.ceil((state - now) / 1000) + 1
+      redis.call('SET', key, string.format('%.0f', state), 'PX', ttl)
+    end
+  end
+end
+return out
+"""
+
+#: Undo an admission (another store denied the request): KEYS as for ACQUIRE,
+#: ARGV per item: mode, interval (us), cost.
+RELEASE = """
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 3
+  local mode = tonumber(ARGV[b + 1])
+  local interval = tonumber(ARGV[b + 2])
+  local cost = tonumber(ARGV[b + 3])
+  if mode == 1 then
+    redis.call('ZPOPMAX', key, cost)
+  else
+    local tat = tonumber(redis.call('GET', key))
+    local ttl = redis.call('PTTL', key)
+    if tat and ttl > 0 then
+      local back = interval * cost
+      local left = ttl - math.floor(back / 1000)
+      if left > 0 then
+        redis.call('SET', key, string.format('%.0f', tat - back), 'PX', left)
+      else
+        redis.call('DEL', key)
+      end
+    end
+  end
+end
+return 1
+"""
+
+
+class RedisStore:
+    """Buckets in Redis, shared by every process that names the same server and prefix."""
+
+    def __init__(
+        self,
+        config: RedisStoreConfig,
+        *,
+        now: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._now = now  # None: Redis's clock (TIME); tests inject one
+        self._monotonic = monotonic
+        pool = BlockingConnectionPool.from_url(
+            config.url,
+            max_connections=config.pool_size,
+            timeout=config.timeout,
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.timeout,
+            # a pooled connection that died with a Redis restart is replaced at once
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        )
+        self.client: Redis = Redis(connection_pool=pool)
+        self._acquire = self.client.register_script(ACQUIRE)
+        self._release = self.client.register_script(RELEASE)
+        self._nonce = f"{os.getpid():x}.{os.urandom(3).hex()}."
+        self._on_the_wire = 0
+        self._queued: list[Queued] = []
+        self.pipelined = 0  # calls that shared a write with others
+        self._sending: set[asyncio.Task[None]] = set()
+        self._counter = itertools.count(1)
+        # outage state
+        self._failures = 0
+        self.down_since: float | None = None
+        self._retry_at = 0.0
+        self._probing = False
+        self.calls = 0
+        self.errors = 0
+        self.skipped = 0  # calls refused at once while down
+        self.outages = 0
+
+    # -- the two operations ----------------------------------------------------------
+
+    async def acquire(self, items: Sequence[Item]) -> list[Outcome]:
+        args: list[Any] = [
+            "" if self._now is None else int(self._now() * _US),
+            self._nonce + str(next(self._counter)),
+        ]
+        for item in items:
+            args += [
+                item.mode,
+                max(1, round(item.interval * _US)),
+                item.capacity,
+                1 if item.shadow else 0,
+                item.cost,
+            ]
+        raw = await self._call(self._acquire, [item.key for item in items], args)
+        out = []
+        for i in range(len(items)):
+            ok, remaining, reset, retry = raw[4 * i : 4 * i + 4]
+            out.append(Outcome(bool(ok), int(remaining), int(reset) / _US, int(retry) / _US))
+        return out
+
+    async def release(self, items: Sequence[Item]) -> None:
+        args: list[Any] = []
+        for item in items:
+            args += [item.mode, max(1, round(item.interval * _US)), item.cost]
+        await self._call(self._release, [item.key for item in items], args)
+
+    # -- outage handling ---------------------------------------------------------------
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        probe = False
+        if self.down_since is not None:
+            if self._probing or self._monotonic() < self._retry_at:
+                self.skipped += 1
+                raise StoreUnavailable(f"redis store {self.name!r} is down", self._retry_left())
+            self._probing = probe = True
+        self.calls += 1
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                if self._on_the_wire:
+                    result = await self._enqueue(script, keys, args)
+                else:
+                    self._on_the_wire += 1
+                    try:
+                        result = await script(keys=keys, args=args)
+                    finally:
+                        self._on_the_wire -= 1
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            raise StoreUnavailable(
+                f"redis store {self.name!r}: {type(exc).__name__}: {exc}",
+                self.config.retry_interval,
+            ) from exc
+        finally:
+            if probe:
+                self._probing = False
+        if self._failures or self.down_since is not None:
+            self._recovered()
+        return result
+
+    # -- coalescing concurrent calls -----------------------------------------------------
+
+    def _enqueue(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.append((script, keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued, []
+        for start in range(0, len(batch), MAX_PIPELINE):
+            task = asyncio.get_running_loop().create_task(
+                self._send(batch[start : start + MAX_PIPELINE])
+            )
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        self._on_the_wire += 1
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            for (script, keys, args, future), result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):  # Redis restarted: load it, once
+                    try:
+                        result = await script(keys=keys, args=args)
+                    except Exception as exc:  # handed to the caller
+                        result = exc
+                if future.done():
+                    continue  # the caller's deadline passed
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            self.pipelined += len(batch)
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else RedisConnectionError("cancelled")
+                    )
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._on_the_wire -= 1
+
+    def _retry_left(self) -> float:
+        return max(self._retry_at - self._monotonic(), 0.0) or self.config.retry_interval
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._failures += 1
+        now = self._monotonic()
+        if self.down_since is None and self._failures >= FAILURES_TO_OPEN:
+            self.down_since = now
+            self.outages += 1
+            log.warning(
+                "ratelimit: redis store %r (%s) unreachable (%s: %s); each rule now fails "
+                "closed or limits locally, as it says; retrying every %.1fs",
+                self.name,
+                _safe_url(self.config.url),
+                type(exc).__name__,
+                exc or "timeout",
+                self.config.retry_interval,
+            )
+        if self.down_since is not None:
+            self._retry_at = now + self.config.retry_interval
+
+    def _recovered(self) -> None:
+        if self.down_since is not None:
+            log.warning(
+                "ratelimit: redis store %r reachable again after %.1fs (%d calls refused)",
+                self.name,
+                self._monotonic() - self.down_since,
+                self.skipped,
+            )
+        self._failures = 0
+        self.down_since = None
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "up": self.up,
+            "calls": self.calls,
+            "errors": self.errors,
+            "refused_while_down": self.skipped,
+            "outages": self.outages,
+            "pipelined": self.pipelined,
+        }
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
