@@ -41,7 +41,7 @@ from typing import Any as AnyType
 
 import betterproto2
 import yaml
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilter, MetadataFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -50,11 +50,14 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
+    HeaderValue,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
+    HealthCheckHttpHealthCheck,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsHeadersWithUnderscoresAction,
+    HttpUri,
     Node,
     SocketAddress,
     SubstitutionFormatString,
@@ -78,7 +81,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
-from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import ExtAuthz, ExtAuthzPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    AuthorizationRequest,
+    AuthorizationResponse,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+    HttpService,
+)
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -86,6 +95,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerForwardClientCertDetails,
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.path.match.uri_template.v3 import UriTemplateMatchConfig
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
@@ -105,12 +116,20 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    ListStringMatcher,
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
+    RegexMatcher,
+    StringMatcher,
+    ValueMatcher,
+)
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from authz.pathtemplate import LITERAL, REST, parse_template
 from authz.policy.config import PolicyConfig, RouteConfig
+from authz.transport import envoy_http
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -120,6 +139,7 @@ AUTHZ_CLUSTER = "authz"
 UPSTREAM_CLUSTER = "upstream"
 CATCH_ALL_ROUTE = "undeclared"
 ANY_HOST = "*"
+TRANSPORTS = ("grpc", "http")
 
 # Proto3 leaves fields at their default value out of the JSON. These are defaults,
 # but a reader auditing the committed config should see them, so they are written
@@ -241,6 +261,15 @@ class EnvoyOptions:
     timeout: float = 0.5
     #: Downstream TLS/mTLS on the listener; None: plaintext.
     tls: TlsOptions | None = None
+    #: How Envoy calls the service: ``grpc`` (ext_authz v3 gRPC) or ``http``
+    #: (ext_authz http_service, the service's ``--http`` port).
+    transport: str = "grpc"
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise EnvoyConfigError(
+                f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,7 +288,16 @@ def _extension(name: str, message: betterproto2.Message) -> TypedExtensionConfig
     return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
 
 
-def _access_log() -> AccessLog:
+def _metadata_key(key: str, transport: str) -> str:
+    """The ext_authz dynamic metadata key of ``key`` as this transport delivers it."""
+    return envoy_http.metadata_header(key) if transport == "http" else key
+
+
+def _access_log(transport: str = "grpc") -> AccessLog:
+    meta = {
+        key: f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:{_metadata_key(key, transport)})%"
+        for key in ("decision_id", "subject", "reason", "policy_version")
+    }
     fmt = {
         "time": "%START_TIME%",
         "request_id": "%REQ(X-REQUEST-ID)%",
@@ -278,16 +316,70 @@ def _access_log() -> AccessLog:
         "duration_ms": "%DURATION%",
         "upstream": "%UPSTREAM_HOST%",
         "user_agent": "%REQ(USER-AGENT)%",
-        "decision_id": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:decision_id)%",
-        "subject": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:subject)%",
-        "reason": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:reason)%",
-        "policy_version": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:policy_version)%",
+        **meta,
     }
     stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(fmt)))
     return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))
 
 
-def _ext_authz_filter(options: EnvoyOptions) -> HttpFilter:
+def _exact(names: Sequence[str], prefixes: Sequence[str] = ()) -> ListStringMatcher:
+    return ListStringMatcher(
+        patterns=[StringMatcher(exact=n) for n in names]
+        + [StringMatcher(prefix=p) for p in prefixes]
+    )
+
+
+def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
+    """ext_authz over HTTP (see :mod:`authz.transport.envoy_http` for the protocol)."""
+    client = _exact(envoy_http.CLIENT_HEADERS, envoy_http.CLIENT_HEADER_PREFIXES)
+    return HttpService(
+        server_uri=HttpUri(
+            uri=f"http://{options.authz}",
+            cluster=AUTHZ_CLUSTER,
+            timeout=_seconds(options.timeout),
+        ),
+        path_prefix=envoy_http.CHECK_PREFIX,
+        authorization_request=AuthorizationRequest(
+            # The verified peer identity and address, set by Envoy on every check,
+            # overwriting whatever is there. With no peer certificate the principal is
+            # empty and Envoy leaves the header out; a client-sent copy never reaches
+            # the service either way (disallowed_headers below).
+            headers_to_add=[
+                HeaderValue(
+                    key=envoy_http.PEER_PRINCIPAL_HEADER, value="%DOWNSTREAM_PEER_URI_SAN%"
+                ),
+                HeaderValue(
+                    key=envoy_http.SOURCE_ADDRESS_HEADER,
+                    value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                ),
+            ]
+        ),
+        authorization_response=AuthorizationResponse(
+            # Identity headers overwrite client-sent copies on the upstream request.
+            allowed_upstream_headers=_exact(policy.headers.all()),
+            allowed_client_headers=client,
+            allowed_client_headers_on_success=client,
+            dynamic_metadata_from_headers=_exact((), (envoy_http.METADATA_PREFIX,)),
+        ),
+    )
+
+
+def _ext_authz_filter(policy: PolicyConfig, options: EnvoyOptions) -> HttpFilter:
+    if options.transport == "http":
+        ext_authz = ExtAuthz(
+            http_service=_http_service(policy, options),
+            failure_mode_allow=False,  # fail closed
+            status_on_error=HttpStatus(code=StatusCode.Forbidden),
+            clear_route_cache=False,
+            # Every request header, as the gRPC transport gets them, except the ones
+            # only Envoy may set.
+            allowed_headers=ListStringMatcher(
+                patterns=[StringMatcher(safe_regex=RegexMatcher(regex=".+"))]
+            ),
+            disallowed_headers=_exact(envoy_http.TRUSTED_HEADERS),
+            stat_prefix="authz",
+        )
+        return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
     ext_authz = ExtAuthz(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
@@ -468,7 +560,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         stat_prefix="ingress_http",
         route_config=_route_configuration(policy),
         http_filters=[
-            _ext_authz_filter(options),
+            _ext_authz_filter(policy, options),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
         ],
         common_http_protocol_options=HttpProtocolOptions(
@@ -484,7 +576,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         ),
         request_headers_timeout=_seconds(10),
         stream_idle_timeout=_seconds(300),
-        access_log=[_access_log()],
+        access_log=[_access_log(options.transport)],
         use_remote_address=True,
         generate_request_id=True,
         preserve_external_request_id=False,
@@ -496,10 +588,36 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         ),
         # The service matches hosts without a port; so must the virtual hosts.
         strip_any_host_port=True,
+        local_reply_config=_local_reply(options),
     )
 
 
-def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
+def _local_reply(options: EnvoyOptions) -> LocalReplyConfig | None:
+    """Over HTTP, a 5xx deny arrives as 403 with its status in metadata: restore it."""
+    if options.transport != "http":
+        return None
+    mappers = []
+    for status in envoy_http.RESTORED_STATUSES:
+        matcher = MetadataMatcher(
+            filter=EXT_AUTHZ_FILTER,
+            path=[MetadataMatcherPathSegment(key=envoy_http.STATUS_HEADER)],
+            value=ValueMatcher(string_match=StringMatcher(exact=str(status))),
+        )
+        mappers.append(
+            ResponseMapper(
+                # (a missing key matches unless match_if_key_not_found is false)
+                filter=AccessLogFilter(
+                    metadata_filter=MetadataFilter(matcher=matcher, match_if_key_not_found=False)
+                ),
+                status_code=status,
+            )
+        )
+    return LocalReplyConfig(mappers=mappers)
+
+
+def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) -> Cluster:
+    """A static (or DNS) cluster; ``grpc``: HTTP/2 with gRPC health checks; ``authz``
+    without ``grpc``: the HTTP transport, health-checked with ``GET /healthz``."""
     cluster = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if target.is_ip else ClusterDiscoveryType.STRICT_DNS,
@@ -532,6 +650,16 @@ def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
                 unhealthy_threshold=2,
                 healthy_threshold=1,
                 grpc_health_check=HealthCheckGrpcHealthCheck(),
+            )
+        ]
+    elif authz:
+        cluster.health_checks = [
+            HealthCheck(
+                timeout=_seconds(1),
+                interval=_seconds(5),
+                unhealthy_threshold=2,
+                healthy_threshold=1,
+                http_health_check=HealthCheckHttpHealthCheck(path=envoy_http.HEALTH_PATH),
             )
         ]
     return cluster
@@ -600,7 +728,9 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
         static_resources=BootstrapStaticResources(
             listeners=[listener],
             clusters=[
-                _cluster(AUTHZ_CLUSTER, options.authz, grpc=True),
+                _cluster(
+                    AUTHZ_CLUSTER, options.authz, grpc=options.transport == "grpc", authz=True
+                ),
                 _cluster(UPSTREAM_CLUSTER, options.upstream, grpc=False),
             ],
         ),
@@ -773,6 +903,11 @@ def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> 
         "default) or let them through unauthenticated by TLS (optional); a certificate "
         "that does not verify is refused either way",
     )  # fmt: skip
+    p.add_argument(
+        "--transport", choices=TRANSPORTS, default=_DEFAULTS.transport,
+        help="how Envoy calls the service: grpc (ext_authz gRPC, `authz serve --grpc`) or "
+        "http (ext_authz http_service, `authz serve --http`; --authz is then that port)",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -808,6 +943,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         admin=args.admin,
         timeout=args.timeout,
         tls=_tls_from_args(args),
+        transport=getattr(args, "transport", _DEFAULTS.transport),
     )
 
 
@@ -821,6 +957,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{name}", str(value)]
     if opts.timeout != _DEFAULTS.timeout:
         parts += ["--timeout", f"{opts.timeout:g}s"]
+    if opts.transport != _DEFAULTS.transport:
+        parts += ["--transport", opts.transport]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:
