@@ -23,8 +23,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
 from authz.engine import CompiledPolicy, PolicyEngine
@@ -209,11 +211,25 @@ class Service:
         await self.stop()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (AUTHZ_EVENT_LOOP=asyncio: the
+    stdlib loop). uvloop roughly halves the HTTP transport's cost per request."""
+    if os.environ.get("AUTHZ_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 def run_service(options: ServeOptions) -> int:
     if options.workers > 1:
         return _supervise(options)
     try:
-        asyncio.run(Service(options).run())
+        run_loop(Service(options).run())
     except PolicyError as exc:
         for location, message in exc.problems:
             print(f"{location}: {message}", file=sys.stderr)

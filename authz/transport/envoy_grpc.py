@@ -5,6 +5,7 @@ This and the server are the only modules that know about protobuf.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -26,7 +27,9 @@ def to_request(check: external_auth_pb2.CheckRequest) -> Request:
     """Translate a CheckRequest; trusts only what Envoy itself attests."""
     attrs = check.attributes
     http = attrs.request.http
-    headers = dict(http.headers) if http.headers else _from_header_map(http.header_map)
+    # The message's own map (a read-only view for the engine): copying it into a
+    # dict cost ~3 µs per call.
+    headers: Mapping[str, str] = http.headers if http.headers else _from_header_map(http.header_map)
     path = http.path
     if http.fragment:
         path += "#" + http.fragment  # rejected as invalid_path by canonicalisation
