@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import socket
 import time
 from collections.abc import Coroutine, Generator
@@ -55,8 +54,9 @@ _STATUS_LINE: dict[int, bytes] = {
     code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()
 }
 _CRLF_SENSITIVE = str.maketrans({"\r": "%0D", "\n": "%0A", "\x00": "%00"})
-_UNSAFE = re.compile("[\r\n\x00]")
 _CLOSE = b"connection: close\r\n"
+#: Header names seen (bytes as sent -> lower-case str), bounded.
+_HEADER_NAMES: dict[bytes, str] = {}
 
 
 def _status_line(status: int) -> bytes:
@@ -68,19 +68,22 @@ def _status_line(status: int) -> bytes:
 
 def render(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool) -> bytes:
     """One HTTP/1.1 response; header names and values cannot break out of their line."""
-    if _UNSAFE.search("".join([k + v for k, v in headers])) is not None:
-        headers = [(k.translate(_CRLF_SENSITIVE), v.translate(_CRLF_SENSITIVE)) for k, v in headers]
     text = "".join([f"{k}: {v}\r\n" for k, v in headers])
-    tail = _CLOSE if close else b""
-    return b"".join(
-        (
-            _status_line(status),
-            text.encode("utf-8", "surrogateescape"),
-            b"content-length: %d\r\n" % len(body),
-            tail,
-            b"\r\n",
-            body,
+    n = len(headers)
+    if text.count("\n") != n or text.count("\r") != n or "\0" in text:
+        # A CR, LF or NUL inside a name or value: escape it rather than split the line.
+        text = "".join(
+            [
+                f"{k.translate(_CRLF_SENSITIVE)}: {v.translate(_CRLF_SENSITIVE)}\r\n"
+                for k, v in headers
+            ]
         )
+    return b"%s%s%s%s\r\n%s" % (
+        _status_line(status),
+        text.encode("utf-8", "surrogateescape"),
+        b"content-length: %d\r\n" % len(body),
+        _CLOSE if close else b"",
+        body,
     )
 
 
@@ -133,9 +136,9 @@ class _Connection(asyncio.Protocol):
         "_body_bytes",
         "_busy",
         "_header_bytes",
-        "_headers",
         "_parser",
         "_queue",
+        "_raw",
         "_server",
         "_transport",
         "_url",
@@ -146,7 +149,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._raw: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
@@ -171,8 +174,13 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, b"upgrade not supported")
-        except httptools.HttpParserError:
-            self._fail(400, b"malformed request")
+        except httptools.HttpParserError as exc:
+            # httptools wraps an exception raised in a callback; find ours
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _TooLarge):
+                self._fail(cause.status, cause.message)
+            else:
+                self._fail(400, b"malformed request")
         except _TooLarge as exc:
             self._fail(exc.status, exc.message)
 
@@ -180,7 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = {}
+        self._raw = []
         self._header_bytes = 0
         self._body = []
         self._body_bytes = 0
@@ -189,13 +197,26 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Only collect here (one call per header); the dict is built once per request.
+        self._raw.append((name, value))
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise _TooLarge(431, b"request headers too large")
-        key = name.decode("latin-1").lower()
-        text = value.decode("utf-8", "surrogateescape")
-        headers = self._headers
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
+
+    def _header_dict(self) -> dict[str, str]:
+        names = _HEADER_NAMES
+        headers: dict[str, str] = {}
+        for name, value in self._raw:
+            key = names.get(name)
+            if key is None:
+                key = name.decode("latin-1").lower()
+                if len(names) < 512:
+                    names[name] = key
+            text = value.decode("utf-8", "surrogateescape")
+            if key in headers:  # repeated: joined with ',' as Envoy does
+                text = f"{headers[key]},{text}"
+            headers[key] = text
+        return headers
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -208,7 +229,7 @@ class _Connection(asyncio.Protocol):
         method = parser.get_method().decode("ascii", "replace")
         target = self._url.decode("utf-8", "surrogateescape")
         body = b"".join(self._body) if self._body else b""
-        item = (method, target, self._headers, body, parser.should_keep_alive())
+        item = (method, target, self._header_dict(), body, parser.should_keep_alive())
         if self._busy:
             self._queue.append(item)
         else:
@@ -268,7 +289,7 @@ class _Connection(asyncio.Protocol):
             log.error("check failed outside the engine", exc_info=exc)
             self._write(_simple(500, b"internal error", close=True), True)
             return
-        self._respond(task.result(), close)
+        self._respond(task.result(), close or self._server.draining)
         while self._queue and not self._busy and self._transport is not None:
             self._handle(*self._queue.popleft())
 
