@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import fixtures  # noqa: E402
-from bench.common import rss_kib  # noqa: E402
+from bench import fixtures
+from bench.common import rss_kib
 
 
 def _sync(coro: Any) -> Any:
