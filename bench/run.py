@@ -451,7 +451,8 @@ def run_scenario(key: str, fx: fixtures.Fixture, s: Settings) -> dict[str, Any]:
             st.check()
         if key.startswith("W"):
             time.sleep(2)  # both workers up (health answers once one is)
-        st.drive(s.warmup)
+        if s.warmup > 0:
+            st.drive(s.warmup)
         for _ in range(s.runs):
             service = CpuMeter([p.pid for p in st.service])
             envoy = CpuMeter([st.envoy.pid]) if st.envoy is not None else None
