@@ -170,7 +170,7 @@ _entry_cache: dict[tuple[str, str], bytes] = {}
 
 
 def _header_option(number: int, key: str, value: str) -> bytes:
-    """Field ``number`` holding HeaderValueOption{header{key, value}, OVERWRITE_IF_EXISTS_OR_ADD}."""
+    """Field ``number``: HeaderValueOption{header{key, value}, OVERWRITE_IF_EXISTS_OR_ADD}."""
     cache_key = (number, key, value)
     found = _option_cache.get(cache_key)
     if found is None:
