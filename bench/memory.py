@@ -13,6 +13,7 @@ engine. Tables and their eviction rules:
 
 - JWT verified-token cache: LRU, ``cache_size`` entries per provider (policy, default
   10,000; never used past ``exp``);
+- mTLS identities: per provider, cleared when 4,096 peers are reached;
 - identity header blocks: per policy, cleared when 4,096 identities are reached;
 - undeclared route shapes: 10,000 (method, shape) counters, the rest counted as one;
 - decision counters: one per reason (a fixed set);
@@ -42,7 +43,13 @@ from bench.common import rss_kib
 
 async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     from authz.audit.sink import JsonLinesSink
-    from authz.engine import MAX_UNDECLARED_SHAPES, CompiledPolicy, PolicyEngine
+    from authz.engine import (
+        IDENTITY_HEADER_CACHE_SIZE,
+        MAX_UNDECLARED_SHAPES,
+        CompiledPolicy,
+        PolicyEngine,
+    )
+    from authz.identity import mtls
     from authz.identity.jwt import JwtProvider
     from authz.model import Request
     from authz.policy.loader import load_policy
@@ -53,7 +60,8 @@ async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     sink = JsonLinesSink(path=str(work / "decisions.log"))
     engine = PolicyEngine(policy, sink=sink)
     jwt = policy.providers["dev"]
-    assert isinstance(jwt, JwtProvider)
+    mesh = policy.providers["mesh"]
+    assert isinstance(jwt, JwtProvider) and isinstance(mesh, mtls.MtlsProvider)
     pid = os.getpid()
     gc.collect()
     start_rss, _ = rss_kib(pid)
@@ -104,9 +112,10 @@ async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     rss, peak = rss_kib(pid)
     tables = {
         "jwt_verified_tokens": {"size": jwt.cached, "bound": jwt.config.cache_size},
+        "mtls_identities": {"size": mesh.cached, "bound": mtls.IDENTITY_CACHE_SIZE},
         "identity_header_blocks": {
             "size": len(policy.identity_headers_cache),
-            "bound": 4096,
+            "bound": IDENTITY_HEADER_CACHE_SIZE,
         },
         "undeclared_shapes": {"size": len(engine.undeclared), "bound": MAX_UNDECLARED_SHAPES + 1},
         "decision_counters": {"size": len(engine.decisions), "bound": "one per reason"},
