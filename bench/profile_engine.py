@@ -78,10 +78,15 @@ def build(work: Path, decision_log: str) -> dict[str, Callable[[], Any]]:
     def engine_only() -> Any:
         return _sync(engine.check(request))
 
+    encode = getattr(envoy_grpc, "encode_check_response", None)  # (older trees: absent)
+    if encode is None:
+
+        def encode(d: Any) -> bytes:
+            return bytes(envoy_grpc.to_check_response(d).SerializeToString())
+
     def grpc_path() -> Any:
         parsed = envoy_grpc.CheckRequest.FromString(wire)
-        d = _sync(engine.check(envoy_grpc.to_request(parsed)))
-        return envoy_grpc.encode_check_response(d)
+        return encode(_sync(engine.check(envoy_grpc.to_request(parsed))))
 
     def http_path() -> Any:
         req = envoy_http.to_request("GET", target, dict(http_headers), b"")

@@ -144,9 +144,12 @@ def build_check_request(
 # checks that every golden decision parses back to what to_check_response builds.
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _SMALL[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -156,8 +159,9 @@ def _varint(n: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field (numbers here are all below 16: a one-byte tag)."""
+    n = len(payload)
+    return _SMALL[number << 3 | 2] + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
 
 
 def _string(number: int, text: str) -> bytes:
@@ -175,7 +179,7 @@ def _header_option(number: int, key: str, value: str) -> bytes:
     found = _option_cache.get(cache_key)
     if found is None:
         header = _string(1, key) + _string(2, value)
-        found = _field(number, _field(1, header) + b"\x18" + _varint(_OVERWRITE))
+        found = _field(number, _field(1, header) + _APPEND_ACTION)
         if len(_option_cache) >= _CACHE_SIZE:
             _option_cache.clear()
         _option_cache[cache_key] = found
@@ -194,6 +198,7 @@ def _metadata_entry(key: str, value: str) -> bytes:
     return found
 
 
+_APPEND_ACTION = b"\x18" + _varint(_OVERWRITE)  # append_action (field 3, varint)
 _STATUS_OK = _field(1, b"")  # status {code: 0}, present as to_check_response sets it
 
 
@@ -212,7 +217,7 @@ def encode_check_response(decision: Decision) -> bytes:
         for key, value in decision.upstream_headers:
             if value == decision_id:
                 header = _field(1, _string(1, key) + _string(2, value))
-                body.append(_field(2, header + b"\x18" + _varint(_OVERWRITE)))
+                body.append(_field(2, header + _APPEND_ACTION))
             else:
                 body.append(_header_option(2, key, value))
         for name in decision.remove_upstream_headers:
