@@ -128,7 +128,12 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from authz.pathtemplate import LITERAL, REST, parse_template
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import (
+    ApiKeyProviderConfig,
+    JwtProviderConfig,
+    PolicyConfig,
+    RouteConfig,
+)
 from authz.transport import envoy_http
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -329,6 +334,23 @@ def _exact(names: Sequence[str], prefixes: Sequence[str] = ()) -> ListStringMatc
     )
 
 
+#: Request headers every HTTP check carries besides the providers' credential headers
+#: (Envoy adds Host, Method, Path, Content-Length and Authorization itself). A stage
+#: that reads another request header must add it here.
+HTTP_CHECK_HEADERS = ("x-request-id", "content-type", "x-forwarded-proto")
+
+
+def http_check_headers(policy: PolicyConfig) -> list[str]:
+    """The request headers Envoy sends on an HTTP check: what the decision reads."""
+    names = [
+        p.header.lower()
+        for p in policy.providers
+        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+    ]
+    names += HTTP_CHECK_HEADERS
+    return list(dict.fromkeys(n for n in names if n not in envoy_http.TRUSTED_HEADERS))
+
+
 def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
     """ext_authz over HTTP (see :mod:`authz.transport.envoy_http` for the protocol)."""
     client = _exact(envoy_http.CLIENT_HEADERS, envoy_http.CLIENT_HEADER_PREFIXES)
@@ -371,11 +393,9 @@ def _ext_authz_filter(policy: PolicyConfig, options: EnvoyOptions) -> HttpFilter
             failure_mode_allow=False,  # fail closed
             status_on_error=HttpStatus(code=StatusCode.Forbidden),
             clear_route_cache=False,
-            # Every request header, as the gRPC transport gets them, except the ones
-            # only Envoy may set.
-            allowed_headers=ListStringMatcher(
-                patterns=[StringMatcher(safe_regex=RegexMatcher(regex=".+"))]
-            ),
+            # Only the headers a decision reads (each one Envoy forwards costs it and
+            # the service per request); never the ones only Envoy may set.
+            allowed_headers=_exact(http_check_headers(policy)),
             disallowed_headers=_exact(envoy_http.TRUSTED_HEADERS),
             stat_prefix="authz",
         )

@@ -926,7 +926,12 @@ def test_http_transport_ext_authz() -> None:
         {"exact": "x-authz-peer-principal"},
         {"exact": "x-authz-source-address"},
     ]
-    assert cfg["allowed_headers"]["patterns"] == [{"safe_regex": {"regex": ".+"}}]
+    # no providers in this policy: the fixed few (Envoy adds authorization itself)
+    assert cfg["allowed_headers"]["patterns"] == [
+        {"exact": "x-request-id"},
+        {"exact": "content-type"},
+        {"exact": "x-forwarded-proto"},
+    ]
     response = service["authorization_response"]
     upstream = [p["exact"] for p in response["allowed_upstream_headers"]["patterns"]]
     assert upstream == list(HeaderNames().all())
@@ -935,6 +940,19 @@ def test_http_transport_ext_authz() -> None:
     # metadata headers reach the access log, never the client
     assert not any(p.get("prefix", "").startswith("x-authz") for p in client)
     assert response["dynamic_metadata_from_headers"]["patterns"] == [{"prefix": "x-authz-meta-"}]
+
+
+def test_http_transport_sends_the_credential_headers_of_every_provider() -> None:
+    config = load_policy(REPO / "examples/policy.yaml")
+    cfg = ext_authz(build_bootstrap(config, EnvoyOptions(transport="http")))
+    sent = [p["exact"] for p in cfg["allowed_headers"]["patterns"]]
+    assert sent == [
+        "authorization",  # the jwt provider's header
+        "x-api-key",  # the api_key provider's
+        "x-request-id",
+        "content-type",
+        "x-forwarded-proto",
+    ]
 
 
 def test_http_transport_cluster_and_status_restoring() -> None:

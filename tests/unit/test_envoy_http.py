@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from authz.envoy_config import http_check_headers
 from authz.identity.mtls import spiffe_id_from_certificate
 from authz.model import ANONYMOUS, Decision, Identity
 from authz.transport import envoy_http
@@ -187,9 +188,18 @@ def _envoy_view_of_grpc(response: Any) -> dict[str, Any]:
     }
 
 
-def _as_envoy_http_request(request: dict[str, Any]) -> tuple[str, str, dict[str, str], bytes]:
-    """The HTTP request Envoy's http_service sends for this CheckRequest's request."""
-    headers = {k.lower(): v for k, v in request.get("headers", {}).items()}
+def _as_envoy_http_request(
+    request: dict[str, Any], sent: list[str]
+) -> tuple[str, str, dict[str, str], bytes]:
+    """The HTTP request Envoy's http_service sends for this CheckRequest's request,
+    under the generated config: only the ``sent`` headers (and those Envoy always
+    sends) are forwarded."""
+    always = {"authorization", "content-length"}
+    headers = {
+        k.lower(): v
+        for k, v in request.get("headers", {}).items()
+        if k.lower() in sent or k.lower() in always
+    }
     headers["host"] = request.get("host", "shop.example")
     headers.setdefault("x-request-id", "req-1")
     principal = request.get("principal", "")
@@ -210,7 +220,8 @@ async def test_both_transports_make_envoy_do_the_same(tmp_path: Path, case: dict
     grpc_engine, _ = make_engine(tmp_path / "grpc")
     via_grpc = _envoy_view_of_grpc(await run(grpc_engine, case["request"]))
     http_engine, _ = make_engine(tmp_path / "http")
-    method, target, headers, body = _as_envoy_http_request(case["request"])
+    sent = http_check_headers(http_engine.policy.config)
+    method, target, headers, body = _as_envoy_http_request(case["request"], sent)
     decision = await http_engine.check(to_request(method, target, headers, body))
     via_http = _envoy_view_of_http(*to_response(decision))
     assert via_http == via_grpc
