@@ -36,6 +36,7 @@ log = logging.getLogger("authz.http")
 
 MAX_BODY = 8 * 1024 * 1024  # as the gRPC transport's max receive message length
 MAX_HEADER_BYTES = 64 * 1024
+MAX_PIPELINED = 64  # requests queued behind one that waits, per connection
 
 _REASONS = {
     200: "OK",
@@ -231,6 +232,8 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self._body) if self._body else b""
         item = (method, target, self._header_dict(), body, parser.should_keep_alive())
         if self._busy:
+            if len(self._queue) >= MAX_PIPELINED:  # Envoy never pipelines this deep
+                raise _TooLarge(503, b"too many pipelined requests")
             self._queue.append(item)
         else:
             self._handle(*item)
@@ -243,7 +246,7 @@ class _Connection(asyncio.Protocol):
         server = self._server
         close = not keep_alive or server.draining
         if not target.startswith(CHECK_PREFIX):
-            if target == HEALTH_PATH and method in ("GET", "HEAD"):
+            if target == HEALTH_PATH and method == "GET":
                 ready = server.ready()
                 self._write(
                     _simple(200 if ready else 503, b"ok" if ready else b"not ready", close=close),

@@ -235,3 +235,24 @@ async def test_drain_answers_the_check_in_flight(
     assert headers["connection"] == "close"
     await asyncio.wait_for(stopping, 5)
     writer.close()
+
+
+async def test_pipelining_behind_a_waiting_check_is_bounded(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = _Slow(server)
+    monkeypatch.setattr(server.engine, "check", slow.check)
+    reader, writer = await server.open()
+    many = get("/check/v1/orders/2") * (http_server.MAX_PIPELINED + 5)
+    writer.write(get("/check/v1/orders/slow") + many)
+    await writer.drain()
+    status, headers, _ = await read_response(reader)
+    assert status == 503
+    assert headers["connection"] == "close"
+    slow.gate.set_result(None)
+    writer.close()
+
+
+async def test_health_is_get_only(server: Server) -> None:
+    [(status, _, _)] = await server.exchange(get("/healthz", method="POST"))
+    assert status == 404
