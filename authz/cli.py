@@ -45,6 +45,8 @@ def _workers(value: str) -> int:
     return int(value)
 
 
+DEFAULT_GRPC = "0.0.0.0:9191"
+
 # --------------------------------------------------------------------------- validate
 
 
@@ -79,10 +81,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
+    grpc = args.grpc
+    if grpc is None and args.http is None:
+        grpc = DEFAULT_GRPC  # no transport named: gRPC, as before
     return run_service(
         ServeOptions(
             policy=args.policy,
-            grpc=args.grpc,
+            grpc=grpc,
+            http=args.http,
             workers=args.workers,
             decision_log=args.decision_log,
             reload_interval=args.reload_interval,
@@ -216,9 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("serve", help="run the ext_authz gRPC service")
+    p = sub.add_parser("serve", help="run the ext_authz service (gRPC and/or HTTP)")
     p.add_argument("policy")
-    p.add_argument("--grpc", type=_address, default="0.0.0.0:9191", metavar="HOST:PORT")
+    p.add_argument(
+        "--grpc",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"the ext_authz gRPC transport (default {DEFAULT_GRPC} unless only --http is given)",
+    )
+    p.add_argument(
+        "--http",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="the ext_authz HTTP transport (Envoy http_service, Istio envoyExtAuthzHttp)",
+    )
     p.add_argument("--workers", type=_workers, default=1, help="processes on one port")
     p.add_argument(
         "--decision-log",

@@ -46,7 +46,7 @@ from typing import Any as AnyType
 
 import betterproto2
 import yaml
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilter, MetadataFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -55,11 +55,14 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
+    HeaderValue,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
+    HealthCheckHttpHealthCheck,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsHeadersWithUnderscoresAction,
+    HttpUri,
     Node,
     SocketAddress,
     SubstitutionFormatString,
@@ -84,10 +87,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    AuthorizationRequest,
+    AuthorizationResponse,
     BufferSettings,
     CheckSettings,
     ExtAuthz,
     ExtAuthzPerRoute,
+    HttpService,
 )
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -96,6 +102,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerForwardClientCertDetails,
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.path.match.uri_template.v3 import UriTemplateMatchConfig
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
@@ -115,12 +123,25 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    ListStringMatcher,
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
+    RegexMatcher,
+    StringMatcher,
+    ValueMatcher,
+)
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from authz.pathtemplate import LITERAL, REST, parse_template
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import (
+    ApiKeyProviderConfig,
+    JwtProviderConfig,
+    PolicyConfig,
+    RouteConfig,
+)
+from authz.transport import envoy_http
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -130,6 +151,7 @@ AUTHZ_CLUSTER = "authz"
 UPSTREAM_CLUSTER = "upstream"
 CATCH_ALL_ROUTE = "undeclared"
 ANY_HOST = "*"
+TRANSPORTS = ("grpc", "http")
 
 # Proto3 leaves fields at their default value out of the JSON. These are defaults,
 # but a reader auditing the committed config should see them, so they are written
@@ -251,6 +273,15 @@ class EnvoyOptions:
     timeout: float = 0.5
     #: Downstream TLS/mTLS on the listener; None: plaintext.
     tls: TlsOptions | None = None
+    #: How Envoy calls the service: ``grpc`` (ext_authz v3 gRPC) or ``http``
+    #: (ext_authz http_service, the service's ``--http`` port).
+    transport: str = "grpc"
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise EnvoyConfigError(
+                f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,7 +300,16 @@ def _extension(name: str, message: betterproto2.Message) -> TypedExtensionConfig
     return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
 
 
-def _access_log() -> AccessLog:
+def _metadata_key(key: str, transport: str) -> str:
+    """The ext_authz dynamic metadata key of ``key`` as this transport delivers it."""
+    return envoy_http.metadata_header(key) if transport == "http" else key
+
+
+def _access_log(transport: str = "grpc") -> AccessLog:
+    meta = {
+        key: f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:{_metadata_key(key, transport)})%"
+        for key in ("decision_id", "subject", "reason", "policy_version")
+    }
     fmt = {
         "time": "%START_TIME%",
         "request_id": "%REQ(X-REQUEST-ID)%",
@@ -288,10 +328,7 @@ def _access_log() -> AccessLog:
         "duration_ms": "%DURATION%",
         "upstream": "%UPSTREAM_HOST%",
         "user_agent": "%REQ(USER-AGENT)%",
-        "decision_id": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:decision_id)%",
-        "subject": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:subject)%",
-        "reason": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:reason)%",
-        "policy_version": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:policy_version)%",
+        **meta,
     }
     stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(fmt)))
     return AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))
@@ -311,8 +348,107 @@ def _buffer_settings(max_bytes: int) -> BufferSettings:
     )
 
 
-def _ext_authz_filter(options: EnvoyOptions, policy: PolicyConfig) -> HttpFilter:
-    ext_authz = ExtAuthz(
+def _exact(names: Sequence[str], prefixes: Sequence[str] = ()) -> ListStringMatcher:
+    return ListStringMatcher(
+        patterns=[StringMatcher(exact=n) for n in names]
+        + [StringMatcher(prefix=p) for p in prefixes]
+    )
+
+
+#: Request headers every HTTP check carries besides the providers' credential headers
+#: (Envoy adds Host, Method, Path, Content-Length and Authorization itself). A stage
+#: that reads another request header must add it here.
+HTTP_CHECK_HEADERS = ("x-request-id", "content-type", "x-forwarded-proto")
+
+
+def http_check_headers(policy: PolicyConfig) -> list[str]:
+    """The request headers Envoy sends on an HTTP check: what the decision reads.
+
+    Each provider's credential header, the headers route contracts declare as
+    parameters, the headers rate-limit keys name (and X-Forwarded-For when hops are
+    trusted), plus :data:`HTTP_CHECK_HEADERS`. Derived from the policy, so a stage
+    that reads a header the policy names gets it without a change here.
+    """
+    names = [
+        p.header.lower()
+        for p in policy.providers
+        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+    ]
+    names += HTTP_CHECK_HEADERS
+    for route in policy.routes:
+        if route.contract is not None:
+            names += [p.name for p in route.contract.parameters if p.where == "header"]
+    limits = policy.rate_limits
+    for rule in (*limits.rules, *(r for route in policy.routes for r in route.rate_limits)):
+        names += [part[len("header:") :].lower() for part in rule.key if part.startswith("header:")]
+    if limits.trusted_hops > 0:
+        names.append("x-forwarded-for")
+    return list(dict.fromkeys(n for n in names if n not in envoy_http.TRUSTED_HEADERS))
+
+
+def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
+    """ext_authz over HTTP (see :mod:`authz.transport.envoy_http` for the protocol)."""
+    client = _exact(envoy_http.CLIENT_HEADERS, envoy_http.CLIENT_HEADER_PREFIXES)
+    return HttpService(
+        server_uri=HttpUri(
+            uri=f"http://{options.authz}",
+            cluster=AUTHZ_CLUSTER,
+            timeout=_seconds(options.timeout),
+        ),
+        path_prefix=envoy_http.CHECK_PREFIX,
+        authorization_request=AuthorizationRequest(
+            # The verified peer identity and address, set by Envoy on every check,
+            # overwriting whatever is there. With no peer certificate the principal is
+            # empty and Envoy leaves the header out; a client-sent copy never reaches
+            # the service either way (disallowed_headers below).
+            headers_to_add=[
+                HeaderValue(
+                    key=envoy_http.PEER_PRINCIPAL_HEADER, value="%DOWNSTREAM_PEER_URI_SAN%"
+                ),
+                HeaderValue(
+                    key=envoy_http.SOURCE_ADDRESS_HEADER,
+                    value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                ),
+            ]
+        ),
+        authorization_response=AuthorizationResponse(
+            # Identity headers overwrite client-sent copies on the upstream request.
+            allowed_upstream_headers=_exact(policy.headers.all()),
+            allowed_client_headers=client,
+            allowed_client_headers_on_success=client,
+            dynamic_metadata_from_headers=_exact((), (envoy_http.METADATA_PREFIX,)),
+        ),
+    )
+
+
+def _ext_authz_filter(policy: PolicyConfig, options: EnvoyOptions) -> HttpFilter:
+    if options.transport == "http":
+        ext_authz = ExtAuthz(
+            http_service=_http_service(policy, options),
+            failure_mode_allow=False,  # fail closed
+            status_on_error=HttpStatus(code=StatusCode.Forbidden),
+            clear_route_cache=False,
+            # Only the headers a decision reads (each one Envoy forwards costs it and
+            # the service per request); never the ones only Envoy may set.
+            allowed_headers=_exact(http_check_headers(policy)),
+            disallowed_headers=_exact(envoy_http.TRUSTED_HEADERS),
+            stat_prefix="authz",
+        )
+    else:
+        ext_authz = _grpc_ext_authz(options)
+    limit = _body_limit(policy)
+    if limit:
+        # Envoy 1.40 takes pack_as_bytes from the filter, not from a route's settings:
+        # without it a body that is not UTF-8 would reach the service with its bad bytes
+        # replaced (and validated as something the upstream never gets). So the filter
+        # says how bodies are sent, and every route that does not validate its body
+        # turns buffering off (_ext_authz_per_route, _no_body).
+        ext_authz.with_request_body = _buffer_settings(limit)
+    return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
+
+
+def _grpc_ext_authz(options: EnvoyOptions) -> ExtAuthz:
+    return ExtAuthz(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
             timeout=_seconds(options.timeout),
@@ -326,15 +462,6 @@ def _ext_authz_filter(options: EnvoyOptions, policy: PolicyConfig) -> HttpFilter
         clear_route_cache=False,
         stat_prefix="authz",
     )
-    limit = _body_limit(policy)
-    if limit:
-        # Envoy 1.40 takes pack_as_bytes from the filter, not from a route's settings:
-        # without it a body that is not UTF-8 would reach the service with its bad bytes
-        # replaced (and validated as something the upstream never gets). So the filter
-        # says how bodies are sent, and every route that does not validate its body
-        # turns buffering off (_ext_authz_per_route, _no_body).
-        ext_authz.with_request_body = _buffer_settings(limit)
-    return HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=Any.pack(ext_authz))
 
 
 def _skips_authz(route: RouteConfig) -> bool:
@@ -529,7 +656,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         stat_prefix="ingress_http",
         route_config=_route_configuration(policy),
         http_filters=[
-            _ext_authz_filter(options, policy),
+            _ext_authz_filter(policy, options),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
         ],
         common_http_protocol_options=HttpProtocolOptions(
@@ -545,7 +672,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         ),
         request_headers_timeout=_seconds(10),
         stream_idle_timeout=_seconds(300),
-        access_log=[_access_log()],
+        access_log=[_access_log(options.transport)],
         use_remote_address=True,
         generate_request_id=True,
         preserve_external_request_id=False,
@@ -557,10 +684,36 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         ),
         # The service matches hosts without a port; so must the virtual hosts.
         strip_any_host_port=True,
+        local_reply_config=_local_reply(options),
     )
 
 
-def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
+def _local_reply(options: EnvoyOptions) -> LocalReplyConfig | None:
+    """Over HTTP, a 5xx deny arrives as 403 with its status in metadata: restore it."""
+    if options.transport != "http":
+        return None
+    mappers = []
+    for status in envoy_http.RESTORED_STATUSES:
+        matcher = MetadataMatcher(
+            filter=EXT_AUTHZ_FILTER,
+            path=[MetadataMatcherPathSegment(key=envoy_http.STATUS_HEADER)],
+            value=ValueMatcher(string_match=StringMatcher(exact=str(status))),
+        )
+        mappers.append(
+            ResponseMapper(
+                # (a missing key matches unless match_if_key_not_found is false)
+                filter=AccessLogFilter(
+                    metadata_filter=MetadataFilter(matcher=matcher, match_if_key_not_found=False)
+                ),
+                status_code=status,
+            )
+        )
+    return LocalReplyConfig(mappers=mappers)
+
+
+def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) -> Cluster:
+    """A static (or DNS) cluster; ``grpc``: HTTP/2 with gRPC health checks; ``authz``
+    without ``grpc``: the HTTP transport, health-checked with ``GET /healthz``."""
     cluster = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if target.is_ip else ClusterDiscoveryType.STRICT_DNS,
@@ -593,6 +746,16 @@ def _cluster(name: str, target: HostPort, *, grpc: bool) -> Cluster:
                 unhealthy_threshold=2,
                 healthy_threshold=1,
                 grpc_health_check=HealthCheckGrpcHealthCheck(),
+            )
+        ]
+    elif authz:
+        cluster.health_checks = [
+            HealthCheck(
+                timeout=_seconds(1),
+                interval=_seconds(5),
+                unhealthy_threshold=2,
+                healthy_threshold=1,
+                http_health_check=HealthCheckHttpHealthCheck(path=envoy_http.HEALTH_PATH),
             )
         ]
     return cluster
@@ -661,7 +824,9 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
         static_resources=BootstrapStaticResources(
             listeners=[listener],
             clusters=[
-                _cluster(AUTHZ_CLUSTER, options.authz, grpc=True),
+                _cluster(
+                    AUTHZ_CLUSTER, options.authz, grpc=options.transport == "grpc", authz=True
+                ),
                 _cluster(UPSTREAM_CLUSTER, options.upstream, grpc=False),
             ],
         ),
@@ -838,6 +1003,11 @@ def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> 
         "default) or let them through unauthenticated by TLS (optional); a certificate "
         "that does not verify is refused either way",
     )  # fmt: skip
+    p.add_argument(
+        "--transport", choices=TRANSPORTS, default=_DEFAULTS.transport,
+        help="how Envoy calls the service: grpc (ext_authz gRPC, `authz serve --grpc`) or "
+        "http (ext_authz http_service, `authz serve --http`; --authz is then that port)",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -873,6 +1043,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         admin=args.admin,
         timeout=args.timeout,
         tls=_tls_from_args(args),
+        transport=getattr(args, "transport", _DEFAULTS.transport),
     )
 
 
@@ -886,6 +1057,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{name}", str(value)]
     if opts.timeout != _DEFAULTS.timeout:
         parts += ["--timeout", f"{opts.timeout:g}s"]
+    if opts.transport != _DEFAULTS.transport:
+        parts += ["--transport", opts.transport]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:

@@ -55,8 +55,12 @@ class _HostTable:
         self._templated = tuple((rx, entry) for _, _, rx, entry in templated)
         # One alternation in specificity order: re picks the leftmost alternative
         # that matches, which is exactly "first in order". Group i = template i.
+        # The \Z applies to every alternative, so the group that matched is the first
+        # template, in specificity order, that matches the whole path.
         self._regex = (
-            re.compile("|".join(f"(?P<t{i}>{t[1]})" for i, t in enumerate(templated)) + r"\Z")
+            re.compile(
+                "(?:" + "|".join(f"(?P<t{i}>{t[1]})" for i, t in enumerate(templated)) + r")\Z"
+            )
             if templated
             else None
         )
@@ -73,6 +77,9 @@ class _HostTable:
             m = self._regex.match(path)
             if m is not None:
                 first = int(m.lastgroup[1:]) if m.lastgroup else 0
+                entry = self._templated[first][1]
+                if entry.allows(method):  # the common case: no second match needed
+                    return entry.route
                 for rx, entry in self._templated[first:]:
                     if rx.match(path) is None:
                         continue

@@ -96,5 +96,6 @@ def _registered() -> list[StageFactory]:
     # over its quota never costs a body parse.
     return [*RATE_LIMIT_STAGES, ValidationStage(), InventoryStage()]
 
+
 #: The registered stages, in the order they run within a phase.
 STAGES: list[StageFactory] = _registered()

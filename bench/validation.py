@@ -69,7 +69,7 @@ def policy_text() -> str:
 
 
 def body_of_size(target: int) -> bytes:
-    items = []
+    items: list[dict[str, object]] = []
     body = b""
     while True:
         items.append({"sku": f"ABC-{len(items) % 10000:04d}", "qty": 1 + len(items) % 100,

@@ -898,3 +898,106 @@ def test_live_envoy_fails_closed_and_serves_public_routes(tmp_path: Path) -> Non
     denied = [e for e in access_log if e["path"] == "/v1/orders"]
     assert denied and denied[0]["status"] == 403 and denied[0]["route"] == "orders"
     assert "ext_authz" in denied[0]["details"]
+
+
+# ----------------------------------------------------------------------------- HTTP transport
+
+
+def test_http_transport_ext_authz() -> None:
+    config = build_bootstrap(DEMO, EnvoyOptions(timeout=0.25, transport="http"))
+    cfg = ext_authz(config)
+    assert "grpc_service" not in cfg
+    assert cfg["failure_mode_allow"] is False
+    assert cfg["status_on_error"] == {"code": "Forbidden"}
+    service = cfg["http_service"]
+    assert service["server_uri"] == {
+        "uri": "http://127.0.0.1:9191",
+        "cluster": "authz",
+        "timeout": "0.250s",
+    }
+    assert service["path_prefix"] == "/check"
+    # the peer identity and address are set by Envoy, never forwarded from the client
+    added = {h["key"]: h["value"] for h in service["authorization_request"]["headers_to_add"]}
+    assert added == {
+        "x-authz-peer-principal": "%DOWNSTREAM_PEER_URI_SAN%",
+        "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    }
+    assert cfg["disallowed_headers"]["patterns"] == [
+        {"exact": "x-authz-peer-principal"},
+        {"exact": "x-authz-source-address"},
+    ]
+    # no providers in this policy: the fixed few (Envoy adds authorization itself)
+    assert cfg["allowed_headers"]["patterns"] == [
+        {"exact": "x-request-id"},
+        {"exact": "content-type"},
+        {"exact": "x-forwarded-proto"},
+    ]
+    response = service["authorization_response"]
+    upstream = [p["exact"] for p in response["allowed_upstream_headers"]["patterns"]]
+    assert upstream == list(HeaderNames().all())
+    client = response["allowed_client_headers"]["patterns"]
+    assert {"exact": "www-authenticate"} in client and {"exact": "allow"} in client
+    # metadata headers reach the access log, never the client
+    assert not any(p.get("prefix", "").startswith("x-authz") for p in client)
+    assert response["dynamic_metadata_from_headers"]["patterns"] == [{"prefix": "x-authz-meta-"}]
+
+
+def test_http_transport_sends_the_credential_headers_of_every_provider() -> None:
+    config = load_policy(REPO / "examples/policy.yaml")
+    cfg = ext_authz(build_bootstrap(config, EnvoyOptions(transport="http")))
+    sent = [p["exact"] for p in cfg["allowed_headers"]["patterns"]]
+    assert sent == [
+        "authorization",  # the jwt provider's header
+        "x-api-key",  # the api_key provider's
+        "x-request-id",
+        "content-type",
+        "x-forwarded-proto",
+    ]
+
+
+def test_http_transport_cluster_and_status_restoring() -> None:
+    config = build_bootstrap(DEMO, EnvoyOptions(transport="http"))
+    authz = clusters(config)["authz"]
+    assert "typed_extension_protocol_options" not in authz  # HTTP/1.1
+    assert authz["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
+    mappers = hcm(config)["local_reply_config"]["mappers"]
+    restored = {}
+    for m in mappers:
+        meta = m["filter"]["metadata_filter"]
+        assert meta["match_if_key_not_found"] is False
+        assert meta["matcher"]["filter"] == EXT_AUTHZ_FILTER
+        assert meta["matcher"]["path"] == [{"key": "x-authz-meta-status"}]
+        restored[meta["matcher"]["value"]["string_match"]["exact"]] = m["status_code"]
+    assert restored == {"500": 500, "502": 502, "503": 503, "504": 504}
+    log_format = hcm(config)["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    assert log_format["reason"] == f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:x-authz-meta-reason)%"
+
+
+def test_grpc_config_has_no_http_transport_parts() -> None:
+    config = build_bootstrap(DEMO, EnvoyOptions())
+    assert "local_reply_config" not in hcm(config)
+    assert "http_service" not in ext_authz(config)
+
+
+def test_unknown_transport_is_an_error() -> None:
+    with pytest.raises(EnvoyConfigError, match="transport 'soap'"):
+        EnvoyOptions(transport="soap")
+
+
+def test_cli_http_transport_config_envoy_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "envoy-http.yaml"
+    argv = [str(REPO / "examples/policy.yaml"), "--transport", "http", "--authz",
+            "127.0.0.1:9292", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "--transport http" in text.splitlines()[2]
+    config = yaml.safe_load(text)
+    assert ext_authz(config)["http_service"]["server_uri"]["uri"] == "http://127.0.0.1:9292"
+    envoy_validate(out)
+
+
+def test_cli_bad_transport_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([str(REPO / "examples/policy.yaml"), "--transport", "soap"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'soap'" in capsys.readouterr().err

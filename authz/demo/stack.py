@@ -88,6 +88,7 @@ class LocalStack:
     envoy_timeout: float = 1.0
     extra_serve_args: tuple[str, ...] = ()
     tls: TlsOptions | None = None  # TLS (and mTLS with a client CA) on Envoy's listener
+    transport: str = "grpc"  # how Envoy calls authz: "grpc" or "http"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     upstream: EchoUpstream | None = None
 
@@ -129,13 +130,14 @@ class LocalStack:
             admin=HostPort("127.0.0.1", self.admin_port),
             timeout=self.envoy_timeout,
             tls=self.tls,
+            transport=self.transport,
         )
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
         service = self._spawn(
             "authz.log",
             sys.executable, "-m", "authz", "serve", str(self.policy),
-            "--grpc", self.authz_address, "--decision-log", str(self.decision_log),
+            f"--{self.transport}", self.authz_address, "--decision-log", str(self.decision_log),
             "--reload-interval", "0.2", *self.extra_serve_args,
         )  # fmt: skip
         envoy = self._spawn(
@@ -143,10 +145,16 @@ class LocalStack:
             envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
             "--base-id", str(self.admin_port), "--concurrency", "1",
         )  # fmt: skip
-        _wait("authz service", lambda: grpc_serving(self.authz_address), timeout, service)
+        _wait("authz service", self.authz_ready, timeout, service)
         _wait(
             "envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"), timeout, envoy
         )
+
+    def authz_ready(self) -> bool:
+        """The service's health on its transport: gRPC health SERVING, or HTTP 200."""
+        if self.transport == "http":
+            return _http_ok(f"http://{self.authz_address}/healthz")
+        return grpc_serving(self.authz_address)
 
     def _spawn(self, log_name: str, *argv: str) -> subprocess.Popen[bytes]:
         """Start a child whose output goes to a log file in the state directory."""

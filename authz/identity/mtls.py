@@ -53,15 +53,30 @@ def spiffe_id_from_certificate(pem_urlencoded: str) -> str | None:
     return spiffe[0] if len(spiffe) == 1 else None
 
 
+#: Verified peers whose Identity is kept (per provider); the table is cleared when full.
+IDENTITY_CACHE_SIZE = 4096
+
+
 class MtlsProvider(StaticProvider):
     kind = "mtls"
 
     def __init__(self, config: MtlsProviderConfig) -> None:
         self.name = config.name
         self._trust_domains = frozenset(config.trust_domains)
+        # principal -> Identity: a peer's identity is parsed once, and the same object
+        # is handed out again (the engine keys its header blocks on it).
+        self._identities: dict[str, Identity] = {}
+
+    @property
+    def cached(self) -> int:
+        """Number of peer identities currently kept."""
+        return len(self._identities)
 
     async def authenticate(self, request: Request) -> Identity | None:
         principal = request.principal
+        found = self._identities.get(principal)
+        if found is not None:
+            return found
         if not principal.startswith("spiffe://") and request.peer_certificate:
             principal = spiffe_id_from_certificate(request.peer_certificate) or principal
         if not principal:
@@ -77,9 +92,14 @@ class MtlsProvider(StaticProvider):
             raise InvalidPeerIdentity(
                 "peer trust domain not trusted", reason="untrusted_trust_domain"
             )
-        return Identity(
+        identity = Identity(
             kind="mtls",
             subject=principal,
             provider=self.name,
             issuer="spiffe://" + domain,
         )
+        if principal == request.principal:  # not derived from a certificate
+            if len(self._identities) >= IDENTITY_CACHE_SIZE:
+                self._identities.clear()
+            self._identities[principal] = identity
+        return identity

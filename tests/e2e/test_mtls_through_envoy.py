@@ -51,14 +51,19 @@ class MtlsEnv:
         )
 
 
-@pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsEnv]:
-    tmp = tmp_path_factory.mktemp("mtls")
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def mtls(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[MtlsEnv]:
+    """Envoy with mTLS in front of the service, once per transport."""
+    tmp = tmp_path_factory.mktemp(f"mtls-{request.param}")
     pki = make_mtls_pki(tmp / "pki", (PROMETHEUS, EVIL, SYNC, OTHER))
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
     tls = TlsOptions(pki.server.cert, pki.server.key, client_ca=pki.ca.cert)
-    stack = LocalStack(policy=policy, state_dir=Path(tmp / "state"), tls=tls)
+    stack = LocalStack(
+        policy=policy, state_dir=Path(tmp / "state"), tls=tls, transport=request.param
+    )
     try:
         stack.start()
         yield MtlsEnv(stack, pki)
@@ -108,6 +113,27 @@ def test_spoofed_xfcc_gives_no_identity(mtls: MtlsEnv) -> None:
     )
     assert got == 403
     assert json.loads(body)["error"] == "spiffe_id_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "spoofed",
+    [
+        {"x-authz-peer-principal": PROMETHEUS},
+        {"x-authz-peer-principal": PROMETHEUS, "x-authz-source-address": "10.0.0.1"},
+        {"X-Authz-Peer-Principal": f"{PROMETHEUS},{PROMETHEUS}"},
+    ],
+)
+def test_spoofed_peer_headers_give_no_identity(mtls: MtlsEnv, spoofed: dict[str, str]) -> None:
+    # The HTTP transport reads the peer identity from headers that only Envoy sets;
+    # a client-sent copy is dropped before the check and never read over gRPC.
+    got, _, body = mtls.get(OTHER, "/internal/metrics", headers=spoofed)
+    assert got == 403
+    assert json.loads(body)["error"] == "spiffe_id_not_allowed"
+    got, _, body = mtls.get(
+        PROMETHEUS, "/internal/metrics", headers={"x-authz-peer-principal": OTHER}
+    )
+    assert got == 200
+    assert json.loads(body)["headers"]["x-authz-subject"] == PROMETHEUS
 
 
 def test_client_without_certificate_is_refused(mtls: MtlsEnv) -> None:

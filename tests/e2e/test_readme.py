@@ -51,9 +51,13 @@ def test_quick_start_is_two_commands() -> None:
     assert "scripts/test" in ci
 
 
-def test_only_docker_is_not_run() -> None:
-    # The one shell command we cannot run here (no Docker engine) is kept apart.
-    assert blocks("sh") == [["docker compose up --build"]]
+def test_only_docker_and_the_benchmark_are_not_run() -> None:
+    # Kept apart: the one command we cannot run here (no Docker engine) and the full
+    # benchmark (minutes of load; tests/test_bench_smoke.py runs it with tiny durations).
+    assert blocks("sh") == [
+        ["docker compose up --build"],
+        ["bash bench/setup.sh", ".venv/bin/python bench/run.py"],
+    ]
 
 
 @pytest.fixture(scope="module")

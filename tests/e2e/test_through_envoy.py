@@ -54,6 +54,7 @@ providers:
     jwks_ttl: 0.2s
     jwks_refresh_interval: 0.2s
     jwks_stale_ttl: 1s
+  mesh: {{type: mtls, trust_domains: [demo.local]}}
   legacy:
     type: api_key
     header: x-api-key
@@ -67,6 +68,7 @@ routes:
   - {{name: export, path: /v1/orders/export, methods: [GET], providers: [dev], scopes: [orders:read], claims: {{tenant: acme}}}}
   - {{name: legacy-report, path: /v1/reports, methods: [GET], providers: [flaky]}}
   - {{name: preview, path: /v1/preview, methods: [GET], providers: [dev], scopes: [preview], mode: monitor}}
+  - {{name: mesh-only, path: /v1/mesh, methods: [GET], providers: [mesh]}}
 """
 
 
@@ -122,9 +124,10 @@ class Env:
         return send(method, self.stack.base_url + path, headers, body)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    tmp = tmp_path_factory.mktemp("e2e")
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The whole stack, once per transport Envoy can use to call the service."""
+    tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
     key = devissuer.generate_key("ES256")
     issuer = devissuer.DevIssuerServer([key]).start()
     flaky = devissuer.DevIssuerServer([key]).start()
@@ -137,7 +140,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             expired_digest=_digest(EXPIRED_KEY),
         )
     )
-    stack = LocalStack(policy=policy, state_dir=tmp / "state")
+    stack = LocalStack(policy=policy, state_dir=tmp / "state", transport=request.param)
     try:
         stack.start()
         yield Env(stack, key, issuer.url, flaky)
@@ -390,6 +393,20 @@ def test_spoofed_identity_headers_never_reach_upstream_on_public_route(env: Env)
     seen = json.loads(body)["headers"]
     assert "x-authz-subject" not in seen
     assert "x-authz-scopes" not in seen
+
+
+def test_peer_identity_cannot_be_sent_by_the_client(env: Env) -> None:
+    # Plaintext, no client certificate: there is no peer identity, whatever headers
+    # claim one (the HTTP transport's trusted headers are set only by Envoy).
+    status, _, body = env.get(
+        "/v1/mesh",
+        {
+            "x-authz-peer-principal": "spiffe://demo.local/ns/ops/sa/prometheus",
+            "x-authz-source-address": "10.0.0.1",
+        },
+    )
+    assert status == 401
+    assert json.loads(body)["error"] == "missing_credential"
 
 
 def test_api_key_identity_and_strip_credential(env: Env) -> None:

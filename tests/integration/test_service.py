@@ -3,6 +3,7 @@ hot reload, SIGHUP, SIGTERM drain and several workers on one port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -339,3 +340,106 @@ def test_serve_refuses_invalid_policy(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert f"{bad}:1:7: $.mode: must be one of enforce, monitor" in run.stderr
     assert "refusing to serve" in run.stderr
+
+
+# ----------------------------------------------------------------------------- HTTP transport
+
+
+def http_check(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/check" + path, headers={"host": "api.local", **(headers or {})})
+        reply = conn.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    finally:
+        conn.close()
+
+
+def http_health(port: int) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_grpc_and_http_transports_share_one_engine(
+    policy_file: Path,
+    start_service: Callable[..., ServiceProcess],
+    mint: Callable[..., str],
+) -> None:
+    from authz.demo.stack import free_port
+
+    port = free_port()
+    svc = start_service(policy_file, "--http", f"127.0.0.1:{port}")
+    wait_for(lambda: http_health(port) == 200)
+    token = mint()
+    status, headers, _ = http_check(port, "/v1/orders/7", {"authorization": f"Bearer {token}"})
+    assert status == 200
+    assert headers["x-authz-subject"] == "alice"
+    ok = check(svc.address, path="/v1/orders/7", headers={"authorization": f"Bearer {token}"})
+    assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-authz-subject"] == (
+        "alice"
+    )
+    status, headers, body = http_check(port, "/v1/orders/7")
+    assert status == 401
+    assert json.loads(body)["error"] == "missing_credential"
+    # one engine: one decision log, one id sequence
+    ids = [headers["x-authz-meta-decision-id"], ok.dynamic_metadata["decision_id"]]
+    assert len({i.split("-")[0] for i in ids}) == 1
+    wait_for(lambda: len(svc.decision_log.read_text().splitlines()) == 3)
+    assert svc.stop() == 0
+    assert "draining" in svc.log()
+
+
+def test_http_only_with_two_workers(policy_file: Path, tmp_path: Path) -> None:
+    from authz.demo.stack import free_port
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz", "serve", str(policy_file), "--http",
+         f"127.0.0.1:{port}", "--workers", "2", "--decision-log", "off"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    try:
+
+        def healthy() -> bool:
+            try:
+                return http_health(port) == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=30)
+        prefixes: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(prefixes) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, headers, _ = http_check(port, "/healthz")  # a new connection each time
+                prefixes.add(headers["x-authz-meta-decision-id"].split("-")[0])
+        assert len(prefixes) == 2, "both worker processes answered"
+        # no gRPC port unless asked for
+        assert "gRPC" not in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log.close()
+
+
+def test_serve_rejects_a_bad_http_address(tmp_path: Path, policy_file: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "authz", "serve", str(policy_file), "--http", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2
+    assert "expected HOST:PORT, got 'nowhere'" in run.stderr
+    assert "Traceback" not in run.stderr

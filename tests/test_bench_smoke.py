@@ -1,0 +1,83 @@
+"""The benchmark scripts keep working: each runs here with tiny durations.
+
+This checks that every scenario starts, is driven and reports figures; it makes
+no claim about the figures (no timed assertions). The full benchmark is
+``python bench/run.py`` and is not part of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_load_generators_are_installed() -> None:
+    # scripts/test and bench/setup.sh install them (Debian wrk, nghttp2-client)
+    assert shutil.which("wrk"), "wrk missing: run bench/setup.sh"
+    assert shutil.which("h2load"), "h2load missing: run bench/setup.sh"
+
+
+def test_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    run = _run(
+        "bench/run.py", "--duration", "1", "--runs", "1", "--warmup", "0",
+        "--out", str(tmp_path), "--name", "smoke",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    from bench.run import SCENARIOS
+
+    rows = {r["key"]: r for r in data["results"]}
+    assert set(rows) == set(SCENARIOS)
+    for key, row in rows.items():
+        assert row["rps"] > 0, key
+        assert len(row["runs"]) == 1
+        assert row["service_cpu_us"] > 0, key
+    assert data["machine"]["cores"] >= 1
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| C | Envoy -> authz over gRPC |" in table
+    assert "## Targets" in table
+
+
+def test_benchmark_rejects_unknown_scenarios(tmp_path: Path) -> None:
+    run = _run("bench/run.py", "--only", "Z", "--out", str(tmp_path))
+    assert run.returncode == 2
+    assert "unknown scenario Z" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_memory_script_reports_bounded_tables(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    run = _run("bench/memory.py", "--count", "300", "--json", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    assert data["checks"] == 900
+    assert data["outcomes"] == {
+        "allowed": 300,
+        "spiffe_id_not_allowed": 300,
+        "undeclared_route": 300,
+    }
+    assert data["rss_peak_mib"] > 0
+    assert "peak" in run.stdout
+
+
+@pytest.mark.parametrize("flag", [[], ["--json"]])
+def test_profile_script(flag: list[str]) -> None:
+    run = _run("bench/profile_engine.py", "--calls", "200", *flag)
+    assert run.returncode == 0, run.stdout + run.stderr
+    if flag:
+        assert set(json.loads(run.stdout)) == {"engine", "grpc", "http"}
+    else:
+        assert "µs/call" in run.stdout
