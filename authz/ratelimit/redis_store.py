@@ -223,6 +223,15 @@ class RedisStore:
             args += [item.mode, max(1, round(item.interval * _US)), item.cost]
         await self._call(self._release, [item.key for item in items], args)
 
+    async def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self._on_the_wire:
+            return await self._enqueue(script, keys, args)
+        self._on_the_wire += 1
+        try:
+            return await script(keys=keys, args=args)
+        finally:
+            self._on_the_wire -= 1
+
     # -- outage handling ---------------------------------------------------------------
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -234,15 +243,11 @@ class RedisStore:
             self._probing = probe = True
         self.calls += 1
         try:
-            async with asyncio.timeout(self.config.timeout):
-                if self._on_the_wire:
-                    result = await self._enqueue(script, keys, args)
-                else:
-                    self._on_the_wire += 1
-                    try:
-                        result = await script(keys=keys, args=args)
-                    finally:
-                        self._on_the_wire -= 1
+            # wait_for, not asyncio.timeout: a check may run outside a task (the HTTP
+            # transport runs it inline until it first waits; see authz.stages).
+            result = await asyncio.wait_for(
+                self._run_script(script, keys, args), self.config.timeout
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise StoreUnavailable(

@@ -83,9 +83,10 @@ class Env:
         return self.call(method, path, {"x-api-key": KEY})
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    tmp = tmp_path_factory.mktemp("e2e-ratelimit")
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The stack once per transport Envoy can use to call the service."""
+    tmp = tmp_path_factory.mktemp(f"e2e-ratelimit-{request.param}")
     redis = RedisServer(tmp / "redis").start()
     signal = tmp / "overload"
     policy = tmp / "policy.yaml"
@@ -94,7 +95,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             digest=hashlib.sha256(KEY.encode()).hexdigest(), redis=redis.url, signal=signal
         )
     )
-    stack = LocalStack(policy=policy, state_dir=tmp / "state")
+    stack = LocalStack(policy=policy, state_dir=tmp / "state", transport=request.param)
     try:
         stack.start()
         yield Env(stack, signal)

@@ -72,13 +72,16 @@ JSON = {"content-type": "application/json"}
 VALID = {"items": [{"sku": "ABC-1234", "qty": 2}]}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    tmp: Path = tmp_path_factory.mktemp("e2e-validation")
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """The stack once per transport Envoy can use to call the service."""
+    tmp: Path = tmp_path_factory.mktemp(f"e2e-validation-{request.param}")
     (tmp / "openapi.yaml").write_text(OPENAPI)
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
-    with LocalStack(policy=policy, state_dir=tmp / "state") as running:
+    with LocalStack(policy=policy, state_dir=tmp / "state", transport=request.param) as running:
         yield running
 
 
