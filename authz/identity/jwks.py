@@ -132,6 +132,17 @@ async def fetch_url(url: str, timeout: float) -> bytes:
     return await asyncio.to_thread(_fetch_blocking, url, timeout)
 
 
+def json_object(data: Any, source: str) -> Mapping[str, Any]:
+    """``data`` (bytes or text) parsed as one JSON object, or ValueError naming ``source``."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise ValueError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{source}: not a JSON object")
+    return doc
+
+
 def parse_jwks(data: bytes | str | Mapping[str, Any], *, source: str = "jwks") -> list[JwkKey]:
     """Parse a JWKS document into usable verification keys.
 
@@ -140,14 +151,7 @@ def parse_jwks(data: bytes | str | Mapping[str, Any], *, source: str = "jwks") -
     document itself is unusable or holds no usable key, so that a bad document
     never replaces good keys.
     """
-    doc: Any = data
-    if isinstance(data, bytes | str):
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"{source}: not JSON: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise ValueError(f"{source}: not a JSON object")
+    doc = data if isinstance(data, Mapping) else json_object(data, source)
     members = doc.get("keys")
     if not isinstance(members, list):
         raise ValueError(f"{source}: no 'keys' array")
@@ -471,13 +475,7 @@ class JwksCache:
     async def _discover(self) -> str:
         issuer = self.config.issuer
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        data = await self._fetch(url)
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"{url}: not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{url}: not a JSON object")
+        doc = json_object(await self._fetch(url), url)
         if doc.get("issuer") != issuer:
             # OIDC Discovery 4.3: a mismatch means the document is not this issuer's.
             raise ValueError(
