@@ -958,22 +958,17 @@ def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> 
     )
     p.add_argument("policy", metavar="POLICY", help="the policy file")
     hp = _arg_type(parse_host_port, "HOST:PORT")
-    p.add_argument(
-        "--listen", type=hp, default=_DEFAULTS.listen, metavar="HOST:PORT",
-        help=f"where Envoy listens (default {_DEFAULTS.listen})",
-    )  # fmt: skip
-    p.add_argument(
-        "--upstream", type=hp, default=_DEFAULTS.upstream, metavar="HOST:PORT",
-        help=f"the protected service (default {_DEFAULTS.upstream})",
-    )  # fmt: skip
-    p.add_argument(
-        "--authz", type=hp, default=_DEFAULTS.authz, metavar="HOST:PORT",
-        help=f"the authz gRPC service (default {_DEFAULTS.authz})",
-    )  # fmt: skip
-    p.add_argument(
-        "--admin", type=hp, default=_DEFAULTS.admin, metavar="HOST:PORT",
-        help=f"Envoy's admin interface (default {_DEFAULTS.admin})",
-    )  # fmt: skip
+    for name, what in (
+        ("listen", "where Envoy listens"),
+        ("upstream", "the protected service"),
+        ("authz", "the authz service (its --grpc address, or --http with --transport http)"),
+        ("admin", "Envoy's admin interface"),
+    ):
+        default = getattr(_DEFAULTS, name)
+        p.add_argument(
+            f"--{name}", type=hp, default=default, metavar="HOST:PORT",
+            help=f"{what} (default {default})",
+        )  # fmt: skip
     p.add_argument(
         "--timeout", type=_arg_type(parse_timeout, "duration"), default=_DEFAULTS.timeout,
         metavar="DURATION",
