@@ -95,6 +95,9 @@ class BatchedStore:
         self._flusher: asyncio.Task[None] | None = None
         self._flush_interval = 1.0  # lowered to the shortest sync_interval seen
         self._dirty: dict[str, None] = {}  # views with admissions not yet charged
+        #: Keys whose first sync is under way: requests for them wait for it rather
+        #: than each install a view over the others' (uncharged) admissions.
+        self._first: dict[str, asyncio.Future[None]] = {}
         self.syncs = 0
         self.local_decisions = 0
         self.evicted_pending = 0
@@ -103,14 +106,16 @@ class BatchedStore:
 
     async def acquire_batched(self, items: Sequence[BatchedItem]) -> list[Outcome]:
         """Decide ``items`` together, all or nothing; raises StoreUnavailable."""
+        return (await self.acquire_on_views(items))[0]
+
+    async def acquire_on_views(
+        self, items: Sequence[BatchedItem]
+    ) -> tuple[list[Outcome], list[View]]:
+        """:meth:`acquire_batched`, and the views decided on (for :meth:`refund_batched`)."""
         self._start_flusher(items)
         while True:
             now = self.clock()
-            waiting = [
-                view.syncing
-                for b in items
-                if (view := self._views.get(b.item.key)) is not None and view.syncing is not None
-            ]
+            waiting = [pending for b in items if (pending := self._syncing(b.item.key)) is not None]
             if waiting:  # another request is syncing one of these buckets: use its result
                 await asyncio.gather(*(asyncio.shield(f) for f in waiting), return_exceptions=True)
                 continue
@@ -120,12 +125,16 @@ class BatchedStore:
             await self._sync(stale)
         return self._decide(items, self.clock())
 
+    def _syncing(self, key: str) -> asyncio.Future[None] | None:
+        view = self._views.get(key)
+        return view.syncing if view is not None else self._first.get(key)
+
     def _needs_sync(self, view: View | None, b: BatchedItem, now: float) -> bool:
         if view is None or now - view.synced_at >= b.sync_interval:
             return True
         return view.used >= view.budget and now >= view.retry_at
 
-    def _decide(self, items: Sequence[BatchedItem], now: float) -> list[Outcome]:
+    def _decide(self, items: Sequence[BatchedItem], now: float) -> tuple[list[Outcome], list[View]]:
         self.local_decisions += 1
         outcomes = []
         admit = True
@@ -152,12 +161,18 @@ class BatchedStore:
                     view.used += 1
                     if view.used == 1:
                         self._dirty[view.item.key] = None  # to be charged
-        return outcomes
+        return outcomes, views
 
-    def refund_batched(self, items: Sequence[BatchedItem]) -> None:
-        for b in items:
-            view = self._views.get(b.item.key)
-            if view is not None and view.used > 0:
+    def refund_batched(self, views: Sequence[View]) -> None:
+        """Take back admissions made on ``views`` (a later rule denied the request).
+
+        Only while the view is still current: once a sync replaced it, the admission
+        was charged to Redis, and taking it back from the new view would leave one of
+        that view's admissions uncharged (over-admission). Such a token stays spent:
+        an under-admission of one, the safe side.
+        """
+        for view in views:
+            if self._views.get(view.item.key) is view and view.used > 0:
                 view.used -= 1
 
     # -- syncing -----------------------------------------------------------------------
@@ -166,9 +181,11 @@ class BatchedStore:
         views: list[View | None] = [self._views.get(b.item.key) for b in items]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         charged = []
-        for view in views:
+        for b, view in zip(items, views, strict=True):
             if view is not None:
                 view.syncing = done
+            else:
+                self._first[b.item.key] = done
             charged.append(view.used if view is not None else 0)
         sync_items = [
             Item(b.item.key, SYNC, b.item.interval, b.item.capacity, cost=cost)
@@ -177,9 +194,11 @@ class BatchedStore:
         try:
             outcomes = await self.redis.acquire(sync_items)
         except StoreUnavailable:
-            for view in views:
+            for b, view in zip(items, views, strict=True):
                 if view is not None:
                     view.syncing = None
+                elif self._first.get(b.item.key) is done:
+                    del self._first[b.item.key]
             done.set_result(None)
             raise
         self.syncs += 1
@@ -188,6 +207,8 @@ class BatchedStore:
             if view is not None:
                 view.syncing = None
                 view.used -= cost  # admissions made while syncing stay for the next sync
+            elif self._first.get(b.item.key) is done:
+                del self._first[b.item.key]
             self._install(b, outcome, now, view.used if view is not None else 0)
         done.set_result(None)
 

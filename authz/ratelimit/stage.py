@@ -345,9 +345,10 @@ class _BatchedGroup(_Group):
             for rule, v in zip(self.rules, values, strict=True)
         ]
         try:
-            return await self.store.acquire_batched(items), items
+            outcomes, views = await self.store.acquire_on_views(items)
         except StoreUnavailable as exc:
             return self.fallback(values, exc)
+        return outcomes, [v for v, o in zip(views, outcomes, strict=True) if o.allowed]
 
     async def undo(self, charged: Any) -> None:
         if isinstance(charged, tuple):

@@ -208,6 +208,37 @@ async def test_batched_syncs_once_per_batch(redis_server: RedisServer) -> None:
     await batched.redis.aclose()
 
 
+async def test_concurrent_first_decisions_share_one_sync(redis_server: RedisServer) -> None:
+    # Requests that arrive together on a key this process has no view of yet must
+    # wait for one sync, not each install a view over the others' admissions (an
+    # overwritten view's admissions would never be charged: over-admission).
+    clock = Clock()
+    batched = BatchedStore(store(redis_server, clock), clock=clock)
+    item = BatchedItem(Item("first-race", GCRA, 3600.0, 10), batch=4, sync_interval=60.0)
+    outcomes = await asyncio.gather(*(batched.acquire_batched([item]) for _ in range(12)))
+    assert sum(o[0].allowed for o in outcomes) == 10  # the whole burst, no more
+    assert batched.syncs == 4  # budgets of 4, 4, 2, then 0 (empty): no sync raced another
+    await batched.aclose()
+    await batched.redis.aclose()
+
+
+async def test_refund_after_a_sync_never_uncharges_a_newer_admission(
+    redis_server: RedisServer,
+) -> None:
+    clock = Clock()
+    batched = BatchedStore(store(redis_server, clock), clock=clock)
+    item = BatchedItem(Item("refund", GCRA, 3600.0, 10), batch=4, sync_interval=60.0)
+    _, refundable = await batched.acquire_on_views([item])  # admitted on the first view
+    await batched._sync([item])  # a sync (e.g. the background flush) charges it
+    _, newer = await batched.acquire_on_views([item])  # one admission on the new view
+    batched.refund_batched(refundable)  # a later rule denied the first request
+    assert newer[0].used == 1  # the newer admission is still to be charged
+    batched.refund_batched(newer)  # while its view is current, a refund takes it back
+    assert newer[0].used == 0
+    await batched.aclose()
+    await batched.redis.aclose()
+
+
 async def test_background_flush_charges_idle_views(redis_server: RedisServer) -> None:
     batched = BatchedStore(store(redis_server))  # real clocks: the flusher runs on its own
     item = BatchedItem(Item("idle", GCRA, 3600.0, 10), batch=5, sync_interval=0.05)
