@@ -87,9 +87,10 @@ class Service:
 
     # -- policy ------------------------------------------------------------------
 
-    def _snapshot(self) -> Snapshot:
-        """The policy file and the documents it named, read and hashed now."""
-        return read_snapshot(self.options.policy, self._documents)
+    async def _snapshot(self) -> Snapshot:
+        """The policy file and the documents it named, read and hashed now (in a thread:
+        the event loop keeps answering while a large OpenAPI document is read)."""
+        return await asyncio.to_thread(read_snapshot, self.options.policy, self._documents)
 
     async def _settled(self, settle: float) -> Snapshot | None:
         """A snapshot that two reads ``settle`` seconds apart agree on (None: stopping).
@@ -97,14 +98,14 @@ class Service:
         A writer that is still writing changes the content between the reads; we wait
         until it stops, however long that takes, rather than load a file cut short.
         """
-        snap = self._snapshot()
+        snap = await self._snapshot()
         waited = False
         while settle > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), settle)
             if self._stopping.is_set():
                 return None
-            again = self._snapshot()
+            again = await self._snapshot()
             if again.digest == snap.digest:
                 break
             if not waited:
@@ -125,7 +126,8 @@ class Service:
                 return None
             if snap.digest == self._active_digest:
                 return snap.digest, None
-            result = load_snapshot(snap)
+            # Parsing takes a while (~0.2 s for the example policy): off the event loop.
+            result = await asyncio.to_thread(load_snapshot, snap)
             if not result.covered or result.documents != snap.document_paths:
                 # The policy names other documents now: hash and settle those too.
                 self._documents = result.documents
@@ -207,7 +209,7 @@ class Service:
             if self._stopping.is_set():
                 return
             # Hash at every poll, no (mtime, size) pre-check: an edit can keep both.
-            snap = self._snapshot()
+            snap = await self._snapshot()
             if not snap.readable:  # mid-replacement or removed: keep what we have
                 continue
             if snap.digest in (self._active_digest, self._rejected_digest):
