@@ -215,7 +215,10 @@ class Service:
             if snap.digest in (self._active_digest, self._rejected_digest):
                 continue
             log.info("policy file changed; reloading")
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # a bug must not end reloads for the life of the process
+                log.exception("policy reload failed; keeping the current policy")
 
     # -- lifecycle ---------------------------------------------------------------
 

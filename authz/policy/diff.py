@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import (
+    ApiKeyProviderConfig,
+    JwtProviderConfig,
+    MtlsProviderConfig,
+    PolicyConfig,
+    RouteConfig,
+)
 from authz.policy.ratelimit_config import RuleConfig
 
 Level = Literal["warning", "info"]
@@ -53,6 +59,7 @@ def widenings(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
             )
         )
     out.extend(_rules("policy", None, old.rate_limits.rules, new.rate_limits.rules))
+    out.extend(_providers(old, new))
     before = {r.name: r for r in old.routes}
     for route in new.routes:
         prior = before.get(route.name)
@@ -68,6 +75,34 @@ def widenings(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
             )
             continue
         out.extend(_route(old, new, prior, route))
+    return out
+
+
+def _providers(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
+    """Providers (by name) that accept more: trust domains, audiences, issuer, keys."""
+    before = {p.name: p for p in old.providers}
+    out: list[Finding] = []
+
+    def add(level: Level, code: str, name: str, message: str) -> None:
+        out.append(Finding(level, code, f"provider {name}: {message}"))
+
+    for p in new.providers:
+        q = before.get(p.name)
+        if isinstance(p, MtlsProviderConfig) and isinstance(q, MtlsProviderConfig):
+            domains = [d for d in p.trust_domains if d not in q.trust_domains]
+            if domains:
+                add("warning", "trust_domains_added", p.name, f"trusts {', '.join(domains)}")
+        elif isinstance(p, JwtProviderConfig) and isinstance(q, JwtProviderConfig):
+            if p.issuer != q.issuer:
+                add("warning", "issuer_changed", p.name, f"issuer {q.issuer} -> {p.issuer}")
+            audiences = [a for a in p.audiences if a not in q.audiences]
+            if audiences:
+                add("warning", "audiences_added", p.name, f"accepts {', '.join(audiences)}")
+        elif isinstance(p, ApiKeyProviderConfig) and isinstance(q, ApiKeyProviderConfig):
+            ids = {k.id for k in q.keys}
+            added = [k.id for k in p.keys if k.id not in ids]
+            if added:
+                add("info", "api_keys_added", p.name, f"new key(s) {', '.join(added)}")
     return out
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import (
+    ApiKey,
+    ApiKeyProviderConfig,
+    JwtProviderConfig,
+    MtlsProviderConfig,
+    PolicyConfig,
+    RouteConfig,
+)
 from authz.policy.diff import Finding, widenings
 from authz.policy.loader import load_policy_bytes
 from authz.policy.ratelimit_config import RuleConfig
@@ -27,7 +34,15 @@ MESH = RouteConfig(
     spiffe_ids=("spiffe://prod/billing",),
     spiffe_id_prefixes=("spiffe://prod/ops/",),
 )
-BASE = PolicyConfig(version="v1", source="p.yaml", routes=(ORDERS, MESH))
+DEV = JwtProviderConfig(name="dev", issuer="https://login.example", audiences=("orders",))
+MESH_PROVIDER = MtlsProviderConfig(name="mesh", trust_domains=("prod",))
+KEYS = ApiKeyProviderConfig(name="keys", keys=(ApiKey(id="k1", sha256="0" * 64, owner="ops"),))
+BASE = PolicyConfig(
+    version="v1",
+    source="p.yaml",
+    providers=(DEV, MESH_PROVIDER, KEYS),
+    routes=(ORDERS, MESH),
+)
 
 
 def with_route(policy: PolicyConfig, name: str, **changes: object) -> PolicyConfig:
@@ -157,6 +172,34 @@ def test_global_rate_limits_and_concurrency_caps() -> None:
     assert (finding.level, finding.code, finding.route) == ("info", "rate_limit_raised", None)
     assert finding.message == "policy rate limit slots raised (concurrency 4 -> concurrency 8)"
     assert codes(widenings(old, BASE)) == [("info", "rate_limit_removed", None)]
+
+
+def test_providers_that_accept_more() -> None:
+    wider = dataclasses.replace(
+        BASE,
+        providers=(
+            dataclasses.replace(DEV, issuer="https://evil.example", audiences=("orders", "x")),
+            dataclasses.replace(MESH_PROVIDER, trust_domains=("prod", "staging")),
+            dataclasses.replace(
+                KEYS, keys=(*KEYS.keys, dataclasses.replace(KEYS.keys[0], id="k2"))
+            ),
+        ),
+    )
+    findings = widenings(BASE, wider)
+    assert codes(findings) == [
+        ("warning", "issuer_changed", None),
+        ("warning", "audiences_added", None),
+        ("warning", "trust_domains_added", None),
+        ("info", "api_keys_added", None),
+    ]
+    assert findings[2].message == "provider mesh: trusts staging"
+    assert widenings(wider, BASE) == [
+        Finding(
+            "warning",
+            "issuer_changed",
+            "provider dev: issuer https://evil.example -> https://login.example",
+        )
+    ]
 
 
 def test_a_policy_cut_short_at_a_line_boundary(tmp_path: Path) -> None:
