@@ -149,10 +149,10 @@ def _route(
     new_ids = (*new.spiffe_ids, *(p + "*" for p in new.spiffe_id_prefixes))
     if old_ids and not new_ids:
         # An empty allowlist admits every SPIFFE ID of the mtls providers' trust domains.
+        entries = f"{len(old_ids)} entr{'y' if len(old_ids) == 1 else 'ies'}"
         warn(
             "spiffe_ids_removed",
-            f"loses its spiffe_ids ({len(old_ids)} entries): every SPIFFE ID of the "
-            "trusted domains is allowed",
+            f"loses its spiffe_ids ({entries}): every SPIFFE ID of the trusted domains is allowed",
         )
     elif old_ids:
         added = [s for s in new_ids if s not in old_ids]

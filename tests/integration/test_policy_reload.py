@@ -131,6 +131,20 @@ def test_a_file_cut_short_loads_after_the_settle_and_warns(
     assert "route internal: loses its spiffe_ids (2 entries)" in warnings[0]
 
 
+def test_a_file_cut_short_and_narrower_loads_without_a_warning(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    svc = start_service(policy, "--reload-settle", "0.3")
+    narrower = POLICY[: POLICY.index("      - spiffe://prod/ledger")]  # valid: one ID left
+    policy.write_text(narrower)
+    wait_for(lambda: status(svc, LEDGER) == 403)
+    assert (status(svc, BILLING), status(svc, OTHER)) == (200, 403)
+    assert active_versions(svc) == [version(narrower)]
+    assert "widens access" not in svc.log()
+
+
 def test_garbage_is_refused_the_old_policy_serves_and_a_fix_recovers(
     tmp_path: Path, start_service: Callable[..., ServiceProcess]
 ) -> None:
