@@ -35,6 +35,7 @@ from typing import Any
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import PolicyError
+from authz.policy.config import PolicyConfig
 from authz.policy.diff import widenings
 from authz.policy.loader import load_policy
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
@@ -43,6 +44,7 @@ from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpTransport
 
 log = logging.getLogger("authz.server")
+_MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +195,29 @@ class Service:
             self._active_digest = digest
             self.reloads += 1
             log.info("policy %s active (was %s)", policy.version, old.version)
-            for finding in widenings(old.config, policy.config):
-                level = logging.WARNING if finding.level == "warning" else logging.INFO
-                log.log(level, "policy %s widens access: %s", policy.version, finding.message)
+            self._log_widenings(old.config, policy.config)
             # Calls that started on the old policy may still be using its providers.
             await asyncio.sleep(1.0)
             await old.close()
             return True
+
+    @staticmethod
+    def _log_widenings(old: PolicyConfig, new: PolicyConfig) -> None:
+        """One line per finding: every warning; info lines up to a bound (a policy that
+        adds a thousand routes should not write a thousand lines)."""
+        findings = widenings(old, new)
+        infos = [f for f in findings if f.level == "info"]
+        for f in findings:
+            if f.level == "warning":
+                log.warning("policy %s widens access: %s", new.version, f.message)
+        for f in infos[:_MAX_INFO_FINDINGS]:
+            log.info("policy %s widens access: %s", new.version, f.message)
+        if len(infos) > _MAX_INFO_FINDINGS:
+            log.info(
+                "policy %s widens access: %d more grants not listed",
+                new.version,
+                len(infos) - _MAX_INFO_FINDINGS,
+            )
 
     async def _watch_file(self) -> None:
         interval = self.options.reload_interval

@@ -3,6 +3,7 @@ files have settled, garbage refused, ConfigMap symlink swaps followed, widenings
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -11,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from authz.policy.loader import policy_version
+from authz.policy.loader import load_policy_bytes, policy_version
+from authz.server import Service
 from authz.transport.envoy_grpc import build_check_request
 from tests.support import ServiceProcess
 
@@ -266,3 +269,20 @@ def test_sighup_waits_for_the_file_to_settle(
     wait_for(lambda: status(svc, "spiffe://prod/payout") == 200)
     assert status(svc, OTHER) == 403
     assert active_versions(svc) == [version(complete)]
+
+
+def test_widening_lines_are_bounded_but_every_warning_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base = load_policy_bytes(POLICY.encode(), source="p.yaml", base_dir=Path("."))
+    added = "".join(
+        f"  - {{name: r{i}, path: /r{i}, methods: [GET], public: true}}\n" for i in range(30)
+    )
+    grown = load_policy_bytes((CUT + added).encode(), source="p.yaml", base_dir=Path("."))
+    with caplog.at_level(logging.INFO, logger="authz.server"):
+        Service._log_widenings(base, grown)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 + 20 + 1
+    assert caplog.records[0].levelno == logging.WARNING
+    assert "loses its spiffe_ids" in lines[0]
+    assert lines[-1].endswith("widens access: 10 more grants not listed")
