@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             decision_log=args.decision_log,
             reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle,
             drain_timeout=args.drain_timeout,
             reuse_port=args.reuse_port or args.workers > 1,
         )
@@ -251,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="how often to check the policy file for changes (0: only on SIGHUP)",
+    )
+    p.add_argument(
+        "--reload-settle",
+        type=_positive,
+        default=0.5,
+        metavar="SECONDS",
+        help="load a changed policy only once two reads this far apart agree (default 0.5)",
     )
     p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import cache
 from importlib import resources
@@ -38,6 +39,8 @@ from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
 
 JsonPath = tuple[str | int, ...]
+#: Reads a file the policy names (raises OSError like Path.read_bytes).
+ReadFile = Callable[[Path], bytes]
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -70,7 +73,12 @@ def load_policy(path: str | Path) -> PolicyConfig:
     return load_policy_bytes(data, source=str(path), base_dir=path.parent)
 
 
-def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConfig:
+def load_policy_bytes(
+    data: bytes, *, source: str, base_dir: Path, read: ReadFile | None = None
+) -> PolicyConfig:
+    """Check and compile a policy from its bytes; ``read`` reads the documents it names
+    (OpenAPI files; default: from disk), so that a caller that hashed a snapshot of
+    every file can have exactly those bytes compiled."""
     doc, marks, key_marks = _parse_yaml(data, source)
     problems: list[tuple[str, str]] = []
 
@@ -103,7 +111,9 @@ def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConf
 
     # Semantic checks run even when the schema found problems, so that one run of
     # `authz validate` lists everything; parts the schema rejected are skipped.
-    builder = _Builder(doc, where, base_dir, tolerant=bool(problems), reported=schema_paths)
+    builder = _Builder(
+        doc, where, base_dir, tolerant=bool(problems), reported=schema_paths, read=read
+    )
     config = builder.build(policy_version(data), source)
     if builder.documents:
         # The policy is the file and the documents it names: a change to either is a
@@ -249,11 +259,13 @@ class _Builder:
         *,
         tolerant: bool = False,
         reported: list[JsonPath] | None = None,
+        read: ReadFile | None = None,
     ) -> None:
         self.doc = doc if isinstance(doc, dict) else {}
         self.reported = reported or []  # where the schema already found a problem
         self.where = where
         self.base_dir = base_dir
+        self.read: ReadFile = read or Path.read_bytes
         self.tolerant = tolerant  # the schema failed: skip what cannot be read
         self.problems: list[tuple[str, str]] = []
         self.documents: list[str] = []  # OpenAPI files, resolved
@@ -326,7 +338,7 @@ class _Builder:
                         (*at, "security_schemes", scheme, j), f"no provider named {name!r}"
                     )
         routes, file, data, problems = load_openapi(
-            spec, self.base_dir, providers, self.contract_defaults
+            spec, self.base_dir, providers, self.contract_defaults, read=self.read
         )
         if file is None:
             self.problem((*at, "file"), problems[0][1])
