@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +35,10 @@ def _positive(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    if not math.isfinite(number) or number < 0:
+        # nan compares false with everything and inf never elapses: both would
+        # silently disable the timer they configure
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
     return number
 
 
