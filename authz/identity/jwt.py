@@ -132,6 +132,8 @@ def parse_authorization(value: str, *, dedicated: bool) -> str | None:
 def bearer_presented(value: str, *, dedicated: bool) -> bool:
     """Whether :func:`parse_authorization` would find a credential in ``value``
     (return a token or raise) rather than abstain; parses nothing."""
+    if value.startswith(("Bearer ", "bearer ")) and "," not in value:
+        return True  # the common case, without copying the token
     if "," not in value:
         words = value.split(None, 1)
         return bool(words) and (dedicated or words[0].lower() == "bearer")
