@@ -10,9 +10,10 @@ side in one run (best of several interleaved rounds, µs per ``PolicyEngine.chec
 - ``single``: a [jwt] route (no check at all), for scale;
 
 and the check alone (``_one_credential`` on that request), which is what the
-difference should be once the noise of a shared machine is out.
+difference is once the noise of a shared machine is out: the whole-decision
+figures of one run can differ by more than the check costs.
 
-    python bench/credentials.py [--calls 20000] [--rounds 7]
+    python bench/credentials.py [--calls 20000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -28,20 +29,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from authz import devissuer  # noqa: E402
-from authz.engine import CompiledPolicy, PolicyEngine, _one_credential  # noqa: E402
-from authz.model import Request  # noqa: E402
-from authz.policy.loader import load_policy  # noqa: E402
+from authz import devissuer
+from authz.engine import CompiledPolicy, PolicyEngine, _one_credential
+from authz.model import Request
+from authz.policy.loader import load_policy
 
 ISSUER = "https://bench.example"
 POLICY = """\
 providers:
-  corp: {{type: jwt, issuer: "{issuer}", audiences: [bench], algorithms: [ES256], jwks_file: "{jwks}"}}
+  corp:
+    {{type: jwt, issuer: "{issuer}", audiences: [bench], algorithms: [ES256], jwks_file: "{jwks}"}}
   keys:
     type: api_key
     keys: [{{id: k, sha256: "{digest}", owner: o, expires: "2999-01-01"}}]
 routes:
-  - {{name: first_match, path: "/a/{{id}}", methods: [GET], providers: [corp, keys], scopes: [read], credentials: first_match}}
+  - {{name: first_match, path: "/a/{{id}}", methods: [GET], providers: [corp, keys],
+      scopes: [read], credentials: first_match}}
   - {{name: exclusive, path: "/b/{{id}}", methods: [GET], providers: [corp, keys], scopes: [read]}}
   - {{name: single, path: "/c/{{id}}", methods: [GET], providers: [corp], scopes: [read]}}
 """
@@ -61,7 +64,7 @@ def _decide(engine: PolicyEngine, request: Request) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-credentials-"))
@@ -73,7 +76,9 @@ def main() -> None:
     policy = CompiledPolicy(load_policy(policy_path))
     asyncio.run(policy.start())
     engine = PolicyEngine(policy)
-    token = devissuer.mint(key, issuer=ISSUER, subject="alice", audience="bench", scopes="read", ttl=3600)  # fmt: skip
+    token = devissuer.mint(
+        key, issuer=ISSUER, subject="alice", audience="bench", scopes="read", ttl=3600
+    )
     headers = {
         "authorization": f"Bearer {token}",
         "user-agent": "wrk",
@@ -84,27 +89,29 @@ def main() -> None:
         name: Request(method="GET", path=f"/{p}/42?x=1", host="bench", headers=headers)
         for name, p in (("first_match", "a"), ("exclusive", "b"), ("single", "c"))
     }
-    best = dict.fromkeys(requests, float("inf"))
     for request in requests.values():
         _decide(engine, request)  # warm: the token is verified once, then cached
-    for _ in range(args.rounds):
-        for name, request in requests.items():
-            started = time.perf_counter()
-            for _ in range(args.calls):
-                _decide(engine, request)
-            best[name] = min(best[name], (time.perf_counter() - started) / args.calls * 1e6)
     check = policy.plans["exclusive"].exclusive
-    alone = float("inf")
-    for _ in range(args.rounds):
-        started = time.perf_counter()
-        for _ in range(args.calls):
-            _one_credential(check, requests["exclusive"])
-        alone = min(alone, (time.perf_counter() - started) / args.calls * 1e6)
+    runs = {name: (lambda r=request: _decide(engine, r)) for name, request in requests.items()}
+    runs["check alone"] = lambda: _one_credential(check, requests["exclusive"])
+    # Small chunks, interleaved, best chunk kept: on a shared machine the best chunk
+    # is the one no other process interrupted, for every variant alike.
+    best = dict.fromkeys(runs, float("inf"))
+    chunk = max(1, args.calls // 50)
+    for _ in range(args.rounds * 50):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            for _ in range(chunk):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - started) / chunk * 1e6)
     for name, us in best.items():
-        print(f"{name:12s} {us:6.2f} µs/decision")
+        print(f"{name:12s} {us:6.2f} µs per call")
     print(f"exclusive / first_match = {best['exclusive'] / best['first_match']:.3f}")
     print(f"extra per decision = {best['exclusive'] - best['first_match']:.2f} µs")
-    print(f"the check alone (two presented() calls) = {alone:.2f} µs")
+    # The whole-decision figures move with the machine's load; the check alone does not.
+    floor = min(best["first_match"], best["exclusive"], best["single"])
+    estimate = (floor + best["check alone"]) / floor
+    print(f"(fastest decision + check alone) / fastest decision = {estimate:.3f}")
 
 
 if __name__ == "__main__":
