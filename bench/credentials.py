@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -92,8 +94,10 @@ def main() -> None:
     for request in requests.values():
         _decide(engine, request)  # warm: the token is verified once, then cached
     check = policy.plans["exclusive"].exclusive
-    runs = {name: (lambda r=request: _decide(engine, r)) for name, request in requests.items()}
-    runs["check alone"] = lambda: _one_credential(check, requests["exclusive"])
+    runs: dict[str, Callable[[], None]] = {
+        name: functools.partial(_decide, engine, request) for name, request in requests.items()
+    }
+    runs["check alone"] = functools.partial(_one_credential, check, requests["exclusive"])
     # Small chunks, interleaved, best chunk kept: on a shared machine the best chunk
     # is the one no other process interrupted, for every variant alike.
     best = dict.fromkeys(runs, float("inf"))
