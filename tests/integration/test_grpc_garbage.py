@@ -159,6 +159,16 @@ def _without_http() -> bytes:
     return request.SerializeToString()
 
 
+def _raw_header_values() -> bytes:
+    """Headers as Envoy's header_map with raw (not UTF-8) values, on an undeclared path."""
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/nowhere"
+    http.header_map.headers.add(key="x-request-id", raw_value=b"\xff\xfe\x00")
+    http.header_map.headers.add(key="authorization", raw_value=b"Bearer \xc0\xaf")
+    return request.SerializeToString()
+
+
 def _huge_headers() -> bytes:
     http = attribute_context_pb2.AttributeContext.HttpRequest(method="GET", path="/healthz")
     for i in range(20_000):
@@ -176,6 +186,7 @@ def _huge_headers() -> bytes:
         pytest.param(_nested(46), 400, "invalid_path", id="nested to protobuf's depth limit"),
         pytest.param(b"\x0a\x00" * 1000, 400, "invalid_path", id="repeated empty attributes"),
         pytest.param(b"\x78\x01", 400, "invalid_path", id="unknown field only"),
+        pytest.param(_raw_header_values(), 404, "undeclared_route", id="raw header values"),
     ],
 )
 async def test_any_check_request_gets_a_decision(
