@@ -117,6 +117,7 @@ class AuthorizationServicer:
                 self.invalid_requests,
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NOT_A_CHECK_REQUEST)
+            return b""  # not reached: abort raises
         try:
             return encode_check_response(await self._engine.check(to_request(request)))
         except Exception:
