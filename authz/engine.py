@@ -34,6 +34,7 @@ from authz.errors import (
     InvalidPath,
     MethodNotAllowed,
     MissingCredential,
+    MultipleCredentials,
     UndeclaredRoute,
 )
 from authz.identity.base import Clock, Fetcher, IdentityProvider
@@ -100,12 +101,45 @@ class RoutePlan:
     """What the engine needs for one route, prepared at load."""
 
     route: RouteConfig
-    providers: tuple[IdentityProvider, ...]
+    providers: tuple[IdentityProvider, ...]  # in the order they are asked
     authorizer: Authorizer
     monitor: bool
     strip: tuple[str, ...]  # credential headers to remove upstream
     pre: tuple[Check, ...] = ()  # before identity
     post: tuple[Check, ...] = ()  # after authorize
+    #: Providers whose credentials must not be sent together (see _credential_plan);
+    #: empty unless the route is exclusive with two or more request credentials.
+    exclusive: tuple[IdentityProvider, ...] = ()
+
+
+def _credential_plan(
+    route: RouteConfig, providers: tuple[IdentityProvider, ...]
+) -> tuple[tuple[IdentityProvider, ...], tuple[IdentityProvider, ...]]:
+    """(the order providers are asked in, the providers checked for two credentials).
+
+    ``first_match``: route order, nothing checked; the first provider whose
+    credential is present decides. ``exclusive``: a credential in the request
+    (header, query) decides, so it is never left unverified beside another; the
+    connection's own identity (mTLS) is asked after those, and only matters when
+    the request carries no credential. Only routes with two or more request
+    credential providers pay for the check.
+    """
+    if route.credentials == "first_match":
+        return providers, ()
+    in_request = tuple(p for p in providers if not p.connection_credential)
+    connection = tuple(p for p in providers if p.connection_credential)
+    return in_request + connection, in_request if len(in_request) > 1 else ()
+
+
+def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -> None:
+    """Raise MultipleCredentials if ``providers`` find credentials in two carriers."""
+    seen: str | None = None
+    for provider in providers:
+        where = provider.presented(request)
+        if where is not None and where != seen:
+            if seen is not None:
+                raise MultipleCredentials(f"credentials in both {seen} and {where}")
+            seen = where
 
 
 class CompiledPolicy:
@@ -139,9 +173,13 @@ class CompiledPolicy:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
                 strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
+            order, exclusive = _credential_plan(
+                route, tuple(self.providers[n] for n in route.providers)
+            )
             self.plans[route.name] = RoutePlan(
                 route=route,
-                providers=tuple(self.providers[n] for n in route.providers),
+                providers=order,
+                exclusive=exclusive,
                 authorizer=Authorizer(route),
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
@@ -229,6 +267,8 @@ class PolicyEngine:
                 for check in plan.pre:
                     await check(ctx)
                 if plan.providers:
+                    if plan.exclusive:
+                        _one_credential(plan.exclusive, request)
                     for provider in plan.providers:
                         found = await provider.authenticate(request)
                         if found is not None:

@@ -129,6 +129,20 @@ def parse_authorization(value: str, *, dedicated: bool) -> str | None:
     _fail("token_malformed", "'Bearer' without a token")
 
 
+def bearer_presented(value: str, *, dedicated: bool) -> bool:
+    """Whether :func:`parse_authorization` would find a credential in ``value``
+    (return a token or raise) rather than abstain; parses nothing."""
+    if value.startswith(("Bearer ", "bearer ")) and "," not in value:
+        return True  # the common case, without copying the token
+    if "," not in value:
+        words = value.split(None, 1)
+        return bool(words) and (dedicated or words[0].lower() == "bearer")
+    parts = [p.split(None, 1) for p in value.split(",") if p.strip()]
+    if dedicated:
+        return bool(parts)
+    return any(p[0].lower() == "bearer" for p in parts)
+
+
 def _not_bearer(dedicated: bool) -> None:
     # Another scheme in a header that only this provider reads is a bad credential.
     if dedicated:
@@ -154,6 +168,7 @@ class JwtProvider:
     """
 
     kind = "jwt"
+    connection_credential = False
 
     def __init__(
         self,
@@ -168,6 +183,7 @@ class JwtProvider:
         self.jwks = JwksCache(config, clock=clock, fetcher=fetcher)
         self._header = config.header.lower()
         self._dedicated = self._header != "authorization"
+        self._carrier = "header:" + self._header
         self._audiences = frozenset(config.audiences)
         available = get_default_algorithms()
         # "none" is never an algorithm, whatever the configuration says.
@@ -197,6 +213,18 @@ class JwtProvider:
     async def close(self) -> None:
         """Stop background key refreshes."""
         await self.jwks.close()
+
+    def presented(self, request: Request) -> str | None:
+        """Where a bearer token is: this provider's header, or an ``access_token``
+        query parameter (never accepted, but a credential the client sent: counted so
+        that it cannot ride along unverified beside another one)."""
+        value = request.headers.get(self._header)
+        if value is not None and bearer_presented(value, dedicated=self._dedicated):
+            return self._carrier
+        path = request.path
+        if "?" in path and _query_has_access_token(path):
+            return "query:access_token"
+        return None
 
     async def authenticate(self, request: Request) -> Identity | None:
         """The identity a bearer JWT proves; None when no bearer token is present."""

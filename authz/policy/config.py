@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
 
 MODES = ("enforce", "monitor")
+#: How a route with several providers treats a request carrying several credentials:
+#: ``exclusive`` denies it (multiple_credentials); ``first_match`` lets the first
+#: provider (in route order) whose credential is present decide, for migrations.
+CREDENTIAL_MODES = ("exclusive", "first_match")
 UNDECLARED = ("deny", "monitor")
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
@@ -156,6 +160,7 @@ class RouteConfig:
     contract: ContractConfig | None = None  # None: nothing validated
     priority: str = "normal"  # critical | normal | background (load shedding order)
     rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
+    credentials: str = "exclusive"  # one of CREDENTIAL_MODES
 
 
 @dataclass(frozen=True, slots=True)

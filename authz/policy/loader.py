@@ -492,6 +492,7 @@ class _Builder:
             contract=contract,
             priority=priority,
             rate_limits=rate_limits,
+            credentials=spec.get("credentials", "exclusive"),
         )
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:

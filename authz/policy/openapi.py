@@ -507,6 +507,7 @@ class _Importer:
             public=public,
             mode=self.entry.get("mode"),
             strip_credential=bool(self.entry.get("strip_credential", False)) and not public,
+            credentials=self.entry.get("credentials", "exclusive"),
             location=self.d.where(at),
             contract=contract,
         )
