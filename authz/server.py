@@ -217,9 +217,7 @@ class Service:
         the decision log taking records."""
         fails_closed = self.engine is not None and self.engine.policy.log_fails_closed
         serving = (
-            self._ready
-            and not self._stopping.is_set()
-            and (self._log_healthy or not fails_closed)
+            self._ready and not self._stopping.is_set() and (self._log_healthy or not fails_closed)
         )
         if self.transport is not None:
             await self.transport.set_serving(serving)

@@ -19,9 +19,9 @@ Failure handling (the policy's ``decision_log`` section configures it):
   fails part-way (ENOSPC, EFBIG, EIO), the bytes it did write are truncated away
   (the file ends at the last complete line); on a pipe or terminal, which cannot be
   rewound, the retry resumes at the first unwritten byte, so the line is completed,
-  never duplicated. A failed batch stays queued and is retried on every tick; its
-  records count toward ``max_queue``. One log line when writes start failing, one
-  when they succeed again; no traceback.
+  never duplicated. A failed batch stays queued and is retried every
+  ``RETRY_INTERVAL``; its records count toward ``max_queue``. One log line when
+  writes start failing, one when they succeed again; no traceback.
 - **Accounted.** ``stats()`` gives emitted, written, dropped, write failures, the
   queue depth and its high-water mark; ``close`` logs a summary line. Records still
   unwritten at close (the disk never recovered, the reader never read) count as
@@ -59,6 +59,9 @@ DEFAULT_MAX_QUEUE = 65_536
 DEFAULT_BLOCK_MS = 50.0
 #: At most one "dropped" line per this many seconds.
 DROP_REPORT_INTERVAL = 5.0
+#: While writes fail, the pending batch is retried this often (seconds), not every tick:
+#: on a nearly full disk each retry writes what fits and takes it back again.
+RETRY_INTERVAL = 0.25
 
 
 class DecisionSink(Protocol):
@@ -212,6 +215,7 @@ class JsonLinesSink:
         self._pending_count = 0
         self._writable = True  # False from a failed write until one succeeds
         self._failing_since = 0.0
+        self._next_retry = 0.0
         self._failures_in_episode = 0
         self._write_started = 0.0  # monotonic start of the write in progress, 0 if none
         # counters
@@ -345,19 +349,22 @@ class JsonLinesSink:
             self._wake.clear()
             stopping = self._stop.is_set()
             try:
-                self._drain()
+                self._drain(final=stopping)
             except Exception:  # pragma: no cover - the writer must outlive a bug
                 log.exception("decision log writer failed")
             if stopping:
                 return
 
-    def _drain(self) -> None:
+    def _drain(self, *, final: bool = False) -> None:
         queue = self._queue
         depth = len(queue) + self._pending_count
         if depth > self._high_water:
             self._high_water = depth
-        if self._pending and not self._flush():
-            return
+        if self._pending:
+            if not (self._writable or final) and time.monotonic() < self._next_retry:
+                return
+            if not self._flush():
+                return
         rfc3339 = self._time
         while queue:
             n = min(len(queue), BATCH, self._max)
@@ -405,16 +412,17 @@ class JsonLinesSink:
         except (OSError, ValueError) as exc:
             self._write_failures += 1
             self._failures_in_episode += 1
+            self._next_retry = time.monotonic() + max(self._interval, RETRY_INTERVAL)
             if self._writable:
                 self._writable = False
                 self._failing_since = time.monotonic()
                 log.error(
-                    "cannot write the decision log %s (%s); %d records kept for retry every "
-                    "%.2f s%s",
+                    "cannot write the decision log %s (%s); records are kept (up to %d) and "
+                    "retried every %.2f s%s",
                     self._name,
                     _describe(exc),
-                    len(self._queue) + self._pending_count,
-                    self._interval,
+                    self._max,
+                    max(self._interval, RETRY_INTERVAL),
                     "; denying requests until it recovers" if self._on_failure == "deny" else "",
                 )
             return False
