@@ -291,3 +291,65 @@ def test_serve_disk_full_deny_health_and_recovery(tmp_path: Path, small_disk: Pa
     emitted, written, dropped = map(int, summary.groups())
     assert emitted == sent and written == len(got) and written + dropped == emitted
     assert got[-1]["reason"] == "allowed"
+
+
+def test_serve_stdout_pipe_stalled_drop_then_drained(tmp_path: Path) -> None:
+    """``--decision-log -`` into a pipe nobody reads: with on_failure: drop every request
+    is still allowed, memory stays bounded (max_queue), the decision log's own health
+    shows it while the overall stays SERVING; reading the pipe recovers it."""
+    import subprocess as sp
+    import sys
+
+    from authz.demo.stack import free_port
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SERVE_POLICY.replace("on_failure: deny", "on_failure: drop"))
+    address = f"127.0.0.1:{free_port()}"
+    stderr_path = tmp_path / "serve.log"
+    with stderr_path.open("wb") as stderr:
+        proc = sp.Popen(
+            [sys.executable, "-m", "authz", "serve", str(policy), "--grpc", address,
+             "--decision-log", "-", "--reload-interval", "0"],
+            stdout=sp.PIPE, stderr=stderr,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        out = bytearray()
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        try:
+            wait_until(lambda: _serving(address), timeout=30)
+            sent = 0
+            with grpc.insecure_channel(address) as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                for _ in range(1500):  # the pipe holds ~200 records, the queue 1000
+                    reply = stub.Check(
+                        build_check_request(method="GET", path="/ping", host="h", headers={}),
+                        timeout=10,
+                    )
+                    sent += 1
+                    assert reply.HasField("ok_response")
+            wait_until(lambda: health_of(address, "authz.decision_log") == NOT_SERVING)
+            assert health_of(address, "") == SERVING  # on_failure: drop
+            reader.start()  # the consumer comes back
+            wait_until(lambda: health_of(address, "authz.decision_log") == SERVING)
+        finally:
+            if reader.ident is None:
+                reader.start()  # a failed test still lets the service exit
+            proc.terminate()
+            assert proc.wait(30) == 0
+            reader.join(10)
+    assert out.endswith(b"\n")
+    got = [json.loads(line) for line in out.decode().splitlines()]
+    text = stderr_path.read_text()
+    assert "Traceback" not in text and "queue full" in text and "recovered" in text
+    summary = re.search(r"(\d+) records emitted, (\d+) written, (\d+) dropped", text)
+    assert summary is not None, text
+    emitted, written, dropped = map(int, summary.groups())
+    assert (emitted, written) == (sent, len(got)) and written + dropped == emitted
+    assert dropped > 0
+
+
+def _serving(address: str) -> bool:
+    try:
+        return health_of(address, "") == SERVING
+    except grpc.RpcError:
+        return False
