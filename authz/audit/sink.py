@@ -190,11 +190,12 @@ class JsonLinesSink:
             self._name = path
         else:
             self._stream = stream or sys.stdout
-            self._name = getattr(self._stream, "name", "the stream")
             try:
                 self._fd = self._stream.fileno()
             except (OSError, ValueError, io.UnsupportedOperation):
                 self._fd = None  # an in-memory stream: write() it
+            name = getattr(self._stream, "name", None)
+            self._name = name if isinstance(name, str) else f"fd {self._fd}"
         self._regular = False
         if self._fd is not None:
             st = os.fstat(self._fd)
