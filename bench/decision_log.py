@@ -11,6 +11,7 @@ cost is measured; the queue is emptied between rounds and the collector paused w
 timing. Rounds alternate between the cases; best of ``--rounds``.
 
     python bench/decision_log.py [--records N] [--rounds R]
+    python bench/decision_log.py --stalled-pipe 150000   # RSS with a reader that never reads
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import gc
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,11 +64,46 @@ def interleaved(
     return best
 
 
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def stalled_pipe(n: int) -> None:
+    """Decisions through the engine into a pipe nobody reads: RSS every n/3 decisions."""
+    _, w = os.pipe()
+    sink = JsonLinesSink(os.fdopen(w, "w", encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "policy.yaml"
+        path.write_text(POLICY % "drop")
+        engine = PolicyEngine(CompiledPolicy(load_policy(path)), sink=sink)
+
+    async def go() -> None:
+        print(f"start: RSS {rss_mib():.1f} MiB")
+        step = max(1, n // 3)
+        for i in range(1, n + 1):
+            await engine.check(Request(method="GET", path="/ping", host="h", request_id=f"r{i}"))
+            if i % step == 0:
+                s = sink.stats()
+                print(
+                    f"{i} decisions: RSS {rss_mib():.1f} MiB, held {s.depth}, "
+                    f"dropped {s.dropped}, high-water {s.high_water}"
+                )
+
+    asyncio.run(go())
+    os._exit(0)  # the writer is blocked on the pipe for good
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stalled-pipe", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.stalled_pipe:
+        stalled_pipe(args.stalled_pipe)
     n, rounds = args.records, args.rounds
     recs = [record(i) for i in range(n)]
 
