@@ -228,6 +228,7 @@ class DecisionLogUnavailable(DependencyError):
     not allowed. Never turned into an allow by monitor mode."""
 
     reason = "decision_log_unavailable"
+    headers = (("retry-after", "1"),)
 
 
 class Overloaded(AuthzError):

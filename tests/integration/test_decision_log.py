@@ -9,6 +9,7 @@ line parses as JSON, and ``written + dropped == emitted``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.audit.sink import JsonLinesSink
+from authz.demo.stack import free_port
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Decision, Request
 from authz.policy.loader import load_policy
@@ -182,6 +184,7 @@ async def test_stalled_pipe_on_failure_deny_denies_then_recovers(tmp_path: Path)
         "decision_log_unavailable",
     )
     assert json.loads(denied.body) == {"error": "decision_log_unavailable", "request_id": "r"}
+    assert ("retry-after", "1") in denied.response_headers
     assert sink.stats().depth <= 200
     # while it cannot take records, every decision is denied, monitor mode included
     for path in ("/ping", "/watch", "/ping"):
@@ -243,11 +246,23 @@ def health_of(address: str, service: str) -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
+def healthz(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_serve_disk_full_deny_health_and_recovery(tmp_path: Path, small_disk: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(textwrap.dedent(SERVE_POLICY))
     log_file = small_disk / "decisions.jsonl"
-    svc = ServiceProcess(policy, tmp_path, "--decision-log", str(log_file)).wait_serving()
+    http_port = free_port()
+    svc = ServiceProcess(
+        policy, tmp_path, "--decision-log", str(log_file), "--http", f"127.0.0.1:{http_port}"
+    ).wait_serving()
     try:
         assert health_of(svc.address, "authz.decision_log") == SERVING
         sent = 0
@@ -274,10 +289,12 @@ def test_serve_disk_full_deny_health_and_recovery(tmp_path: Path, small_disk: Pa
             assert outcome == (503, "decision_log_unavailable")
             wait_until(lambda: health_of(svc.address, "authz.decision_log") == NOT_SERVING)
             wait_until(lambda: health_of(svc.address, "") == NOT_SERVING)  # on_failure: deny
+            assert healthz(http_port) == 503
             assert_whole_lines(log_file)
             grow(small_disk)
             wait_until(lambda: health_of(svc.address, "") == SERVING)
             assert health_of(svc.address, "authz.decision_log") == SERVING
+            assert healthz(http_port) == 200
             assert ping() == (200, "allowed")
     finally:
         assert svc.stop() == 0
@@ -299,8 +316,6 @@ def test_serve_stdout_pipe_stalled_drop_then_drained(tmp_path: Path) -> None:
     shows it while the overall stays SERVING; reading the pipe recovers it."""
     import subprocess as sp
     import sys
-
-    from authz.demo.stack import free_port
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(SERVE_POLICY.replace("on_failure: deny", "on_failure: drop"))
