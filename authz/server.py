@@ -241,8 +241,8 @@ class Service:
                 else:
                     log.error(
                         "decision log unhealthy (%s)",
-                        "on_failure: deny: health NOT_SERVING, allows become 503 "
-                        "decision_log_unavailable"
+                        "on_failure: deny: health NOT_SERVING; while it cannot take records, "
+                        "allows become 503 decision_log_unavailable"
                         if state[1]
                         else "on_failure: drop: records are being dropped or delayed",
                     )
