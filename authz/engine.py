@@ -29,6 +29,7 @@ from authz.authorize import Authorizer
 from authz.errors import (
     AuthenticationError,
     AuthzError,
+    DecisionLogUnavailable,
     InsufficientScope,
     InternalError,
     InvalidPath,
@@ -198,6 +199,7 @@ class CompiledPolicy:
             int, tuple[Identity, Headers, Headers, tuple[str, ...]]
         ] = {}
         self.realm = config.realm.replace('"', "")
+        self.log_fails_closed = config.decision_log.on_failure == "deny"
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
@@ -233,6 +235,7 @@ class PolicyEngine:
     ) -> None:
         self._policy = policy
         self._sink = sink or NullSink()
+        self._configure_sink(policy)
         self._clock = clock
         prefix = os.urandom(6).hex()
         counter = itertools.count(1)
@@ -246,8 +249,18 @@ class PolicyEngine:
 
     def swap(self, policy: CompiledPolicy) -> CompiledPolicy:
         """Make ``policy`` current; return the one it replaced."""
+        self._configure_sink(policy)
         old, self._policy = self._policy, policy
         return old
+
+    def _configure_sink(self, policy: CompiledPolicy) -> None:
+        """The decision log's bound and wait come from the policy (its decision_log)."""
+        settings = policy.config.decision_log
+        self._sink.configure(
+            max_queue=settings.max_queue,
+            block_ms=settings.block_ms,
+            on_failure=settings.on_failure,
+        )
 
     async def check(self, request: Request) -> Decision:
         """Decide one request. Never raises."""
@@ -287,7 +300,7 @@ class PolicyEngine:
             decision = self._deny(policy, decision_id, InternalError(), ctx)
         finally:
             shared.in_flight -= 1
-        self._record(request, decision, started)
+        decision = self._record(request, decision, started, policy, ctx)
         if policy.observers:
             ctx.decision = decision
             for observe in policy.observers:
@@ -358,7 +371,7 @@ class PolicyEngine:
     ) -> Decision:
         request, route, identity, path = ctx.request, ctx.route, ctx.identity, ctx.path
         reason = exc.reason
-        if isinstance(exc, InternalError):
+        if isinstance(exc, InternalError | DecisionLogUnavailable):
             monitor = False  # a failure is never let through, whatever the mode
         elif route is not None:
             monitor = policy.plans[route.name].monitor
@@ -429,7 +442,20 @@ class PolicyEngine:
             other = ("*", "<other>")
             counts[other] = counts.get(other, 0) + 1
 
-    def _record(self, request: Request, decision: Decision, started: float) -> None:
+    def _record(
+        self,
+        request: Request,
+        decision: Decision,
+        started: float,
+        policy: CompiledPolicy,
+        ctx: Context,
+    ) -> Decision:
+        """Write the decision's record; returns the decision the caller gets: a deny
+        (decision_log_unavailable) instead of an allow that cannot be recorded when the
+        policy's decision log fails closed. The check is a flag and a length compare."""
+        sink = self._sink
+        if decision.allowed and policy.log_fails_closed and not sink.ready():
+            decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
         outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
         self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
         identity = decision.identity
@@ -450,9 +476,10 @@ class PolicyEngine:
             "latency_ms": (time.perf_counter() - started) * 1000,
         }
         try:
-            self._sink.emit(record)
+            sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        return decision
 
 
 def _log_path(raw: str) -> str:

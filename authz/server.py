@@ -14,6 +14,11 @@
   forwards signals and restarts a worker that dies.
 - Transports: gRPC (``--grpc``), HTTP (``--http``), or both, sharing one engine.
   The HTTP transport's health is ``GET /healthz`` (200 only when ready).
+- The decision log's health is the gRPC health service ``authz.decision_log``:
+  NOT_SERVING while it drops records or cannot write. With the policy's
+  ``decision_log.on_failure: deny`` the overall health (and ``/healthz``) is
+  NOT_SERVING too, since this replica then denies what it cannot record; with
+  ``drop`` it stays SERVING.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ from authz.transport.http_server import HttpTransport
 
 log = logging.getLogger("authz.server")
 _MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
+
+#: The gRPC health service name that reports the decision log.
+DECISION_LOG_HEALTH = "authz.decision_log"
+#: How often the decision log's health is polled (seconds).
+DECISION_LOG_POLL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,8 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.reloads = 0
         self.rejected_reloads = 0
+        self._ready = False  # policy loaded, providers ready
+        self._log_healthy = True
 
     # -- policy ------------------------------------------------------------------
 
@@ -274,17 +286,56 @@ class Service:
         self._tasks.append(asyncio.create_task(self._become_ready(policy)))
         if self.options.reload_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_file()))
+        if self.transport is not None:
+            await self.transport.set_health(DECISION_LOG_HEALTH, self.sink.healthy())
+        self._tasks.append(asyncio.create_task(self._watch_decision_log()))
 
     async def _become_ready(self, policy: CompiledPolicy) -> None:
         while not self._stopping.is_set():
             if await self._wait_ready(policy, self.options.ready_timeout):
-                if self.transport is not None:
-                    await self.transport.set_serving(True)
-                if self.http is not None:
-                    await self.http.set_serving(True)
+                self._ready = True
+                await self._publish_health()
                 log.info("ready: policy %s, all providers ready", policy.version)
                 return
             log.warning("providers of policy %s not ready; retrying", policy.version)
+
+    async def _publish_health(self) -> None:
+        """Overall health: ready, not draining, and (when the decision log fails closed)
+        the decision log taking records."""
+        fails_closed = self.engine is not None and self.engine.policy.log_fails_closed
+        serving = (
+            self._ready and not self._stopping.is_set() and (self._log_healthy or not fails_closed)
+        )
+        if self.transport is not None:
+            await self.transport.set_serving(serving)
+            await self.transport.set_health(DECISION_LOG_HEALTH, self._log_healthy)
+        if self.http is not None:
+            await self.http.set_serving(serving)
+
+    async def _watch_decision_log(self) -> None:
+        last: tuple[bool, bool] = (True, False)
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), DECISION_LOG_POLL)
+            if self._stopping.is_set() or self.engine is None:
+                return
+            state = (self.sink.healthy(), self.engine.policy.log_fails_closed)
+            if state == last:
+                continue
+            if state[0] != last[0]:
+                if state[0]:
+                    log.warning("decision log healthy again")
+                else:
+                    log.error(
+                        "decision log unhealthy (%s)",
+                        "on_failure: deny: health NOT_SERVING; while it cannot take records, "
+                        "allows become 503 decision_log_unavailable"
+                        if state[1]
+                        else "on_failure: drop: records are being dropped or delayed",
+                    )
+            last = state
+            self._log_healthy = state[0]
+            await self._publish_health()
 
     async def stop(self) -> None:
         self._stopping.set()

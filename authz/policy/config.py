@@ -188,6 +188,24 @@ class HeaderNames:
         )
 
 
+DECISION_LOG_FAILURE = ("drop", "deny")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionLogConfig:
+    """What the service does when the decision log cannot keep up or cannot write.
+
+    ``drop``: wait up to ``block_ms`` for room once the queue of ``max_queue`` records is
+    full, then count and drop records (logged, health shows it). ``deny``: a decision that
+    cannot be recorded is not allowed (503 ``decision_log_unavailable``) until the log
+    takes records again.
+    """
+
+    on_failure: str = "drop"
+    max_queue: int = 65_536
+    block_ms: float = 50.0
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     version: str  # content hash of the policy file
@@ -202,6 +220,7 @@ class PolicyConfig:
     #: to one is a new policy version.
     documents: tuple[str, ...] = ()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

@@ -27,6 +27,7 @@ from authz.policy.config import (
     HMAC_ALGORITHMS,
     ApiKey,
     ApiKeyProviderConfig,
+    DecisionLogConfig,
     HeaderNames,
     JwtProviderConfig,
     MtlsProviderConfig,
@@ -323,6 +324,8 @@ class _Builder:
             routes=routes,
             documents=tuple(self.documents),
             rate_limits=rate_limits,
+            decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
+            or DecisionLogConfig(),
         )
 
     def openapi(

@@ -190,6 +190,15 @@ class GrpcTransport:
         for name in ("", AUTHORIZATION_SERVICE):
             await self.health.set(name, status)
 
+    async def set_health(self, name: str, serving: bool) -> None:
+        """Health of one named part (e.g. ``authz.decision_log``), apart from the overall."""
+        await self.health.set(
+            name,
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
         await self.server.stop(grace)
