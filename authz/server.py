@@ -1,7 +1,10 @@
 """The running service: load the policy, serve, reload, drain.
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
-  (JWKS fetched), SERVING after, NOT_SERVING again while draining.
+  (JWKS fetched), SERVING after, NOT_SERVING again while draining. Once serving,
+  a monitor re-checks readiness every second: a provider whose keys went stale
+  (issuer unreachable past ``jwks_stale_ttl``) turns health NOT_SERVING until its
+  keys are usable again; each transition is logged once.
 - A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
   a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
   every problem and the old one keeps serving.
@@ -39,6 +42,9 @@ from authz.transport.http_server import HttpTransport
 
 log = logging.getLogger("authz.server")
 
+#: Seconds between readiness checks once the service has become ready.
+HEALTH_INTERVAL = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
@@ -74,6 +80,7 @@ class Service:
         self._file_stamp: tuple[tuple[float, int] | None, ...] | None = None
         self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
         self._tasks: list[asyncio.Task[None]] = []
+        self.serving = False  # what health reports (before draining)
         self.reloads = 0
         self.rejected_reloads = 0
 
@@ -191,13 +198,44 @@ class Service:
     async def _become_ready(self, policy: CompiledPolicy) -> None:
         while not self._stopping.is_set():
             if await self._wait_ready(policy, self.options.ready_timeout):
-                if self.transport is not None:
-                    await self.transport.set_serving(True)
-                if self.http is not None:
-                    await self.http.set_serving(True)
+                await self._set_serving(True)
                 log.info("ready: policy %s, all providers ready", policy.version)
+                await self._monitor_health()
                 return
             log.warning("providers of policy %s not ready; retrying", policy.version)
+
+    def unhealthy(self) -> str | None:
+        """Why the service must not report SERVING now, or None when it may."""
+        if self.engine is None:
+            return "no policy loaded"
+        policy = self.engine.policy
+        names = sorted(name for name, p in policy.providers.items() if not p.ready())
+        if names:
+            return f"providers not ready (no usable keys): {', '.join(names)}"
+        return None
+
+    async def _monitor_health(self) -> None:
+        """Keep health true after start: keys can go stale while the service runs."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEALTH_INTERVAL)
+            if self._stopping.is_set():
+                return
+            problem = self.unhealthy()
+            if problem is not None and self.serving:
+                log.error("health NOT_SERVING: %s", problem)
+                await self._set_serving(False)
+            elif problem is None and not self.serving:
+                assert self.engine is not None
+                log.warning("health SERVING again: policy %s ready", self.engine.policy.version)
+                await self._set_serving(True)
+
+    async def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
+        if self.transport is not None:
+            await self.transport.set_serving(serving)
+        if self.http is not None:
+            await self.http.set_serving(serving)
 
     async def stop(self) -> None:
         self._stopping.set()
