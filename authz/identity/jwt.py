@@ -153,13 +153,22 @@ def _query_has_access_token(path: str) -> bool:
 class _Verified:
     """A cache entry: what verifying a token proved, and with which key."""
 
-    __slots__ = ("generation", "identity", "key", "valid_until")
+    __slots__ = ("deadline", "generation", "identity", "key", "valid_until")
 
-    def __init__(self, identity: Identity, valid_until: float, key: JwkKey, generation: int):
+    def __init__(self, identity: Identity, valid_until: float, key: JwkKey, jwks: JwksCache):
         self.identity = identity
         self.valid_until = valid_until  # exp + leeway
         self.key = key
-        self.generation = generation  # of the key set when last known to hold ``key``
+        self.generation = 0
+        self.deadline = 0.0
+        self.bind(jwks)
+
+    def bind(self, jwks: JwksCache) -> None:
+        """Note that ``jwks`` holds :attr:`key` now: the fast path may answer until
+        the token expires or the keys go stale, whichever is first, while the key
+        set stays the same."""
+        self.generation = jwks.generation
+        self.deadline = min(self.valid_until, jwks.usable_until)
 
 
 class JwtProvider:
@@ -229,12 +238,13 @@ class JwtProvider:
         if entry is not None:
             now = self._clock()
             jwks = self.jwks
-            if (
-                now < entry.valid_until
-                and now < jwks.usable_until
-                and (entry.generation == jwks.generation or jwks.holds(entry.key))
-            ):
-                entry.generation = jwks.generation
+            if now < entry.deadline and entry.generation == jwks.generation:
+                self._cache.move_to_end(token)
+                self.cache_hits += 1
+                return entry.identity
+            if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
+                # Refreshed or rotated since, and the key is still served (O(1)).
+                entry.bind(jwks)
                 self._cache.move_to_end(token)
                 self.cache_hits += 1
                 return entry.identity
@@ -288,7 +298,7 @@ class JwtProvider:
             _fail("token_algorithm_not_allowed", f"alg {alg} but the issuer has no HMAC keys")
 
         jwk = await self.jwks.key_for(kid, alg)
-        generation = self.jwks.generation  # no await from here on: still the same set
+        # No await from here on: the key set cannot change before the entry is made.
         # Key confusion: an HS* token must never be checked with an RSA/EC key used
         # as an HMAC secret, nor an RS token with a PS-only key and so on.
         if not jwk.compatible(alg):
@@ -305,7 +315,7 @@ class JwtProvider:
         if not valid:
             _fail("token_bad_signature", "signature verification failed")
         identity, valid_until = self._check_claims(payload)
-        return _Verified(identity, valid_until, jwk, generation)
+        return _Verified(identity, valid_until, jwk, self.jwks)
 
     def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
         config = self.config
