@@ -1,7 +1,10 @@
 """The running service: load the policy, serve, reload, drain.
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
-  (JWKS fetched), SERVING after, NOT_SERVING again while draining.
+  (JWKS fetched), SERVING after, NOT_SERVING again while draining. Once serving,
+  a monitor re-checks readiness every second: a provider whose keys went stale
+  (issuer unreachable past ``jwks_stale_ttl``) turns health NOT_SERVING until its
+  keys are usable again; each transition is logged once.
 - A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
   a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
   every problem and the old one keeps serving. Changes are detected by content (a hash of
@@ -53,8 +56,8 @@ _MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
 
 #: The gRPC health service name that reports the decision log.
 DECISION_LOG_HEALTH = "authz.decision_log"
-#: How often the decision log's health is polled (seconds).
-DECISION_LOG_POLL = 0.25
+#: Seconds between health checks (key staleness, the decision log); each is O(1).
+HEALTH_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +97,13 @@ class Service:
         self._active_digest = ""  # content hash of the files of the policy in use
         self._rejected_digest = ""  # ... of the last content refused (not reparsed)
         self._tasks: list[asyncio.Task[None]] = []
+        self.serving = False  # what health reports (before draining)
         self.reloads = 0
         self.rejected_reloads = 0
         self._ready = False  # policy loaded, providers ready
         self._log_healthy = True
+        self._published_log_health: bool | None = None
+        self._served_once = False  # transitions are logged only after the first SERVING
 
     # -- policy ------------------------------------------------------------------
 
@@ -288,53 +294,71 @@ class Service:
             self._tasks.append(asyncio.create_task(self._watch_file()))
         if self.transport is not None:
             await self.transport.set_health(DECISION_LOG_HEALTH, self.sink.healthy())
-        self._tasks.append(asyncio.create_task(self._watch_decision_log()))
+        self._tasks.append(asyncio.create_task(self._monitor_health()))
 
     async def _become_ready(self, policy: CompiledPolicy) -> None:
         while not self._stopping.is_set():
             if await self._wait_ready(policy, self.options.ready_timeout):
                 self._ready = True
-                await self._publish_health()
                 log.info("ready: policy %s, all providers ready", policy.version)
+                await self._publish_health()
                 return
             log.warning("providers of policy %s not ready; retrying", policy.version)
 
-    async def _publish_health(self) -> None:
-        """Overall health: ready, not draining, and (when the decision log fails closed)
-        the decision log taking records."""
-        fails_closed = self.engine is not None and self.engine.policy.log_fails_closed
-        serving = (
-            self._ready and not self._stopping.is_set() and (self._log_healthy or not fails_closed)
-        )
-        if self.transport is not None:
-            await self.transport.set_serving(serving)
-            await self.transport.set_health(DECISION_LOG_HEALTH, self._log_healthy)
-        if self.http is not None:
-            await self.http.set_serving(serving)
+    def unhealthy(self) -> str | None:
+        """Why the service must not report SERVING now, or None when it may."""
+        if self.engine is None or not self._ready:
+            return "policy not ready yet"
+        policy = self.engine.policy
+        names = sorted(name for name, p in policy.providers.items() if not p.ready())
+        if names:
+            return f"providers not ready (no usable keys): {', '.join(names)}"
+        if policy.log_fails_closed and not self._log_healthy:
+            return "decision log cannot take records (decision_log.on_failure: deny)"
+        return None
 
-    async def _watch_decision_log(self) -> None:
-        last: tuple[bool, bool] = (True, False)
+    async def _publish_health(self) -> None:
+        """Overall health ("" and the Authorization service, HTTP /healthz) and the
+        decision log's own health name; each change of either is logged once."""
+        problem = None if not self._stopping.is_set() else "draining"
+        problem = problem or self.unhealthy()
+        serving = problem is None
+        if serving != self.serving and self._served_once:
+            if serving:
+                assert self.engine is not None
+                log.warning("health SERVING again: policy %s ready", self.engine.policy.version)
+            else:
+                log.error("health NOT_SERVING: %s", problem)
+        if serving != self.serving or self._published_log_health != self._log_healthy:
+            self.serving = serving
+            self._served_once = self._served_once or serving
+            self._published_log_health = self._log_healthy
+            if self.transport is not None:
+                await self.transport.set_serving(serving)
+                await self.transport.set_health(DECISION_LOG_HEALTH, self._log_healthy)
+            if self.http is not None:
+                await self.http.set_serving(serving)
+
+    async def _monitor_health(self) -> None:
+        """Keep health true while running: keys go stale, the decision log fails."""
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), DECISION_LOG_POLL)
+                await asyncio.wait_for(self._stopping.wait(), HEALTH_INTERVAL)
             if self._stopping.is_set() or self.engine is None:
                 return
-            state = (self.sink.healthy(), self.engine.policy.log_fails_closed)
-            if state == last:
-                continue
-            if state[0] != last[0]:
-                if state[0]:
+            log_healthy = self.sink.healthy()
+            if log_healthy != self._log_healthy:
+                if log_healthy:
                     log.warning("decision log healthy again")
                 else:
                     log.error(
                         "decision log unhealthy (%s)",
                         "on_failure: deny: health NOT_SERVING; while it cannot take records, "
                         "allows become 503 decision_log_unavailable"
-                        if state[1]
+                        if self.engine.policy.log_fails_closed
                         else "on_failure: drop: records are being dropped or delayed",
                     )
-            last = state
-            self._log_healthy = state[0]
+                self._log_healthy = log_healthy
             await self._publish_health()
 
     async def stop(self) -> None:

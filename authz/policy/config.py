@@ -51,6 +51,7 @@ class JwtProviderConfig:
     jwks_stale_ttl: float = 3600.0  # keep the last good keys this long while unreachable
     jwks_timeout: float = 5.0
     cache_size: int = 10_000  # verified-token cache entries
+    min_rsa_bits: int = 2048  # RSA keys with a shorter modulus are refused (never below 2048)
     type: str = "jwt"
 
 

@@ -394,6 +394,7 @@ class _Builder:
             scope_claim=spec.get("scope_claim", "scope"),
             header=spec.get("header", "authorization"),
             cache_size=spec.get("cache_size", defaults.cache_size),
+            min_rsa_bits=spec.get("min_rsa_bits", defaults.min_rsa_bits),
             leeway=duration("leeway"),
             max_lifetime=max_lifetime,
             jwks_ttl=duration("jwks_ttl"),
