@@ -63,7 +63,9 @@ class Checker:
     """Blocking Check calls over one channel: (status, reason, decision id)."""
 
     def __init__(self, address: str, *, own_connection: bool = False) -> None:
-        self.channel = grpc.insecure_channel(address, options=OWN_CONNECTION if own_connection else [])
+        self.channel = grpc.insecure_channel(
+            address, options=OWN_CONNECTION if own_connection else []
+        )
         self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)
 
     def check(
@@ -150,6 +152,11 @@ class FaultyJwks:
     def count(self, mode: str) -> int:
         with self._lock:
             return self.hits.count(mode)
+
+    def open_now(self) -> int:
+        """Requests received and not yet answered (nor hung up on)."""
+        with self._lock:
+            return len(self._open)
 
     def max_open(self, grace: float = 0.05) -> int:
         """The most requests open at one moment. A request counts as closed
@@ -282,7 +289,7 @@ class Load:
     requests: Sequence[tuple[str, external_auth_pb2.CheckRequest]]
     concurrency: int = 16
     channels: int = 4
-    deadline: float = 5.0
+    deadline: float = 10.0
     max_seconds: float = 30.0
     pause: float = 0.0  # between two calls of one coroutine (keeps the rate modest)
     outcomes: list[Outcome] = field(default_factory=list)
@@ -317,7 +324,9 @@ class Load:
             for _ in range(self.channels)
         ]
         calls = [
-            c.unary_unary(CHECK_METHOD, response_deserializer=external_auth_pb2.CheckResponse.FromString)
+            c.unary_unary(
+                CHECK_METHOD, response_deserializer=external_auth_pb2.CheckResponse.FromString
+            )
             for c in channels
         ]
         end = time.monotonic() + self.max_seconds
@@ -358,6 +367,12 @@ class Load:
         finally:
             for c in channels:
                 await c.close()
+
+
+def serve(start: Callable[..., Any], policy: Path, *extra: str, timeout: float = 60.0) -> Any:
+    """``start_service`` with a generous start-up deadline: on a busy 2-core box two
+    workers and a supervisor can take 20 s to import and bind."""
+    return start(policy, *extra, wait=False).wait_serving(timeout)
 
 
 def check_request(path: str, token: str | None = None, **kw: Any) -> external_auth_pb2.CheckRequest:

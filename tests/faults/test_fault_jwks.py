@@ -25,6 +25,7 @@ from tests.faults.harness import (
     Checker,
     FaultyJwks,
     health,
+    serve,
     wait_for,
 )
 from tests.support import ServiceProcess, jwt_policy
@@ -70,7 +71,7 @@ def test_jwks_down_at_startup_then_up(
     try:
         path = policy(tmp_path, jwks, jwks_timeout="0.5s", jwks_refresh_interval="2s")
         svc = start_service(path, wait=False)
-        wait_for(lambda: health(svc.address) is not None, 20, "the gRPC port answers")
+        wait_for(lambda: health(svc.address) is not None, 60, "the gRPC port answers")
         with Checker(svc.address) as c:
             for _ in range(3):
                 assert health(svc.address) == NOT_SERVING
@@ -99,7 +100,7 @@ def test_jwks_down_after_start_keeps_serving_cached_keys(
     next refresh succeeds by itself."""
     path = policy(tmp_path, jwks, jwks_ttl="0.5s", jwks_refresh_interval="0.5s",
                   jwks_timeout="0.5s", jwks_stale_ttl="1h")  # fmt: skip
-    svc = start_service(path)
+    svc = serve(start_service, path)
     jwks.down()
     start = time.monotonic()
     statuses = []
@@ -126,40 +127,41 @@ def test_jwks_slow_fetch_times_out_one_at_a_time_and_old_keys_serve(
     jwks: FaultyJwks,
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    """Fault: the JWKS endpoint accepts the connection but answers only after 5 s,
-    ten times jwks_timeout (0.5 s); meanwhile a new key is in use.
-    Expected: tokens with a held kid never wait on the refresh (answered at once,
-    allowed); a token with an unknown kid waits for the one refresh in flight and
-    gets 401 token_unknown_kid after about jwks_timeout (well under the 5 s); the
+    """Fault: the JWKS endpoint accepts the connection but answers only after 8 s,
+    eight times jwks_timeout (1 s); meanwhile a new, unpublished key is in use.
+    Expected: tokens with a held kid never wait on a refresh (they are answered,
+    allowed, while a fetch is open at the issuer); a token with an unknown kid
+    waits for the one refresh in flight and gets 401 token_unknown_kid after about
+    jwks_timeout (the bound is jwks_timeout + 1 s, far below the 8 s answer); the
     issuer never sees more than one fetch open at a time; each timed-out fetch
     logs one line."""
     path = policy(tmp_path, jwks, jwks_ttl="0.5s", jwks_refresh_interval="0.5s",
-                  jwks_timeout="0.5s")  # fmt: skip
-    svc = start_service(path)
-    jwks.mode, jwks.delay = "slow", 5.0
+                  jwks_timeout="1s")  # fmt: skip
+    svc = serve(start_service, path)
+    jwks.mode, jwks.delay = "slow", 8.0
     unknown = devissuer.generate_key("ES256")
-    known_latency: list[float] = []
+    during_fetch = 0  # held-key answers that began and ended while a fetch was open
     unknown_latency: list[float] = []
     with Checker(svc.address) as c:
         start = time.monotonic()
-        while time.monotonic() - start < 3.0:
-            t = time.monotonic()
+        n = 0
+        while time.monotonic() - start < 4.0:
+            n += 1
+            before = jwks.open_now()
             assert c.check("/v1/orders/1", token(dev_key))[:2] == (200, "allowed")
-            known_latency.append(time.monotonic() - t)
-            if len(known_latency) % 20 == 0:
+            during_fetch += before > 0 and jwks.open_now() > 0
+            if n % 10 == 0:
                 t = time.monotonic()
                 got = c.check("/v1/orders/1", token(unknown))[:2]
                 unknown_latency.append(time.monotonic() - t)
                 assert got == (401, "token_unknown_kid")
     assert jwks.count("slow") >= 2, "refreshes were attempted while slow"
     assert jwks.max_open() == 1, "one fetch at a time"
-    # the fetch's deadline is jwks_timeout (+1 s for the whole call); never the 5 s answer
-    assert max(unknown_latency) < 0.5 + 1.0 + 0.5, unknown_latency
-    # held keys never wait for a fetch in flight; 0.4 s is far above a normal Check
-    # and far below the 0.5 s fetch timeout a waiting call would show
-    assert max(known_latency) < 0.4, max(known_latency)
+    assert during_fetch >= 3, "held keys answered while a fetch was open"
+    # jwks_timeout + 1 s (the whole call's bound) + 1.5 s for a busy box: never the 8 s
+    assert unknown_latency and max(unknown_latency) < 1.0 + 1.0 + 1.5, unknown_latency
     assert 1 <= len(failures_logged(svc)) <= jwks.count("slow")
-    assert "timed out" in svc.log() or "TimeoutError" in svc.log()
+    assert "timed out" in svc.log()
 
 
 @pytest.mark.xfail(
@@ -182,7 +184,7 @@ def test_jwks_drip_fed_body_is_abandoned(
     SIGTERM still exits 0 within the drain timeout."""
     path = policy(tmp_path, jwks, jwks_ttl="0.3s", jwks_refresh_interval="0.3s",
                   jwks_timeout="0.3s")  # fmt: skip
-    svc = start_service(path, "--drain-timeout", "2")
+    svc = serve(start_service, path, "--drain-timeout", "2")
     threads_before = _threads(svc.proc.pid)
     jwks.mode = "drip"
     with Checker(svc.address) as c:
@@ -238,7 +240,7 @@ def test_jwks_garbage_keeps_old_keys_and_logs_once_per_failure(
     JWKS again the next refresh succeeds."""
     path = policy(tmp_path, jwks, jwks_ttl="0.3s", jwks_refresh_interval="0.3s",
                   jwks_timeout="1s")  # fmt: skip
-    svc = start_service(path)
+    svc = serve(start_service, path)
     requests = 0
     with Checker(svc.address) as c:
         for mode in GARBAGE:
@@ -276,7 +278,7 @@ def test_jwks_key_rotated_in_is_accepted_after_one_refresh(
     the token is refused 401 token_unknown_kid, which bounds the issuer's load);
     tokens of the old key stay allowed."""
     path = policy(tmp_path, jwks, jwks_ttl="300s", jwks_refresh_interval="1s")
-    svc = start_service(path)
+    svc = serve(start_service, path)
     started = time.monotonic()
     fetches = len(jwks.hits)
     new = devissuer.generate_key("ES256")
