@@ -117,6 +117,27 @@ def child_pids(pid: int) -> set[int]:
     return found
 
 
+def established_on(pids: Iterable[int], port: int) -> set[int]:
+    """Those of ``pids`` holding an established TCP connection on local ``port``."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                local_port = int(cols[1].rsplit(":", 1)[1], 16)
+                if local_port == port and cols[3] == "01":  # 01: ESTABLISHED
+                    inodes.add(cols[9])
+    holders = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        holders.add(pid)
+    return holders
+
+
 # --------------------------------------------------------------------------- a faulty JWKS
 
 

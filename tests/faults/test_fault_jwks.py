@@ -164,6 +164,7 @@ def test_jwks_slow_fetch_times_out_one_at_a_time_and_old_keys_serve(
     assert "timed out" in svc.log()
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="bug in authz/identity/jwks.py (_fetch_blocking): a fetch whose body keeps "
