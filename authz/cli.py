@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -301,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv)[:1] == ["serve"]:
+        # SIGHUP's default action terminates. Until the service installs its reload
+        # handler (start-up reads the policy anyway), a reload request is ignored.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

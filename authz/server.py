@@ -383,8 +383,9 @@ class Service:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.start()
+        # Only now: a SIGHUP during start-up (ignored since cmd_serve) has nothing to reload.
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await stop.wait()
         await self.stop()
 
@@ -417,6 +418,10 @@ def run_service(options: ServeOptions) -> int:
         print(f"authz: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _supervise(options: ServeOptions) -> int:
@@ -454,7 +459,9 @@ def _supervise(options: ServeOptions) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
-        children[index] = subprocess.Popen(argv)
+        # The worker starts with SIGHUP ignored (inherited across exec): a reload
+        # forwarded while it is still importing must not kill it.
+        children[index] = subprocess.Popen(argv, preexec_fn=_ignore_sighup)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping

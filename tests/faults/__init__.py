@@ -1,0 +1,1 @@
+"""Fault injection: the service against real dependencies that fail on purpose."""
