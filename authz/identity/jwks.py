@@ -206,12 +206,26 @@ def _fetch_blocking(url: str, timeout: float) -> bytes:
     request = urllib.request.Request(
         url, headers={"Accept": "application/json", "User-Agent": "authz-jwks"}
     )
+    # The socket timeout bounds each read, not the whole body: an issuer (or anything
+    # in between) that trickles one byte at a time would hold this thread and its
+    # connection forever. So the body is read against one deadline for the whole call.
+    deadline = time.monotonic() + timeout
     try:
         with _opener.open(request, timeout=timeout) as response:
             status = getattr(response, "status", 200)
             if status != 200:
                 raise OSError(f"GET {url}: HTTP {status}")
-            body: bytes = response.read(MAX_DOCUMENT_BYTES + 1)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_DOCUMENT_BYTES:
+                if time.monotonic() >= deadline:
+                    raise OSError(f"GET {url}: body not received within {timeout:g}s")
+                chunk = response.read1(MAX_DOCUMENT_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            body = b"".join(chunks)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the response (and its socket) open otherwise
         raise OSError(f"GET {url}: HTTP {exc.code}") from None
@@ -568,7 +582,7 @@ class JwksCache:
                 "provider %s: refreshing keys failed (keeping %d previous keys): %s",
                 self.config.name,
                 len(self._all),
-                exc,
+                str(exc) or type(exc).__name__,  # a timeout's text is empty
             )
             return False
         finally:
