@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reload_interval=args.reload_interval,
             reload_settle=args.reload_settle,
             drain_timeout=args.drain_timeout,
+            drain_delay=args.drain_delay,
             reuse_port=args.reuse_port or args.workers > 1,
         )
     )
@@ -265,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="load a changed policy only once two reads this far apart agree (default 0.5)",
     )
     p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--drain-delay",
+        type=_positive,
+        default=1.0,
+        metavar="SECONDS",
+        help="after SIGTERM, keep answering (health NOT_SERVING) while calls still arrive, "
+        "up to this long, so callers move away before the port closes (default 1)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)

@@ -56,6 +56,8 @@ _MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
 
 #: The gRPC health service name that reports the decision log.
 DECISION_LOG_HEALTH = "authz.decision_log"
+#: A drain stops taking calls once none has arrived for this long (see _quiesce).
+DRAIN_QUIET = 0.1
 #: Seconds between health checks (key staleness, the decision log); each is O(1).
 HEALTH_INTERVAL = 0.25
 
@@ -72,6 +74,9 @@ class ServeOptions:
     reload_settle: float = 0.5
     ready_timeout: float = 10.0  # how long a reload waits for its providers
     drain_timeout: float = 10.0
+    #: After SIGTERM, keep answering (health NOT_SERVING) until no call has arrived for
+    #: DRAIN_QUIET seconds or this long has passed; within drain_timeout.
+    drain_delay: float = 1.0
     reuse_port: bool = False
 
 
@@ -366,9 +371,10 @@ class Service:
         for task in self._tasks:
             task.cancel()
         log.info("draining (up to %.1fs)", self.options.drain_timeout)
-        stops = [
-            t.stop(self.options.drain_timeout) for t in (self.transport, self.http) if t is not None
-        ]
+        started = time.monotonic()
+        await self._quiesce()
+        grace = max(0.0, self.options.drain_timeout - (time.monotonic() - started))
+        stops = [t.stop(grace) for t in (self.transport, self.http) if t is not None]
         await asyncio.gather(*stops)
         if self.engine is not None:
             await self.engine.policy.close()
@@ -377,6 +383,32 @@ class Service:
             if closer is not None:
                 await closer()
         self.sink.close()
+
+    async def _quiesce(self) -> None:
+        """Report NOT_SERVING and keep answering while calls still arrive.
+
+        Stopping the gRPC server cancels every call it has received but not yet handed
+        to the servicer, so stopping the moment SIGTERM arrives fails calls that were
+        sent before it. Callers (Envoy's health checks, a Kubernetes endpoint update)
+        need a moment to move away; an idle service stops at once.
+        """
+        for transport in (self.transport, self.http):
+            if transport is not None:
+                await transport.set_serving(False)
+        engine = self.engine
+        limit = min(self.options.drain_delay, self.options.drain_timeout)
+        if engine is None or limit <= 0:
+            return
+        deadline = time.monotonic() + limit
+        seen = sum(engine.decisions.values())
+        quiet_since = time.monotonic()
+        while (now := time.monotonic()) < deadline:
+            if now - quiet_since >= DRAIN_QUIET and engine.policy.shared.in_flight == 0:
+                return
+            await asyncio.sleep(0.02)
+            total = sum(engine.decisions.values())
+            if total != seen:
+                seen, quiet_since = total, time.monotonic()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -454,6 +486,8 @@ def _supervise(options: ServeOptions) -> int:
         str(options.reload_settle),
         "--drain-timeout",
         str(options.drain_timeout),
+        "--drain-delay",
+        str(options.drain_delay),
     ]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
