@@ -574,7 +574,11 @@ class _Closed:
 _CLOSED: Any = _Closed()
 
 
-class UntrustedBindError(ValueError):
+class TransportConfigError(ValueError):
+    """The HTTP transport cannot be set up as configured (the message says why)."""
+
+
+class UntrustedBindError(TransportConfigError):
     """The HTTP transport would take identity headers from anyone who can reach it."""
 
 
