@@ -42,7 +42,7 @@ FAST = HttpLimits(
 
 
 # (pytest-asyncio 1.x would rather have a conftest hook; one module needs no conftest)
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\"")
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
 
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
@@ -163,9 +163,7 @@ async def _answer_while_streaming(
 async def test_a_huge_target_is_414_before_it_is_read(server: Server) -> None:
     # 64 MB of target without ever ending the line: answered, and the connection
     # closed, long before it is all sent (the target is counted as it arrives).
-    (status, headers, body), sent = await _answer_while_streaming(
-        server, b"GET /check/v1/mesh?q="
-    )
+    (status, headers, body), sent = await _answer_while_streaming(server, b"GET /check/v1/mesh?q=")
     assert (status, body) == (414, b"request target too large")
     assert headers["connection"] == "close"
     assert sent < 64 * 1024 * 1024
@@ -386,7 +384,7 @@ async def test_a_forged_peer_principal_without_the_secret_is_refused(
 )
 async def test_a_wrong_secret_is_refused(guarded: Server, value: str) -> None:
     raw = request("/check/v1/mesh", f"x-authz-peer-principal: {PEER}")
-    raw = raw.replace(b"\r\n\r\n", f"\r\n{SECRET_HEADER}: {value}\r\n\r\n".encode("utf-8"))
+    raw = raw.replace(b"\r\n\r\n", f"\r\n{SECRET_HEADER}: {value}\r\n\r\n".encode())
     status, _, _ = await guarded.exchange(raw)
     assert status == 403
     assert guarded.sink.records == []

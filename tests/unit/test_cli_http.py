@@ -81,7 +81,9 @@ def test_bad_secret_files_are_refused(
     assert SECRET not in err  # never echoed
 
 
-def test_a_missing_secret_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_secret_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _serve("--http", "9192", "--http-secret-file", str(tmp_path / "nope")) == 2
     assert "cannot read it: No such file or directory" in capsys.readouterr().err
 
@@ -128,3 +130,20 @@ def test_target_bound_above_head_bound_is_refused(capsys: pytest.CaptureFixture[
     assert "--http-max-target-bytes 70000 is more than --http-max-head-bytes 65536" in (
         capsys.readouterr().err
     )
+
+
+def test_workers_get_the_same_http_transport(tmp_path: Path) -> None:
+    from authz.server import ServeOptions, _http_argv
+
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    limits = HttpLimits(max_target=2048, header_timeout=2.5, idle_timeout=40, max_connections=9)
+    options = ServeOptions(
+        policy="policy.yaml", http="0.0.0.0:9192", http_limits=limits,
+        http_secret_file=str(secret),
+    )  # fmt: skip
+    args = _parse("--http", "0.0.0.0:9192", *_http_argv(options))
+    assert _http_options(args) == limits
+    assert args.http_secret_file == str(secret)  # type: ignore[attr-defined]
+    trusting = ServeOptions(policy="p", http="0.0.0.0:1", http_trust_network=True)
+    assert "--http-insecure-trust-network" in _http_argv(trusting)
