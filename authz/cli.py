@@ -62,9 +62,7 @@ def _duration(value: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
     if not 0.01 <= number <= 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(
-            f"expected seconds from 0.01 to 86400, got {value!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.01 to 86400, got {value!r}")
     return number
 
 
@@ -165,16 +163,16 @@ def _http_options(args: argparse.Namespace) -> Any:
         if args.http_insecure_trust_network:
             raise ValueError("--http-insecure-trust-network makes no sense with a secret")
     host = args.http.rpartition(":")[0].strip("[]")
-    if args.http_secret_file is None and not args.http_insecure_trust_network:
-        if not is_loopback(host):
-            raise ValueError(
-                f"--http {args.http}: {host} is not a loopback address, and without a "
-                "transport secret anyone who can reach the port could forge the "
-                "identity headers only Envoy may set. Give --http-secret-file FILE (and "
-                "the same file to `authz envoy-config --http-secret-file`), bind "
-                "127.0.0.1 (--http PORT), or add --http-insecure-trust-network if only "
-                "Envoy can reach this address"
-            )
+    trusted = args.http_secret_file is not None or args.http_insecure_trust_network
+    if not trusted and not is_loopback(host):
+        raise ValueError(
+            f"--http {args.http}: {host} is not a loopback address, and without a "
+            "transport secret anyone who can reach the port could forge the "
+            "identity headers only Envoy may set. Give --http-secret-file FILE (and "
+            "the same file to `authz envoy-config --http-secret-file`), bind "
+            "127.0.0.1 (--http PORT), or add --http-insecure-trust-network if only "
+            "Envoy can reach this address"
+        )
     defaults = HttpLimits()
     target = _pick(args.http_max_target_bytes, defaults.max_target)
     head = _pick(args.http_max_head_bytes, defaults.max_head)

@@ -41,8 +41,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import ipaddress
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence

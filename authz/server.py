@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import PolicyError
 from authz.policy.loader import load_policy
 from authz.stages import Shared
-from authz.transport.grpc_server import GrpcTransport
 from authz.transport.envoy_http import read_secret_file
+from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
 
 log = logging.getLogger("authz.server")
@@ -46,7 +46,8 @@ class ServeOptions:
     policy: str
     grpc: str | None = "0.0.0.0:9191"  # None: no gRPC transport
     http: str | None = None  # HOST:PORT of the HTTP ext_authz transport
-    http_limits: HttpLimits = HttpLimits()  # its bounds, timeouts and connection cap
+    # the HTTP transport's bounds, timeouts and connection cap
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     http_secret_file: str | None = None  # checks must carry this file's secret
     http_trust_network: bool = False  # no secret, yet bind beyond loopback
     workers: int = 1

@@ -1016,8 +1016,7 @@ def test_http_transport_secret_is_added_to_every_check() -> None:
     config = build_bootstrap(DEMO, EnvoyOptions(transport="http", http_secret=SECRET))
     cfg = ext_authz(config)
     added = {
-        h["key"]: h["value"]
-        for h in cfg["http_service"]["authorization_request"]["headers_to_add"]
+        h["key"]: h["value"] for h in cfg["http_service"]["authorization_request"]["headers_to_add"]
     }
     assert added["x-authz-transport-secret"] == SECRET
     # a client's copy is never sent (and headers_to_add overwrites anyway)

@@ -433,7 +433,8 @@ class _Connection(asyncio.Protocol):
         secret = server.secret
         given = headers.pop(SECRET_HEADER, None)
         if secret is not None and (
-            given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret)
+            given is None
+            or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret)
         ):
             server.refuse_check(self._peer(), missing=given is None)
             self._write(_simple(403, b"forbidden", close=close), close)

@@ -136,13 +136,9 @@ def test_spoofed_peer_headers_give_no_identity(mtls: MtlsEnv, spoofed: dict[str,
     assert json.loads(body)["headers"]["x-authz-subject"] == PROMETHEUS
 
 
-def _direct_check(
-    mtls: MtlsEnv, headers: dict[str, str]
-) -> tuple[int, dict[str, str], bytes]:
+def _direct_check(mtls: MtlsEnv, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     """A check sent straight to the service's HTTP port, not through Envoy."""
-    return send(
-        "GET", f"http://{mtls.stack.authz_address}/check/internal/metrics", headers
-    )
+    return send("GET", f"http://{mtls.stack.authz_address}/check/internal/metrics", headers)
 
 
 def test_forged_peer_principal_sent_past_envoy_is_refused(mtls: MtlsEnv) -> None:
