@@ -182,6 +182,11 @@ class Service:
                     secret = read_secret_file(self.options.http_secret_file)
                 except ValueError as exc:
                     raise TransportConfigError(f"--http-secret-file {exc}") from None
+                if os.stat(self.options.http_secret_file).st_mode & 0o077:
+                    log.warning(
+                        "--http-secret-file %s can be read by other users; chmod 600 it",
+                        self.options.http_secret_file,
+                    )
             self.http = HttpTransport(
                 engine,
                 self.options.http,

@@ -155,6 +155,25 @@ def _huge_lines(proc: Proc, port: int) -> dict[str, float]:
             "rss_after_mib": after / 1024}  # fmt: skip
 
 
+def _held_heads(proc: Proc, port: int, count: int = 1000) -> dict[str, float]:
+    """RSS before, while ``count`` connections each hold 60 KB of an unfinished header
+    (within the 64 KiB bound), and 3 s after they are closed."""
+    base = rss_kib(proc.pid)[0]
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /check/v1/orders/1 HTTP/1.1\r\nx-big: " + b"a" * 60000)
+        socks.append(s)
+    time.sleep(1.0)
+    during = rss_kib(proc.pid)[0]
+    for s in socks:
+        s.close()
+    time.sleep(3.0)
+    after = rss_kib(proc.pid)[0]
+    return {"rss_before_mib": base / 1024, "rss_during_mib": during / 1024,
+            "rss_after_mib": after / 1024}  # fmt: skip
+
+
 def _idle(port: int, count: int = 200) -> int:
     """How many of ``count`` silent connections the server closed by itself."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
@@ -364,14 +383,22 @@ def _load(
             "before": _huge_lines(before, before_port),
             "after": _huge_lines(after, after_port),
         }
+        heads = {
+            "before": _held_heads(before, before_port),
+            "after": _held_heads(after, after_port),
+        }
         idle = {"before": _idle(before_port), "after": _idle(after_port)}
     finally:
         for p in procs:
             p.stop()
     ratio = cpu["after"]["cpu_us"] / cpu["before"]["cpu_us"]
     ratio_secret = cpu["after+secret"]["cpu_us"] / cpu["before"]["cpu_us"]
-    result.update(cpu=cpu, ratio=ratio, ratio_with_secret=ratio_secret, memory=memory,
-                  idle_closed=idle)  # fmt: skip
+    result.update(cpu=cpu, cpu_runs=runs, ratio=ratio, ratio_with_secret=ratio_secret,
+                  memory=memory, held_heads=heads, idle_closed=idle)  # fmt: skip
+    per_run = ", ".join(
+        f"{a['cpu_us'] / b['cpu_us']:.2f}"
+        for a, b in zip(runs["after"], runs["before"], strict=True)
+    )
     return [
         "",
         f"`authz serve --http` processes, wrk -c50: {args.runs} alternating runs of "
@@ -384,7 +411,8 @@ def _load(
             for k, v in cpu.items()
         ),
         "",
-        f"CPU per decision after/before: **{ratio:.3f}** (with the secret on: {ratio_secret:.3f}).",
+        f"CPU per decision after/before: **{ratio:.3f}** (with the secret on: "
+        f"{ratio_secret:.3f}); run by run: {per_run}.",
         "",
         "| server | RSS before | while 6 x 24 MB unfinished request lines | after closing |",
         "| --- | ---: | ---: | ---: |",
@@ -392,6 +420,14 @@ def _load(
             f"| {k} | {v['rss_before_mib']:.1f} MiB | {v['rss_during_mib']:.1f} MiB | "
             f"{v['rss_after_mib']:.1f} MiB |"
             for k, v in memory.items()
+        ),
+        "",
+        "| server | RSS before | while 1000 x 60 KB unfinished headers | 3 s after closing |",
+        "| --- | ---: | ---: | ---: |",
+        *(
+            f"| {k} | {v['rss_before_mib']:.1f} MiB | {v['rss_during_mib']:.1f} MiB | "
+            f"{v['rss_after_mib']:.1f} MiB |"
+            for k, v in heads.items()
         ),
         "",
         f"Silent connections closed by the server after {IDLE_TIMEOUT + 2:g} s (of 200): "

@@ -147,3 +147,12 @@ def test_workers_get_the_same_http_transport(tmp_path: Path) -> None:
     assert args.http_secret_file == str(secret)  # type: ignore[attr-defined]
     trusting = ServeOptions(policy="p", http="0.0.0.0:1", http_trust_network=True)
     assert "--http-insecure-trust-network" in _http_argv(trusting)
+
+
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n"])
+def test_one_trailing_newline_is_stripped(tmp_path: Path, ending: str) -> None:
+    from authz.transport.envoy_http import read_secret_file
+
+    secret = tmp_path / "secret"
+    secret.write_bytes((SECRET + ending).encode())
+    assert read_secret_file(str(secret)) == SECRET
