@@ -11,7 +11,7 @@ as it was at ``--before`` (a git revision, extracted to a temporary directory),
 - idle connections: how many of 200 connections that never send anything the
   server has closed after the idle timeout (+2 s).
 
-    python bench/http_hardening.py [--before REV] [--duration 5] [--runs 3]
+    python bench/http_hardening.py [--before REV] [--duration 5] [--runs 3] [--skip-load]
 
 Prints a table and writes bench/results/http_hardening.md and .json.
 """
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20000, help="in-process: per round")
     parser.add_argument("--rounds", type=int, default=7, help="in-process: best of")
     parser.add_argument("--skip-load", action="store_true", help="in-process figures only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="authz-http-hardening-"))
     policy = work / "policy.yaml"
@@ -348,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         lines += _load(args, policy, secret, work, result)
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "http_hardening.md").write_text(text)
-    (RESULTS / "http_hardening.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "http_hardening.md").write_text(text)
+    (args.out / "http_hardening.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -81,3 +81,14 @@ def test_profile_script(flag: list[str]) -> None:
         assert set(json.loads(run.stdout)) == {"engine", "grpc", "http"}
     else:
         assert "µs/call" in run.stdout
+
+
+def test_http_hardening_script(tmp_path: Path) -> None:
+    run = _run(
+        "bench/http_hardening.py", "--skip-load", "--before", "HEAD", "--calls", "200",
+        "--rounds", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "http_hardening.json").read_text())
+    assert set(data["in_process"]) == {"before", "after", "after+secret"}
