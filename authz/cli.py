@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -71,8 +72,10 @@ def _positive(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    if not math.isfinite(number) or number < 0:
+        # nan compares false with everything and inf never elapses: both would
+        # silently disable the timer they configure
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
     return number
 
 
@@ -137,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             decision_log=args.decision_log,
             reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle,
             drain_timeout=args.drain_timeout,
             reuse_port=args.reuse_port or args.workers > 1,
         )
@@ -403,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="how often to check the policy file for changes (0: only on SIGHUP)",
+    )
+    p.add_argument(
+        "--reload-settle",
+        type=_positive,
+        default=0.5,
+        metavar="SECONDS",
+        help="load a changed policy only once two reads this far apart agree (default 0.5)",
     )
     p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

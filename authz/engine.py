@@ -29,11 +29,13 @@ from authz.authorize import Authorizer
 from authz.errors import (
     AuthenticationError,
     AuthzError,
+    DecisionLogUnavailable,
     InsufficientScope,
     InternalError,
     InvalidPath,
     MethodNotAllowed,
     MissingCredential,
+    MultipleCredentials,
     UndeclaredRoute,
 )
 from authz.identity.base import Clock, Fetcher, IdentityProvider
@@ -100,12 +102,45 @@ class RoutePlan:
     """What the engine needs for one route, prepared at load."""
 
     route: RouteConfig
-    providers: tuple[IdentityProvider, ...]
+    providers: tuple[IdentityProvider, ...]  # in the order they are asked
     authorizer: Authorizer
     monitor: bool
     strip: tuple[str, ...]  # credential headers to remove upstream
     pre: tuple[Check, ...] = ()  # before identity
     post: tuple[Check, ...] = ()  # after authorize
+    #: Providers whose credentials must not be sent together (see _credential_plan);
+    #: empty unless the route is exclusive with two or more request credentials.
+    exclusive: tuple[IdentityProvider, ...] = ()
+
+
+def _credential_plan(
+    route: RouteConfig, providers: tuple[IdentityProvider, ...]
+) -> tuple[tuple[IdentityProvider, ...], tuple[IdentityProvider, ...]]:
+    """(the order providers are asked in, the providers checked for two credentials).
+
+    ``first_match``: route order, nothing checked; the first provider whose
+    credential is present decides. ``exclusive``: a credential in the request
+    (header, query) decides, so it is never left unverified beside another; the
+    connection's own identity (mTLS) is asked after those, and only matters when
+    the request carries no credential. Only routes with two or more request
+    credential providers pay for the check.
+    """
+    if route.credentials == "first_match":
+        return providers, ()
+    in_request = tuple(p for p in providers if not p.connection_credential)
+    connection = tuple(p for p in providers if p.connection_credential)
+    return in_request + connection, in_request if len(in_request) > 1 else ()
+
+
+def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -> None:
+    """Raise MultipleCredentials if ``providers`` find credentials in two carriers."""
+    seen: str | None = None
+    for provider in providers:
+        where = provider.presented(request)
+        if where is not None and where != seen:
+            if seen is not None:
+                raise MultipleCredentials(f"credentials in both {seen} and {where}")
+            seen = where
 
 
 class CompiledPolicy:
@@ -139,9 +174,13 @@ class CompiledPolicy:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
                 strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
+            order, exclusive = _credential_plan(
+                route, tuple(self.providers[n] for n in route.providers)
+            )
             self.plans[route.name] = RoutePlan(
                 route=route,
-                providers=tuple(self.providers[n] for n in route.providers),
+                providers=order,
+                exclusive=exclusive,
                 authorizer=Authorizer(route),
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
@@ -160,6 +199,7 @@ class CompiledPolicy:
             int, tuple[Identity, Headers, Headers, tuple[str, ...]]
         ] = {}
         self.realm = config.realm.replace('"', "")
+        self.log_fails_closed = config.decision_log.on_failure == "deny"
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
@@ -195,6 +235,7 @@ class PolicyEngine:
     ) -> None:
         self._policy = policy
         self._sink = sink or NullSink()
+        self._configure_sink(policy)
         self._clock = clock
         prefix = os.urandom(6).hex()
         counter = itertools.count(1)
@@ -208,8 +249,18 @@ class PolicyEngine:
 
     def swap(self, policy: CompiledPolicy) -> CompiledPolicy:
         """Make ``policy`` current; return the one it replaced."""
+        self._configure_sink(policy)
         old, self._policy = self._policy, policy
         return old
+
+    def _configure_sink(self, policy: CompiledPolicy) -> None:
+        """The decision log's bound and wait come from the policy (its decision_log)."""
+        settings = policy.config.decision_log
+        self._sink.configure(
+            max_queue=settings.max_queue,
+            block_ms=settings.block_ms,
+            on_failure=settings.on_failure,
+        )
 
     async def check(self, request: Request) -> Decision:
         """Decide one request. Never raises."""
@@ -229,6 +280,8 @@ class PolicyEngine:
                 for check in plan.pre:
                     await check(ctx)
                 if plan.providers:
+                    if plan.exclusive:
+                        _one_credential(plan.exclusive, request)
                     for provider in plan.providers:
                         found = await provider.authenticate(request)
                         if found is not None:
@@ -247,7 +300,7 @@ class PolicyEngine:
             decision = self._deny(policy, decision_id, InternalError(), ctx)
         finally:
             shared.in_flight -= 1
-        self._record(request, decision, started)
+        decision = self._record(request, decision, started, policy, ctx)
         if policy.observers:
             ctx.decision = decision
             for observe in policy.observers:
@@ -318,7 +371,7 @@ class PolicyEngine:
     ) -> Decision:
         request, route, identity, path = ctx.request, ctx.route, ctx.identity, ctx.path
         reason = exc.reason
-        if isinstance(exc, InternalError):
+        if isinstance(exc, InternalError | DecisionLogUnavailable):
             monitor = False  # a failure is never let through, whatever the mode
         elif route is not None:
             monitor = policy.plans[route.name].monitor
@@ -389,7 +442,20 @@ class PolicyEngine:
             other = ("*", "<other>")
             counts[other] = counts.get(other, 0) + 1
 
-    def _record(self, request: Request, decision: Decision, started: float) -> None:
+    def _record(
+        self,
+        request: Request,
+        decision: Decision,
+        started: float,
+        policy: CompiledPolicy,
+        ctx: Context,
+    ) -> Decision:
+        """Write the decision's record; returns the decision the caller gets: a deny
+        (decision_log_unavailable) instead of an allow that cannot be recorded when the
+        policy's decision log fails closed. The check is a flag and a length compare."""
+        sink = self._sink
+        if decision.allowed and policy.log_fails_closed and not sink.ready():
+            decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
         outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
         self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
         identity = decision.identity
@@ -410,9 +476,10 @@ class PolicyEngine:
             "latency_ms": (time.perf_counter() - started) * 1000,
         }
         try:
-            self._sink.emit(record)
+            sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        return decision
 
 
 def _log_path(raw: str) -> str:

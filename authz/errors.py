@@ -36,7 +36,9 @@ nothing past a stage sees a PyJWT or jsonschema exception.
     │   ├── RateLimited           429    rate_limited          a rate rule's bucket is empty
     │   └── ConcurrencyLimited    429    concurrency_limited   a concurrency cap is full
     ├── DependencyError           503    jwks_unavailable
-    │   └── RateLimitUnavailable  503    rate_limit_unavailable  (Redis down, rule fails closed)
+    │   ├── RateLimitUnavailable  503    rate_limit_unavailable  (Redis down, rule fails closed)
+    │   └── DecisionLogUnavailable 503   decision_log_unavailable  (the decision log cannot take
+    │                                    records and its policy is on_failure: deny)
     ├── Overloaded                503    overloaded            load shed by priority class
     └── InternalError             500    internal_error
 """
@@ -218,6 +220,15 @@ class RateLimitUnavailable(DependencyError):
     """The shared rate-limit store cannot be reached and the rule fails closed."""
 
     reason = "rate_limit_unavailable"
+
+
+class DecisionLogUnavailable(DependencyError):
+    """The decision log cannot take the record (queue full or writes failing) and the
+    policy says ``decision_log.on_failure: deny``: a decision that cannot be recorded is
+    not allowed. Never turned into an allow by monitor mode."""
+
+    reason = "decision_log_unavailable"
+    headers = (("retry-after", "1"),)
 
 
 class Overloaded(AuthzError):

@@ -1,16 +1,27 @@
 """The running service: load the policy, serve, reload, drain.
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
-  (JWKS fetched), SERVING after, NOT_SERVING again while draining.
+  (JWKS fetched), SERVING after, NOT_SERVING again while draining. Once serving,
+  a monitor re-checks readiness every second: a provider whose keys went stale
+  (issuer unreachable past ``jwks_stale_ttl``) turns health NOT_SERVING until its
+  keys are usable again; each transition is logged once.
 - A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
   a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
-  every problem and the old one keeps serving.
+  every problem and the old one keeps serving. Changes are detected by content (a hash of
+  every file, read at each poll), and a new version is loaded only once two reads
+  ``reload_settle`` seconds apart agree, from exactly the bytes that were hashed; what the
+  new version opens up (:mod:`authz.policy.diff`) is logged, one line per finding.
 - SIGTERM/SIGINT drain: NOT_SERVING, in-flight calls finish (up to the drain
   timeout), then exit.
 - ``--workers N`` runs N processes on one port with SO_REUSEPORT; the parent
   forwards signals and restarts a worker that dies.
 - Transports: gRPC (``--grpc``), HTTP (``--http``), or both, sharing one engine.
   The HTTP transport's health is ``GET /healthz`` (200 only when ready).
+- The decision log's health is the gRPC health service ``authz.decision_log``:
+  NOT_SERVING while it drops records or cannot write. With the policy's
+  ``decision_log.on_failure: deny`` the overall health (and ``/healthz``) is
+  NOT_SERVING too, since this replica then denies what it cannot record; with
+  ``drop`` it stays SERVING.
 """
 
 from __future__ import annotations
@@ -32,13 +43,22 @@ from typing import Any
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import PolicyError
+from authz.policy.config import PolicyConfig
+from authz.policy.diff import widenings
 from authz.policy.loader import load_policy
+from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
 from authz.stages import Shared
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
 
 log = logging.getLogger("authz.server")
+_MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
+
+#: The gRPC health service name that reports the decision log.
+DECISION_LOG_HEALTH = "authz.decision_log"
+#: Seconds between health checks (key staleness, the decision log); each is O(1).
+HEALTH_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,8 @@ class ServeOptions:
     workers: int = 1
     decision_log: str = "-"  # "-" stdout, "off", or a file path
     reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    #: A changed policy is loaded once two reads this many seconds apart agree.
+    reload_settle: float = 0.5
     ready_timeout: float = 10.0  # how long a reload waits for its providers
     drain_timeout: float = 10.0
     reuse_port: bool = False
@@ -76,35 +98,77 @@ class Service:
         self.http: HttpTransport | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._file_stamp: tuple[tuple[float, int] | None, ...] | None = None
         self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
+        self._active_digest = ""  # content hash of the files of the policy in use
+        self._rejected_digest = ""  # ... of the last content refused (not reparsed)
         self._tasks: list[asyncio.Task[None]] = []
+        self.serving = False  # what health reports (before draining)
         self.reloads = 0
         self.rejected_reloads = 0
+        self._ready = False  # policy loaded, providers ready
+        self._log_healthy = True
+        self._published_log_health: bool | None = None
+        self._served_once = False  # transitions are logged only after the first SERVING
 
     # -- policy ------------------------------------------------------------------
 
-    def _stamp(self) -> tuple[tuple[float, int] | None, ...] | None:
-        """Modification stamps of the policy file and the documents it names."""
-        stamps: list[tuple[float, int] | None] = []
-        for path in (self.options.policy, *self._documents):
-            try:
-                st = os.stat(path)
-            except OSError:
-                if path == self.options.policy:
-                    return None
-                stamps.append(None)
-                continue
-            stamps.append((st.st_mtime, st.st_size))
-        return tuple(stamps)
+    async def _snapshot(self) -> Snapshot:
+        """The policy file and the documents it named, read and hashed now (in a thread:
+        the event loop keeps answering while a large OpenAPI document is read)."""
+        return await asyncio.to_thread(read_snapshot, self.options.policy, self._documents)
 
-    async def _compile(self) -> CompiledPolicy:
-        self._file_stamp = self._stamp()
-        config = load_policy(self.options.policy)
-        if config.documents != self._documents:
-            self._documents = config.documents
-            self._file_stamp = self._stamp()
-        return CompiledPolicy(config, shared=self.shared)
+    async def _settled(self, settle: float) -> Snapshot | None:
+        """A snapshot that two reads ``settle`` seconds apart agree on (None: stopping).
+
+        A writer that is still writing changes the content between the reads; we wait
+        until it stops, however long that takes, rather than load a file cut short.
+        """
+        snap = await self._snapshot()
+        waited = False
+        while settle > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), settle)
+            if self._stopping.is_set():
+                return None
+            again = await self._snapshot()
+            if again.digest == snap.digest:
+                break
+            if not waited:
+                log.info("policy files still changing; waiting for them to settle")
+                waited = True
+            snap = again
+        return snap
+
+    async def _compile(self, settle: float) -> tuple[str, CompiledPolicy | None] | None:
+        """The settled content's digest and its compiled policy, None for the policy when
+        the content is the active one (nothing reparsed); None if stopping.
+
+        Raises PolicyError for invalid content (remembered: the poller does not reparse it).
+        """
+        while True:
+            snap = await self._settled(settle)
+            if snap is None:
+                return None
+            if snap.digest == self._active_digest:
+                return snap.digest, None
+            # Parsing takes a while (~0.2 s for the example policy): off the event loop.
+            result = await asyncio.to_thread(load_snapshot, snap)
+            if not result.covered or result.documents != snap.document_paths:
+                # The policy names other documents now: hash and settle those too.
+                self._documents = result.documents
+                continue
+            if result.error is not None:
+                self._rejected_digest = snap.digest
+                raise result.error
+            assert result.config is not None
+            return snap.digest, CompiledPolicy(result.config, shared=self.shared)
+
+    def _recent(self) -> bool:
+        try:
+            mtime = os.stat(self.options.policy).st_mtime
+        except OSError:
+            return False  # the loader reports it
+        return time.time() - mtime < self.options.reload_settle
 
     async def _wait_ready(self, policy: CompiledPolicy, timeout: float) -> bool:
         try:
@@ -119,20 +183,28 @@ class Service:
         return True
 
     async def reload(self) -> bool:
-        """Load the policy file again; swap it in if valid and ready."""
+        """Load the policy file again once it has settled; swap it in if valid and ready."""
         async with self._reload_lock:
             assert self.engine is not None
             try:
-                policy = await self._compile()
+                compiled = await self._compile(self.options.reload_settle)
             except PolicyError as exc:
                 self.rejected_reloads += 1
                 for location, message in exc.problems:
                     log.error("policy reload rejected: %s: %s", location, message)
                 log.error("keeping policy %s", self.engine.policy.version)
                 return False
+            if compiled is None:  # stopping
+                return False
+            digest, policy = compiled
+            if policy is None:
+                return True  # the content in use
             if policy.version == self.engine.policy.version:
+                self._active_digest = digest
+                await policy.close()
                 return True
             if not await self._wait_ready(policy, self.options.ready_timeout):
+                self._rejected_digest = digest  # retried when the files change again
                 self.rejected_reloads += 1
                 log.error(
                     "policy reload rejected: %s: providers not ready within %.0fs; keeping %s",
@@ -143,12 +215,32 @@ class Service:
                 await policy.close()
                 return False
             old = self.engine.swap(policy)
+            self._active_digest = digest
             self.reloads += 1
             log.info("policy %s active (was %s)", policy.version, old.version)
+            self._log_widenings(old.config, policy.config)
             # Calls that started on the old policy may still be using its providers.
             await asyncio.sleep(1.0)
             await old.close()
             return True
+
+    @staticmethod
+    def _log_widenings(old: PolicyConfig, new: PolicyConfig) -> None:
+        """One line per finding: every warning; info lines up to a bound (a policy that
+        adds a thousand routes should not write a thousand lines)."""
+        findings = widenings(old, new)
+        infos = [f for f in findings if f.level == "info"]
+        for f in findings:
+            if f.level == "warning":
+                log.warning("policy %s widens access: %s", new.version, f.message)
+        for f in infos[:_MAX_INFO_FINDINGS]:
+            log.info("policy %s widens access: %s", new.version, f.message)
+        if len(infos) > _MAX_INFO_FINDINGS:
+            log.info(
+                "policy %s widens access: %d more grants not listed",
+                new.version,
+                len(infos) - _MAX_INFO_FINDINGS,
+            )
 
     async def _watch_file(self) -> None:
         interval = self.options.reload_interval
@@ -157,15 +249,28 @@ class Service:
                 await asyncio.wait_for(self._stopping.wait(), interval)
             if self._stopping.is_set():
                 return
-            stamp = self._stamp()
-            if stamp is not None and stamp != self._file_stamp:
-                log.info("policy file changed; reloading")
+            # Hash at every poll, no (mtime, size) pre-check: an edit can keep both.
+            snap = await self._snapshot()
+            if not snap.readable:  # mid-replacement or removed: keep what we have
+                continue
+            if snap.digest in (self._active_digest, self._rejected_digest):
+                continue
+            log.info("policy file changed; reloading")
+            try:
                 await self.reload()
+            except Exception:  # a bug must not end reloads for the life of the process
+                log.exception("policy reload failed; keeping the current policy")
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        policy = await self._compile()  # PolicyError propagates: refuse to serve
+        # PolicyError propagates: refuse to serve. A file written moments ago may still
+        # be being written: let it settle first (an old one loads at once).
+        compiled = await self._compile(self.options.reload_settle if self._recent() else 0.0)
+        if compiled is None:
+            raise PolicyError([(self.options.policy, "stopped before the policy settled")])
+        self._active_digest, policy = compiled
+        assert policy is not None  # nothing was active
         self.engine = PolicyEngine(policy, sink=self.sink)
         engine = self.engine
         ports = []
@@ -210,17 +315,74 @@ class Service:
         self._tasks.append(asyncio.create_task(self._become_ready(policy)))
         if self.options.reload_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_file()))
+        if self.transport is not None:
+            await self.transport.set_health(DECISION_LOG_HEALTH, self.sink.healthy())
+        self._tasks.append(asyncio.create_task(self._monitor_health()))
 
     async def _become_ready(self, policy: CompiledPolicy) -> None:
         while not self._stopping.is_set():
             if await self._wait_ready(policy, self.options.ready_timeout):
-                if self.transport is not None:
-                    await self.transport.set_serving(True)
-                if self.http is not None:
-                    await self.http.set_serving(True)
+                self._ready = True
                 log.info("ready: policy %s, all providers ready", policy.version)
+                await self._publish_health()
                 return
             log.warning("providers of policy %s not ready; retrying", policy.version)
+
+    def unhealthy(self) -> str | None:
+        """Why the service must not report SERVING now, or None when it may."""
+        if self.engine is None or not self._ready:
+            return "policy not ready yet"
+        policy = self.engine.policy
+        names = sorted(name for name, p in policy.providers.items() if not p.ready())
+        if names:
+            return f"providers not ready (no usable keys): {', '.join(names)}"
+        if policy.log_fails_closed and not self._log_healthy:
+            return "decision log cannot take records (decision_log.on_failure: deny)"
+        return None
+
+    async def _publish_health(self) -> None:
+        """Overall health ("" and the Authorization service, HTTP /healthz) and the
+        decision log's own health name; each change of either is logged once."""
+        problem = None if not self._stopping.is_set() else "draining"
+        problem = problem or self.unhealthy()
+        serving = problem is None
+        if serving != self.serving and self._served_once:
+            if serving:
+                assert self.engine is not None
+                log.warning("health SERVING again: policy %s ready", self.engine.policy.version)
+            else:
+                log.error("health NOT_SERVING: %s", problem)
+        if serving != self.serving or self._published_log_health != self._log_healthy:
+            self.serving = serving
+            self._served_once = self._served_once or serving
+            self._published_log_health = self._log_healthy
+            if self.transport is not None:
+                await self.transport.set_serving(serving)
+                await self.transport.set_health(DECISION_LOG_HEALTH, self._log_healthy)
+            if self.http is not None:
+                await self.http.set_serving(serving)
+
+    async def _monitor_health(self) -> None:
+        """Keep health true while running: keys go stale, the decision log fails."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEALTH_INTERVAL)
+            if self._stopping.is_set() or self.engine is None:
+                return
+            log_healthy = self.sink.healthy()
+            if log_healthy != self._log_healthy:
+                if log_healthy:
+                    log.warning("decision log healthy again")
+                else:
+                    log.error(
+                        "decision log unhealthy (%s)",
+                        "on_failure: deny: health NOT_SERVING; while it cannot take records, "
+                        "allows become 503 decision_log_unavailable"
+                        if self.engine.policy.log_fails_closed
+                        else "on_failure: drop: records are being dropped or delayed",
+                    )
+                self._log_healthy = log_healthy
+            await self._publish_health()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -327,6 +489,8 @@ def _supervise(options: ServeOptions) -> int:
         options.decision_log,
         "--reload-interval",
         str(options.reload_interval),
+        "--reload-settle",
+        str(options.reload_settle),
         "--drain-timeout",
         str(options.drain_timeout),
     ]

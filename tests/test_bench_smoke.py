@@ -8,6 +8,7 @@ no claim about the figures (no timed assertions). The full benchmark is
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,3 +93,23 @@ def test_http_hardening_script(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads((tmp_path / "http_hardening.json").read_text())
     assert set(data["in_process"]) == {"before", "after", "after+secret"}
+
+
+def test_credentials_bench_runs() -> None:
+    run = _run("bench/credentials.py", "--calls", "200", "--rounds", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "exclusive / first_match = " in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed")
+def test_grpc_garbage_bench_runs() -> None:
+    run = subprocess.run(
+        ["bash", "bench/grpc_garbage.sh", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 tracebacks for 50 calls" in run.stdout, run.stdout

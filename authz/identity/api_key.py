@@ -17,10 +17,12 @@ from authz.policy.config import ApiKey, ApiKeyProviderConfig
 
 class ApiKeyProvider(StaticProvider):
     kind = "api_key"
+    connection_credential = False
 
     def __init__(self, config: ApiKeyProviderConfig, *, clock: Clock = time.time) -> None:
         self.name = config.name
         self._header = config.header
+        self._carrier = "header:" + config.header.lower()
         self._clock = clock
         self._keys: dict[str, tuple[ApiKey, Identity]] = {
             key.sha256: (
@@ -37,6 +39,10 @@ class ApiKeyProvider(StaticProvider):
             )
             for key in config.keys
         }
+
+    def presented(self, request: Request) -> str | None:
+        """The header's carrier name when the key header is present (even empty)."""
+        return self._carrier if self._header in request.headers else None
 
     async def authenticate(self, request: Request) -> Identity | None:
         value = request.headers.get(self._header)

@@ -4,6 +4,12 @@ A provider *abstains* (returns None) when its credential is absent from the
 request and *rejects* (raises an :class:`~authz.errors.AuthenticationError`) when
 the credential is present but bad. One file per method; the registry in
 :mod:`authz.identity.registry` maps a config type to its class.
+
+Before any provider verifies anything, the engine asks the providers of a route
+with several of them where their credential is (:meth:`IdentityProvider.presented`):
+two different credentials in one request are ``multiple_credentials``. A
+credential that is a property of the connection (``connection_credential``: the
+mTLS peer identity) is not one the client chose to send and never counts.
 """
 
 from __future__ import annotations
@@ -21,12 +27,27 @@ Fetcher = Callable[[str, float], Awaitable[bytes]]
 class IdentityProvider(Protocol):
     name: str
     kind: str
+    #: True when the credential comes with the connection (the mTLS peer identity
+    #: Envoy verified), not in the request: it never counts toward
+    #: ``multiple_credentials`` and, on an ``exclusive`` route, is consulted only
+    #: when the request carries no credential of its own.
+    connection_credential: bool
 
     async def start(self) -> None:
         """Prepare (load or fetch keys). Called once before the policy serves."""
 
     def ready(self) -> bool:
         """True once the provider can verify credentials."""
+
+    def presented(self, request: Request) -> str | None:
+        """Where this provider's credential is in ``request``, None if it is absent.
+
+        Cheap (no parsing, hashing or verification) and never raises. The answer
+        names the carrier (``"header:authorization"``, ``"query:access_token"``), so
+        that providers reading the same one (two issuers on ``authorization``) count
+        as one credential. It is not None whenever :meth:`authenticate` would not
+        abstain.
+        """
 
     async def authenticate(self, request: Request) -> Identity | None:
         """The identity the request proves, None if no credential of this kind is present."""

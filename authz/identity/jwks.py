@@ -6,6 +6,9 @@ discovery. Lookups of known key ids never do I/O. Everything that touches the
 network is rate-limited so that a flood of tokens with random ``kid`` values cannot
 turn this service into an amplifier against the issuer, and a failing issuer
 degrades to "last good keys" for a bounded time before requests fail closed.
+Weak key material (short RSA moduli, small or even exponents, curves off the allowed
+list, short HMAC secrets) is refused when a document is parsed, and each refused
+key is logged once, not once per fetch or per request.
 
 Time decisions use the injected :data:`~authz.identity.base.Clock`, so tests drive
 TTLs with a fake clock; network I/O goes through the injected
@@ -15,15 +18,18 @@ TTLs with a fake clock; network I/O goes through the injected
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import http.client
 import json
 import logging
+import math
 import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +64,97 @@ def algorithm_family(alg: str) -> str | None:
     return _ALG_FAMILY.get(alg)
 
 
+#: The floor for RSA moduli (NIST SP 800-57: 2048 bits); a provider may only raise it.
+MIN_RSA_BITS = 2048
+#: Smallest RSA public exponent accepted (e=3 invites Bleichenbacher-style forgeries
+#: against lax verifiers; every real issuer uses 65537).
+MIN_RSA_EXPONENT = 65537
+#: EC curves accepted; secp256k1 only when the provider enables ES256K.
+EC_CURVES = frozenset({"P-256", "P-384", "P-521"})
+_ALG_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "ES256K": "secp256k1"}
+#: RFC 7518 3.2: an HMAC key must be at least as long as the hash output.
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: The members that make up a public key (RFC 7638), compared across refreshes.
+_KEY_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequirements:
+    """What a JWK's key material must satisfy to be used by one provider."""
+
+    min_rsa_bits: int = MIN_RSA_BITS
+    curves: frozenset[str] = EC_CURVES
+    #: The HS* algorithms the provider allows; when empty, ``oct`` lengths are not checked.
+    hmac_algorithms: tuple[str, ...] = ()
+
+    @classmethod
+    def for_provider(cls, config: JwtProviderConfig) -> KeyRequirements:
+        """The requirements of ``config`` (its ``min_rsa_bits`` and algorithms)."""
+        curves = EC_CURVES | {"secp256k1"} if "ES256K" in config.algorithms else EC_CURVES
+        return cls(
+            min_rsa_bits=max(MIN_RSA_BITS, config.min_rsa_bits),
+            curves=curves,
+            hmac_algorithms=tuple(a for a in config.algorithms if a in _HMAC_KEY_BYTES),
+        )
+
+    def weakness(self, member: Mapping[str, Any], kty: str, alg: str | None) -> str | None:
+        """Why the key in JWK ``member`` is too weak to use, or None.
+
+        Malformed members return None here: the key parser reports them.
+        """
+        if kty == "RSA":
+            n, e = _b64url_int(member.get("n")), _b64url_int(member.get("e"))
+            if n is None or e is None:
+                return None
+            bits = n.bit_length()
+            if bits < self.min_rsa_bits:
+                return f"RSA modulus of {bits} bits is under the minimum of {self.min_rsa_bits}"
+            shown = str(e) if e < 1 << 64 else f"of {e.bit_length()} bits"
+            if e % 2 == 0:
+                return f"RSA public exponent {shown} is even"
+            if e < MIN_RSA_EXPONENT:
+                return f"RSA public exponent {shown} is under {MIN_RSA_EXPONENT}"
+        elif kty == "EC":
+            crv = member.get("crv")
+            if crv not in self.curves:
+                allowed = ", ".join(sorted(self.curves))
+                return f"EC curve {str(crv)[:20]!r} is not allowed (allowed: {allowed})"
+            if alg is not None and _ALG_CURVE.get(alg) != crv:
+                return f"EC curve {crv} does not fit alg {alg}"
+        elif kty == "oct" and self.hmac_algorithms:
+            secret = member.get("k")
+            if not isinstance(secret, str):
+                return None
+            algs = (alg,) if alg is not None else self.hmac_algorithms
+            # Without its own alg the secret may be used with any allowed HS*.
+            need = max(_HMAC_KEY_BYTES.get(a, 0) for a in algs)
+            length = len(secret.rstrip("=")) * 6 // 8
+            if length < need:
+                return (
+                    f"HMAC secret of {length} bytes is shorter than the {need} bytes its hash needs"
+                )
+        return None
+
+
+def _b64url_int(value: Any) -> int | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return int.from_bytes(raw, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedKey:
+    """A JWKS member that was not accepted, and why."""
+
+    where: str  # "<source>: keys[<index>]"
+    kid: str | None
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class JwkKey:
     """One usable verification key from a JWKS.
@@ -71,6 +168,9 @@ class JwkKey:
     key: Any  # a cryptography public key, or bytes for an "oct" key
     family: str
     alg: str | None = None
+    #: The JWK's public key members, canonical: the same key has the same material
+    #: across refreshes (so cache entries verified with it stay valid).
+    material: str = ""
 
     def compatible(self, alg: str) -> bool:
         """True if a token signed with ``alg`` may be verified with this key."""
@@ -143,69 +243,105 @@ def json_object(data: Any, source: str) -> Mapping[str, Any]:
     return doc
 
 
-def parse_jwks(data: bytes | str | Mapping[str, Any], *, source: str = "jwks") -> list[JwkKey]:
-    """Parse a JWKS document into usable verification keys.
+def parse_key_set(
+    data: bytes | str | Mapping[str, Any],
+    *,
+    source: str = "jwks",
+    requirements: KeyRequirements | None = None,
+) -> tuple[list[JwkKey], list[RefusedKey]]:
+    """Parse a JWKS document: the usable verification keys and the keys refused.
 
-    Keys whose ``use`` is not ``sig``, whose ``key_ops`` exclude ``verify``, or that
-    cannot be parsed are skipped with a warning. Raises :class:`ValueError` when the
-    document itself is unusable or holds no usable key, so that a bad document
-    never replaces good keys.
+    Keys whose ``use`` is not ``sig`` or whose ``key_ops`` exclude ``verify`` are
+    skipped silently; keys that cannot be parsed, are too weak for
+    ``requirements``, or repeat a kid are refused (and returned, for the caller to
+    log). Raises :class:`ValueError` only when the document itself is unusable.
     """
     doc = data if isinstance(data, Mapping) else json_object(data, source)
     members = doc.get("keys")
     if not isinstance(members, list):
         raise ValueError(f"{source}: no 'keys' array")
+    need = requirements if requirements is not None else KeyRequirements()
     keys: list[JwkKey] = []
+    refused: list[RefusedKey] = []
     seen: set[str] = set()
     for index, member in enumerate(members):
-        key = _parse_jwk(member, f"{source}: keys[{index}]")
+        where = f"{source}: keys[{index}]"
+        key = _parse_jwk(member, where, need)
         if key is None:
+            continue
+        if isinstance(key, RefusedKey):
+            refused.append(key)
             continue
         if key.kid is not None:
             if key.kid in seen:
                 # An ambiguous kid would make the choice of key depend on order.
-                logger.warning("%s: keys[%d]: duplicate kid %r skipped", source, index, key.kid)
+                refused.append(RefusedKey(where, key.kid, "duplicate kid skipped"))
                 continue
             seen.add(key.kid)
         keys.append(key)
+    return keys, refused
+
+
+def parse_jwks(
+    data: bytes | str | Mapping[str, Any],
+    *,
+    source: str = "jwks",
+    requirements: KeyRequirements | None = None,
+) -> list[JwkKey]:
+    """Parse a JWKS document into usable verification keys, logging each refused key.
+
+    Raises :class:`ValueError` when the document itself is unusable or holds no
+    usable key, so that a bad document never replaces good keys.
+    """
+    keys, refused = parse_key_set(data, source=source, requirements=requirements)
+    log_refused(refused)
     if not keys:
         raise ValueError(f"{source}: no usable signing keys")
     return keys
 
 
-def _parse_jwk(member: Any, where: str) -> JwkKey | None:
+def log_refused(refused: Sequence[RefusedKey], provider: str | None = None) -> None:
+    """One warning line per refused key, naming its kid and why."""
+    prefix = f"provider {provider}: " if provider else ""
+    for r in refused:
+        logger.warning("%s%s: key %r refused: %s", prefix, r.where, r.kid, r.reason)
+
+
+def _parse_jwk(member: Any, where: str, need: KeyRequirements) -> JwkKey | RefusedKey | None:
     if not isinstance(member, dict):
-        logger.warning("%s: not a JSON object, skipped", where)
-        return None
+        return RefusedKey(where, None, "not a JSON object")
     use = member.get("use")
     if use is not None and use != "sig":
         return None  # encryption keys are not for us; not worth a warning
     ops = member.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None
+    raw_kid = member.get("kid")
+    kid = raw_kid if isinstance(raw_kid, str) else None
     kty = member.get("kty")
     if kty not in KEY_FAMILIES:
-        logger.warning("%s: unsupported kty %r, skipped", where, kty)
-        return None
-    kid = member.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        logger.warning("%s: kid is not a string, skipped", where)
-        return None
+        return RefusedKey(where, kid, f"unsupported kty {str(kty)[:20]!r}")
+    if raw_kid is not None and kid is None:
+        return RefusedKey(where, None, "kid is not a string")
     alg = member.get("alg")
     if alg is not None and (not isinstance(alg, str) or algorithm_family(alg) != kty):
-        logger.warning("%s: alg %r does not fit kty %r, skipped", where, alg, kty)
-        return None
+        return RefusedKey(where, kid, f"alg {str(alg)[:20]!r} does not fit kty {kty!r}")
+    weakness = need.weakness(member, kty, alg)
+    if weakness is not None:
+        return RefusedKey(where, kid, weakness)
     try:
         parsed = jwt.PyJWK(member)
     except Exception as exc:  # PyJWT raises several types; none may escape
-        logger.warning("%s: unparsable key skipped: %s", where, exc)
-        return None
+        return RefusedKey(where, kid, f"unparsable key: {exc}")
     key = parsed.key
     if hasattr(key, "public_key"):
         # A JWKS that leaks a private key is still usable for verification; never
         # keep the private half in memory longer than needed.
         key = key.public_key()
-    return JwkKey(kid=kid, key=key, family=kty, alg=alg)
+    material = json.dumps(
+        [kty, alg, [member.get(m) for m in _KEY_MEMBERS[kty]]], separators=(",", ":")
+    )
+    return JwkKey(kid=kid, key=key, family=kty, alg=alg, material=material)
 
 
 class JwksCache:
@@ -222,6 +358,12 @@ class JwksCache:
       ``DependencyError(reason="jwks_unavailable")``.
     * With no usable keys (never loaded, or stale) retries back off from 1 s up to
       ``jwks_refresh_interval``, so that a service recovers soon after its issuer.
+    * A refresh that brings a key unchanged (same kid and material) keeps the same
+      :class:`JwkKey` object; :attr:`generation` changes whenever the set of keys
+      served does. A cache of verified tokens remembers the key and generation it
+      verified with and asks :meth:`holds` (O(1)) when the generation moved on.
+    * Keys refused as weak or malformed are logged once per kid while they stay in
+      the issuer's document, not on every refresh.
 
     The counters ``fetches``, ``failures``, ``unknown_kid_refreshes`` and
     ``suppressed_refreshes`` are plain ints for metrics.
@@ -249,8 +391,17 @@ class JwksCache:
             if poll_interval is not None
             else max(0.05, min(config.jwks_refresh_interval, config.jwks_ttl, 10.0))
         )
+        self.requirements = KeyRequirements.for_provider(config)
         self._by_kid: dict[str, JwkKey] = {}
         self._all: tuple[JwkKey, ...] = ()
+        #: Bumped whenever the set of keys served changes (rotation, revocation).
+        self.generation = 0
+        #: Keys are usable while the clock reads less than this (last good fetch
+        #: plus ``jwks_stale_ttl``); -inf while no keys are held.
+        self.usable_until = -math.inf
+        # (kid or position, reason) of the keys refused in the last document parsed,
+        # so that each is logged once while the issuer keeps publishing it.
+        self._refused: frozenset[tuple[str, str]] = frozenset()
         self._last_success: float | None = None
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
@@ -301,6 +452,12 @@ class JwksCache:
     def keys(self) -> tuple[JwkKey, ...]:
         """The keys currently served."""
         return self._all
+
+    def holds(self, key: JwkKey) -> bool:
+        """True if ``key`` (this very object) is still among the keys served."""
+        if key.kid is not None:
+            return self._by_kid.get(key.kid) is key
+        return any(k is key for k in self._all)
 
     # -- lookups -----------------------------------------------------------------
 
@@ -358,11 +515,7 @@ class JwksCache:
     # -- refresh -----------------------------------------------------------------
 
     def _usable(self, now: float) -> bool:
-        return (
-            bool(self._all)
-            and self._last_success is not None
-            and now - self._last_success < self.config.jwks_stale_ttl
-        )
+        return now < self.usable_until
 
     def _refresh_allowed(self, now: float) -> bool:
         if self._last_attempt is None:
@@ -421,11 +574,31 @@ class JwksCache:
         finally:
             self._inflight = None
         if keys is not None:
-            self._all = tuple(keys)
-            self._by_kid = {k.kid: k for k in keys if k.kid is not None}
+            self._install(keys)
         self._last_success = self._clock()
+        self.usable_until = self._last_success + self.config.jwks_stale_ttl
         self._consecutive_failures = 0
         return True
+
+    def _install(self, keys: list[JwkKey]) -> None:
+        # An unchanged key keeps its object, so that tokens verified with it stay
+        # cached; a changed or removed one is gone, and with it every cache entry.
+        old = self._all
+        current = {(k.kid, k.material): k for k in old}
+        fresh = tuple(current.get((k.kid, k.material), k) for k in keys)
+        if len(fresh) != len(old) or any(a is not b for a, b in zip(fresh, old, strict=True)):
+            self.generation += 1
+        self._all = fresh
+        self._by_kid = {k.kid: k for k in fresh if k.kid is not None}
+
+    def _parse(self, data: bytes, source: str) -> list[JwkKey]:
+        keys, refused = parse_key_set(data, source=source, requirements=self.requirements)
+        marks = {(r.kid if r.kid is not None else r.where, r.reason): r for r in refused}
+        log_refused([r for mark, r in marks.items() if mark not in self._refused], self.config.name)
+        self._refused = frozenset(marks)
+        if not keys:
+            raise ValueError(f"{source}: no usable signing keys ({len(refused)} refused)")
+        return keys
 
     async def _run(self) -> None:
         while True:
@@ -451,7 +624,7 @@ class JwksCache:
                 self._jwks_uri = None
             raise
         self.fetches += 1
-        return parse_jwks(data, source=uri)
+        return self._parse(data, uri)
 
     def _load_file(self, path: str) -> list[JwkKey] | None:
         st = os.stat(path)
@@ -463,7 +636,7 @@ class JwksCache:
         if len(data) > MAX_DOCUMENT_BYTES:
             raise ValueError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes")
         self.fetches += 1
-        keys = parse_jwks(data, source=path)
+        keys = self._parse(data, path)
         self._file_stamp = stamp
         return keys
 

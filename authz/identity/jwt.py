@@ -1,12 +1,15 @@
 """JWT bearer tokens from one OIDC/JWT issuer (identity provider kind ``jwt``).
 
 The hot path is a verified-token cache: a token seen before costs one dict lookup
-and one clock comparison. On a miss the token is parsed exactly once (one split,
-one base64url decode and one JSON parse per segment), the header is checked
-before any key is looked up, the signature is verified with PyJWT's algorithm
-objects on the already-decoded bytes, and the registered claims are checked here.
-Every failure is an :class:`~authz.errors.InvalidToken` with a stable ``reason``;
-no PyJWT exception leaves this module.
+and a few comparisons (its expiry, the key set's staleness and generation). An
+entry never outlives its key: it remembers the key object it was verified with and
+answers only while that key is still served and not stale. On a miss the token is
+parsed exactly once (one split, one base64url decode and one JSON parse per
+segment), the header is checked before any key is looked up, the signature is
+verified with PyJWT's algorithm objects on the already-decoded bytes, and the
+registered claims are checked here. Every failure is an
+:class:`~authz.errors.InvalidToken` with a stable ``reason``; no PyJWT exception
+leaves this module.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from authz.errors import InvalidToken, MultipleCredentials
 from authz.identity.base import Clock, Fetcher
-from authz.identity.jwks import JwksCache, algorithm_family
+from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 
@@ -129,6 +132,20 @@ def parse_authorization(value: str, *, dedicated: bool) -> str | None:
     _fail("token_malformed", "'Bearer' without a token")
 
 
+def bearer_presented(value: str, *, dedicated: bool) -> bool:
+    """Whether :func:`parse_authorization` would find a credential in ``value``
+    (return a token or raise) rather than abstain; parses nothing."""
+    if value.startswith(("Bearer ", "bearer ")) and "," not in value:
+        return True  # the common case, without copying the token
+    if "," not in value:
+        words = value.split(None, 1)
+        return bool(words) and (dedicated or words[0].lower() == "bearer")
+    parts = [p.split(None, 1) for p in value.split(",") if p.strip()]
+    if dedicated:
+        return bool(parts)
+    return any(p[0].lower() == "bearer" for p in parts)
+
+
 def _not_bearer(dedicated: bool) -> None:
     # Another scheme in a header that only this provider reads is a bad credential.
     if dedicated:
@@ -147,6 +164,27 @@ def _query_has_access_token(path: str) -> bool:
     return False
 
 
+class _Verified:
+    """A cache entry: what verifying a token proved, and with which key."""
+
+    __slots__ = ("deadline", "generation", "identity", "key", "valid_until")
+
+    def __init__(self, identity: Identity, valid_until: float, key: JwkKey, jwks: JwksCache):
+        self.identity = identity
+        self.valid_until = valid_until  # exp + leeway
+        self.key = key
+        self.generation = 0
+        self.deadline = 0.0
+        self.bind(jwks)
+
+    def bind(self, jwks: JwksCache) -> None:
+        """Note that ``jwks`` holds :attr:`key` now: the fast path may answer until
+        the token expires or the keys go stale, whichever is first, while the key
+        set stays the same."""
+        self.generation = jwks.generation
+        self.deadline = min(self.valid_until, jwks.usable_until)
+
+
 class JwtProvider:
     """Verifies ``Bearer`` JWTs from one issuer; implements ``IdentityProvider``.
 
@@ -154,6 +192,7 @@ class JwtProvider:
     """
 
     kind = "jwt"
+    connection_credential = False
 
     def __init__(
         self,
@@ -168,6 +207,7 @@ class JwtProvider:
         self.jwks = JwksCache(config, clock=clock, fetcher=fetcher)
         self._header = config.header.lower()
         self._dedicated = self._header != "authorization"
+        self._carrier = "header:" + self._header
         self._audiences = frozenset(config.audiences)
         available = get_default_algorithms()
         # "none" is never an algorithm, whatever the configuration says.
@@ -176,7 +216,7 @@ class JwtProvider:
             for alg in config.algorithms
             if alg.lower() != "none" and alg in available and algorithm_family(alg)
         }
-        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._cache_size = max(0, config.cache_size)
         self.verifications = 0
         self.cache_hits = 0
@@ -198,6 +238,18 @@ class JwtProvider:
         """Stop background key refreshes."""
         await self.jwks.close()
 
+    def presented(self, request: Request) -> str | None:
+        """Where a bearer token is: this provider's header, or an ``access_token``
+        query parameter (never accepted, but a credential the client sent: counted so
+        that it cannot ride along unverified beside another one)."""
+        value = request.headers.get(self._header)
+        if value is not None and bearer_presented(value, dedicated=self._dedicated):
+            return self._carrier
+        path = request.path
+        if "?" in path and _query_has_access_token(path):
+            return "query:access_token"
+        return None
+
     async def authenticate(self, request: Request) -> Identity | None:
         """The identity a bearer JWT proves; None when no bearer token is present."""
         value = request.headers.get(self._header)
@@ -212,19 +264,29 @@ class JwtProvider:
 
         entry = self._cache.get(token)
         if entry is not None:
-            if self._clock() < entry[1]:
+            now = self._clock()
+            jwks = self.jwks
+            if now < entry.deadline and entry.generation == jwks.generation:
                 self._cache.move_to_end(token)
                 self.cache_hits += 1
-                return entry[0]
+                return entry.identity
+            if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
+                # Refreshed or rotated since, and the key is still served (O(1)).
+                entry.bind(jwks)
+                self._cache.move_to_end(token)
+                self.cache_hits += 1
+                return entry.identity
+            # Expired, keys stale, or its key rotated out or revoked: verify again,
+            # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
             del self._cache[token]
 
-        identity, valid_until = await self.verify(token)
+        verified = await self._verify(token)
         if self._cache_size:
             cache = self._cache
-            cache[token] = (identity, valid_until)
+            cache[token] = verified
             while len(cache) > self._cache_size:
                 cache.popitem(last=False)
-        return identity
+        return verified.identity
 
     async def verify(self, token: str) -> tuple[Identity, float]:
         """Verify ``token`` fully (no cache); the identity and the time it stops being valid.
@@ -232,6 +294,10 @@ class JwtProvider:
         Raises :class:`InvalidToken` with one of the ``token_*`` reasons, or
         ``DependencyError(reason="jwks_unavailable")`` from the key set.
         """
+        verified = await self._verify(token)
+        return verified.identity, verified.valid_until
+
+    async def _verify(self, token: str) -> _Verified:
         self.verifications += 1
         if len(token) > MAX_TOKEN_LENGTH:
             _fail("token_malformed", "token too long")
@@ -260,6 +326,7 @@ class JwtProvider:
             _fail("token_algorithm_not_allowed", f"alg {alg} but the issuer has no HMAC keys")
 
         jwk = await self.jwks.key_for(kid, alg)
+        # No await from here on: the key set cannot change before the entry is made.
         # Key confusion: an HS* token must never be checked with an RSA/EC key used
         # as an HMAC secret, nor an RS token with a PS-only key and so on.
         if not jwk.compatible(alg):
@@ -275,7 +342,8 @@ class JwtProvider:
             valid = False
         if not valid:
             _fail("token_bad_signature", "signature verification failed")
-        return self._check_claims(payload)
+        identity, valid_until = self._check_claims(payload)
+        return _Verified(identity, valid_until, jwk, self.jwks)
 
     def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
         config = self.config

@@ -59,6 +59,9 @@ IDENTITY_CACHE_SIZE = 4096
 
 class MtlsProvider(StaticProvider):
     kind = "mtls"
+    #: The peer identity is a property of the connection: in a mesh every request
+    #: has one, so it never makes a request carry "two credentials".
+    connection_credential = True
 
     def __init__(self, config: MtlsProviderConfig) -> None:
         self.name = config.name
@@ -71,6 +74,10 @@ class MtlsProvider(StaticProvider):
     def cached(self) -> int:
         """Number of peer identities currently kept."""
         return len(self._identities)
+
+    def presented(self, request: Request) -> str | None:
+        """``"connection"`` when Envoy attests a peer (principal or certificate)."""
+        return "connection" if request.principal or request.peer_certificate else None
 
     async def authenticate(self, request: Request) -> Identity | None:
         principal = request.principal

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
 
 MODES = ("enforce", "monitor")
+#: How a route with several providers treats a request carrying several credentials:
+#: ``exclusive`` denies it (multiple_credentials); ``first_match`` lets the first
+#: provider (in route order) whose credential is present decide, for migrations.
+CREDENTIAL_MODES = ("exclusive", "first_match")
 UNDECLARED = ("deny", "monitor")
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
@@ -47,6 +51,7 @@ class JwtProviderConfig:
     jwks_stale_ttl: float = 3600.0  # keep the last good keys this long while unreachable
     jwks_timeout: float = 5.0
     cache_size: int = 10_000  # verified-token cache entries
+    min_rsa_bits: int = 2048  # RSA keys with a shorter modulus are refused (never below 2048)
     type: str = "jwt"
 
 
@@ -156,6 +161,7 @@ class RouteConfig:
     contract: ContractConfig | None = None  # None: nothing validated
     priority: str = "normal"  # critical | normal | background (load shedding order)
     rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
+    credentials: str = "exclusive"  # one of CREDENTIAL_MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +189,24 @@ class HeaderNames:
         )
 
 
+DECISION_LOG_FAILURE = ("drop", "deny")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionLogConfig:
+    """What the service does when the decision log cannot keep up or cannot write.
+
+    ``drop``: wait up to ``block_ms`` for room once the queue of ``max_queue`` records is
+    full, then count and drop records (logged, health shows it). ``deny``: a decision that
+    cannot be recorded is not allowed (503 ``decision_log_unavailable``) until the log
+    takes records again.
+    """
+
+    on_failure: str = "drop"
+    max_queue: int = 65_536
+    block_ms: float = 50.0
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     version: str  # content hash of the policy file
@@ -197,6 +221,7 @@ class PolicyConfig:
     #: to one is a new policy version.
     documents: tuple[str, ...] = ()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

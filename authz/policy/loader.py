@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import cache
 from importlib import resources
@@ -26,6 +27,7 @@ from authz.policy.config import (
     HMAC_ALGORITHMS,
     ApiKey,
     ApiKeyProviderConfig,
+    DecisionLogConfig,
     HeaderNames,
     JwtProviderConfig,
     MtlsProviderConfig,
@@ -38,6 +40,8 @@ from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
 
 JsonPath = tuple[str | int, ...]
+#: Reads a file the policy names (raises OSError like Path.read_bytes).
+ReadFile = Callable[[Path], bytes]
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -70,7 +74,12 @@ def load_policy(path: str | Path) -> PolicyConfig:
     return load_policy_bytes(data, source=str(path), base_dir=path.parent)
 
 
-def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConfig:
+def load_policy_bytes(
+    data: bytes, *, source: str, base_dir: Path, read: ReadFile | None = None
+) -> PolicyConfig:
+    """Check and compile a policy from its bytes; ``read`` reads the documents it names
+    (OpenAPI files; default: from disk), so that a caller that hashed a snapshot of
+    every file can have exactly those bytes compiled."""
     doc, marks, key_marks = _parse_yaml(data, source)
     problems: list[tuple[str, str]] = []
 
@@ -103,7 +112,9 @@ def load_policy_bytes(data: bytes, *, source: str, base_dir: Path) -> PolicyConf
 
     # Semantic checks run even when the schema found problems, so that one run of
     # `authz validate` lists everything; parts the schema rejected are skipped.
-    builder = _Builder(doc, where, base_dir, tolerant=bool(problems), reported=schema_paths)
+    builder = _Builder(
+        doc, where, base_dir, tolerant=bool(problems), reported=schema_paths, read=read
+    )
     config = builder.build(policy_version(data), source)
     if builder.documents:
         # The policy is the file and the documents it names: a change to either is a
@@ -249,11 +260,13 @@ class _Builder:
         *,
         tolerant: bool = False,
         reported: list[JsonPath] | None = None,
+        read: ReadFile | None = None,
     ) -> None:
         self.doc = doc if isinstance(doc, dict) else {}
         self.reported = reported or []  # where the schema already found a problem
         self.where = where
         self.base_dir = base_dir
+        self.read: ReadFile = read or Path.read_bytes
         self.tolerant = tolerant  # the schema failed: skip what cannot be read
         self.problems: list[tuple[str, str]] = []
         self.documents: list[str] = []  # OpenAPI files, resolved
@@ -311,6 +324,8 @@ class _Builder:
             routes=routes,
             documents=tuple(self.documents),
             rate_limits=rate_limits,
+            decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
+            or DecisionLogConfig(),
         )
 
     def openapi(
@@ -326,7 +341,7 @@ class _Builder:
                         (*at, "security_schemes", scheme, j), f"no provider named {name!r}"
                     )
         routes, file, data, problems = load_openapi(
-            spec, self.base_dir, providers, self.contract_defaults
+            spec, self.base_dir, providers, self.contract_defaults, read=self.read
         )
         if file is None:
             self.problem((*at, "file"), problems[0][1])
@@ -379,6 +394,7 @@ class _Builder:
             scope_claim=spec.get("scope_claim", "scope"),
             header=spec.get("header", "authorization"),
             cache_size=spec.get("cache_size", defaults.cache_size),
+            min_rsa_bits=spec.get("min_rsa_bits", defaults.min_rsa_bits),
             leeway=duration("leeway"),
             max_lifetime=max_lifetime,
             jwks_ttl=duration("jwks_ttl"),
@@ -480,6 +496,7 @@ class _Builder:
             contract=contract,
             priority=priority,
             rate_limits=rate_limits,
+            credentials=spec.get("credentials", "exclusive"),
         )
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:

@@ -101,15 +101,17 @@ def load_openapi(
     base_dir: Path,
     providers: dict[str, ProviderConfig],
     defaults: ContractDefaults,
+    read: Callable[[Path], bytes] = Path.read_bytes,
 ) -> tuple[list[RouteConfig], Path | None, bytes, list[tuple[str, str]]]:
-    """(routes, resolved file, its bytes, problems located in the OpenAPI file)."""
+    """(routes, resolved file, its bytes, problems located in the OpenAPI file);
+    ``read`` reads the file (the loader's, so that a snapshot can be compiled)."""
     from authz.errors import PolicyError
     from authz.policy.loader import _parse_yaml
 
     file = Path(entry["file"])
     file = file if file.is_absolute() else base_dir / file
     try:
-        data = file.read_bytes()
+        data = read(file)
     except OSError as exc:
         return [], None, b"", [(str(file), f"cannot read the OpenAPI document: {exc.strerror}")]
     try:
@@ -505,6 +507,7 @@ class _Importer:
             public=public,
             mode=self.entry.get("mode"),
             strip_credential=bool(self.entry.get("strip_credential", False)) and not public,
+            credentials=self.entry.get("credentials", "exclusive"),
             location=self.d.where(at),
             contract=contract,
         )

@@ -4,6 +4,8 @@ control plane (authz.v1.Admin)."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -38,18 +40,84 @@ _INTERNAL = encode_check_response(
 )
 
 
+#: What a message that does not parse as a CheckRequest is told (INVALID_ARGUMENT).
+NOT_A_CHECK_REQUEST = "not a CheckRequest"
+#: At most one log line per this many seconds about such messages.
+INVALID_LOG_INTERVAL = 10.0
+
+
+class RateLimitedLog:
+    """Logs one warning line at most every ``interval`` seconds, with the number of
+    events not logged since the last line: a flood of bad calls costs one line per
+    interval, not one traceback per call."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float = INVALID_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        """Log ``message % args`` (one line), unless a line was logged too recently."""
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self._interval
+        suppressed, self._suppressed = self._suppressed, 0
+        self._log.warning(
+            message + "; %d more since the last line (at most one line every %gs)",
+            *args,
+            suppressed,
+            self._interval,
+        )
+
+
+def _parse(raw: bytes) -> external_auth_pb2.CheckRequest | None:
+    """The request deserializer: None for bytes that are not a CheckRequest (bad wire
+    format, invalid UTF-8 in a string, nesting past protobuf's recursion limit), so
+    that gRPC never sees an exception (it would answer UNKNOWN and log a traceback)."""
+    try:
+        return CheckRequest.FromString(raw)
+    except Exception:  # DecodeError in practice; nothing else may escape to gRPC
+        return None
+
+
 class AuthorizationServicer:
-    """Check never raises: anything unexpected becomes an internal_error deny.
+    """Check never raises: anything unexpected becomes an internal_error deny, and a
+    message that is not a CheckRequest gets INVALID_ARGUMENT (counted in
+    ``invalid_requests``, logged by a :class:`RateLimitedLog`).
 
     It answers with the CheckResponse already encoded (see
     :func:`~authz.transport.envoy_grpc.encode_check_response`), so the method is
     registered with a pass-through response serializer.
     """
 
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(
+        self, engine: PolicyEngine, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._engine = engine
+        #: Calls whose message was not a CheckRequest (a plain counter until metrics).
+        self.invalid_requests = 0
+        self._log_invalid = RateLimitedLog(log, clock=clock)
 
-    async def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
+    async def Check(self, request: external_auth_pb2.CheckRequest | None, context: Any) -> bytes:
+        if request is None:
+            self.invalid_requests += 1
+            self._log_invalid(
+                "gRPC Check from %s: not a CheckRequest, answered INVALID_ARGUMENT (%d so far)",
+                context.peer(),
+                self.invalid_requests,
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NOT_A_CHECK_REQUEST)
+            return b""  # not reached: abort raises
         try:
             return encode_check_response(await self._engine.check(to_request(request)))
         except Exception:
@@ -59,7 +127,7 @@ class AuthorizationServicer:
     def handler(self) -> grpc.GenericRpcHandler:
         check = grpc.unary_unary_rpc_method_handler(
             self.Check,
-            request_deserializer=CheckRequest.FromString,
+            request_deserializer=_parse,
             response_serializer=_encoded,
         )
         return grpc.method_handlers_generic_handler(AUTHORIZATION_SERVICE, {"Check": check})
@@ -80,12 +148,20 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 class GrpcTransport:
     """A grpc.aio server with the Authorization, Admin, Health and Reflection services."""
 
-    def __init__(self, engine: PolicyEngine, address: str, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        address: str,
+        *,
+        reuse_port: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 1 if reuse_port else 0), *SERVER_OPTIONS]
         )
-        self.server.add_generic_rpc_handlers((AuthorizationServicer(engine).handler(),))
+        self.authorization = AuthorizationServicer(engine, clock=clock)
+        self.server.add_generic_rpc_handlers((self.authorization.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin.add_to_server(engine, self.server)
         reflection.enable_server_reflection(
@@ -113,6 +189,15 @@ class GrpcTransport:
         )
         for name in ("", AUTHORIZATION_SERVICE):
             await self.health.set(name, status)
+
+    async def set_health(self, name: str, serving: bool) -> None:
+        """Health of one named part (e.g. ``authz.decision_log``), apart from the overall."""
+        await self.health.set(
+            name,
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)

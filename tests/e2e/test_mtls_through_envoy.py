@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from authz import devissuer
 from authz.demo.stack import LocalStack
 from authz.demo.stack import http as send
 from authz.envoy_config import TlsOptions
@@ -20,11 +21,16 @@ pytestmark = pytest.mark.e2e
 
 SYNC = "spiffe://demo.local/ns/sync/sa/worker"
 OTHER = "spiffe://demo.local/ns/web/sa/frontend"
+CORP = "https://corp.example"
+KEY = devissuer.generate_key("ES256")
 
 POLICY = """\
 providers:
   mesh: {type: mtls, trust_domains: [demo.local]}
+  corp: {type: jwt, issuer: "https://corp.example", audiences: [orders], algorithms: [ES256], jwks_file: "@JWKS@"}
 routes:
+  - {name: workload, path: /v1/workload, methods: [GET], providers: [mesh, corp]}
+  - {name: workload-old, path: /v1/workload-old, methods: [GET], providers: [mesh, corp], credentials: first_match}
   - {name: metrics, path: /internal/metrics, methods: [GET], providers: [mesh], spiffe_ids: ["spiffe://demo.local/ns/ops/sa/prometheus"]}
   - {name: sync, path: "/internal/sync/{rest=**}", methods: [POST], providers: [mesh], spiffe_ids: ["spiffe://demo.local/ns/sync/*"]}
   - {name: health, path: /healthz, methods: [GET], public: true}
@@ -59,7 +65,9 @@ def mtls(
     tmp = tmp_path_factory.mktemp(f"mtls-{request.param}")
     pki = make_mtls_pki(tmp / "pki", (PROMETHEUS, EVIL, SYNC, OTHER))
     policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(devissuer.jwks([KEY])))
+    policy.write_text(POLICY.replace("@JWKS@", str(jwks)))
     tls = TlsOptions(pki.server.cert, pki.server.key, client_ca=pki.ca.cert)
     stack = LocalStack(
         policy=policy, state_dir=Path(tmp / "state"), tls=tls, transport=request.param
@@ -166,3 +174,24 @@ def test_client_without_certificate_is_refused(mtls: MtlsEnv) -> None:
     ctx = ssl.create_default_context(cafile=mtls.pki.ca.cert)
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
         send("GET", mtls.stack.base_url + "/healthz", context=ctx)
+
+
+def test_user_jwt_over_mtls_decides(mtls: MtlsEnv) -> None:
+    """The peer identity comes with every connection in a mesh: it is not a second
+    credential. The JWT the workload sends decides (and a bad one is refused, not
+    ignored); without one, the peer identity does. A first_match route keeps the
+    route order (here: the peer identity first)."""
+    token = devissuer.mint(KEY, issuer=CORP, subject="alice", audience="orders")
+    bearer = {"authorization": f"Bearer {token}"}
+    status, _, body = mtls.get(OTHER, "/v1/workload", headers=bearer)
+    assert status == 200, body
+    seen = json.loads(body)["headers"]
+    assert (seen["x-authz-subject"], seen["x-authz-identity-type"]) == ("alice", "jwt")
+    status, _, body = mtls.get(OTHER, "/v1/workload", headers={"authorization": "Bearer x.y.z"})
+    assert (status, json.loads(body)["error"]) == (401, "token_malformed")
+    status, _, body = mtls.get(OTHER, "/v1/workload")
+    assert status == 200
+    assert json.loads(body)["headers"]["x-authz-subject"] == OTHER
+    status, _, body = mtls.get(OTHER, "/v1/workload-old", headers={"authorization": "Bearer x.y.z"})
+    assert status == 200
+    assert json.loads(body)["headers"]["x-authz-identity-type"] == "mtls"

@@ -69,6 +69,7 @@ routes:
   - {{name: legacy-report, path: /v1/reports, methods: [GET], providers: [flaky]}}
   - {{name: preview, path: /v1/preview, methods: [GET], providers: [dev], scopes: [preview], mode: monitor}}
   - {{name: mesh-only, path: /v1/mesh, methods: [GET], providers: [mesh]}}
+  - {{name: migrating, path: /v1/migrating, methods: [GET], providers: [dev, legacy], credentials: first_match}}
 """
 
 
@@ -195,6 +196,18 @@ DENY_CASES: list[Case] = [
             "/v1/orders/1",
             {"authorization": f"Bearer {e.token()}, Bearer {e.token()}"},
         ),
+    ),
+    (
+        "JWT and a bogus API key",
+        401,
+        "multiple_credentials",
+        lambda e: ("GET", "/v1/orders/1", {**_bearer(e.token()), "x-api-key": "bogus"}),
+    ),
+    (
+        "API key and an access_token query parameter",
+        401,
+        "multiple_credentials",
+        lambda e: ("GET", f"/v1/orders/1?access_token={e.token()}", {"x-api-key": API_KEY}),
     ),
     (
         "malformed token",
@@ -434,6 +447,22 @@ def test_api_key_identity_and_strip_credential(env: Env) -> None:
     )
     assert status == 200
     assert "authorization" not in json.loads(body)["headers"]  # strip_credential
+
+
+def test_one_credential_per_request_unless_the_route_opts_out(env: Env) -> None:
+    # The JWT alone is allowed; with a bogus API key beside it, refused (above);
+    # on a first_match route (a migration) the first provider whose credential is
+    # present decides, as before.
+    status, _, body = env.get("/v1/orders/1", _bearer(env.token()))
+    assert status == 200
+    assert json.loads(body)["headers"]["x-authz-identity-type"] == "jwt"
+    status, _, body = env.get("/v1/migrating", {**_bearer(env.token()), "x-api-key": "bogus"})
+    assert status == 200, body
+    seen = json.loads(body)["headers"]
+    assert (seen["x-authz-subject"], seen["x-authz-identity-type"]) == ("alice", "jwt")
+    status, _, body = env.get("/v1/migrating", {"x-api-key": API_KEY})
+    assert status == 200
+    assert json.loads(body)["headers"]["x-authz-identity-type"] == "api_key"
 
 
 def test_monitor_route_allows_and_logs_the_true_decision(env: Env) -> None:

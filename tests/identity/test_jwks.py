@@ -477,3 +477,30 @@ async def test_without_usable_keys_retries_back_off_up_to_the_interval(
     clock.advance(30)
     assert (await cache.key_for(es_keys[0].kid)).kid == es_keys[0].kid
     assert cache.ready()
+
+
+# -- key identity across refreshes (what the verified-token cache relies on) -----------------
+
+
+async def test_unchanged_keys_keep_their_objects_and_generation(
+    server: DevIssuerServer, es_keys: list[DevKey], clock: FakeClock, caches: list[JwksCache]
+) -> None:
+    cache = JwksCache(config(jwks_uri=server.jwks_uri), clock=clock)
+    caches.append(cache)
+    await cache.start()
+    [key] = cache.keys
+    generation = cache.generation
+    clock.advance(300)
+    assert await cache.refresh()  # the same document again
+    assert cache.keys[0] is key and cache.generation == generation and cache.holds(key)
+    assert cache.usable_until == clock() + cache.config.jwks_stale_ttl
+
+    server.add_key(es_keys[1])  # rotation adds a key: the old one is still held
+    clock.advance(300)
+    assert await cache.refresh()
+    assert cache.generation == generation + 1 and cache.holds(key)
+
+    server.remove_key(es_keys[0].kid)  # ...then retires the old one
+    clock.advance(300)
+    assert await cache.refresh()
+    assert cache.generation == generation + 2 and not cache.holds(key)

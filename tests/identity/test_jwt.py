@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -660,3 +661,100 @@ async def test_unreachable_issuer_is_a_dependency_error(
         assert err.value.reason == "jwks_unavailable"
     finally:
         await provider.close()
+
+
+# -- the cache never outlives the keys ------------------------------------------------------
+
+
+async def test_cached_token_denied_once_its_key_leaves_the_jwks_file(
+    make: MakeProvider, keys: dict[str, DevKey], clock: FakeClock
+) -> None:
+    provider = await make([keys["es"], keys["rs"]])
+    revoked = mint(keys["rs"], clock)
+    kept = mint(keys["es"], clock)
+    for token in (revoked, kept):
+        assert await provider.authenticate(request(token)) is not None
+    assert provider.cached == 2
+    assert provider.jwks.config.jwks_file is not None
+    path = Path(provider.jwks.config.jwks_file)
+    path.write_text(json.dumps(devissuer.jwks([keys["es"]])))
+    os.utime(path, ns=(1, 1))  # a new stamp even on a coarse-mtime filesystem
+    assert await provider.jwks.refresh()
+    assert [k.kid for k in provider.jwks.keys] == [keys["es"].kid]
+
+    assert await reason(provider, revoked) == "token_unknown_kid"
+    verifications = provider.verifications
+    # The key that stayed keeps its cache entries: an unchanged key is the same key.
+    assert await provider.authenticate(request(kept)) is not None
+    assert provider.verifications == verifications
+
+
+async def test_cached_token_denied_after_rotation_on_a_live_issuer(
+    keys: dict[str, DevKey], clock: FakeClock
+) -> None:
+    with DevIssuerServer([keys["es"], keys["other"]]) as live:
+        config = JwtProviderConfig(
+            name="live", issuer=ISSUER, audiences=("api",), algorithms=("ES256",),
+            jwks_uri=live.jwks_uri,
+        )  # fmt: skip
+        provider = JwtProvider(config, clock=clock)
+        await provider.start()
+        try:
+            revoked = mint(keys["other"], clock)
+            kept = mint(keys["es"], clock)
+            for token in (revoked, kept):
+                assert await provider.authenticate(request(token)) is not None
+            live.remove_key(keys["other"].kid)
+            clock.advance(config.jwks_ttl)
+            assert await provider.jwks.refresh()  # what the background task does when due
+            assert live.hits["/jwks.json"] == 2
+            assert await reason(provider, revoked) == "token_unknown_kid"
+            assert await provider.authenticate(request(kept)) is not None
+        finally:
+            await provider.close()
+
+
+async def test_cached_token_denied_when_its_kid_now_names_another_key(
+    make: MakeProvider, keys: dict[str, DevKey], clock: FakeClock
+) -> None:
+    provider = await make([keys["es"]])
+    token = mint(keys["es"], clock)
+    assert await provider.authenticate(request(token)) is not None
+    # The issuer reuses the kid for a new key (a careless rotation, or a takeover).
+    impostor = dict(keys["other"].public_jwk(), kid=keys["es"].kid)
+    assert provider.jwks.config.jwks_file is not None
+    path = Path(provider.jwks.config.jwks_file)
+    path.write_text(json.dumps({"keys": [impostor]}))
+    os.utime(path, ns=(1, 1))
+    assert await provider.jwks.refresh()
+    assert await reason(provider, token) == "token_bad_signature"
+
+
+async def test_cached_token_fails_closed_once_keys_are_stale(
+    keys: dict[str, DevKey], clock: FakeClock
+) -> None:
+    with DevIssuerServer([keys["es"]]) as live:
+        config = JwtProviderConfig(
+            name="live", issuer=ISSUER, audiences=("api",), algorithms=("ES256",),
+            jwks_uri=live.jwks_uri, jwks_stale_ttl=600.0, max_lifetime=86400.0,
+        )  # fmt: skip
+        provider = JwtProvider(config, clock=clock)
+        await provider.start()
+        try:
+            token = mint(keys["es"], clock, ttl=7200)
+            assert await provider.authenticate(request(token)) is not None
+            live.unavailable = True
+            clock.advance(599)  # still within jwks_stale_ttl: the cache answers
+            assert await provider.authenticate(request(token)) is not None
+            assert provider.ready()
+            clock.advance(1)  # 600 s without a good fetch: the keys are stale
+            with pytest.raises(DependencyError) as err:
+                await provider.authenticate(request(token))
+            assert err.value.reason == "jwks_unavailable" and err.value.status == 503
+            assert not provider.ready()
+            live.unavailable = False  # the issuer is back: so is the token
+            clock.advance(config.jwks_refresh_interval)
+            assert await provider.authenticate(request(token)) is not None
+            assert provider.ready()
+        finally:
+            await provider.close()

@@ -207,6 +207,8 @@ ROUTE_OK = "  - {name: ok, path: /ok, methods: [GET], public: true}\n"
          "none]", "$.providers.p.algorithms[0]: must be one of"),
         ("providers: {m: {type: mtls, trust_domains: [td]}}\nroutes:\n  - {name: r, path: /x, methods: [GET], providers: [m], spiffe_ids: ['https://x']}\n",
          "'https", "$.routes[0].spiffe_ids[0]: 'https://x' does not match"),
+        ("providers: {m: {type: mtls, trust_domains: [td]}}\nroutes:\n  - {name: r, path: /x, methods: [GET], providers: [m], credentials: first}\n",
+         "first}", "$.routes[0].credentials: must be one of exclusive, first_match"),
         # a top-level list is not a policy
         ("- a\n", "- a", "$: ['a'] is not of type 'object'"),
     ],
