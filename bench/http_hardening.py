@@ -67,6 +67,8 @@ routes:
      scopes: [orders:read]}}
 """
 IDLE_TIMEOUT = 3.0
+#: The last commit before the HTTP transport's bounds, timeouts, cap and secret.
+BEFORE = "9e32136"
 
 
 def _extract(rev: str, into: Path) -> Path:
@@ -309,7 +311,11 @@ def _in_process(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="main", help="git revision of the 'before' code")
+    parser.add_argument(
+        "--before",
+        default=BEFORE,
+        help=f"git revision of the 'before' code (default {BEFORE}, the last without the bounds)",
+    )
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calls", type=int, default=20000, help="in-process: per round")
