@@ -31,6 +31,43 @@ def _address(value: str) -> str:
     return value
 
 
+def _http_address(value: str) -> str:
+    """``--http``: HOST:PORT, or PORT / :PORT for 127.0.0.1:PORT (loopback by default)."""
+    text = value[1:] if value.startswith(":") else value
+    if text.isdigit():
+        if int(text) > 65535:
+            raise argparse.ArgumentTypeError(f"port {text} is not from 0 to 65535")
+        return f"127.0.0.1:{int(text)}"
+    try:
+        return _address(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, got {value!r} (PORT or :PORT alone means 127.0.0.1:PORT)"
+        ) from None
+
+
+def _whole(low: int, high: int) -> Any:
+    def convert(value: str) -> int:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {value!r}"
+            )
+        return int(value)
+
+    convert.__name__ = "number"
+    return convert
+
+
+def _duration(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0.01 <= number <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.01 to 86400, got {value!r}")
+    return number
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -88,11 +125,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     grpc = args.grpc
     if grpc is None and args.http is None:
         grpc = DEFAULT_GRPC  # no transport named: gRPC, as before
+    try:
+        limits = _http_options(args)
+    except ValueError as exc:
+        print(f"authz serve: error: {exc}", file=sys.stderr)
+        return 2
     return run_service(
         ServeOptions(
             policy=args.policy,
             grpc=grpc,
             http=args.http,
+            http_limits=limits,
+            http_secret_file=args.http_secret_file,
+            http_trust_network=args.http_insecure_trust_network,
             workers=args.workers,
             decision_log=args.decision_log,
             reload_interval=args.reload_interval,
@@ -102,6 +147,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reuse_port=args.reuse_port or args.workers > 1,
         )
     )
+
+
+def _http_options(args: argparse.Namespace) -> Any:
+    """The HTTP transport's limits from the ``--http-*`` flags, after checking that
+    they go together and that the transport may bind where ``--http`` says."""
+    from authz.transport.envoy_http import is_loopback, read_secret_file
+    from authz.transport.http_server import HttpLimits
+
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in _HTTP_FLAGS
+        if getattr(args, name) not in (None, False)
+    ]
+    if args.http is None:
+        if given:
+            raise ValueError(f"{given[0]} needs --http")
+        return HttpLimits()
+    if args.http_secret_file is not None:
+        read_secret_file(args.http_secret_file)  # fail now, saying what is wrong
+        if args.http_insecure_trust_network:
+            raise ValueError("--http-insecure-trust-network makes no sense with a secret")
+    host = args.http.rpartition(":")[0].strip("[]")
+    trusted = args.http_secret_file is not None or args.http_insecure_trust_network
+    if not trusted and not is_loopback(host):
+        raise ValueError(
+            f"--http {args.http}: {host} is not a loopback address, and without a "
+            "transport secret anyone who can reach the port could forge the "
+            "identity headers only Envoy may set. Give --http-secret-file FILE (and "
+            "the same file to `authz envoy-config --http-secret-file`), bind "
+            "127.0.0.1 (--http PORT), or add --http-insecure-trust-network if only "
+            "Envoy can reach this address"
+        )
+    defaults = HttpLimits()
+    target = _pick(args.http_max_target_bytes, defaults.max_target)
+    head = _pick(args.http_max_head_bytes, defaults.max_head)
+    if target > head:
+        raise ValueError(
+            f"--http-max-target-bytes {target} is more than --http-max-head-bytes {head} "
+            "(the request line, target included, counts toward the head)"
+        )
+    return HttpLimits(
+        max_target=_pick(args.http_max_target_bytes, defaults.max_target),
+        max_head=_pick(args.http_max_head_bytes, defaults.max_head),
+        header_timeout=_pick(args.http_header_timeout, defaults.header_timeout),
+        body_timeout=_pick(args.http_body_timeout, defaults.body_timeout),
+        idle_timeout=_pick(args.http_idle_timeout, defaults.idle_timeout),
+        max_connections=_pick(args.http_max_connections, defaults.max_connections),
+    )
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+_HTTP_FLAGS = (
+    "http_max_target_bytes",
+    "http_max_head_bytes",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_idle_timeout",
+    "http_max_connections",
+    "http_secret_file",
+    "http_insecure_trust_network",
+)
 
 
 # --------------------------------------------------------------------------- check
@@ -239,11 +348,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--http",
-        type=_address,
+        type=_http_address,
         default=None,
-        metavar="HOST:PORT",
-        help="the ext_authz HTTP transport (Envoy http_service, Istio envoyExtAuthzHttp)",
+        metavar="[HOST:]PORT",
+        help="the ext_authz HTTP transport (Envoy http_service, Istio envoyExtAuthzHttp); "
+        "PORT alone binds 127.0.0.1, another address needs --http-secret-file",
     )
+    h = p.add_argument_group(
+        "HTTP transport",
+        "Bounds, timeouts and trust of --http. Envoy sends every check whole and at once, "
+        "so the defaults are generous for it and short for anything that trickles.",
+    )
+    h.add_argument(
+        "--http-secret-file", metavar="FILE",
+        help="refuse (403) checks without the x-authz-transport-secret header holding this "
+        "file's secret (one line, >= 32 of A-Za-z0-9-._~+/=, e.g. `openssl rand -hex 32`); "
+        "give the same file to `authz envoy-config --http-secret-file`",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-insecure-trust-network", action="store_true",
+        help="bind a non-loopback --http address without a secret: only if nothing but "
+        "Envoy can reach it, since whoever can may claim any peer identity",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-max-target-bytes", type=_whole(64, 16 * 1024 * 1024), metavar="BYTES",
+        help="longest request target (/check + path + query): 414 above (default 16384)",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-max-head-bytes", type=_whole(1024, 16 * 1024 * 1024), metavar="BYTES",
+        help="request line and headers together: 431 above (default 65536)",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-header-timeout", type=_duration, metavar="SECONDS",
+        help="from a request's first byte to the end of its headers: 408 (default 10)",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-body-timeout", type=_duration, metavar="SECONDS",
+        help="from the end of the headers to the end of the body: 408 (default 30)",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-idle-timeout", type=_duration, metavar="SECONDS",
+        help="close a connection with no request for this long (default 75; keep it above "
+        "the client pool's idle timeout, 30 s in the generated Envoy config)",
+    )  # fmt: skip
+    h.add_argument(
+        "--http-max-connections", type=_whole(1, 1_000_000), metavar="N",
+        help="open connections; new ones beyond are closed at once, with a log line "
+        "(default 4096)",
+    )  # fmt: skip
     p.add_argument("--workers", type=_workers, default=1, help="processes on one port")
     p.add_argument(
         "--decision-log",

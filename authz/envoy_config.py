@@ -30,13 +30,19 @@ What it encodes, and why:
   SAN) and the URL-encoded PEM in ``attributes.source.certificate``. Which SPIFFE IDs
   may call which route is the policy's decision, not Envoy's: no SAN matchers here.
   ``x-forwarded-client-cert`` from the client is removed (SANITIZE), never forwarded.
+- Over HTTP (``--transport http``) with ``--http-secret-file``, every check carries
+  the transport secret (``headers_to_add``, overwriting; a client's copy is never
+  sent), so the service can tell Envoy's checks from forged ones. The config then
+  holds a secret: the file is written readable by its owner only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import ipaddress
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +65,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HealthCheck,
     HealthCheckGrpcHealthCheck,
     HealthCheckHttpHealthCheck,
+    Http1ProtocolOptions,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsHeadersWithUnderscoresAction,
@@ -152,6 +159,9 @@ UPSTREAM_CLUSTER = "upstream"
 CATCH_ALL_ROUTE = "undeclared"
 ANY_HOST = "*"
 TRANSPORTS = ("grpc", "http")
+#: Seconds before Envoy closes an idle connection to the HTTP transport; below the
+#: service's default --http-idle-timeout.
+AUTHZ_HTTP_IDLE_TIMEOUT = 30
 
 # Proto3 leaves fields at their default value out of the JSON. These are defaults,
 # but a reader auditing the committed config should see them, so they are written
@@ -276,12 +286,17 @@ class EnvoyOptions:
     #: How Envoy calls the service: ``grpc`` (ext_authz v3 gRPC) or ``http``
     #: (ext_authz http_service, the service's ``--http`` port).
     transport: str = "grpc"
+    #: Over HTTP: the transport secret Envoy adds to every check (the value of the
+    #: service's ``--http-secret-file``); None: none is sent.
+    http_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise EnvoyConfigError(
                 f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}"
             )
+        if self.http_secret is not None and self.transport != "http":
+            raise EnvoyConfigError("a transport secret is for --transport http only")
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,6 +423,13 @@ def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
                 HeaderValue(
                     key=envoy_http.SOURCE_ADDRESS_HEADER,
                     value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                ),
+                # Proves the check comes from this Envoy (the secret's characters
+                # exclude '%', so Envoy's formatter leaves it as it is).
+                *(
+                    [HeaderValue(key=envoy_http.SECRET_HEADER, value=options.http_secret)]
+                    if options.http_secret is not None
+                    else []
                 ),
             ]
         ),
@@ -749,6 +771,21 @@ def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) ->
             )
         ]
     elif authz:
+        # Envoy closes its idle connections to the service (30 s) before the service
+        # would (its --http-idle-timeout, 75 s by default): a check is then never sent
+        # on a connection the service is closing.
+        cluster.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(
+                UpstreamHttpProtocolOptions(
+                    common_http_protocol_options=HttpProtocolOptions(
+                        idle_timeout=_seconds(AUTHZ_HTTP_IDLE_TIMEOUT)
+                    ),
+                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                        http_protocol_options=Http1ProtocolOptions()
+                    ),
+                )
+            )
+        }
         cluster.health_checks = [
             HealthCheck(
                 timeout=_seconds(1),
@@ -1003,6 +1040,11 @@ def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> 
         help="how Envoy calls the service: grpc (ext_authz gRPC, `authz serve --grpc`) or "
         "http (ext_authz http_service, `authz serve --http`; --authz is then that port)",
     )  # fmt: skip
+    p.add_argument(
+        "--http-secret-file", type=readable, metavar="FILE",
+        help="with --transport http: Envoy sends this file's secret on every check (the "
+        "file `authz serve --http-secret-file` reads); the config then holds the secret",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -1029,6 +1071,18 @@ def _tls_from_args(args: argparse.Namespace) -> TlsOptions | None:
     )
 
 
+def _secret_from_args(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "http_secret_file", None)
+    if path is None:
+        return None
+    if getattr(args, "transport", _DEFAULTS.transport) != "http":
+        raise EnvoyConfigError("--http-secret-file needs --transport http")
+    try:
+        return envoy_http.read_secret_file(path)
+    except ValueError as exc:
+        raise EnvoyConfigError(f"--http-secret-file {exc}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
     """EnvoyOptions from parsed arguments; EnvoyConfigError for combinations that make no sense."""
     return EnvoyOptions(
@@ -1039,6 +1093,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         timeout=args.timeout,
         tls=_tls_from_args(args),
         transport=getattr(args, "transport", _DEFAULTS.transport),
+        http_secret=_secret_from_args(args),
     )
 
 
@@ -1054,6 +1109,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--timeout", f"{opts.timeout:g}s"]
     if opts.transport != _DEFAULTS.transport:
         parts += ["--transport", opts.transport]
+    if opts.http_secret is not None:
+        parts += ["--http-secret-file", args.http_secret_file]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:
@@ -1067,13 +1124,16 @@ def command_line(args: argparse.Namespace) -> str:
 
 def generate(policy: PolicyConfig, args: argparse.Namespace) -> str:
     """The file ``authz envoy-config`` writes for these arguments."""
+    options = options_from_args(args)
     header = (
         f"Envoy v3 bootstrap generated by `authz envoy-config` from {args.policy}\n"
         f"(policy version {policy.version}). Do not edit; regenerate with:\n"
         f"  {command_line(args)}\n"
         f"Check with: envoy --mode validate -c {args.output or 'FILE'}\n"
     )
-    return render_yaml(build_bootstrap(policy, options_from_args(args)), header=header)
+    if options.http_secret is not None:
+        header += "It holds the HTTP transport secret: keep it as private as that file.\n"
+    return render_yaml(build_bootstrap(policy, options), header=header)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1109,7 +1169,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
+        # A config holding the transport secret is readable by its owner only.
+        mode = 0o600 if getattr(args, "http_secret_file", None) else 0o644
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         tmp.replace(out)
     except OSError as exc:
         print(f"{args.output}: {exc.strerror or exc}", file=sys.stderr)

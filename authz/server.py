@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,9 @@ from authz.policy.diff import widenings
 from authz.policy.loader import load_policy
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
 from authz.stages import Shared
+from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
-from authz.transport.http_server import HttpTransport
+from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
 
 log = logging.getLogger("authz.server")
 _MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
@@ -67,6 +68,10 @@ class ServeOptions:
     policy: str
     grpc: str | None = "0.0.0.0:9191"  # None: no gRPC transport
     http: str | None = None  # HOST:PORT of the HTTP ext_authz transport
+    # the HTTP transport's bounds, timeouts and connection cap
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    http_secret_file: str | None = None  # checks must carry this file's secret
+    http_trust_network: bool = False  # no secret, yet bind beyond loopback
     workers: int = 1
     decision_log: str = "-"  # "-" stdout, "off", or a file path
     reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
@@ -281,7 +286,25 @@ class Service:
             await self.transport.start()
             ports.append(f"gRPC port {self.transport.port}")
         if self.options.http is not None:
-            self.http = HttpTransport(engine, self.options.http, reuse_port=self.options.reuse_port)
+            secret = None
+            if self.options.http_secret_file is not None:
+                try:
+                    secret = read_secret_file(self.options.http_secret_file)
+                except ValueError as exc:
+                    raise TransportConfigError(f"--http-secret-file {exc}") from None
+                if os.stat(self.options.http_secret_file).st_mode & 0o077:
+                    log.warning(
+                        "--http-secret-file %s can be read by other users; chmod 600 it",
+                        self.options.http_secret_file,
+                    )
+            self.http = HttpTransport(
+                engine,
+                self.options.http,
+                reuse_port=self.options.reuse_port,
+                limits=self.options.http_limits,
+                secret=secret,
+                trust_network=self.options.http_trust_network,
+            )
             await self.http.start()
             ports.append(f"HTTP port {self.http.port}")
         log.info(
@@ -449,11 +472,32 @@ def run_service(options: ServeOptions) -> int:
     except OSError as exc:
         print(f"authz: {exc}", file=sys.stderr)
         return 1
+    except TransportConfigError as exc:
+        print(f"authz serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _ignore_sighup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _http_argv(options: ServeOptions) -> list[str]:
+    """The ``--http-*`` flags that give a worker the same HTTP transport."""
+    limits = options.http_limits
+    argv = [
+        "--http-max-target-bytes", str(limits.max_target),
+        "--http-max-head-bytes", str(limits.max_head),
+        "--http-header-timeout", repr(limits.header_timeout),
+        "--http-body-timeout", repr(limits.body_timeout),
+        "--http-idle-timeout", repr(limits.idle_timeout),
+        "--http-max-connections", str(limits.max_connections),
+    ]  # fmt: skip
+    if options.http_secret_file is not None:
+        argv += ["--http-secret-file", options.http_secret_file]
+    if options.http_trust_network:
+        argv.append("--http-insecure-trust-network")
+    return argv
 
 
 def _supervise(options: ServeOptions) -> int:
@@ -473,7 +517,7 @@ def _supervise(options: ServeOptions) -> int:
     if options.grpc is not None:
         argv += ["--grpc", options.grpc]
     if options.http is not None:
-        argv += ["--http", options.http]
+        argv += ["--http", options.http, *_http_argv(options)]
     argv += [
         "--workers",
         "1",

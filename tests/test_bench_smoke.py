@@ -84,6 +84,17 @@ def test_profile_script(flag: list[str]) -> None:
         assert "µs/call" in run.stdout
 
 
+def test_http_hardening_script(tmp_path: Path) -> None:
+    run = _run(
+        "bench/http_hardening.py", "--skip-load", "--before", "HEAD", "--calls", "200",
+        "--rounds", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "http_hardening.json").read_text())
+    assert set(data["in_process"]) == {"before", "after", "after+secret"}
+
+
 def test_credentials_bench_runs() -> None:
     run = _run("bench/credentials.py", "--calls", "200", "--rounds", "1")
     assert run.returncode == 0, run.stdout + run.stderr

@@ -925,6 +925,7 @@ def test_http_transport_ext_authz() -> None:
     assert cfg["disallowed_headers"]["patterns"] == [
         {"exact": "x-authz-peer-principal"},
         {"exact": "x-authz-source-address"},
+        {"exact": "x-authz-transport-secret"},
     ]
     # no providers in this policy: the fixed few (Envoy adds authorization itself)
     assert cfg["allowed_headers"]["patterns"] == [
@@ -958,7 +959,12 @@ def test_http_transport_sends_the_credential_headers_of_every_provider() -> None
 def test_http_transport_cluster_and_status_restoring() -> None:
     config = build_bootstrap(DEMO, EnvoyOptions(transport="http"))
     authz = clusters(config)["authz"]
-    assert "typed_extension_protocol_options" not in authz  # HTTP/1.1
+    options = authz["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http_protocol_options" in options["explicit_http_config"]  # HTTP/1.1
+    # Envoy closes idle connections before the service does (its default: 75 s)
+    assert options["common_http_protocol_options"] == {"idle_timeout": "30s"}
     assert authz["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
     mappers = hcm(config)["local_reply_config"]["mappers"]
     restored = {}
@@ -1001,3 +1007,74 @@ def test_cli_bad_transport_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main([str(REPO / "examples/policy.yaml"), "--transport", "soap"])
     assert exc.value.code == 2
     assert "invalid choice: 'soap'" in capsys.readouterr().err
+
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_http_transport_secret_is_added_to_every_check() -> None:
+    config = build_bootstrap(DEMO, EnvoyOptions(transport="http", http_secret=SECRET))
+    cfg = ext_authz(config)
+    added = {
+        h["key"]: h["value"] for h in cfg["http_service"]["authorization_request"]["headers_to_add"]
+    }
+    assert added["x-authz-transport-secret"] == SECRET
+    # a client's copy is never sent (and headers_to_add overwrites anyway)
+    assert {"exact": "x-authz-transport-secret"} in cfg["disallowed_headers"]["patterns"]
+    assert "x-authz-transport-secret" not in json.dumps(cfg["allowed_headers"])
+    # nothing else carries it: not the health check, not the upstream
+    rest = json.dumps({k: v for k, v in config.items() if k != "static_resources"})
+    rest += json.dumps(clusters(config))
+    assert SECRET not in rest
+    assert "x-authz-transport-secret" not in json.dumps(
+        build_bootstrap(DEMO, EnvoyOptions(transport="http"))["static_resources"]["clusters"]
+    )
+    assert SECRET not in repr(EnvoyOptions(transport="http", http_secret=SECRET))
+
+
+def test_transport_secret_is_for_http_only() -> None:
+    with pytest.raises(EnvoyConfigError, match="for --transport http only"):
+        EnvoyOptions(http_secret=SECRET)
+
+
+def test_cli_http_transport_with_secret_envoy_accepts(tmp_path: Path) -> None:
+    secret = tmp_path / "transport.secret"
+    secret.write_text(SECRET + "\n")
+    out = tmp_path / "envoy-http.yaml"
+    argv = [str(REPO / "examples/policy.yaml"), "--transport", "http", "--http-secret-file",
+            str(secret), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    assert f"--transport http --http-secret-file {secret} -o" in text.splitlines()[2]
+    assert "holds the HTTP transport secret" in text
+    assert out.stat().st_mode & 0o077 == 0  # owner only
+    added = ext_authz(yaml.safe_load(text))["http_service"]["authorization_request"]
+    assert {"key": "x-authz-transport-secret", "value": SECRET} in added["headers_to_add"]
+    envoy_validate(out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "message"),
+    [
+        (["--transport", "http"], "short\n", "the secret has 5 characters; at least 32"),
+        (["--transport", "http"], "", "the secret is empty"),
+        (["--transport", "http"], SECRET + "%\n", "may hold only letters"),
+        ([], SECRET, "--http-secret-file needs --transport http"),
+    ],
+)
+def test_cli_bad_transport_secret_exits_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    content: str,
+    message: str,
+) -> None:
+    secret = tmp_path / "transport.secret"
+    secret.write_text(content)
+    out = tmp_path / "out.yaml"
+    code = main([str(REPO / "examples/policy.yaml"), *argv, "--http-secret-file", str(secret),
+                 "-o", str(out)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not out.exists()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -89,6 +91,10 @@ class LocalStack:
     extra_serve_args: tuple[str, ...] = ()
     tls: TlsOptions | None = None  # TLS (and mTLS with a client CA) on Envoy's listener
     transport: str = "grpc"  # how Envoy calls authz: "grpc" or "http"
+    #: Over HTTP, Envoy and the service share a transport secret (a file in the state
+    #: directory), as a deployment where the port is not loopback must.
+    use_http_secret: bool = True
+    http_secret: str | None = None  # set by start() when a secret is used
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     upstream: EchoUpstream | None = None
 
@@ -111,6 +117,22 @@ class LocalStack:
     def decision_log(self) -> Path:
         return self.state_dir / "decisions.log"
 
+    @property
+    def http_secret_file(self) -> Path:
+        return self.state_dir / "transport.secret"
+
+    def _write_http_secret(self) -> list[str]:
+        """Make the transport secret (HTTP only); the ``serve`` flags that read it."""
+        if self.transport != "http" or not self.use_http_secret:
+            return []
+        self.http_secret = secrets.token_hex(32)
+        path = self.http_secret_file
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.http_secret + "\n")
+        return ["--http-secret-file", str(path)]
+
     def start(self, timeout: float = 30.0) -> LocalStack:
         try:
             self._start(timeout)
@@ -123,6 +145,7 @@ class LocalStack:
         self.upstream = EchoUpstream("127.0.0.1", self.upstream_port).start()
         self.upstream_port = self.upstream.port
         config = load_policy(self.policy)
+        secret_args = self._write_http_secret()
         options = EnvoyOptions(
             listen=HostPort("127.0.0.1", self.listen_port),
             upstream=HostPort("127.0.0.1", self.upstream_port),
@@ -131,6 +154,7 @@ class LocalStack:
             timeout=self.envoy_timeout,
             tls=self.tls,
             transport=self.transport,
+            http_secret=self.http_secret,
         )
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
@@ -138,7 +162,7 @@ class LocalStack:
             "authz.log",
             sys.executable, "-m", "authz", "serve", str(self.policy),
             f"--{self.transport}", self.authz_address, "--decision-log", str(self.decision_log),
-            "--reload-interval", "0.2", *self.extra_serve_args,
+            "--reload-interval", "0.2", *secret_args, *self.extra_serve_args,
         )  # fmt: skip
         envoy = self._spawn(
             "envoy.log",

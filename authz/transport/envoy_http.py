@@ -25,18 +25,34 @@ it with ``authorization_request.headers_to_add`` (``x-authz-peer-principal:
 %DOWNSTREAM_PEER_URI_SAN%``, ``x-authz-source-address``), always overwriting, and
 never forwards a client-sent copy (``disallowed_headers``). Only this transport
 reads those headers; the gRPC transport takes the identity from the attributes.
+
+Those headers are believed only from Envoy, so the transport must know a request
+comes from Envoy. Until TLS runs between Envoy and the service, that is a shared
+secret: with ``authz serve --http-secret-file F`` every check must carry
+``x-authz-transport-secret`` with the file's value (compared in constant time), and
+``authz envoy-config --http-secret-file F`` has Envoy add it (``headers_to_add``,
+overwriting any client-sent copy, which is also disallowed). Without a secret the
+transport binds loopback only, unless the operator says the network is trusted.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from pathlib import Path
 
 from authz.model import Decision, Request
 
 #: Envoy sets these (headers_to_add) on every check request; a client cannot.
 PEER_PRINCIPAL_HEADER = "x-authz-peer-principal"
 SOURCE_ADDRESS_HEADER = "x-authz-source-address"
-TRUSTED_HEADERS = (PEER_PRINCIPAL_HEADER, SOURCE_ADDRESS_HEADER)
+#: Proves a check comes from the Envoy whose config was generated with the secret.
+SECRET_HEADER = "x-authz-transport-secret"
+TRUSTED_HEADERS = (PEER_PRINCIPAL_HEADER, SOURCE_ADDRESS_HEADER, SECRET_HEADER)
+#: At least 128 bits as hex; characters that are safe in a header value and mean
+#: nothing to Envoy's substitution formatter (``%``) or YAML.
+MIN_SECRET_LENGTH = 32
+_SECRET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
 #: Check requests arrive as CHECK_PREFIX + original path (Envoy's ``path_prefix``);
 #: anything else is not a check, so the health path can never be mistaken for one.
@@ -78,6 +94,7 @@ def to_request(
     """
     principal = headers.pop(PEER_PRINCIPAL_HEADER, "")
     source = headers.pop(SOURCE_ADDRESS_HEADER, "")
+    headers.pop(SECRET_HEADER, None)  # the transport checked it; no stage may see it
     return Request(
         method=method,
         path=target[len(prefix) :] or "/",
@@ -89,6 +106,52 @@ def to_request(
         request_id=headers.get("x-request-id", ""),
         scheme=headers.get("x-forwarded-proto", "http"),
     )
+
+
+def read_secret_file(path: str) -> str:
+    """The transport secret in ``path`` (one trailing newline stripped).
+
+    Raises ValueError saying what is wrong: unreadable, empty, shorter than
+    :data:`MIN_SECRET_LENGTH` characters, or holding a character other than
+    letters, digits and ``-._~+/=`` (what ``openssl rand -hex 32`` or ``-base64 32``
+    print). The message never contains the secret.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if raw.endswith(b"\r\n"):
+        raw = raw[:-2]
+    elif raw.endswith(b"\n"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = "\x00"  # reported as a bad character below
+    if not text:
+        raise ValueError(f"{path}: the secret is empty")
+    if any(c not in _SECRET_CHARS for c in text):
+        raise ValueError(
+            f"{path}: the secret may hold only letters, digits and -._~+/= "
+            "(e.g. the output of `openssl rand -hex 32`), on one line"
+        )
+    if len(text) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{path}: the secret has {len(text)} characters; at least {MIN_SECRET_LENGTH} "
+            "are needed (e.g. `openssl rand -hex 32`)"
+        )
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` exposes a port to this machine only (``localhost``,
+    127.0.0.0/8, ::1). Any other name or address counts as reachable from outside."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 Rendered = tuple[int, list[tuple[str, str]], bytes]

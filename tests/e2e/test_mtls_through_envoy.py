@@ -144,6 +144,32 @@ def test_spoofed_peer_headers_give_no_identity(mtls: MtlsEnv, spoofed: dict[str,
     assert json.loads(body)["headers"]["x-authz-subject"] == PROMETHEUS
 
 
+def _direct_check(mtls: MtlsEnv, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """A check sent straight to the service's HTTP port, not through Envoy."""
+    return send("GET", f"http://{mtls.stack.authz_address}/check/internal/metrics", headers)
+
+
+def test_forged_peer_principal_sent_past_envoy_is_refused(mtls: MtlsEnv) -> None:
+    if mtls.stack.transport != "http":
+        pytest.skip("the gRPC transport reads no identity headers")
+    secret = mtls.stack.http_secret
+    assert secret is not None
+    forged = {"x-authz-peer-principal": PROMETHEUS, "host": "api.local"}
+    for extra in ({}, {"x-authz-transport-secret": "0" * 64}):
+        status, headers, body = _direct_check(mtls, {**forged, **extra})
+        # the transport's own refusal, before the engine: no decision, no metadata
+        assert (status, body) == (403, b"forbidden")
+        assert "x-authz-meta-decision-id" not in headers
+    # With the secret (what only Envoy's generated config sends) it is believed:
+    # the secret is what the trust rests on.
+    status, headers, _ = _direct_check(mtls, {**forged, "x-authz-transport-secret": secret})
+    assert status == 200
+    assert headers["x-authz-subject"] == PROMETHEUS
+    log = (mtls.stack.state_dir / "authz.log").read_text()
+    assert "refused (403): no x-authz-transport-secret header" in log
+    assert secret not in log
+
+
 def test_client_without_certificate_is_refused(mtls: MtlsEnv) -> None:
     ctx = ssl.create_default_context(cafile=mtls.pki.ca.cert)
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):

@@ -422,6 +422,20 @@ def test_peer_identity_cannot_be_sent_by_the_client(env: Env) -> None:
     assert json.loads(body)["error"] == "missing_credential"
 
 
+def test_transport_secret_is_envoys_alone(env: Env) -> None:
+    # Over HTTP the stack runs with a transport secret that only Envoy's config sends:
+    # a client's copy (right or wrong) neither helps nor hurts, and Envoy's own never
+    # reaches the upstream.
+    assert (env.stack.http_secret is not None) == (env.stack.transport == "http")
+    for sent in ({}, {"x-authz-transport-secret": "wrong"}):
+        status, _, body = env.get("/v1/orders/7", {"x-api-key": API_KEY, **sent})
+        assert status == 200
+        seen = json.loads(body)["headers"]
+        assert seen.get("x-authz-transport-secret") == sent.get("x-authz-transport-secret")
+        if env.stack.http_secret is not None:
+            assert env.stack.http_secret not in body.decode()
+
+
 def test_api_key_identity_and_strip_credential(env: Env) -> None:
     status, _, body = env.get("/v1/orders/7", {"x-api-key": API_KEY})
     assert status == 200
