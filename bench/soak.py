@@ -6,9 +6,11 @@
 What it does, all on 127.0.0.1:
 
 1. Starts ``authz serve`` (the benchmark's policy, bench/fixtures.py, plus a route with a
-   per-identity rate rule and one with a body contract; every table bounded small enough to
-   fill in the first minute) and the Envoy that ``authz envoy-config`` generates for it
-   (bench/run.py's, routes answered directly: no upstream is measured).
+   per-identity rate rule and one with a body contract; small token cache and rate-limit
+   tables) and the Envoy that ``authz envoy-config`` generates for it (bench/run.py's,
+   routes answered directly: no upstream is measured). Then fills every bounded table of
+   the service once (``--prefill``: new identities, distinct undeclared paths), so that
+   what grows afterwards is drift, not a table filling up.
 2. Sends each kind of request of the mix once and checks its status (a wrong expectation
    stops the run before any load), then measures capacity, closed loop with
    ``--capacity-connections`` for ``--capacity-seconds``: wrk on the valid-token request
@@ -49,6 +51,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -70,6 +73,7 @@ import httptools
 import uvloop
 
 from authz import devissuer
+from authz.engine import IDENTITY_HEADER_CACHE_SIZE, MAX_UNDECLARED_SHAPES
 from authz.inventory import DEFAULT_CAPACITY
 from bench import fixtures
 from bench import run as bench_run
@@ -130,6 +134,7 @@ BOUNDS = {
 
 # ----------------------------------------------------------------------------- requests
 
+_LATENCY = re.compile(rb'"latency_ms":\s*([0-9.eE+-]+)')
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _WORDS = [
     "alpha",
@@ -518,6 +523,7 @@ class Driver:
         self.last_hog = 0.0
         self.sent = 0
         self.target = 0  # closed loop: requests kept in flight (0: open loop)
+        self.budget: int | None = None  # closed loop: requests to send in all
         self.loop = asyncio.get_running_loop()
 
     # --- accounting
@@ -611,6 +617,8 @@ class Driver:
     def refill(self) -> None:
         """Closed loop: send the next request as soon as one is answered."""
         while self.target and self.in_flight() < self.target:
+            if self.budget is not None and self.sent >= self.budget:
+                return
             self.dispatch(time.monotonic())
 
     def in_flight(self) -> int:
@@ -621,24 +629,45 @@ class Driver:
             conn.close()
 
     # --- the schedule
-    async def capacity(self, connections: int, seconds: float) -> Window:
-        """Closed loop over ``connections``: how many requests of the mix per second
-        this machine answers (Envoy, authz and this load generator together)."""
+    async def closed_loop(
+        self,
+        connections: int,
+        *,
+        seconds: float = math.inf,
+        count: int = 0,
+        kinds: list[Kind] | None = None,
+    ) -> tuple[Window, float]:
+        """Closed loop over ``connections`` for ``seconds`` or ``count`` requests (of
+        ``kinds``, default the mix): the window and the requests answered per second,
+        that is how many this machine answers (Envoy, authz and this load generator
+        together)."""
+        mix, cum = self.mix, self.cum_weights
+        if kinds is not None:
+            self.mix = kinds
+            self.cum_weights = list(itertools.accumulate(k.weight for k in kinds))
         start = time.monotonic()
         self.window = Window(start)
+        self.sent = 0
+        self.budget = count or None
         self.target = connections
-        self.refill()
-        while time.monotonic() - start < seconds:
-            await asyncio.sleep(0.05)
-            self.sweep()
-        self.target = 0
+        try:
+            self.refill()
+            while time.monotonic() - start < seconds and (not count or self.sent < count):
+                await asyncio.sleep(0.05)
+                self.sweep()
+            self.target = 0
+            elapsed = time.monotonic() - start
+            rate = self.window.done / elapsed
+            deadline = time.monotonic() + self.timeout + 0.5
+            while self.in_flight() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                self.sweep()
+        finally:
+            self.target, self.budget = 0, None
+            self.mix, self.cum_weights = mix, cum
         window, self.window = self.window, Window(time.monotonic())
-        window.seconds = time.monotonic() - start
-        deadline = time.monotonic() + self.timeout + 0.5
-        while self.in_flight() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            self.sweep()
-        return window
+        window.seconds = elapsed
+        return window, rate
 
     async def run(
         self,
@@ -739,6 +768,8 @@ class Sample:
     log_bytes: int
     loadavg: float
     driver_cpu_s: float
+    decision_p99_ms: float
+    decision_max_ms: float
 
 
 class Sampler:
@@ -748,13 +779,22 @@ class Sampler:
         self.authz, self.envoy, self.log = authz, envoy, log
         self.offset = 0
         self.lines = 0
+        #: the engine's own time per decision (the log's latency_ms), since the last take
+        self.decisions = Histogram()
 
     def _count_log(self) -> None:
         with contextlib.suppress(FileNotFoundError), open(self.log, "rb") as fh:
             fh.seek(self.offset)
             while chunk := fh.read(1 << 20):
+                end = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
+                if not end:
+                    break
+                chunk = chunk[:end]
+                self.offset += end
                 self.lines += chunk.count(b"\n")
-                self.offset += len(chunk)
+                for value in _LATENCY.findall(chunk):
+                    self.decisions.add(float(value) * 1000)
+                fh.seek(self.offset)
 
     def take(self) -> Sample:
         tree = process_tree(self.authz.pid)
@@ -766,6 +806,7 @@ class Sampler:
                 fds += len(os.listdir(f"/proc/{pid}/fd"))
                 threads += len(os.listdir(f"/proc/{pid}/task"))
         self._count_log()
+        decisions, self.decisions = self.decisions, Histogram()
         return Sample(
             authz_rss_kib=rss,
             authz_hwm_kib=hwm,
@@ -778,6 +819,8 @@ class Sampler:
             log_bytes=self.offset,
             loadavg=os.getloadavg()[0],
             driver_cpu_s=sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+            decision_p99_ms=decisions.percentile(99) / 1000,
+            decision_max_ms=decisions.max_us / 1000,
         )
 
 
@@ -807,6 +850,8 @@ class Row:
     authz_cpu_us: float
     envoy_cpu_us: float
     driver_cpu_us: float
+    decision_p99_ms: float
+    decision_max_ms: float
     decided: int
     log_lines: int
     log_backlog: int
@@ -819,16 +864,18 @@ class Row:
 
 
 HEADER = (
-    "| min | req/s | p50 ms | p99 ms | p99.9 ms | unexpected | errors | authz RSS MiB | "
+    "| min | req/s | p50 ms | p99 ms | p99.9 ms | engine p99 ms | unexpected | errors | "
+    "authz RSS MiB | "
     "Envoy RSS MiB | authz fds | authz CPU µs/req | Envoy CPU µs/req | driver CPU µs/req | "
     "log lines | log backlog | load |"
 )
-RULE = "| " + " | ".join(["---:"] * 16) + " |"
+RULE = "| " + " | ".join(["---:"] * 17) + " |"
 
 
 def row_line(r: Row) -> str:
     return (
         f"| {r.minute} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | "
+        f"{r.decision_p99_ms:.2f} | "
         f"{r.unexpected} | {r.errors} | {r.authz_rss_mib:.1f} | {r.envoy_rss_mib:.1f} | "
         f"{r.authz_fds} | {r.authz_cpu_us:.0f} | {r.envoy_cpu_us:.0f} | {r.driver_cpu_us:.0f} | "
         f"{r.log_lines:,} | "
@@ -841,18 +888,22 @@ def verdict(
     interval: float,
     quota: dict[str, float],
     capacity: dict[str, float],
-    fill: dict[str, float],
+    prefill: dict[str, float],
 ) -> list[dict[str, Any]]:
     """Every check: name, bound, observed, ok (None: not judged, too short a run)."""
     checks: list[dict[str, Any]] = []
     judged = len(rows) >= 3 and interval >= 30
-    slowest = max(fill.values())
+    identities = max(CACHE_SIZE, MAX_KEYS, IDENTITY_HEADER_CACHE_SIZE)
+    shapes = max(INVENTORY, MAX_UNDECLARED_SHAPES)
+    got = (prefill.get("identities", 0), prefill.get("undeclared_shapes", 0))
+    bad = prefill.get("unexpected", 0) + prefill.get("errors", 0)
     checks.append(
         {
-            "check": "every bounded table full before the baseline (end of interval 2), s",
-            "bound": f"< {2 * interval:g}",
-            "observed": f"{slowest:.0f}",
-            "ok": (slowest < 2 * interval) if judged else None,
+            "check": "every bounded table filled before measuring (new identities, "
+            "undeclared shapes; unexpected statuses and errors in it)",
+            "bound": f">= {identities:,}, >= {shapes:,}; 0",
+            "observed": f"{got[0]:,.0f}, {got[1]:,.0f}; {bad:.0f}",
+            "ok": (got[0] >= identities and got[1] >= shapes and bad == 0) if judged else None,
         }
     )
     if "mix" in capacity:
@@ -939,6 +990,41 @@ def verdict(
     return checks  # fmt: skip
 
 
+def letters(n: int) -> str:
+    """``n`` in base 26, letters only: a path segment no shape rule collapses."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = chr(97 + r) + out
+        if not n:
+            return out
+
+
+def prefill_plan(tokens: Tokens, factor: float) -> list[tuple[str, Kind, int]]:
+    """Requests that fill every bounded table once before anything is measured: new
+    identities (verified-token cache, identity-header cache, rate-limit buckets on
+    ``search``) and distinct undeclared path shapes (inventory, undeclared counters),
+    ``factor`` times the largest bound of each."""
+    identities = max(CACHE_SIZE, MAX_KEYS, IDENTITY_HEADER_CACHE_SIZE)
+    shapes = max(INVENTORY, MAX_UNDECLARED_SHAPES)
+    counter = itertools.count()
+    fresh = Kind(
+        "prefill new identity",
+        "prefill",
+        1,
+        frozenset({200}),
+        lambda: http_request(
+            "GET", "/v1/search", {"authorization": f"Bearer {tokens.new_identity()}"}
+        ),
+    )
+    shape = Kind("prefill undeclared shape", "prefill", 1, frozenset({404}),
+                 lambda: http_request("GET", f"/scan/{letters(next(counter))}/x"))  # fmt: skip
+    return [
+        ("identities", fresh, math.ceil(identities * factor)),
+        ("undeclared_shapes", shape, math.ceil(shapes * factor)),
+    ]
+
+
 def fill_times(mix: list[Kind], rate: float) -> dict[str, float]:
     """Seconds until each bounded table is full, from the mix's shares at ``rate``."""
     total = sum(k.weight for k in mix)
@@ -947,10 +1033,13 @@ def fill_times(mix: list[Kind], rate: float) -> dict[str, float]:
         return rate * sum(k.weight for k in mix if k.name in names) / total
 
     fresh = per_second("fresh identity get-order", "fresh identity search")
+    paths = per_second("undeclared random path", "undeclared with token")
     return {
         "token cache": CACHE_SIZE / fresh,
+        "identity-header cache": IDENTITY_HEADER_CACHE_SIZE / fresh,
         "rate-limit buckets": MAX_KEYS / per_second("fresh identity search"),
-        "inventory": INVENTORY / per_second("undeclared random path", "undeclared with token"),
+        "inventory": INVENTORY / paths,
+        "undeclared counters": MAX_UNDECLARED_SHAPES / paths,
     }
 
 
@@ -1034,6 +1123,9 @@ def main(argv: list[str] | None = None) -> int:
         "this load generator (default), or wrk's on the valid-token request",
     )
     parser.add_argument("--capacity-seconds", type=float, default=15.0)
+    parser.add_argument("--prefill", type=float, default=1.25,
+                        help="before measuring, fill every bounded table this many times "
+                        "its bound (0: no prefill)")  # fmt: skip
     parser.add_argument("--capacity-connections", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     parser.add_argument("--max-connections", type=int, default=256)
@@ -1172,6 +1264,8 @@ def soak(
                 authz_cpu_us=(s.authz_cpu_s - prev.authz_cpu_s) / n * 1e6,
                 envoy_cpu_us=(s.envoy_cpu_s - prev.envoy_cpu_s) / n * 1e6,
                 driver_cpu_us=(s.driver_cpu_s - prev.driver_cpu_s) / n * 1e6,
+                decision_p99_ms=s.decision_p99_ms,
+                decision_max_ms=s.decision_max_ms,
                 decided=w.decided,
                 log_lines=s.log_lines - prev.log_lines,
                 log_backlog=max(0, expected_decisions - s.log_lines),
@@ -1199,6 +1293,7 @@ def soak(
 
     rate = args.rate
     fill: dict[str, float] = {}
+    prefill: dict[str, float] = {}
 
     async def drive() -> Driver:
         nonlocal rate
@@ -1210,12 +1305,21 @@ def soak(
                 await asyncio.sleep(60)
                 tokens.maybe_refresh()
 
+        conns = args.capacity_connections
+        if args.prefill > 0:
+            started = time.monotonic()
+            for what, kind, count in prefill_plan(tokens, args.prefill):
+                w, _ = await driver.closed_loop(conns, count=count, kinds=[kind])
+                prefill[what] = w.done
+                prefill["unexpected"] = prefill.get("unexpected", 0) + sum(w.unexpected.values())
+                prefill["errors"] = prefill.get("errors", 0) + sum(w.errors.values())
+            prefill["seconds"] = time.monotonic() - started
+            print(f"prefill: {prefill}", flush=True)
         if not args.rate:
-            await driver.capacity(args.capacity_connections, min(3.0, args.capacity_seconds))
-            w = await driver.capacity(args.capacity_connections, args.capacity_seconds)
-            capacity["mix"] = w.done / w.seconds
-            capacity["mix_unexpected"] = sum(w.unexpected.values())
-            capacity["mix_errors"] = sum(w.errors.values())
+            warm, _ = await driver.closed_loop(conns, seconds=min(3.0, args.capacity_seconds))
+            w, capacity["mix"] = await driver.closed_loop(conns, seconds=args.capacity_seconds)
+            capacity["mix_unexpected"] = sum(w.unexpected.values()) + sum(warm.unexpected.values())
+            capacity["mix_errors"] = sum(w.errors.values()) + sum(warm.errors.values())
             print(
                 f"capacity: {capacity['mix']:,.0f} req/s (this mix, closed loop, "
                 f"{args.capacity_connections} connections, {args.capacity_seconds:g} s; "
@@ -1227,13 +1331,13 @@ def soak(
             f"open loop at {rate:,.0f} req/s"
             + (f" ({args.fraction:.0%} of the {args.capacity_of} capacity)" if capacity else "")
         )
-        print(HEADER)
-        print(RULE, flush=True)
         # a request waiting longer than --timeout is timed out anyway
         driver.max_backlog = max(100, int(rate * args.timeout))
         fill.update(fill_times(mix, rate))
-        print("bounded tables full after about: "
+        print("the trickle of new identities and paths cycles each bounded table in about: "
               + ", ".join(f"{k} {v:.0f} s" for k, v in fill.items()), flush=True)  # fmt: skip
+        print(HEADER)
+        print(RULE, flush=True)
         baseline()
         refresher = asyncio.ensure_future(refresh())
         try:
@@ -1254,7 +1358,7 @@ def soak(
     hogs = len(tokens.hogs)
     quota = {"admitted": float(driver.hog_admitted),
              "quota": hogs * (HOG_BURST + HOG_PER_SECOND * elapsed + 1)}  # fmt: skip
-    checks = verdict(rows, args.interval, quota, capacity, fill)
+    checks = verdict(rows, args.interval, quota, capacity, prefill)
     passed = all(c["ok"] is not False for c in checks)
     statuses: dict[str, Counter[int]] = {}
     for w in windows:
@@ -1282,10 +1386,13 @@ def soak(
         "fresh_identities": tokens.fresh,
         "bounds": BOUNDS,
         "fill_seconds": fill,
+        "prefill": prefill,
         "tables": {
             "token_cache": CACHE_SIZE,
             "rate_limit_max_keys": MAX_KEYS,
             "inventory_undeclared_shapes": INVENTORY,
+            "identity_header_cache": IDENTITY_HEADER_CACHE_SIZE,
+            "undeclared_counters": MAX_UNDECLARED_SHAPES,
         },
         "loadavg_at_end": os.getloadavg(),
     }
@@ -1330,6 +1437,14 @@ def report(data: dict[str, Any]) -> str:
             f"alone {c['wrk']:,.0f} req/s by {how['wrk']})"
         )
     after = max(1, sum(r.done for r in rows[2:]))
+    t = meta["tables"]
+    p = meta["prefill"]
+    pre = (
+        f"{p.get('identities', 0):,.0f} new identities and {p.get('undeclared_shapes', 0):,.0f} "
+        f"distinct undeclared paths, closed loop, {p.get('seconds', 0):.0f} s"
+        if p
+        else "no prefill: --prefill 0"
+    )
     out = [
         "# authz soak",
         "",
@@ -1351,7 +1466,9 @@ def report(data: dict[str, Any]) -> str:
         RULE,
         *(row_line(r) for r in rows),
         "",
-        "Latency runs from when each request was due (open loop), over the whole mix. "
+        "Latency runs from when each request was due (open loop), over the whole mix; "
+        "engine p99 is the service's own time per decision (the decision log's "
+        "`latency_ms`, from the engine's start to its decision: no transport, no queue). "
         "RSS is sampled at the end of each interval; CPU is per request sent in it. "
         "Log lines: decision-log lines written in the interval; backlog: decisions "
         "taken (requests that reach authz) but not yet in the log at the sample.",
@@ -1363,13 +1480,14 @@ def report(data: dict[str, Any]) -> str:
         f"Overall: **{'passed' if data['passed'] else 'FAILED'}**.",
         "",
         "Why these bounds: every bounded table (verified-token cache "
-        f"{meta['tables']['token_cache']:,}, rate-limit buckets "
-        f"{meta['tables']['rate_limit_max_keys']:,} per table, inventory "
-        f"{meta['tables']['inventory_undeclared_shapes']:,} undeclared shapes) is full "
-        "before the second interval's sample (at this rate: "
-        + ", ".join(f"{k} after ~{v:.0f} s" for k, v in meta["fill_seconds"].items())
-        + "), so that sample is the steady state; the tables are small on purpose "
-        "(bench/memory.py measures them at a million entries). "
+        f"{t['token_cache']:,}, rate-limit buckets {t['rate_limit_max_keys']:,} per table, "
+        f"identity-header cache {t['identity_header_cache']:,}, inventory "
+        f"{t['inventory_undeclared_shapes']:,} undeclared shapes, undeclared counters "
+        f"{t['undeclared_counters']:,}) is filled before anything is measured ({pre}), and "
+        "the mix's trickle of new identities and paths keeps cycling them (at this rate: "
+        + ", ".join(f"{k} every ~{v:.0f} s" for k, v in meta["fill_seconds"].items())
+        + "), so the second interval is the steady state; the policy's tables are small "
+        "on purpose (bench/memory.py measures them at a million entries). "
         f"+{BOUNDS['rss_mib']:g} MiB (or +{(BOUNDS['rss_ratio'] - 1):.0%}) leaves room for "
         "allocator arenas and fragmentation, and still catches a leak of "
         f"{BOUNDS['rss_mib'] * 2**20 / after:.0f} bytes per request or more ({after:,} "

@@ -84,17 +84,20 @@ def test_profile_script(flag: list[str]) -> None:
 
 
 def test_soak_script_checks_every_status(tmp_path: Path) -> None:
-    # capacity measured (1 s each), then 6 s at 30% of it in rows of 2 s: every
+    # a small prefill, capacity measured (1 s each), then 6 s at 30% of it in rows of 2 s: every
     # request's status is checked against its kind; the drift bounds are not judged
     # on rows this short
     run = _run(
         "bench/soak.py", "--minutes", "0.1", "--interval", "2", "--capacity-seconds", "1",
-        "--fraction", "0.3", "--out", str(tmp_path), "--name", "smoke",
+        "--fraction", "0.3", "--prefill", "0.02", "--out", str(tmp_path), "--name", "smoke",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads((tmp_path / "smoke.json").read_text())
     assert data["passed"]
     assert data["meta"]["capacity"]["mix"] > 0 and data["meta"]["capacity"]["wrk"] > 0
+    prefill = data["meta"]["prefill"]
+    assert prefill["identities"] >= 80 and prefill["undeclared_shapes"] >= 200
+    assert prefill["unexpected"] == prefill["errors"] == 0
     rows = data["rows"]
     assert len(rows) >= 3
     assert sum(r["done"] for r in rows) == data["meta"]["requests_sent"] > 0
