@@ -61,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -134,6 +135,12 @@ BOUNDS = {
 
 # ----------------------------------------------------------------------------- requests
 
+#: Envoy's view of its calls to authz: ext_authz outcomes (ok, denied, error...), the
+#: authz cluster's requests (timeouts, active, pending) and Envoy's downstream load.
+ENVOY_STATS = (
+    r"(ext_authz\.|cluster\.authz\.upstream_rq_(timeout|active|pending_active|pending_overflow|"
+    r"total)|cluster\.authz\.upstream_cx_active|ingress_http\.downstream_(rq|cx)_active)"
+)
 _LATENCY = re.compile(rb'"latency_ms":\s*([0-9.eE+-]+)')
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _WORDS = [
@@ -426,6 +433,8 @@ class Window:
     max_lag_ms: float = 0.0
     max_connections: int = 0
     seconds: float = 0.0
+    #: unexpected 403s without a body: Envoy's own answer when the ext_authz call failed
+    fail_closed: int = 0
 
 
 class Conn(asyncio.Protocol):
@@ -437,6 +446,7 @@ class Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.kind: Kind | None = None
         self.due = 0.0
+        self.body = 0  # bytes of the response body
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -444,7 +454,7 @@ class Conn(asyncio.Protocol):
 
     def send(self, kind: Kind, payload: bytes, due: float) -> None:
         assert self.transport is not None
-        self.kind, self.due = kind, due
+        self.kind, self.due, self.body = kind, due, 0
         self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
@@ -453,13 +463,16 @@ class Conn(asyncio.Protocol):
         except httptools.HttpParserError:
             self.fail("bad_response")
 
+    def on_body(self, body: bytes) -> None:
+        self.body += len(body)
+
     def on_message_complete(self) -> None:
         kind, self.kind = self.kind, None
         if kind is None:  # a response nobody asked for
             self.fail("unsolicited_response")
             return
         keep = self.parser.should_keep_alive()
-        self.driver.finished(kind, self.parser.get_status_code(), self.due)
+        self.driver.finished(kind, self.parser.get_status_code(), self.due, self.body)
         if keep and not self.closed:
             self.driver.release(self)
         else:
@@ -527,7 +540,7 @@ class Driver:
         self.loop = asyncio.get_running_loop()
 
     # --- accounting
-    def finished(self, kind: Kind, status: int, due: float) -> None:
+    def finished(self, kind: Kind, status: int, due: float, body: int) -> None:
         now = time.monotonic()
         w = self.window
         w.done += 1
@@ -540,6 +553,8 @@ class Driver:
             w.decided += 1
         if status not in kind.expect:
             w.unexpected[kind.name, status] += 1
+            if status == 403 and not body:  # every deny of authz's has a JSON body
+                w.fail_closed += 1
         if kind.hog:
             self.last_hog = now
             if status == 200:
@@ -770,13 +785,30 @@ class Sample:
     driver_cpu_s: float
     decision_p99_ms: float
     decision_max_ms: float
+    #: /proc/pressure/cpu "some" total (µs some task waited for a CPU), /proc/stat ticks
+    pressure_us: int
+    cpu_ticks: tuple[int, int]  # (idle + iowait, all)
+    envoy_stats: dict[str, int]  # ENVOY_STATS from Envoy's admin
+
+
+def machine_cpu() -> tuple[int, tuple[int, int]]:
+    """CPU pressure (PSI "some" total, µs) and (idle, total) ticks of the whole machine:
+    how much the machine's other work competes with the soak's processes."""
+    pressure = 0
+    with contextlib.suppress(OSError, ValueError), open("/proc/pressure/cpu") as fh:
+        pressure = int(fh.readline().rsplit("total=", 1)[1])
+    ticks = (0, 0)
+    with contextlib.suppress(OSError, ValueError), open("/proc/stat") as fh:
+        values = [int(x) for x in fh.readline().split()[1:]]
+        ticks = (values[3] + values[4], sum(values))
+    return pressure, ticks
 
 
 class Sampler:
     """Reads /proc for authz's and Envoy's processes, and counts decision-log lines."""
 
-    def __init__(self, authz: Proc, envoy: Proc, log: Path) -> None:
-        self.authz, self.envoy, self.log = authz, envoy, log
+    def __init__(self, authz: Proc, envoy: Proc, log: Path, admin: int) -> None:
+        self.authz, self.envoy, self.log, self.admin = authz, envoy, log, admin
         self.offset = 0
         self.lines = 0
         #: the engine's own time per decision (the log's latency_ms), since the last take
@@ -807,6 +839,15 @@ class Sampler:
                 threads += len(os.listdir(f"/proc/{pid}/task"))
         self._count_log()
         decisions, self.decisions = self.decisions, Histogram()
+        pressure, ticks = machine_cpu()
+        stats: dict[str, int] = {}
+        with contextlib.suppress(Exception):
+            url = f"http://127.0.0.1:{self.admin}/stats?filter={ENVOY_STATS}"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                for line in reply.read().decode().splitlines():
+                    name, _, value = line.partition(": ")
+                    if value.strip().isdigit():
+                        stats[name] = int(value)
         return Sample(
             authz_rss_kib=rss,
             authz_hwm_kib=hwm,
@@ -821,6 +862,9 @@ class Sampler:
             driver_cpu_s=sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
             decision_p99_ms=decisions.percentile(99) / 1000,
             decision_max_ms=decisions.max_us / 1000,
+            pressure_us=pressure,
+            cpu_ticks=ticks,
+            envoy_stats=stats,
         )
 
 
@@ -842,6 +886,7 @@ class Row:
     max_ms: float
     valid_p99_ms: float
     unexpected: int
+    fail_closed: int
     errors: int
     authz_rss_mib: float
     envoy_rss_mib: float
@@ -852,6 +897,10 @@ class Row:
     driver_cpu_us: float
     decision_p99_ms: float
     decision_max_ms: float
+    cpu_pressure_pct: float
+    machine_idle_pct: float
+    #: Envoy's counters over the interval (gauges, ``_active``, at its end)
+    envoy: dict[str, int]
     decided: int
     log_lines: int
     log_backlog: int
@@ -867,9 +916,9 @@ HEADER = (
     "| min | req/s | p50 ms | p99 ms | p99.9 ms | engine p99 ms | unexpected | errors | "
     "authz RSS MiB | "
     "Envoy RSS MiB | authz fds | authz CPU µs/req | Envoy CPU µs/req | driver CPU µs/req | "
-    "log lines | log backlog | load |"
+    "log lines | log backlog | load | CPU pressure % | machine idle % |"
 )
-RULE = "| " + " | ".join(["---:"] * 17) + " |"
+RULE = "| " + " | ".join(["---:"] * 19) + " |"
 
 
 def row_line(r: Row) -> str:
@@ -879,7 +928,8 @@ def row_line(r: Row) -> str:
         f"{r.unexpected} | {r.errors} | {r.authz_rss_mib:.1f} | {r.envoy_rss_mib:.1f} | "
         f"{r.authz_fds} | {r.authz_cpu_us:.0f} | {r.envoy_cpu_us:.0f} | {r.driver_cpu_us:.0f} | "
         f"{r.log_lines:,} | "
-        f"{r.log_backlog:,} | {r.loadavg:.2f} |"
+        f"{r.log_backlog:,} | {r.loadavg:.2f} | {r.cpu_pressure_pct:.0f} | "
+        f"{r.machine_idle_pct:.0f} |"
     )
 
 
@@ -1172,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             wait_until("authz", probe, 30, authz)
             wait_until("envoy", lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), 30, envoy)
-            ok = soak(args, fx, authz, envoy, listen, decision_log, seconds, argv)
+            ok = soak(args, fx, authz, envoy, (listen, admin), decision_log, seconds, argv)
     except KeyboardInterrupt as why:
         print(f"soak: interrupted ({why}); stopping", file=sys.stderr)
     finally:
@@ -1192,11 +1242,12 @@ def soak(
     fx: fixtures.Fixture,
     authz: Proc,
     envoy: Proc,
-    listen: int,
+    ports: tuple[int, int],
     decision_log: Path,
     seconds: float,
     argv: list[str] | None,
 ) -> bool:
+    listen, admin = ports
     rng = random.Random(args.seed)
     tokens = Tokens(fx, rng)
     mix = build_mix(tokens, rng)
@@ -1221,7 +1272,7 @@ def soak(
         groups[k.group] += k.weight
     print("mix: " + ", ".join(f"{g} {w / total_weight:.1%}" for g, w in groups.items()))
 
-    sampler = Sampler(authz, envoy, decision_log)
+    sampler = Sampler(authz, envoy, decision_log, admin)
     time.sleep(0.5)  # the decision log drains every 50 ms
     prev = sampler.take()
     expected_decisions = prev.log_lines  # the expectation checks' own decisions
@@ -1256,6 +1307,7 @@ def soak(
                 max_ms=w.latency.max_us / 1000,
                 valid_p99_ms=w.valid_latency.percentile(99) / 1000,
                 unexpected=sum(w.unexpected.values()),
+                fail_closed=w.fail_closed,
                 errors=sum(w.errors.values()),
                 authz_rss_mib=s.authz_rss_kib / 1024,
                 envoy_rss_mib=s.envoy_rss_kib / 1024,
@@ -1266,6 +1318,14 @@ def soak(
                 driver_cpu_us=(s.driver_cpu_s - prev.driver_cpu_s) / n * 1e6,
                 decision_p99_ms=s.decision_p99_ms,
                 decision_max_ms=s.decision_max_ms,
+                envoy={
+                    k: v if k.endswith("_active") else v - prev.envoy_stats.get(k, 0)
+                    for k, v in s.envoy_stats.items()
+                },
+                cpu_pressure_pct=(s.pressure_us - prev.pressure_us) / (elapsed * 1e4),
+                machine_idle_pct=(s.cpu_ticks[0] - prev.cpu_ticks[0])
+                * 100
+                / max(1, s.cpu_ticks[1] - prev.cpu_ticks[1]),
                 decided=w.decided,
                 log_lines=s.log_lines - prev.log_lines,
                 log_backlog=max(0, expected_decisions - s.log_lines),
@@ -1281,9 +1341,13 @@ def soak(
             windows.append(w)
             print(row_line(r), flush=True)
             if r.unexpected_detail:
-                print(f"    unexpected: {r.unexpected_detail}", flush=True)
+                print(f"    unexpected: {r.unexpected_detail}; of which {r.fail_closed} "
+                      "403 without a body (Envoy: the ext_authz call failed or timed out)",
+                      flush=True)  # fmt: skip
             if r.error_detail:
                 print(f"    errors: {r.error_detail}", flush=True)
+            if r.unexpected or r.errors:
+                print(f"    envoy: {r.envoy}", flush=True)
 
     def baseline() -> None:
         nonlocal prev, expected_decisions
@@ -1469,6 +1533,9 @@ def report(data: dict[str, Any]) -> str:
         "Latency runs from when each request was due (open loop), over the whole mix; "
         "engine p99 is the service's own time per decision (the decision log's "
         "`latency_ms`, from the engine's start to its decision: no transport, no queue). "
+        "CPU pressure: the share of the interval in which some task on the machine waited "
+        "for a CPU (/proc/pressure/cpu); machine idle: idle CPU time of the whole machine "
+        "(/proc/stat). Both show how much other work competed for the two cores. "
         "RSS is sampled at the end of each interval; CPU is per request sent in it. "
         "Log lines: decision-log lines written in the interval; backlog: decisions "
         "taken (requests that reach authz) but not yet in the log at the sample.",
