@@ -1251,6 +1251,7 @@ def soak(
     argv: list[str] | None,
 ) -> bool:
     listen, admin = ports
+    at_start = machine()  # the machine's load before any of ours
     rng = random.Random(args.seed)
     tokens = Tokens(fx, rng)
     mix = build_mix(tokens, rng)
@@ -1432,7 +1433,7 @@ def soak(
         for (name, status), c in w.statuses.items():
             statuses.setdefault(name, Counter())[status] += c
     meta: dict[str, Any] = {
-        **machine(),
+        **at_start,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python bench/soak.py", *(sys.argv[1:] if argv is None else argv)]),
         "minutes": args.minutes,
