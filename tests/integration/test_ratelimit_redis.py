@@ -149,7 +149,11 @@ async def run_batched(
     Returns (admitted, the stores, seconds elapsed on the injected clock)."""
     clock = Clock()
     start = clock.now
-    stores = [BatchedStore(store(server, clock), clock=clock) for _ in range(processes)]
+    # 2 s, not the 100 ms default: this test counts admissions, and a busy box must not
+    # turn a slow reply into a fail-open/closed path it does not test
+    stores = [
+        BatchedStore(store(server, clock, timeout=2.0), clock=clock) for _ in range(processes)
+    ]
     key = f"bucket-{processes}-{batch}-{seed}"
     item = BatchedItem(Item(key, GCRA, interval, burst), batch, sync_interval)
     rng = random.Random(seed)
