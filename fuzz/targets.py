@@ -121,9 +121,9 @@ def reference_remove_dot_segments(path: str) -> str:
 
 
 def reference_canonical(path: str) -> str:
-    """The model: decode unreserved escapes, merge slashes, remove dot segments."""
-    merged = re.sub("/+", "/", reference_decode(path))
-    return reference_remove_dot_segments(merged) or "/"
+    """The model: decode unreserved escapes, remove dot segments, merge slashes
+    (Envoy's order: normalize_path, then merge_slashes)."""
+    return re.sub("/+", "/", reference_remove_dot_segments(reference_decode(path))) or "/"
 
 
 def check_path(target: str) -> None:
@@ -138,6 +138,7 @@ def check_path(target: str) -> None:
     for bad in ("//", "/./", "/../", "\x00", "\\", "#", "?"):
         assert bad not in path, f"{bad!r} in {path!r} from {target!r}"
     assert not path.endswith(("/.", "/..")), path
+    assert not re.search(r"/\.\.?;", path), f"dot segment with a parameter: {path!r}"
     upper = path.upper()
     assert "%2F" not in upper and "%5C" not in upper and "%00" not in upper, path
     assert canonicalize(path) == (path, ""), f"not idempotent: {target!r} -> {path!r}"

@@ -28,7 +28,8 @@ PATHS = st.lists(_PIECES, max_size=16).map("".join).map(lambda p: "/" + p)
 
 @budget(300)
 @given(PATHS)
-@example("/a//../b")
+@example("/a//../b")  # F1: dot segments before merging slashes
+@example("/a/..;/b")  # F2: refused
 @example("/a/b/../../..")
 @example("/a/./b/.")
 @example("/%7Euser/%2e%2E/x")
