@@ -221,7 +221,7 @@ def check_http_requests(
         server.port, chunks, half_close=False, expect=count, gap=gap, timeout=timeout
     )
     if len(responses) < count:
-        assert responses and responses[-1].closes or closed, (
+        assert (responses and responses[-1].closes) or closed, (
             f"{len(responses)} of {count} answers and no close"
         )
     new = server.problems.seen[before:]

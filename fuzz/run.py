@@ -21,7 +21,7 @@ with atheris.instrument_imports(include=["authz"]):
     import authz.transport.http_server
     import authz.validation.jsonbody  # noqa: F401
 
-from fuzz import targets
+from fuzz import fixtures, targets
 
 
 class FdpChooser(targets.Chooser):
@@ -30,10 +30,10 @@ class FdpChooser(targets.Chooser):
     def __init__(self, data: bytes) -> None:
         self.fdp = atheris.FuzzedDataProvider(data)
 
-    def int(self, lo: int, hi: int) -> int:
+    def integer(self, lo: int, hi: int) -> int:
         return int(self.fdp.ConsumeIntInRange(lo, hi))
 
-    def bytes(self, n: int) -> bytes:
+    def blob(self, n: int) -> bytes:
         return bytes(self.fdp.ConsumeBytes(self.fdp.ConsumeIntInRange(0, n)))
 
     def text(self, n: int) -> str:
@@ -50,7 +50,7 @@ def _checkrequest_struct(data: bytes) -> None:
 
 def _paths(data: bytes) -> None:
     c = FdpChooser(data)
-    if c.int(0, 1):
+    if c.integer(0, 1):
         path = targets.twist_path(c.pick(targets.PATHS), c)
     else:
         path = c.fdp.ConsumeUnicodeNoSurrogates(len(data))
@@ -59,20 +59,20 @@ def _paths(data: bytes) -> None:
 
 def _jwt(data: bytes) -> None:
     c = FdpChooser(data)
-    tokens = list(targets.world().tokens.values())
+    tokens = list(fixtures.world().tokens.values())
     original = c.pick(tokens)
     mutated = original
-    for _ in range(c.int(1, 3)):
+    for _ in range(c.integer(1, 3)):
         mutated = targets.mutate_token(mutated, tokens, c)
     targets.check_mutated_token(original, mutated)
 
 
 def _jwt_header(data: bytes) -> None:
     c = FdpChooser(data)
-    dedicated = bool(c.int(0, 1))
+    dedicated = bool(c.integer(0, 1))
     value = c.fdp.ConsumeUnicodeNoSurrogates(len(data))
     targets.check_authorization(value, dedicated)
-    if value.startswith("Bearer ") or c.int(0, 1):
+    if value.startswith("Bearer ") or c.integer(0, 1):
         targets.check_token(value.removeprefix("Bearer "))
 
 
@@ -90,8 +90,14 @@ def _http(data: bytes) -> None:
     if _server is None:
         _server = http_target.ServerThread()
     c = FdpChooser(data)
-    prefix = c.pick([b"", b"GET /check/v1/orders HTTP/1.1\r\n", b"POST /check/v1/orders HTTP/1.1\r\nhost: a\r\n"])
-    raw_cuts = [c.int(0, 1 << 16) for _ in range(c.int(0, 4))]
+    prefix = c.pick(
+        [
+            b"",
+            b"GET /check/v1/orders HTTP/1.1\r\n",
+            b"POST /check/v1/orders HTTP/1.1\r\nhost: a\r\n",
+        ]
+    )
+    raw_cuts = [c.integer(0, 1 << 16) for _ in range(c.integer(0, 4))]
     stream = prefix + bytes(c.fdp.ConsumeBytes(c.fdp.remaining_bytes()))
     # the stream split where libFuzzer says: each piece is one read on the server
     cuts = sorted(x % (len(stream) + 1) for x in raw_cuts)
@@ -114,7 +120,7 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
         sys.exit(f"usage: python -m fuzz.run {{{','.join(TARGETS)}}} [libFuzzer flags]")
     target = TARGETS[sys.argv[1]]
-    targets.world()  # build keys and engine before the clock starts
+    fixtures.world()  # build keys and engine before the clock starts
     atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
     atheris.Fuzz()
 

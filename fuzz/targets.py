@@ -183,7 +183,9 @@ def check_token(token: str, original: str | None = None) -> None:
             assert call == "authenticate" and token != original
             continue
         # authenticate reads the token out of the header value (spaces around it go)
-        seen = token if call == "verify" else parse_authorization(f"Bearer {token}", dedicated=False)
+        seen = (
+            token if call == "verify" else parse_authorization(f"Bearer {token}", dedicated=False)
+        )
         assert seen in w.tokens.values(), f"forged token accepted by {call}: {token!r}"
         if original is not None:
             assert seen == original, f"a mutated token was accepted by {call}: {token!r}"
@@ -319,17 +321,17 @@ def _members(value: Any) -> int:
 class Chooser:
     """Where a mutation's choices come from: hypothesis' data or atheris' bytes."""
 
-    def int(self, lo: int, hi: int) -> int:  # inclusive
+    def integer(self, lo: int, hi: int) -> int:  # inclusive
         raise NotImplementedError
 
-    def bytes(self, n: int) -> bytes:
+    def blob(self, n: int) -> bytes:
         raise NotImplementedError
 
     def text(self, n: int) -> str:
         raise NotImplementedError
 
     def pick(self, items: list[Any]) -> Any:
-        return items[self.int(0, len(items) - 1)]
+        return items[self.integer(0, len(items) - 1)]
 
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -346,60 +348,61 @@ def ecdsa_twin(token: str) -> str:
 
 
 def _random_json(c: Chooser, depth: int = 0) -> Any:
-    kind = c.int(0, 6 if depth < 2 else 4)
+    kind = c.integer(0, 6 if depth < 2 else 4)
     if kind == 0:
         return None
     if kind == 1:
         return c.pick([True, False])
     if kind == 2:
-        return c.int(-(2**63), 2**63)
+        return c.integer(-(2**63), 2**63)
     if kind == 3:
         return c.pick([0.5, 1e308, -0.0, 1e-300])
     if kind == 4:
         return c.text(12)
     if kind == 5:
-        return [_random_json(c, depth + 1) for _ in range(c.int(0, 3))]
-    return {c.text(6): _random_json(c, depth + 1) for _ in range(c.int(0, 3))}
+        return [_random_json(c, depth + 1) for _ in range(c.integer(0, 3))]
+    return {c.text(6): _random_json(c, depth + 1) for _ in range(c.integer(0, 3))}
 
 
 def mutate_token(token: str, others: list[str], c: Chooser) -> str:
     """One hostile variant of ``token``: bit flips, re-encodings, forged headers ..."""
-    op = c.int(0, 11)
+    op = c.integer(0, 11)
     if op and token.count(".") == 2:
         try:
             return _mutate_segments(token, others, c, op)
         except (ValueError, TypeError, AttributeError):  # an earlier mutation broke a segment
             pass
     # one character of the compact form replaced
-    i = c.int(0, max(0, len(token) - 1))
-    return token[:i] + c.pick([*_B64CHARS, ".", "=", "+", "/", " ", "\x00", "é"]) + token[i + 1 :]
+    i = c.integer(0, max(0, len(token) - 1))
+    replacement: str = c.pick([*_B64CHARS, ".", "=", "+", "/", " ", "\x00", "é"])
+    return token[:i] + replacement + token[i + 1 :]
 
 
 def _mutate_segments(token: str, others: list[str], c: Chooser, op: int) -> str:
     head, body, sig = token.split(".")
     segments = [head, body, sig]
     if op == 1:  # a bit flipped in a decoded segment, re-encoded canonically
-        k = c.int(0, 2)
+        k = c.integer(0, 2)
         raw = bytearray(b64url_decode(segments[k]))
         if raw:
-            i = c.int(0, len(raw) - 1)
-            raw[i] ^= 1 << c.int(0, 7)
+            i = c.integer(0, len(raw) - 1)
+            raw[i] ^= 1 << c.integer(0, 7)
         segments[k] = b64url(bytes(raw))
         return ".".join(segments)
     if op == 2:  # a forged header: alg, kid, crit, typ chosen by the attacker
         original = json.loads(b64url_decode(head))
         original = original if isinstance(original, dict) else {}
         header: dict[str, Any] = {"alg": c.pick([*ALGS, c.text(6)])}
-        kid = c.int(0, 4)
+        kid = c.integer(0, 4)
         if kid == 0:
             header["kid"] = original.get("kid")
         elif kid == 1:
             header["kid"] = c.text(10)
         elif kid == 2:
-            header["kid"] = c.int(-5, 5)
-        if c.int(0, 3) == 0:
+            header["kid"] = c.integer(-5, 5)
+        if c.integer(0, 3) == 0:
             header["crit"] = c.pick([["exp"], [], "b64", [c.text(4)]])
-        if c.int(0, 3) == 0:
+        if c.integer(0, 3) == 0:
             header[c.pick(["typ", "jku", "x5u", "jwk", "x5c", "b64", c.text(4)])] = _random_json(c)
         segments[0] = b64url(json.dumps(header).encode())
         return ".".join(segments)
@@ -411,36 +414,47 @@ def _mutate_segments(token: str, others: list[str], c: Chooser, op: int) -> str:
         segments[1] = b64url(json.dumps(claims).encode())
         return ".".join(segments)
     if op == 4:  # the same JSON, re-serialised (other spacing or key order)
-        k = c.int(0, 1)
+        k = c.integer(0, 1)
         value = json.loads(b64url_decode(segments[k]))
-        text = json.dumps(value, separators=c.pick([(",", ":"), (", ", ": "), (",", ": ")]),
-                          sort_keys=bool(c.int(0, 1)))  # fmt: skip
+        text = json.dumps(
+            value,
+            separators=c.pick([(",", ":"), (", ", ": "), (",", ": ")]),
+            sort_keys=bool(c.integer(0, 1)),
+        )
         segments[k] = b64url(text.encode())
         return ".".join(segments)
     if op == 5:  # non-canonical base64url: unused low bits of the last character set
-        k = c.int(0, 2)
+        k = c.integer(0, 2)
         seg = segments[k]
         if len(seg) % 4 in (2, 3):
             mask = 0x0F if len(seg) % 4 == 2 else 0x03
-            index = _B64CHARS.index(seg[-1]) | c.int(1, mask)
+            index = _B64CHARS.index(seg[-1]) | c.integer(1, mask)
             segments[k] = seg[:-1] + _B64CHARS[index]
         return ".".join(segments)
     if op == 6:  # padding, the standard alphabet, or whitespace in a segment
-        k = c.int(0, 2)
+        k = c.integer(0, 2)
         seg = segments[k]
-        segments[k] = c.pick([seg + "=", seg + "==", seg.replace("-", "+").replace("_", "/"),
-                              " " + seg, seg + "\n", seg.upper()])  # fmt: skip
+        segments[k] = c.pick(
+            [
+                seg + "=",
+                seg + "==",
+                seg.replace("-", "+").replace("_", "/"),
+                " " + seg,
+                seg + "\n",
+                seg.upper(),
+            ]
+        )
         return ".".join(segments)
     if op == 7 and others:  # a segment taken from another (valid) token
         other = c.pick(others).split(".")
-        k = c.int(0, 2)
+        k = c.integer(0, 2)
         segments[k] = other[k]
         return ".".join(segments)
     if op == 8:  # segments cut, extended, dropped or duplicated
-        k = c.int(0, 2)
+        k = c.integer(0, 2)
         seg = segments[k]
-        cut = c.int(0, len(seg))
-        choice = c.int(0, 3)
+        cut = c.integer(0, len(seg))
+        choice = c.integer(0, 3)
         if choice == 0:
             segments[k] = seg[:cut]
         elif choice == 1:
@@ -452,13 +466,13 @@ def _mutate_segments(token: str, others: list[str], c: Chooser, op: int) -> str:
         return ".".join(segments)
     if op == 9:  # an unsigned or HMAC-signed copy
         segments[0] = b64url(json.dumps({"alg": c.pick(["none", "HS256"]), "typ": "JWT"}).encode())
-        segments[2] = c.pick(["", b64url(c.bytes(32))])
+        segments[2] = c.pick(["", b64url(c.blob(32))])
         return ".".join(segments)
     if op == 10:  # the signature replaced by random bytes of a plausible length
-        segments[2] = b64url(c.bytes(c.pick([0, 1, 32, 64, 65, 256, 300])))
+        segments[2] = b64url(c.blob(c.pick([0, 1, 32, 64, 65, 256, 300])))
         return ".".join(segments)
     # op 11 (and 7 without others): raw bytes inserted somewhere
-    i = c.int(0, len(token))
+    i = c.integer(0, len(token))
     return token[:i] + c.text(4) + token[i:]
 
 
@@ -479,22 +493,64 @@ def check_mutated_token(original: str, mutated: str) -> None:
     check_token(mutated, original)
 
 
-# --------------------------------------------------------------------------- structured CheckRequests
+# ------------------------------------------------------------------ structured CheckRequests
 
-PATHS = ["/healthz", "/v1/orders", "/v1/orders/42", "/v1/files/a/b.txt", "/v1/files/",
-         "/internal/metrics", "/v1/beta", "/admin", "/", "/v1/orders/export"]  # fmt: skip
-PATH_TWISTS = ["//", "/./", "/../", "/..", "/.", "%2e", "%2E%2e", "%2F", "%5c", "%00", "%41",
-               "%zz", "%", "?dry_run=true", "?access_token=x", "#frag", "\\", " ", "\x7f", "é",
-               ";x", "~", "%7E", "%C3%A9", "%C0%AF", "/"]  # fmt: skip
-HOSTS = ["shop.example", "admin.fuzz.example", "ADMIN.FUZZ.EXAMPLE:443", "", "[::1]:8080",
-         "admin.fuzz.example.", "x" * 300]  # fmt: skip
+PATHS = [
+    "/healthz",
+    "/v1/orders",
+    "/v1/orders/42",
+    "/v1/files/a/b.txt",
+    "/v1/files/",
+    "/internal/metrics",
+    "/v1/beta",
+    "/admin",
+    "/",
+    "/v1/orders/export",
+]
+PATH_TWISTS = [
+    "//",
+    "/./",
+    "/../",
+    "/..",
+    "/.",
+    "%2e",
+    "%2E%2e",
+    "%2F",
+    "%5c",
+    "%00",
+    "%41",
+    "%zz",
+    "%",
+    "?dry_run=true",
+    "?access_token=x",
+    "#frag",
+    "\\",
+    " ",
+    "\x7f",
+    "é",
+    ";x",
+    "~",
+    "%7E",
+    "%C3%A9",
+    "%C0%AF",
+    "/",
+]
+HOSTS = [
+    "shop.example",
+    "admin.fuzz.example",
+    "ADMIN.FUZZ.EXAMPLE:443",
+    "",
+    "[::1]:8080",
+    "admin.fuzz.example.",
+    "x" * 300,
+]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "", "get", "CONNECT"]
 SPOOFED = ["x-authz-subject", "x-authz-scopes", "x-authz-decision-id", "x-authz-peer-principal"]
 
 
 def twist_path(path: str, c: Chooser) -> str:
-    for _ in range(c.int(0, 3)):
-        i = c.int(0, len(path))
+    for _ in range(c.integer(0, 3)):
+        i = c.integer(0, len(path))
         twist = c.pick([*PATH_TWISTS, c.text(3)])
         path = path[:i] + twist + path[i:]
     return path
@@ -506,7 +562,7 @@ def _credential(c: Chooser) -> dict[str, str]:
     w = world()
     tokens = list(w.tokens.values())
     headers: dict[str, str] = {}
-    kind = c.int(0, 5)
+    kind = c.integer(0, 5)
     if kind == 1:
         headers["authorization"] = "Bearer " + c.pick(tokens)
     elif kind == 2:
@@ -527,37 +583,48 @@ def structured_check(c: Chooser) -> Any:
     from authz.transport.envoy_grpc import build_check_request
 
     method = c.pick([*METHODS, c.text(5)])
-    path = twist_path(c.pick(PATHS), c) if c.int(0, 5) else c.text(30)
+    path = twist_path(c.pick(PATHS), c) if c.integer(0, 5) else c.text(30)
     headers = _credential(c)
-    for _ in range(c.int(0, 3)):
+    for _ in range(c.integer(0, 3)):
         name = c.pick([*SPOOFED, "content-type", "x-request-id", "cookie", c.text(8).lower()])
-        headers[name] = c.pick(["application/json", "application/x-www-form-urlencoded", c.text(16)])
-    body = c.pick([b"", b'{"items": []}', b'{"items": [{"sku": "a", "qty": 1}]}', b"items=1",
-                   b'{"a": 1, "a": 2}', c.bytes(40)])  # fmt: skip
+        headers[name] = c.pick(
+            ["application/json", "application/x-www-form-urlencoded", c.text(16)]
+        )
+    body = c.pick(
+        [
+            b"",
+            b'{"items": []}',
+            b'{"items": [{"sku": "a", "qty": 1}]}',
+            b"items=1",
+            b'{"a": 1, "a": 2}',
+            c.blob(40),
+        ]
+    )
     check = build_check_request(
         method=method,
         path=path,
         host=c.pick([*HOSTS, c.text(10)]),
         headers=headers,
         body=body,
-        principal=c.pick(["", "spiffe://td.local/ns/ops/sa/prometheus",
-                          "spiffe://evil.local/x", c.text(20)]),  # fmt: skip
+        principal=c.pick(
+            ["", "spiffe://td.local/ns/ops/sa/prometheus", "spiffe://evil.local/x", c.text(20)]
+        ),
         certificate=c.pick(["", c.text(40)]),
         request_id=c.pick(["", "req-1", c.text(10)]),
         scheme=c.pick(["http", "https", ""]),
     )
     http = check.attributes.request.http
-    if c.int(0, 3) == 0:  # Envoy's header_map form (raw_value bytes) instead of the map
+    if c.integer(0, 3) == 0:  # Envoy's header_map form (raw_value bytes) instead of the map
         for key, value in list(http.headers.items()):
             option = http.header_map.headers.add()
-            option.key = key.upper() if c.int(0, 1) else key
+            option.key = key.upper() if c.integer(0, 1) else key
             option.raw_value = value.encode("utf-8", "surrogatepass")
         http.headers.clear()
-        if c.int(0, 1):
+        if c.integer(0, 1):
             option = http.header_map.headers.add()
             option.key = "x-raw"
-            option.raw_value = c.bytes(8)
-    if c.int(0, 4) == 0:
+            option.raw_value = c.blob(8)
+    if c.integer(0, 4) == 0:
         http.fragment = c.text(6)
     return check
 
@@ -570,10 +637,10 @@ class RandomChooser(Chooser):
 
         self.rng = random.Random(seed)
 
-    def int(self, lo: int, hi: int) -> int:
+    def integer(self, lo: int, hi: int) -> int:
         return self.rng.randint(lo, hi)
 
-    def bytes(self, n: int) -> bytes:
+    def blob(self, n: int) -> bytes:
         return self.rng.randbytes(self.rng.randint(0, n))
 
     def text(self, n: int) -> str:

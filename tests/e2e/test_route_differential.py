@@ -20,6 +20,7 @@ reaches the service, so there is nothing to compare.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -63,10 +64,20 @@ routes:
 """
 
 TEMPLATES = [
-    "/healthz", "/v1/ping", "/docs/{rest}", "/v1/orders", "/v1/orders/export",
-    "/v1/orders/{id}", "/v1/orders/{id}/items/{id}", "/v1/files/{rest}", "/admin",
-    "/v1", "/", "/docs", "/v1/files",
-]  # fmt: skip
+    "/healthz",
+    "/v1/ping",
+    "/docs/{rest}",
+    "/v1/orders",
+    "/v1/orders/export",
+    "/v1/orders/{id}",
+    "/v1/orders/{id}/items/{id}",
+    "/v1/files/{rest}",
+    "/admin",
+    "/v1",
+    "/",
+    "/docs",
+    "/v1/files",
+]
 SEGMENTS = ["42", "abc", "a-b", "x.y", "~u", "%41", "%7e", "%C3%A9", "..", ".", "", "export", "a b"]
 UNRESERVED = "abcdefghijklmnopqrstuvwxyz0123456789-._~"
 #: The number of generated requests per transport (AUTHZ_DIFF_REQUESTS for longer runs).
@@ -111,7 +122,11 @@ def _mutate(path: str, rng: random.Random) -> str:
         elif op == 8:  # a query
             path += rng.choice(["?q=1", "?a=/../admin", "?%2e%2e", "?"])
         elif op == 9:  # a reserved character encoded
-            path = path[:at + 1] + rng.choice(["%3B", "%3F", "%23", "%25", "%3A", "%40"]) + path[at + 1 :]
+            path = (
+                path[: at + 1]
+                + rng.choice(["%3B", "%3F", "%23", "%25", "%3A", "%40"])
+                + path[at + 1 :]
+            )
         elif op == 10:  # an empty segment at the start
             path = "/" + path
         else:  # a segment pasted from another template
@@ -135,7 +150,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module", params=["grpc", "http"])
-def diff_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def diff_stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp(f"diff-{request.param}")
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
@@ -170,10 +187,8 @@ def _json_lines(path: Path) -> list[dict[str, object]]:
     out = []
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(ValueError):  # a line Envoy is still writing
                 out.append(json.loads(line))
-            except ValueError:
-                pass
     return out
 
 
@@ -228,7 +243,9 @@ def test_envoy_and_service_agree_on_the_route(diff_stack: Stack) -> None:
             if envoy_route not in ("health", "ping", "docs"):
                 problems.append(f"{what}: no decision on Envoy route {envoy_route!r}")
             elif service_route != envoy_route:
-                problems.append(f"{what}: Envoy {envoy_route!r} (public), service {service_route!r}")
+                problems.append(
+                    f"{what}: Envoy {envoy_route!r} (public), service {service_route!r}"
+                )
         else:
             service_route = str(record["route"])
             expected = service_route or CATCH_ALL_ROUTE

@@ -41,10 +41,10 @@ class DataChooser(Chooser):
         self._data = data
         self._st = st
 
-    def int(self, lo: int, hi: int) -> int:
+    def integer(self, lo: int, hi: int) -> int:
         return int(self._data.draw(self._st.integers(lo, hi)))
 
-    def bytes(self, n: int) -> bytes:
+    def blob(self, n: int) -> bytes:
         return bytes(self._data.draw(self._st.binary(max_size=n)))
 
     def text(self, n: int) -> str:

@@ -74,9 +74,11 @@ def test_valid_token_is_allowed_through_the_decoder() -> None:
 
     token = world().tokens["RS256"]
     check = build_check_request(
-        method="GET", path="/v1/orders", host="shop.example",
+        method="GET",
+        path="/v1/orders",
+        host="shop.example",
         headers={"authorization": f"Bearer {token}"},
-    )  # fmt: skip
+    )
     decision = targets.check_request(CheckRequest.FromString(check.SerializeToString()))
     assert decision.allowed and decision.route == "list-orders"
 
@@ -87,10 +89,10 @@ class _Fixed(targets.Chooser):
     def __init__(self, *_: Any) -> None:
         pass
 
-    def int(self, lo: int, hi: int) -> int:
+    def integer(self, lo: int, hi: int) -> int:
         return lo
 
-    def bytes(self, n: int) -> bytes:
+    def blob(self, n: int) -> bytes:
         return b""
 
     def text(self, n: int) -> str:

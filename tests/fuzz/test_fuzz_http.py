@@ -34,17 +34,40 @@ TOKEN = st.sampled_from(["a.b.c", "eyJhbGciOiJub25lIn0.e30."]) | st.builds(
     lambda alg: world().tokens[alg], st.sampled_from(["ES256", "RS256", "EdDSA"])
 )
 NAMES = st.sampled_from(
-    ["host", "authorization", "x-api-key", "content-type", "x-request-id", "cookie",
-     "x-authz-peer-principal", "x-authz-source-address", "x-authz-subject", "expect",
-     "upgrade", "connection", "x-a"]  # fmt: skip
+    [
+        "host",
+        "authorization",
+        "x-api-key",
+        "content-type",
+        "x-request-id",
+        "cookie",
+        "x-authz-peer-principal",
+        "x-authz-source-address",
+        "x-authz-subject",
+        "expect",
+        "upgrade",
+        "connection",
+        "x-a",
+    ]
 ) | st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True)
 VALUES = st.sampled_from(
     ["application/json", "close", "keep-alive", "100-continue", "websocket", "spiffe://td.local/x"]
 ) | st.from_regex(r"[ -~]{0,30}", fullmatch=True)
 TARGETS = st.sampled_from(
-    ["/check/v1/orders", "/check/v1/orders/42", "/check/v1/files/a/../b", "/check", "/checkx",
-     "/check/v1/orders?dry_run=true", "/healthz", "/", "*", "/check//v1/%2e%2e/orders",
-     "/check/" + "a" * 3000, "http://h/check/v1/orders"]  # fmt: skip
+    [
+        "/check/v1/orders",
+        "/check/v1/orders/42",
+        "/check/v1/files/a/../b",
+        "/check",
+        "/checkx",
+        "/check/v1/orders?dry_run=true",
+        "/healthz",
+        "/",
+        "*",
+        "/check//v1/%2e%2e/orders",
+        "/check/" + "a" * 3000,
+        "http://h/check/v1/orders",
+    ]
 )
 
 
@@ -85,7 +108,9 @@ def _split(data: st.DataObject, stream: bytes) -> list[bytes]:
 @example(b"GET /check/v1/orders HTTP/1.1\r\nhost: a\r\n", None)  # unfinished: a close
 @example(b"\x16\x03\x01\x00\xa5\x01\x00", None)  # a TLS ClientHello on the plain port
 @example(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None)  # an HTTP/2 preface
-def test_arbitrary_bytes(server: http_target.ServerThread, stream: bytes, data: st.DataObject | None) -> None:
+def test_arbitrary_bytes(
+    server: http_target.ServerThread, stream: bytes, data: st.DataObject | None
+) -> None:
     chunks = _split(data, stream) if data is not None else [stream]
     http_target.check_http_stream(server, chunks, gap=0.001)
 
@@ -132,6 +157,9 @@ def test_the_oracle_sees_a_hang(server: http_target.ServerThread) -> None:
     # turns that into a failure instead of a stuck test.
     with pytest.raises(AssertionError, match="hang"):
         http_target.exchange(
-            server.port, [b"GET /check/v1/orders HTTP/1.1\r\n"], half_close=False, expect=1,
+            server.port,
+            [b"GET /check/v1/orders HTTP/1.1\r\n"],
+            half_close=False,
+            expect=1,
             timeout=0.5,
-        )  # fmt: skip
+        )

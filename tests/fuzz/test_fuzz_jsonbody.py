@@ -31,7 +31,9 @@ SCALARS = (
 )
 DOCS = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -57,7 +59,9 @@ def test_arbitrary_bytes(data: bytes) -> None:
 
 @budget(150)
 @given(DOCS, st.data())
-def test_generated_documents_are_accepted_as_json_loads_reads_them(doc: Any, data: st.DataObject) -> None:
+def test_generated_documents_are_accepted_as_json_loads_reads_them(
+    doc: Any, data: st.DataObject
+) -> None:
     body = _dumps(doc, data)
     targets.check_json_body(body)
     if targets._depth(doc) <= LIMITS.max_depth:
@@ -95,7 +99,9 @@ def test_duplicate_keys_are_refused_anywhere(doc: Any, data: st.DataObject) -> N
 
 @budget(120)
 @given(DOCS, st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]), st.data())
-def test_non_finite_numbers_are_refused_anywhere(doc: Any, constant: str, data: st.DataObject) -> None:
+def test_non_finite_numbers_are_refused_anywhere(
+    doc: Any, constant: str, data: st.DataObject
+) -> None:
     body = json.dumps([doc, "__x__", {"v": "__x__"}]).encode()
     which = data.draw(st.sampled_from([0, 1]))
     parts = body.split(b'"__x__"')

@@ -38,7 +38,12 @@ def test_parse_authorization(value: str, dedicated: bool) -> None:
 
 
 @budget(200)
-@given(st.text(max_size=80) | st.from_regex(r"[A-Za-z0-9_-]{0,30}\.[A-Za-z0-9_-]{0,30}\.[A-Za-z0-9_-]{0,30}", fullmatch=True))
+@given(
+    st.text(max_size=80)
+    | st.from_regex(
+        r"[A-Za-z0-9_-]{0,30}\.[A-Za-z0-9_-]{0,30}\.[A-Za-z0-9_-]{0,30}", fullmatch=True
+    )
+)
 @example("e30.e30.")
 @example("eyJhbGciOiJub25lIn0.e30.")
 def test_arbitrary_strings(token: str) -> None:
@@ -52,7 +57,7 @@ def test_mutated_real_tokens_are_refused(data: st.DataObject) -> None:
     tokens = list(world().tokens.values())
     original = c.pick(tokens)
     mutated = original
-    for _ in range(c.int(1, 3)):
+    for _ in range(c.integer(1, 3)):
         mutated = targets.mutate_token(mutated, tokens, c)
     targets.check_mutated_token(original, mutated)
 
@@ -74,7 +79,7 @@ def test_non_canonical_base64_of_each_segment_is_refused(alg: str) -> None:
         chars = targets._B64CHARS
         variant = seg[:-1] + chars[chars.index(seg[-1]) | 1]
         assert targets.b64url_decode(variant) == targets.b64url_decode(seg)  # same bytes
-        forged = ".".join(segments[:k] + [variant] + segments[k + 1 :])
+        forged = ".".join([*segments[:k], variant, *segments[k + 1 :]])
         with pytest.raises(InvalidToken) as err:
             world().run(world().provider.verify(forged))
         assert err.value.reason == "token_malformed"

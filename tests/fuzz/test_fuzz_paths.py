@@ -19,9 +19,50 @@ from tests.fuzz.profiles import DataChooser, budget
 
 # The characters (and escapes) that make paths interesting, as whole tokens.
 _PIECES = st.sampled_from(
-    ["/", "/", "/", ".", "..", "a", "b", "%2e", "%2E", "%2f", "%5C", "%41", "%7e", "%7E", "%20",
-     "%00", "%zz", "%", "%C3%A9", "%C3", "%FF", "~", "-", "_", "?", "#", "\\", ";", "=", "&",
-     " ", "\t", "é", ":", "@", "!", "$", "'", "(", "*", "+", ","]  # fmt: skip
+    [
+        "/",
+        "/",
+        "/",
+        ".",
+        "..",
+        "a",
+        "b",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%5C",
+        "%41",
+        "%7e",
+        "%7E",
+        "%20",
+        "%00",
+        "%zz",
+        "%",
+        "%C3%A9",
+        "%C3",
+        "%FF",
+        "~",
+        "-",
+        "_",
+        "?",
+        "#",
+        "\\",
+        ";",
+        "=",
+        "&",
+        " ",
+        "\t",
+        "é",
+        ":",
+        "@",
+        "!",
+        "$",
+        "'",
+        "(",
+        "*",
+        "+",
+        ",",
+    ]
 )
 PATHS = st.lists(_PIECES, max_size=16).map("".join).map(lambda p: "/" + p)
 
