@@ -618,7 +618,9 @@ def structured_check(c: Chooser) -> Any:
         for key, value in list(http.headers.items()):
             option = http.header_map.headers.add()
             option.key = key.upper() if c.integer(0, 1) else key
-            option.raw_value = value.encode("utf-8", "surrogatepass")
+            # raw_value is bytes: sometimes not UTF-8 at all
+            raw = value.encode("utf-8", "surrogatepass")
+            option.raw_value = raw if c.integer(0, 3) else raw + c.blob(6) + b"\xff"
         http.headers.clear()
         if c.integer(0, 1):
             option = http.header_map.headers.add()
