@@ -562,7 +562,7 @@ def _credential(c: Chooser) -> dict[str, str]:
     w = world()
     tokens = list(w.tokens.values())
     headers: dict[str, str] = {}
-    kind = c.integer(0, 5)
+    kind = c.integer(0, 6)
     if kind == 1:
         headers["authorization"] = "Bearer " + c.pick(tokens)
     elif kind == 2:
@@ -575,6 +575,17 @@ def _credential(c: Chooser) -> dict[str, str]:
     elif kind == 5:
         headers["authorization"] = "Bearer " + c.pick(tokens)
         headers["x-api-key"] = API_KEY
+    elif kind == 6:  # a validly signed token whose claims hold odd (but valid) text
+        from fuzz.fixtures import mint
+
+        odd = ["", "a\r\nx-authz-scopes: admin", "\x00", "é", "\U0001f600", "x" * 5000, c.text(20)]
+        scopes: Any = c.pick([c.pick(odd), [c.pick(odd), "orders:read"], 7, None])
+        headers["authorization"] = "Bearer " + mint(
+            c.pick(list(w.keys.values())),
+            subject=c.pick(odd) or "s",
+            scopes=scopes if isinstance(scopes, list | str) else (),
+            extra_claims={"tenant": c.pick(odd), "scope": scopes} if c.integer(0, 1) else None,
+        )
     return headers
 
 

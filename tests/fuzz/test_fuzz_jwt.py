@@ -106,3 +106,24 @@ def test_finding_f4_ecdsa_twin_signature_verifies() -> None:
 
 def test_parse_authorization_returns_the_one_token() -> None:
     assert parse_authorization("Bearer  a.b.c ", dedicated=False) == "a.b.c"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="F5 (fuzz/README.md): a signed token whose claims hold a lone surrogate "
+    "reaches the inventory's caller sketch (str.encode) and becomes internal_error; "
+    "jwt.py should refuse it as token_malformed, as the body reader does",
+)
+def test_finding_f5_lone_surrogate_claim_is_a_token_error_not_internal_error() -> None:
+    from authz.transport.envoy_grpc import CheckRequest, build_check_request
+    from fuzz.fixtures import mint
+
+    w = world()
+    token = mint(w.keys["ES256"], subject="\ud800")  # the JSON holds the escape "\ud800"
+    check = build_check_request(
+        method="GET", path="/v1/orders", host="h", headers={"authorization": f"Bearer {token}"}
+    )
+    decision = w.run(
+        w.engine.check(targets.to_request(CheckRequest.FromString(check.SerializeToString())))
+    )
+    assert decision.reason == "token_malformed"
