@@ -20,8 +20,6 @@ from fuzz import http_target
 from fuzz.fixtures import world
 from tests.fuzz.profiles import budget
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[http_target.ServerThread]:
