@@ -7,13 +7,16 @@ rejected), so Envoy and the service never disagree on which route a request is:
 - the query is split off;
 - unreserved percent-escapes (``A-Z a-z 0-9 - . _ ~``) are decoded and the hex
   digits of the others upper-cased;
-- repeated slashes are merged and dot segments removed (RFC 3986 5.2.4).
+- dot segments are removed (RFC 3986 5.2.4), then repeated slashes merged: the
+  order Envoy applies ``normalize_path`` and ``merge_slashes`` in, so ``..`` after
+  ``//`` removes the empty segment (``/a//../b`` is ``/a/b``).
 
 Paths that cannot be read unambiguously raise :class:`~authz.errors.InvalidPath`:
 an encoded ``/`` or ``\\``, an encoded dot segment, NUL or another control
 character (raw or encoded), invalid UTF-8 in the escapes, a raw backslash or a
-raw non-ASCII character, a fragment, a malformed escape, or a target that is not
-an absolute path.
+raw non-ASCII character, a fragment, a malformed escape, a dot segment with a
+parameter (``..;`` or ``.;``: Envoy and servlet containers resolve it as a dot
+segment, others as a name), or a target that is not an absolute path.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from urllib.parse import unquote_to_bytes
 from authz.errors import InvalidPath
 
 # A path that holds none of these is already canonical: the fast path.
-_NEEDS_WORK = re.compile(r"[%\\#\x00-\x20\x7f]|//|/\.(?:/|\.?(?:/|$)|$)")
+_NEEDS_WORK = re.compile(r"[%\\#\x00-\x20\x7f]|//|/\.\.?(?:[/;]|$)")
+# A segment that is '.' or '..' followed by a path parameter.
+_DOT_PARAMETER = re.compile(r"(?:^|/)\.\.?;")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{0,2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -55,6 +60,8 @@ def canonicalize(target: str) -> tuple[str, str]:
             raise InvalidPath("control character or space in the path")
     if "%" in path:
         path = _decode_unreserved(path)
+    if ";" in path and _DOT_PARAMETER.search(path):
+        raise InvalidPath("dot segment with a parameter (';') in the path")
     return _remove_dot_segments(path), query
 
 
@@ -89,20 +96,27 @@ def _decode_unreserved(path: str) -> str:
 
 
 def _remove_dot_segments(path: str) -> str:
-    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    # RFC 3986 5.2.4 over the segments after the leading '/', empty ones included
+    # (a '..' after '//' removes the empty segment, as in Envoy); then '//' merged.
+    segments = path.split("/")[1:]
     stack: list[str] = []
-    for seg in path.split("/"):
-        if seg == "" or seg == ".":
+    for seg in segments:
+        if seg == ".":
             continue
         if seg == "..":
             if stack:
                 stack.pop()
             continue
         stack.append(seg)
+    if segments[-1] in (".", ".."):
+        stack.append("")  # '/a/b/..' is '/a/', '/a/.' is '/a/'
     result = "/" + "/".join(stack)
-    if trailing and stack:
-        result += "/"
+    if "//" in result:
+        result = _SLASHES.sub("/", result)
     return result
+
+
+_SLASHES = re.compile("/{2,}")
 
 
 _ID_SEGMENT = re.compile(

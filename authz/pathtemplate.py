@@ -3,8 +3,8 @@
 The syntax is Envoy's own URI template syntax, so the same template can be
 handed to Envoy's ``uri_template`` matcher and matched here with the same result.
 A segment is a literal, ``{name}`` (exactly one non-empty segment) or, as the
-last segment only, ``{name=**}`` (one or more segments). Templates are parsed and
-compiled once, at policy load.
+last segment only, ``{name=**}`` (one or more segments, and a trailing slash as
+Envoy's ``**`` takes one). Templates are parsed and compiled once, at policy load.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def parse_template(template: str) -> PathTemplate:
             parts.append("/[^/]+")
             envoy_parts.append("/{" + text + "}")
         else:
-            parts.append("/[^/]+(?:/[^/]+)*")
+            # (a trailing slash too: Envoy's "**" matches "a/" as it matches "a")
+            parts.append("/[^/]+(?:/[^/]+)*/?")
             envoy_parts.append("/{" + text + "=**}")
     suffix = "/" if trailing_slash else ""
     kinds = tuple(kind for kind, _ in segments)

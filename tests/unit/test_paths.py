@@ -38,6 +38,12 @@ ACCEPTED: list[tuple[str, str, str]] = [
     ("/../..", "/", ""),
     ("/../../etc/passwd", "/etc/passwd", ""),
     ("/a/../../b", "/b", ""),
+    # dot segments are removed before slashes are merged, as Envoy does (normalize_path,
+    # then merge_slashes): '..' removes the empty segment (differential fuzzing, F1)
+    ("/a//../b", "/a/b", ""),
+    ("/v1/orders////../..", "/v1/orders/", ""),
+    ("/a//b/../../c", "/a/c", ""),
+    ("//../a", "/a", ""),
     # segments that merely contain dots are ordinary
     ("/.../", "/.../", ""),
     ("/a/.b/c.", "/a/.b/c.", ""),
@@ -76,6 +82,13 @@ REJECTED: list[tuple[str, str]] = [
     ("/a%5Cb", "encoded backslash upper"),
     ("/a\\b", "raw backslash"),
     ("/..\\..\\etc", "raw backslash traversal"),
+    # a dot segment with a parameter: Envoy resolves '..;' and '.;' as dot segments,
+    # servlet containers as well; the service cannot read them unambiguously (F2)
+    ("/a/..;/b", "dot-dot with parameter"),
+    ("/a/.;/b", "dot with parameter"),
+    ("/healthz;/..;/..", "dot-dot with parameter at the end"),
+    ("/a/..;x=1", "dot-dot with a named parameter"),
+    ("/a/%2e%2e;/b", "encoded dot-dot with parameter"),
     # encoded dot segments
     ("/a/%2e/b", "encoded single dot"),
     ("/%2e/", "encoded single dot at root"),
