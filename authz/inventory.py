@@ -57,7 +57,9 @@ class HyperLogLog:
         self._registers = bytearray(1 << p)
 
     def add(self, item: str) -> None:
-        h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "big")
+        # surrogatepass: a str from a transport may hold lone surrogates; never raise here
+        data = item.encode("utf-8", "surrogatepass")
+        h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
         index = h >> (64 - self._p)
         rest = h & ((1 << (64 - self._p)) - 1)
         rank = (64 - self._p) - rest.bit_length() + 1

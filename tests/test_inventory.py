@@ -127,3 +127,11 @@ def test_memory_stays_bounded_under_a_flood_of_random_paths() -> None:
         assert len(e.path) <= 260 and len(e.query_parameters) <= 32
     # memory after 20,000 distinct paths is what it was after 5,000 (give or take)
     assert current < baseline * 1.5 + 256 * 1024
+
+
+def test_a_caller_with_a_lone_surrogate_is_counted_not_an_error() -> None:
+    # transports decode bytes with surrogateescape, so such strings reach the sketch
+    hll = HyperLogLog()
+    hll.add("\udcff")
+    hll.add("\ud800")
+    assert hll.estimate() == 2

@@ -83,7 +83,25 @@ def _json_object(segment: str, name: str) -> dict[str, Any]:
         _fail("token_malformed", f"{name} is not JSON")
     if not isinstance(value, dict):
         _fail("token_malformed", f"{name} is not a JSON object")
+    if b"\\u" in raw and _LONE_SURROGATE.search(raw) and not _encodable(value):
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); no UTF-8 text holds one,
+        # so a claim with it could not be put in a header, a log line or a sketch.
+        _fail("token_malformed", f"{name} holds a lone surrogate")
     return value
+
+
+#: A \u escape of a UTF-16 surrogate (a pair is fine, and json joins it): the cheap
+#: pre-check before the whole value is walked.
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    """True if every string in ``value`` (keys included) is valid Unicode text."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(payload: dict[str, Any], claim: str) -> float | None:

@@ -108,12 +108,6 @@ def test_parse_authorization_returns_the_one_token() -> None:
     assert parse_authorization("Bearer  a.b.c ", dedicated=False) == "a.b.c"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5 (fuzz/README.md): a signed token whose claims hold a lone surrogate "
-    "reaches the inventory's caller sketch (str.encode) and becomes internal_error; "
-    "jwt.py should refuse it as token_malformed, as the body reader does",
-)
 def test_finding_f5_lone_surrogate_claim_is_a_token_error_not_internal_error() -> None:
     from authz.transport.envoy_grpc import CheckRequest, build_check_request
     from fuzz.fixtures import mint
