@@ -326,7 +326,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from authz import __version__
     from authz.devissuer import add_token_parser
-    from authz.envoy_config import add_envoy_config_parser
+    from authz.envoyconf import add_envoy_config_parser
 
     parser = _Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
