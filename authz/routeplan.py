@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 
 from authz.pathtemplate import LITERAL, REST, PathTemplate, parse_template
 from authz.policy.config import RouteConfig
+from authz.units import authority_host
 
 ANY_HOST = "*"
 ANY_METHOD = "*"
@@ -70,14 +71,6 @@ class HostGroup:
     routes: tuple[PlannedRoute, ...]
 
 
-def normalise_host(host: str) -> str:
-    """``API.example.com:8443`` -> ``api.example.com``; ``[::1]:80`` -> ``[::1]``."""
-    name = host.lower()
-    if name.startswith("["):
-        return name.split("]", 1)[0] + "]"
-    return name.rsplit(":", 1)[0] if ":" in name else name
-
-
 class HostLookup(Generic[T]):
     """A value per host group, selected by a request's host (the plan's host rules)."""
 
@@ -96,7 +89,7 @@ class HostLookup(Generic[T]):
     def get(self, host: str) -> T:
         if self._single:
             return self._default
-        name = normalise_host(host)
+        name = authority_host(host)
         value = self._by_domain.get(name)
         if value is not None:
             return value

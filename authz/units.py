@@ -9,7 +9,9 @@ one of ``ms s m h d``; no unit means seconds unless the caller requires one.
 Whitespace around the text is ignored; signs, exponents, ``nan`` and ``inf`` are not
 durations. Each caller gives its range and the units it accepts.
 
-Addresses: ``HOST:PORT``, HOST a DNS name or IPv4 address, or ``[IPV6]:PORT``.
+Addresses: ``HOST:PORT``, HOST a DNS name or IPv4 address, or ``[IPV6]:PORT``
+(:func:`parse_host_port`, for flags and configuration), and the host of a request's
+Host header (:func:`authority_host`, for routing).
 """
 
 from __future__ import annotations
@@ -126,3 +128,16 @@ def parse_host_port(text: str, *, port_zero: bool = False) -> HostPort:
     if not port_text.isascii() or not port_text.isdigit() or not low <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from {low} to 65535")
     return HostPort(host, int(port_text))
+
+
+def authority_host(authority: str) -> str:
+    """The host of a request's Host/:authority, lower-case, without any port:
+    ``API.example.com:8443`` -> ``api.example.com``; ``[::1]:80`` -> ``[::1]``.
+
+    Lenient on purpose (a request's header, not configuration): it never raises, and
+    whatever it returns is only compared with the host names a policy declares.
+    """
+    name = authority.lower()
+    if name.startswith("["):
+        return name.split("]", 1)[0] + "]"
+    return name.rsplit(":", 1)[0] if ":" in name else name

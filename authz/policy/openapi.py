@@ -36,12 +36,11 @@ from authz.policy.config import (
 )
 from authz.policy.contract import (
     ContractDefaults,
-    JsonPath,
     build_parameters,
     make_schema,
     readable_body_type,
 )
-from authz.policy.document import json_path, parse_yaml
+from authz.policy.document import JsonPath, json_path, parse_yaml
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _VERSION = re.compile(r"^3\.(0|1)\.\d+$")
