@@ -14,8 +14,8 @@ route configuration ``authz envoy-config`` writes (:mod:`authz.envoyconf.routes`
   ``{rest=**}`` at the first segment where two templates differ; ties keep policy
   order), so the first route matching path and method is the most specific one.
 - match form: each route's template (literal path or URI template), its methods
-  (None: any method) and, for ``{rest=**}`` templates, the path with no rest
-  segment, which Envoy's ``**`` matches but the service's does not.
+  (None: any method) and, for ``{rest=**}`` templates, what Envoy's ``**`` matches
+  beyond the service's: no rest segment at all, and a trailing ``/``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ class PlannedRoute:
 
     def allows(self, method: str) -> bool:
         return self.methods is None or method in self.methods
+
+    @property
+    def is_rest(self) -> bool:
+        """A ``{rest=**}`` template (one or more trailing segments)."""
+        return bool(self.template.segments) and self.template.segments[-1][0] == REST
+
+    @property
+    def ends_with_slash(self) -> bool:
+        """The template's paths end with ``/`` (``/a/b/``, ``/``)."""
+        return self.template.template.endswith("/")
 
     @property
     def empty_rest_prefix(self) -> str | None:

@@ -321,8 +321,25 @@ def build_bootstrap(policy: PolicyConfig, options: EnvoyOptions) -> dict[str, An
     return config
 
 
+class _Dumper(yaml.SafeDumper):
+    """Quotes the strings a YAML 1.1 reader takes for booleans and PyYAML does not.
+
+    Envoy reads ``y``, ``n`` (any case) unquoted as true/false, so a route named ``y``
+    made a config Envoy refused to load.
+    """
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if value.lower() in ("y", "n"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'")
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def render_yaml(config: dict[str, AnyType], *, header: str = "") -> str:
     """YAML text of a bootstrap dict, fields in proto order, ``header`` as ``#`` lines."""
-    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
     lines = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     return lines + body
