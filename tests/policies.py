@@ -68,9 +68,11 @@ def _is_policy_text(text: str) -> bool:
 def _candidates(text: str) -> Iterator[str]:
     if "{{" in text or "}}" in text:
         try:
-            yield _Formatter().vformat(text, (), _Fill())
+            filled = _Formatter().vformat(text, (), _Fill())
         except (ValueError, IndexError, KeyError):
-            pass
+            filled = None
+        if filled is not None:
+            yield filled
     yield text
 
 

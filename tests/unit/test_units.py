@@ -74,7 +74,7 @@ def test_duration_range() -> None:
 
 
 def test_duration_units_and_required_unit() -> None:
-    with pytest.raises(DurationSyntaxError, match="such as 0.5s or 500ms"):
+    with pytest.raises(DurationSyntaxError, match=r"such as 0\.5s or 500ms"):
         parse_duration("1h", units=("ms", "s"))
     assert parse_duration("1h") == 3600.0
     with pytest.raises(DurationSyntaxError):
@@ -101,7 +101,7 @@ def test_policy_and_flag_wrappers_keep_their_messages() -> None:
     assert _duration("500ms") == 0.5
     with pytest.raises(argparse.ArgumentTypeError, match=r"^expected seconds, got 'soon'$"):
         _duration("soon")
-    with pytest.raises(argparse.ArgumentTypeError, match="from 0.01 to 86400, got 'nan'"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"from 0\.01 to 86400, got 'nan'"):
         _duration("nan")
     assert parse_timeout("250ms") == 0.25
     with pytest.raises(ValueError, match=r"^'fast' is not a duration such as 0.5s or 500ms$"):
