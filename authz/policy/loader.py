@@ -3,6 +3,11 @@
 Every problem is reported with its location (``file:line:column``), all of them
 at once, as a :class:`~authz.errors.PolicyError`. This is the only module that
 sees raw YAML; it returns frozen :mod:`authz.policy.config` objects.
+
+Over 400 lines on purpose: one builder for the policy document, whose semantic
+checks cross-reference providers, routes and contracts; the parts that stand alone
+live beside it (:mod:`.document` reading, :mod:`.ratelimit_loader`, :mod:`.openapi`,
+:mod:`.contract`).
 """
 
 from __future__ import annotations
