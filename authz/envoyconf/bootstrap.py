@@ -183,6 +183,20 @@ def _local_reply(options: EnvoyOptions) -> LocalReplyConfig | None:
     return LocalReplyConfig(mappers=mappers)
 
 
+def _health_checks(**check: AnyType) -> list[HealthCheck]:
+    """Every 5 s, 1 s to answer; down after 2 failures, up after 1 success."""
+    return [
+        HealthCheck(
+            timeout=seconds(1), interval=seconds(5), unhealthy_threshold=2, healthy_threshold=1,
+            **check,
+        )
+    ]  # fmt: skip
+
+
+def _upstream_protocol(options: UpstreamHttpProtocolOptions) -> dict[str, Any]:
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(options)}
+
+
 def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) -> Cluster:
     """A static (or DNS) cluster; ``grpc``: HTTP/2 with gRPC health checks; ``authz``
     without ``grpc``: the HTTP transport, health-checked with ``GET /healthz``."""
@@ -201,50 +215,32 @@ def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) ->
         ),
     )
     if grpc:
-        cluster.typed_extension_protocol_options = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(
-                UpstreamHttpProtocolOptions(
-                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                        http2_protocol_options=Http2ProtocolOptions()
-                    )
+        cluster.typed_extension_protocol_options = _upstream_protocol(
+            UpstreamHttpProtocolOptions(
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http2_protocol_options=Http2ProtocolOptions()
                 )
             )
-        }
+        )
         # grpc.health.v1 with the empty service name: the server's overall health.
-        cluster.health_checks = [
-            HealthCheck(
-                timeout=seconds(1),
-                interval=seconds(5),
-                unhealthy_threshold=2,
-                healthy_threshold=1,
-                grpc_health_check=HealthCheckGrpcHealthCheck(),
-            )
-        ]
+        cluster.health_checks = _health_checks(grpc_health_check=HealthCheckGrpcHealthCheck())
     elif authz:
         # Envoy closes its idle connections to the service (30 s) before the service
         # would (its --http-idle-timeout, 75 s by default): a check is then never sent
         # on a connection the service is closing.
-        cluster.typed_extension_protocol_options = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(
-                UpstreamHttpProtocolOptions(
-                    common_http_protocol_options=HttpProtocolOptions(
-                        idle_timeout=seconds(AUTHZ_HTTP_IDLE_TIMEOUT)
-                    ),
-                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                        http_protocol_options=Http1ProtocolOptions()
-                    ),
-                )
+        cluster.typed_extension_protocol_options = _upstream_protocol(
+            UpstreamHttpProtocolOptions(
+                common_http_protocol_options=HttpProtocolOptions(
+                    idle_timeout=seconds(AUTHZ_HTTP_IDLE_TIMEOUT)
+                ),
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http_protocol_options=Http1ProtocolOptions()
+                ),
             )
-        }
-        cluster.health_checks = [
-            HealthCheck(
-                timeout=seconds(1),
-                interval=seconds(5),
-                unhealthy_threshold=2,
-                healthy_threshold=1,
-                http_health_check=HealthCheckHttpHealthCheck(path=envoy_http.HEALTH_PATH),
-            )
-        ]
+        )
+        cluster.health_checks = _health_checks(
+            http_health_check=HealthCheckHttpHealthCheck(path=envoy_http.HEALTH_PATH)
+        )
     return cluster
 
 
