@@ -113,3 +113,40 @@ def test_grpc_garbage_bench_runs() -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 tracebacks for 50 calls" in run.stdout, run.stdout
+
+
+def test_soak_script_checks_every_status(tmp_path: Path) -> None:
+    # a small prefill, capacity measured (1 s each), then 6 s at 30% of it in rows of 2 s: every
+    # request's status is checked against its kind; the drift bounds are not judged
+    # on rows this short
+    run = _run(
+        "bench/soak.py", "--minutes", "0.1", "--interval", "2", "--capacity-seconds", "1",
+        "--fraction", "0.3", "--prefill", "0.02", "--out", str(tmp_path), "--name", "smoke",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    assert data["passed"]
+    assert data["meta"]["capacity"]["mix"] > 0 and data["meta"]["capacity"]["wrk"] > 0
+    prefill = data["meta"]["prefill"]
+    assert prefill["identities"] >= 80 and prefill["undeclared_shapes"] >= 200
+    assert prefill["unexpected"] == prefill["errors"] == 0
+    rows = data["rows"]
+    assert len(rows) >= 3
+    assert sum(r["done"] for r in rows) == data["meta"]["requests_sent"] > 0
+    assert [r["unexpected"] for r in rows] == [0] * len(rows)
+    assert [r["errors"] for r in rows] == [0] * len(rows)
+    assert all(r["authz_rss_mib"] > 0 and r["envoy_rss_mib"] > 0 for r in rows)
+    judged = {c["check"]: c["ok"] for c in data["checks"]}
+    assert judged["unexpected statuses, every interval"] is True
+    assert judged["authz RSS, last interval vs the second (MiB)"] is None
+    observed = {m["kind"]: m["observed"] for m in data["mix"]}
+    assert set(observed["hog search"]) <= {"200", "429"}
+    assert "| min | req/s | p50 ms |" in (tmp_path / "smoke.md").read_text()
+    assert "Traceback" not in run.stderr
+
+
+def test_soak_script_rejects_bad_arguments(tmp_path: Path) -> None:
+    run = _run("bench/soak.py", "--minutes", "0", "--out", str(tmp_path))
+    assert run.returncode == 2
+    assert "--minutes and --interval must be > 0" in run.stderr
+    assert not list(tmp_path.iterdir())
