@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authz.errors import PolicyError
+from authz.units import DurationRangeError, DurationSyntaxError, parse_duration, parse_host_port
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,9 +26,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _address(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not host or not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    """HOST:PORT or [IPV6]:PORT (port 0: one the system picks), kept as given."""
+    try:
+        parse_host_port(value, port_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r} ({exc})") from None
     return value
 
 
@@ -59,13 +62,15 @@ def _whole(low: int, high: int) -> Any:
 
 
 def _duration(value: str) -> float:
+    """Seconds (``5``, ``0.5``; a unit such as ``500ms`` or ``2m`` also works), 0.01 to 1 day."""
     try:
-        number = float(value)
-    except ValueError:
+        return parse_duration(value, minimum=0.01, maximum=86400)
+    except DurationSyntaxError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
-    if not 0.01 <= number <= 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"expected seconds from 0.01 to 86400, got {value!r}")
-    return number
+    except DurationRangeError:  # also nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from 0.01 to 86400, got {value!r}"
+        ) from None
 
 
 def _positive(value: str) -> float:
@@ -168,7 +173,7 @@ def _http_options(args: argparse.Namespace) -> Any:
         read_secret_file(args.http_secret_file)  # fail now, saying what is wrong
         if args.http_insecure_trust_network:
             raise ValueError("--http-insecure-trust-network makes no sense with a secret")
-    host = args.http.rpartition(":")[0].strip("[]")
+    host = parse_host_port(args.http, port_zero=True).host
     trusted = args.http_secret_file is not None or args.http_insecure_trust_network
     if not trusted and not is_loopback(host):
         raise ValueError(
@@ -326,7 +331,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from authz import __version__
     from authz.devissuer import add_token_parser
-    from authz.envoy_config import add_envoy_config_parser
+    from authz.envoyconf import add_envoy_config_parser
 
     parser = _Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
     parser.add_argument("--version", action="version", version=f"authz {__version__}")

@@ -4,13 +4,18 @@ The syntax is Envoy's own URI template syntax, so the same template can be
 handed to Envoy's ``uri_template`` matcher and matched here with the same result.
 A segment is a literal, ``{name}`` (exactly one non-empty segment) or, as the
 last segment only, ``{name=**}`` (one or more segments, and a trailing slash as
-Envoy's ``**`` takes one). Templates are parsed and compiled once, at policy load.
+Envoy's ``**`` takes one). Templates are parsed and
+compiled once, at policy load: :func:`parse_template` is the only parser, and it
+remembers what it parsed (a bounded cache), so the loader's checks, the route plan
+(:mod:`authz.routeplan`, from which the router and the Envoy routes derive) and the
+contract stage share one :class:`PathTemplate` per template.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 LITERAL, PARAM, REST = 0, 1, 2
 
@@ -45,6 +50,7 @@ class PathTemplate:
         return tuple(text for kind, text in self.segments if kind != LITERAL)
 
 
+@lru_cache(maxsize=4096)
 def parse_template(template: str) -> PathTemplate:
     """Parse and check a template; raises :class:`TemplateError` with the reason."""
     if not template.startswith("/"):

@@ -1,7 +1,8 @@
 """Route table: (host, method, canonical path) -> the route, or why there is none.
 
-Built once per policy. Semantics match the Envoy config that
-``authz envoy-config`` generates, so both pick the same route:
+Built once per policy from the compiled :mod:`authz.routeplan` (host groups, route
+order), the same plan ``authz envoy-config`` writes Envoy's routes from, so both
+pick the same route:
 
 - hosts: an exact host beats the longest ``*.suffix`` wildcard, which beats the
   routes for any host; routes declared without hosts apply to every host;
@@ -18,10 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from authz.errors import MethodNotAllowed, UndeclaredRoute
-from authz.pathtemplate import parse_template
 from authz.policy.config import RouteConfig
+from authz.routeplan import ANY_METHOD, HostGroup, PlannedRoute, RoutePlan, compile_plan
 
-ANY_METHOD = "*"
+__all__ = ["ANY_METHOD", "Router"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,34 +33,35 @@ class _Entry:
     def allows(self, method: str) -> bool:
         return method in self.methods or ANY_METHOD in self.methods
 
+    @classmethod
+    def of(cls, planned: PlannedRoute) -> _Entry:
+        return cls(planned.route, frozenset(planned.route.methods))
+
 
 class _HostTable:
     """The routes that one virtual host serves."""
 
     __slots__ = ("_literal", "_regex", "_templated")
 
-    def __init__(self, routes: Iterable[RouteConfig]) -> None:
+    def __init__(self, group: HostGroup) -> None:
+        # group.routes are in specificity order already (authz.routeplan)
         literal: dict[str, list[_Entry]] = {}
-        templated: list[tuple[tuple[tuple[int, ...], str], str, re.Pattern[str], _Entry]] = []
-        for route in routes:
-            tpl = parse_template(route.path)
-            entry = _Entry(route, frozenset(route.methods))
+        templated: list[tuple[str, re.Pattern[str], _Entry]] = []
+        for planned in group.routes:
+            tpl = planned.template
             if tpl.is_literal:
-                literal.setdefault(route.path, []).append(entry)
+                literal.setdefault(tpl.template, []).append(_Entry.of(planned))
             else:
-                templated.append(
-                    (tpl.sort_key, tpl.pattern, re.compile(tpl.pattern + r"\Z"), entry)
-                )
-        templated.sort(key=lambda t: t[0])
+                templated.append((tpl.pattern, re.compile(tpl.pattern + r"\Z"), _Entry.of(planned)))
         self._literal = {path: tuple(entries) for path, entries in literal.items()}
-        self._templated = tuple((rx, entry) for _, _, rx, entry in templated)
+        self._templated = tuple((rx, entry) for _, rx, entry in templated)
         # One alternation in specificity order: re picks the leftmost alternative
         # that matches, which is exactly "first in order". Group i = template i.
         # The \Z applies to every alternative, so the group that matched is the first
         # template, in specificity order, that matches the whole path.
         self._regex = (
             re.compile(
-                "(?:" + "|".join(f"(?P<t{i}>{t[1]})" for i, t in enumerate(templated)) + r")\Z"
+                "(?:" + "|".join(f"(?P<t{i}>{t[0]})" for i, t in enumerate(templated)) + r")\Z"
             )
             if templated
             else None
@@ -94,41 +96,14 @@ class _HostTable:
 class Router:
     """Selects the route for a request; raises UndeclaredRoute or MethodNotAllowed."""
 
-    def __init__(self, routes: Iterable[RouteConfig]) -> None:
-        routes = tuple(routes)
-        any_host = [r for r in routes if not r.hosts]
-        names: list[str] = []
-        for r in routes:
-            for h in r.hosts:
-                if h.lower() not in names:
-                    names.append(h.lower())
-        tables: dict[str, _HostTable] = {}
-        for name in names:
-            own = [r for r in routes if name in (h.lower() for h in r.hosts)]
-            tables[name] = _HostTable(own + any_host)
-        self._exact = {n: t for n, t in tables.items() if not n.startswith("*.")}
-        # longest suffix first
-        self._wildcards = sorted(
-            ((n[1:], t) for n, t in tables.items() if n.startswith("*.")),
-            key=lambda item: -len(item[0]),
-        )
-        self._default = _HostTable(any_host)
+    __slots__ = ("_lookup", "plan")
+
+    def __init__(self, routes: Iterable[RouteConfig] | RoutePlan) -> None:
+        self.plan = routes if isinstance(routes, RoutePlan) else compile_plan(routes)
+        self._lookup = self.plan.lookup(_HostTable)
 
     def table_for(self, host: str) -> _HostTable:
-        if not self._exact and not self._wildcards:
-            return self._default
-        name = host.lower()
-        if name.startswith("["):  # [v6]:port
-            name = name.split("]", 1)[0] + "]"
-        else:
-            name = name.rsplit(":", 1)[0] if ":" in name else name
-        table = self._exact.get(name)
-        if table is not None:
-            return table
-        for suffix, table in self._wildcards:
-            if name.endswith(suffix) and len(name) > len(suffix):
-                return table
-        return self._default
+        return self._lookup.get(host)
 
     def match(self, host: str, method: str, path: str) -> RouteConfig:
-        return self.table_for(host).match(method, path)
+        return self._lookup.get(host).match(method, path)

@@ -51,6 +51,7 @@ from authz.stages import Shared
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
+from authz.units import parse_host_port
 
 log = logging.getLogger("authz.server")
 _MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
@@ -510,7 +511,7 @@ def _supervise(options: ServeOptions) -> int:
         print("refusing to serve an invalid policy", file=sys.stderr)
         return 1
     addresses = [a for a in (options.grpc, options.http) if a is not None]
-    if any(a.rsplit(":", 1)[-1] == "0" for a in addresses):
+    if any(parse_host_port(a, port_zero=True).port == 0 for a in addresses):
         print("authz: --workers needs a fixed port", file=sys.stderr)
         return 2
     argv = [sys.executable, "-m", "authz", "serve", str(Path(options.policy))]

@@ -220,7 +220,7 @@ def native_filters(fx: fixtures.Fixture) -> list[dict[str, Any]]:
 def authz_envoy(fx: fixtures.Fixture, listen: int, admin: int, authz: int, transport: str) -> Any:
     """The config ``authz envoy-config`` generates, every route answered directly
     (no upstream to measure) and without the access log (A and B have none)."""
-    from authz.envoy_config import EnvoyOptions, HostPort, build_bootstrap
+    from authz.envoyconf import EnvoyOptions, HostPort, build_bootstrap
     from authz.policy.loader import load_policy
 
     options = EnvoyOptions(

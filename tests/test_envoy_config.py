@@ -30,7 +30,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from authz.envoy_config import (
+from authz.envoyconf import (
     EXT_AUTHZ_FILTER,
     EnvoyConfigError,
     EnvoyOptions,

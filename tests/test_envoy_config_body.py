@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from authz.envoy_config import EXT_AUTHZ_FILTER, EnvoyOptions, build_bootstrap, render_yaml
+from authz.envoyconf import EXT_AUTHZ_FILTER, EnvoyOptions, build_bootstrap, render_yaml
 from authz.policy.config import ContractConfig, JsonSchema, Parameter, PolicyConfig, RouteConfig
 from authz.policy.loader import load_policy
 from tests.test_envoy_config import envoy_validate, ext_authz, vhosts

@@ -32,7 +32,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from authz.envoy_config import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
+from authz.envoyconf import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
 from authz.identity.mtls import spiffe_id_from_certificate
 from authz.policy.config import PolicyConfig, RouteConfig
 from tests.certs import EVIL, PROMETHEUS, CertFiles, MtlsPki, make_mtls_pki

@@ -29,7 +29,7 @@ from typing import Any
 
 from authz import devissuer
 from authz.demo.upstream import EchoUpstream
-from authz.envoy_config import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
+from authz.envoyconf import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
 from authz.errors import PolicyError
 from authz.policy.loader import load_policy
 

@@ -20,9 +20,9 @@ from authz.policy.config import (
     JsonSchema,
     Parameter,
 )
+from authz.policy.document import JsonPath
 from authz.validation.schema import canonical, problems
 
-JsonPath = tuple[str | int, ...]
 Problem = Callable[[JsonPath, str], None]
 Where = Callable[[JsonPath], str]
 

@@ -3,6 +3,11 @@
 Every problem is reported with its location (``file:line:column``), all of them
 at once, as a :class:`~authz.errors.PolicyError`. This is the only module that
 sees raw YAML; it returns frozen :mod:`authz.policy.config` objects.
+
+Over 400 lines on purpose: one builder for the policy document, whose semantic
+checks cross-reference providers, routes and contracts; the parts that stand alone
+live beside it (:mod:`.document` reading, :mod:`.ratelimit_loader`, :mod:`.openapi`,
+:mod:`.contract`).
 """
 
 from __future__ import annotations
@@ -10,15 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from authz.errors import PolicyError
@@ -36,14 +39,12 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.policy.contract import build_contract, defaults_from
+from authz.policy.document import JsonPath, json_path, parse_duration, parse_yaml
 from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
 
-JsonPath = tuple[str | int, ...]
 #: Reads a file the policy names (raises OSError like Path.read_bytes).
 ReadFile = Callable[[Path], bytes]
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @cache
@@ -80,7 +81,7 @@ def load_policy_bytes(
     """Check and compile a policy from its bytes; ``read`` reads the documents it names
     (OpenAPI files; default: from disk), so that a caller that hashed a snapshot of
     every file can have exactly those bytes compiled."""
-    doc, marks, key_marks = _parse_yaml(data, source)
+    doc, marks, key_marks = parse_yaml(data, source)
     problems: list[tuple[str, str]] = []
 
     def where(jpath: JsonPath, *, key: bool = False) -> str:
@@ -104,11 +105,11 @@ def load_policy_bytes(
                 problems.append(
                     (
                         where((*jpath, extra), key=True),
-                        f"{_json_path(jpath)}: unknown field {extra!r}",
+                        f"{json_path(jpath)}: unknown field {extra!r}",
                     )
                 )
             continue
-        problems.append((where(jpath), f"{_json_path(jpath)}: {_schema_message(err)}"))
+        problems.append((where(jpath), f"{json_path(jpath)}: {_schema_message(err)}"))
 
     # Semantic checks run even when the schema found problems, so that one run of
     # `authz validate` lists everything; parts the schema rejected are skipped.
@@ -135,89 +136,6 @@ def _by_position(problem: tuple[str, str]) -> tuple[str, int, int]:
         return problem[0], 0, 0
 
 
-# --------------------------------------------------------------------------- YAML
-
-
-Marks = dict[JsonPath, tuple[int, int]]
-
-
-def _parse_yaml(data: bytes, source: str) -> tuple[Any, Marks, Marks]:
-    """The document, the (line, column) of each value, and of each mapping key."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError([(source, f"the file is not UTF-8 (byte {exc.start})")]) from exc
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([(loc, f"invalid YAML: {problem}")]) from exc
-    if node is None:
-        raise PolicyError([(source, "the policy file is empty")])
-    marks: Marks = {}
-    key_marks: Marks = {}
-    problems: list[tuple[str, str]] = []
-    constructor = yaml.SafeLoader("")
-
-    def at(n: yaml.Node) -> str:
-        return f"{source}:{n.start_mark.line + 1}:{n.start_mark.column + 1}"
-
-    def scalar(n: yaml.Node, jpath: JsonPath) -> Any:
-        try:
-            return constructor.construct_object(n, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
-            problem = getattr(exc, "problem", None) or str(exc)
-            problems.append((at(n), f"{_json_path(jpath)}: cannot read this value: {problem}"))
-            return None
-
-    def convert(n: yaml.Node, jpath: JsonPath) -> Any:
-        marks[jpath] = (n.start_mark.line + 1, n.start_mark.column + 1)
-        if isinstance(n, yaml.MappingNode):
-            explicit = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
-            try:
-                constructor.flatten_mapping(n)  # resolve '<<: *anchor' merge keys
-            except yaml.YAMLError as exc:
-                problems.append((at(n), f"{_json_path(jpath)}: {getattr(exc, 'problem', exc)}"))
-                return {}
-            merged = len(n.value) - explicit  # merged entries come first; later keys win
-            out: dict[str, Any] = {}
-            for index, (key_node, value_node) in enumerate(n.value):
-                key = scalar(key_node, jpath)
-                if not isinstance(key, str):
-                    problems.append((at(key_node), f"{_json_path(jpath)}: keys must be strings"))
-                    continue
-                if key in out and index >= merged and (*jpath, key) in key_marks:
-                    problems.append((at(key_node), f"{_json_path(jpath)}: duplicate key {key!r}"))
-                    continue
-                if index >= merged:
-                    key_marks[(*jpath, key)] = (
-                        key_node.start_mark.line + 1,
-                        key_node.start_mark.column + 1,
-                    )
-                out[key] = convert(value_node, (*jpath, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [convert(item, (*jpath, i)) for i, item in enumerate(n.value)]
-        value = scalar(n, jpath)
-        if isinstance(value, datetime | date):
-            return value.isoformat()  # dates stay strings; parsed where expected
-        return value
-
-    doc = convert(node, ())
-    if problems:
-        raise PolicyError(problems)
-    return doc, marks, key_marks
-
-
-def _json_path(jpath: JsonPath) -> str:
-    out = "$"
-    for part in jpath:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def _schema_message(err: Any) -> str:
     if err.validator == "additionalProperties":
         return str(err.message).replace("Additional properties are not allowed", "unknown field(s)")
@@ -226,15 +144,6 @@ def _schema_message(err: Any) -> str:
     if err.validator == "oneOf" and err.schema.get("description"):
         return f"invalid value: {err.schema['description']}"
     return str(err.message)
-
-
-def parse_duration(value: float | int | str) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f"invalid duration {value!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def parse_expiry(value: str) -> float:
@@ -287,7 +196,7 @@ class _Builder:
             n = min(len(seen), len(jpath))
             if seen[:n] == jpath[:n]:
                 return
-        self.problems.append((self.where(jpath), f"{_json_path(jpath)}: {message}"))
+        self.problems.append((self.where(jpath), f"{json_path(jpath)}: {message}"))
 
     def build(self, version: str, source: str) -> PolicyConfig:
         doc = self.doc

@@ -16,6 +16,10 @@ Each operation becomes a route, mixed with the hand-written ones:
   public operation. An operation with no security at all is refused: deny by default.
 
 Every problem is reported at its place in the OpenAPI file (``file:line:column``).
+
+Over 400 lines on purpose: one converter, operation by operation; its parts (``$ref``
+resolution, schema conversion, parameters, security) share the document and the
+locating of problems in it.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ from authz.policy.config import (
 )
 from authz.policy.contract import (
     ContractDefaults,
-    JsonPath,
     build_parameters,
     make_schema,
     readable_body_type,
 )
+from authz.policy.document import JsonPath, json_path, parse_yaml
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _VERSION = re.compile(r"^3\.(0|1)\.\d+$")
@@ -91,9 +95,7 @@ class _Doc:
         return str(self.path)
 
     def problem(self, jpath: JsonPath, message: str) -> None:
-        from authz.policy.loader import _json_path
-
-        self.problems.append((self.where(jpath), f"{_json_path(jpath)}: {message}"))
+        self.problems.append((self.where(jpath), f"{json_path(jpath)}: {message}"))
 
 
 def load_openapi(
@@ -106,7 +108,6 @@ def load_openapi(
     """(routes, resolved file, its bytes, problems located in the OpenAPI file);
     ``read`` reads the file (the loader's, so that a snapshot can be compiled)."""
     from authz.errors import PolicyError
-    from authz.policy.loader import _parse_yaml
 
     file = Path(entry["file"])
     file = file if file.is_absolute() else base_dir / file
@@ -115,7 +116,7 @@ def load_openapi(
     except OSError as exc:
         return [], None, b"", [(str(file), f"cannot read the OpenAPI document: {exc.strerror}")]
     try:
-        raw, marks, key_marks = _parse_yaml(data, str(file))
+        raw, marks, key_marks = parse_yaml(data, str(file))
     except PolicyError as exc:
         return [], file, data, list(exc.problems)
     doc = _Doc(file, raw, marks, key_marks)

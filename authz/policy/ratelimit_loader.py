@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
+from authz.policy.document import JsonPath, parse_duration
 from authz.policy.ratelimit_config import (
     MEMORY_STORE,
     PRIORITIES,
@@ -19,10 +20,9 @@ from authz.policy.ratelimit_config import (
     RedisStoreConfig,
     RuleConfig,
 )
+from authz.units import UNITS
 
-JsonPath = tuple[str | int, ...]
 _RATE = re.compile(r"^([1-9][0-9]*)/([0-9]+(?:\.[0-9]+)?)?(ms|s|m|h|d)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DEFAULT_LEASE = 30.0
 DEFAULT_SYNC_INTERVAL = 0.1
 DEFAULT_RETRY_AFTER = 5.0
@@ -42,16 +42,10 @@ def parse_rate(text: str) -> tuple[int, float]:
     if m is None:
         raise ValueError(f"invalid rate {text!r}: write N/unit, e.g. 20/s, 5000/h, 100/10s")
     count = float(m.group(2)) if m.group(2) else 1.0
-    period = count * _UNITS[m.group(3)]
+    period = count * UNITS[m.group(3)]
     if period <= 0:
         raise ValueError(f"invalid rate {text!r}: the period must be more than zero")
     return int(m.group(1)), period
-
-
-def _duration(value: Any) -> float:
-    from authz.policy.loader import parse_duration
-
-    return parse_duration(value)
 
 
 class RateLimitBuilder:
@@ -80,7 +74,7 @@ class RateLimitBuilder:
                 self.reporter.problem(at, f"{MEMORY_STORE!r} is the in-process store's name")
                 continue
             defaults = RedisStoreConfig(name=name, url="")
-            timeout = _duration(spec.get("timeout", defaults.timeout))
+            timeout = parse_duration(spec.get("timeout", defaults.timeout))
             if timeout <= 0:
                 self.reporter.problem((*at, "timeout"), "must be more than zero")
             stores.append(
@@ -90,7 +84,9 @@ class RateLimitBuilder:
                     timeout=timeout,
                     pool_size=int(spec.get("pool_size", defaults.pool_size)),
                     key_prefix=str(spec.get("key_prefix", defaults.key_prefix)),
-                    retry_interval=_duration(spec.get("retry_interval", defaults.retry_interval)),
+                    retry_interval=parse_duration(
+                        spec.get("retry_interval", defaults.retry_interval)
+                    ),
                 )
             )
         return tuple(stores)
@@ -117,7 +113,7 @@ class RateLimitBuilder:
             self.reporter.problem(
                 (*at, "normal_at"), "normal routes cannot be shed before background ones"
             )
-        retry_after = _duration(spec.get("retry_after", DEFAULT_RETRY_AFTER))
+        retry_after = parse_duration(spec.get("retry_after", DEFAULT_RETRY_AFTER))
         signal_file = spec.get("signal_file")
         if signal_file is not None:
             signal_file = str((self.reporter.base_dir / signal_file).resolve())
@@ -171,7 +167,7 @@ class RateLimitBuilder:
             for extra in ("burst", "batch", "sync_interval"):
                 if extra in spec:
                     report((*at, extra), f"{extra} is for rate rules, not concurrency caps")
-            lease = _duration(spec.get("lease", DEFAULT_LEASE))
+            lease = parse_duration(spec.get("lease", DEFAULT_LEASE))
             if lease <= 0:
                 report((*at, "lease"), "must be more than zero")
                 lease = DEFAULT_LEASE
@@ -191,7 +187,7 @@ class RateLimitBuilder:
                 report((*at, "batch"), "batched counting needs a redis store")
             if batch > burst:
                 report((*at, "batch"), f"a batch larger than the burst ({burst}) is never used")
-            sync_interval = _duration(spec.get("sync_interval", sync_interval))
+            sync_interval = parse_duration(spec.get("sync_interval", sync_interval))
             if sync_interval <= 0:
                 report((*at, "sync_interval"), "must be more than zero")
         elif "sync_interval" in spec:

@@ -15,7 +15,7 @@ request headers the filter allows. The answer is an HTTP response:
   status is 5xx (``jwks_unavailable`` 503, ``internal_error`` 500) is sent as 403
   with its real status in the ``x-authz-meta-status`` header; the generated Envoy
   config restores the status with a local-reply mapper (see
-  :mod:`authz.envoy_config`).
+  :mod:`authz.envoyconf`).
 - Headers matched by ``dynamic_metadata_from_headers`` become the filter's dynamic
   metadata (``x-authz-meta-*``: decision id, subject, reason, policy version) for
   the access log, on allow and deny alike.

@@ -58,6 +58,7 @@ from authz.transport.envoy_http import (
     to_request,
     to_response,
 )
+from authz.units import parse_host_port
 
 log = logging.getLogger("authz.http")
 
@@ -656,9 +657,10 @@ class HttpTransport:
         is not loopback raises UntrustedBindError unless ``trust_network`` says only
         Envoy can reach it."""
         self.engine = engine
-        host, _, port = address.rpartition(":")
-        self._host = host.strip("[]") or "127.0.0.1"
-        self._port = int(port)
+        where = parse_host_port(
+            "127.0.0.1" + address if address.startswith(":") else address, port_zero=True
+        )
+        self._host, self._port = where.host, where.port
         if secret is None and not trust_network and not is_loopback(self._host):
             raise UntrustedBindError(
                 f"the HTTP transport would listen on {self._host}, which is not loopback, "

@@ -14,7 +14,7 @@ import pytest
 from authz import devissuer
 from authz.demo.stack import LocalStack
 from authz.demo.stack import http as send
-from authz.envoy_config import TlsOptions
+from authz.envoyconf import TlsOptions
 from tests.certs import EVIL, PROMETHEUS, MtlsPki, make_mtls_pki
 
 pytestmark = pytest.mark.e2e

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from authz.demo.stack import LocalStack
-from authz.envoy_config import CATCH_ALL_ROUTE
+from authz.envoyconf.common import CATCH_ALL_ROUTE
 from authz.errors import AuthzError, InvalidPath
 from authz.paths import canonicalize
 from authz.policy.loader import load_policy

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from authz.envoy_config import http_check_headers
+from authz.envoyconf import http_check_headers
 from authz.identity.mtls import spiffe_id_from_certificate
 from authz.model import ANONYMOUS, Decision, Identity
 from authz.transport import envoy_http

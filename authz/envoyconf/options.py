@@ -1,0 +1,74 @@
+"""Where things are for one deployment of a policy: :class:`EnvoyOptions` and
+:class:`TlsOptions` (checked when built), and the ``--timeout`` parser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from authz.envoyconf.common import EnvoyConfigError
+from authz.units import HostPort, parse_duration
+
+TRANSPORTS = ("grpc", "http")
+
+
+def parse_timeout(text: str) -> float:
+    """Parse ``0.5s``, ``500ms`` or ``0.5`` (seconds), 1ms to 60s; raises ValueError."""
+    return parse_duration(text, minimum=0.001, maximum=60.0, units=("ms", "s"))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS on Envoy's listener; with ``client_ca``, mutual TLS.
+
+    Paths are written into the config as given: Envoy reads the files when it starts
+    (relative paths against its working directory).
+    """
+
+    cert_chain: str  # PEM: Envoy's certificate, then any intermediates
+    private_key: str  # PEM, unencrypted
+    #: PEM trust bundle; when set, client certificates are verified against it and a
+    #: certificate that does not verify ends the handshake.
+    client_ca: str | None = None
+    #: Refuse clients without a certificate. None: True when client_ca is set. Without
+    #: client_ca, Envoy does not ask for client certificates at all.
+    require_client_cert: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cert_chain or not self.private_key:
+            raise EnvoyConfigError("TLS needs both a certificate chain and a private key")
+        if self.client_ca == "":
+            raise EnvoyConfigError("client_ca is an empty path")
+        if self.require_client_cert is None:
+            object.__setattr__(self, "require_client_cert", self.client_ca is not None)
+        elif self.require_client_cert and self.client_ca is None:
+            raise EnvoyConfigError(
+                "requiring client certificates needs a trust bundle to verify them (client_ca)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyOptions:
+    """Where things are, for one deployment of the same policy."""
+
+    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
+    upstream: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8000))
+    authz: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9191))
+    admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9901))
+    #: How long Envoy waits for the authz service before denying (status_on_error).
+    timeout: float = 0.5
+    #: Downstream TLS/mTLS on the listener; None: plaintext.
+    tls: TlsOptions | None = None
+    #: How Envoy calls the service: ``grpc`` (ext_authz v3 gRPC) or ``http``
+    #: (ext_authz http_service, the service's ``--http`` port).
+    transport: str = "grpc"
+    #: Over HTTP: the transport secret Envoy adds to every check (the value of the
+    #: service's ``--http-secret-file``); None: none is sent.
+    http_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise EnvoyConfigError(
+                f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
+        if self.http_secret is not None and self.transport != "http":
+            raise EnvoyConfigError("a transport secret is for --transport http only")
