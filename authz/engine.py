@@ -1,11 +1,12 @@
 """PolicyEngine: runs the stages on a Request and returns a Decision.
 
-Stages, in order: canonical path -> ``request`` checks -> route -> ``pre`` checks
--> identity -> authorize -> ``post`` checks, then ``observe`` hooks see the
-decision (see :mod:`authz.stages`). Each raises
-an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a Decision
-(status, challenge, JSON body), applies monitor mode, and writes exactly one
-decision record. ``check`` never raises.
+The stages are built at policy load from the registry (:mod:`authz.pipeline`):
+canonical path -> ``request`` gates -> route -> ``pre`` -> identity -> authorize ->
+``post``, then ``observe`` stages see the decision (see :mod:`authz.stages`). Each
+raises an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a
+Decision (status, the challenge the error names, JSON body), applies monitor mode,
+and writes exactly one decision record. It has no branch for any stage.
+``check`` never raises.
 
 A :class:`CompiledPolicy` holds everything prepared at load (route table,
 providers, per-route plans, header lists); swapping it is one assignment, so a
@@ -20,28 +21,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from authz import pipeline
 from authz.audit.sink import DecisionSink, NullSink
 from authz.authorize import Authorizer
-from authz.errors import (
-    AuthenticationError,
-    AuthzError,
-    DecisionLogUnavailable,
-    InsufficientScope,
-    InternalError,
-    InvalidPath,
-    MethodNotAllowed,
-    MissingCredential,
-    MultipleCredentials,
-    UndeclaredRoute,
-)
+from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
 from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.registry import build_provider
 from authz.model import Decision, Identity, Request
-from authz.paths import canonicalize, path_shape
+from authz.paths import path_shape
 from authz.policy.config import (
     ApiKeyProviderConfig,
     JwtProviderConfig,
@@ -49,7 +40,7 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.routing import Router
-from authz.stages import STAGES, Check, Context, Shared, StageFactory
+from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
 
 log = logging.getLogger("authz.engine")
 
@@ -106,14 +97,16 @@ class RoutePlan:
     authorizer: Authorizer
     monitor: bool
     strip: tuple[str, ...]  # credential headers to remove upstream
-    pre: tuple[Check, ...] = ()  # before identity
-    post: tuple[Check, ...] = ()  # after authorize
-    #: Providers whose credentials must not be sent together (see _credential_plan);
+    #: The route's stages (phases pre, identity, authorize, post), in run order.
+    stages: tuple[Stage, ...] = ()
+    #: Their bound ``check`` methods: what the hot path calls.
+    checks: tuple[Check, ...] = ()
+    #: Providers whose credentials must not be sent together (see credential_plan);
     #: empty unless the route is exclusive with two or more request credentials.
     exclusive: tuple[IdentityProvider, ...] = ()
 
 
-def _credential_plan(
+def credential_plan(
     route: RouteConfig, providers: tuple[IdentityProvider, ...]
 ) -> tuple[tuple[IdentityProvider, ...], tuple[IdentityProvider, ...]]:
     """(the order providers are asked in, the providers checked for two credentials).
@@ -132,19 +125,12 @@ def _credential_plan(
     return in_request + connection, in_request if len(in_request) > 1 else ()
 
 
-def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -> None:
-    """Raise MultipleCredentials if ``providers`` find credentials in two carriers."""
-    seen: str | None = None
-    for provider in providers:
-        where = provider.presented(request)
-        if where is not None and where != seen:
-            if seen is not None:
-                raise MultipleCredentials(f"credentials in both {seen} and {where}")
-            seen = where
-
-
 class CompiledPolicy:
-    """A loaded policy with its providers; ``start`` makes it ready to serve."""
+    """A loaded policy with its providers and stages; ``start`` makes it ready to serve.
+
+    ``stages`` replaces the registry (:data:`authz.pipeline.STAGES`); the core stages
+    (canonical path, route, identity, authorize) are added if it lacks them.
+    """
 
     def __init__(
         self,
@@ -153,11 +139,11 @@ class CompiledPolicy:
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
         shared: Shared | None = None,
-        stages: list[StageFactory] | None = None,
+        stages: Sequence[StageFactory] | None = None,
     ) -> None:
         self.config = config
         self.shared = shared if shared is not None else Shared()
-        stages = STAGES if stages is None else stages
+        factories = pipeline.ordered(stages)
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
@@ -170,13 +156,15 @@ class CompiledPolicy:
         }
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}
+        load = Load(config, self.shared, self.providers, self.router, self.plans)
         for route in config.routes:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
                 strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
-            order, exclusive = _credential_plan(
+            order, exclusive = credential_plan(
                 route, tuple(self.providers[n] for n in route.providers)
             )
+            route_stages = pipeline.build(factories, pipeline.ROUTE_PHASES, load, route)
             self.plans[route.name] = RoutePlan(
                 route=route,
                 providers=order,
@@ -184,11 +172,17 @@ class CompiledPolicy:
                 authorizer=Authorizer(route),
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
-                pre=_build(stages, "pre", config, route, self.shared),
-                post=_build(stages, "post", config, route, self.shared),
+                stages=route_stages,
+                checks=tuple(stage.check for stage in route_stages),
             )
-        self.request_checks = _build(stages, "request", config, None, self.shared)
-        self.observers = _build(stages, "observe", config, None, self.shared)
+        #: canonical path, request-phase gates, route: before a route is known
+        self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
+        self.head_checks = tuple(stage.check for stage in self.head)
+        self.observers = pipeline.build(factories, ("observe",), load, None)
+        self.observer_checks = tuple(stage.check for stage in self.observers)
+        #: every factory's (name, phase), in run order: explain lists the ones that
+        #: have nothing to do on a route as "abstain"
+        self.registered = tuple((f.name, f.phase) for f in factories)
         self.global_monitor = global_monitor
         self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
         names = config.headers
@@ -209,17 +203,6 @@ class CompiledPolicy:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
-
-
-def _build(
-    stages: list[StageFactory],
-    phase: str,
-    config: PolicyConfig,
-    route: RouteConfig | None,
-    shared: Shared,
-) -> tuple[Check, ...]:
-    checks = (stage.build(config, route, shared) for stage in stages if stage.phase == phase)
-    return tuple(check for check in checks if check is not None)
 
 
 class PolicyEngine:
@@ -272,25 +255,9 @@ class PolicyEngine:
         shared.in_flight += 1  # read by load shedding
         try:
             try:
-                ctx.path, ctx.query = canonicalize(request.path)
-                for check in policy.request_checks:
+                for check in policy.head_checks:
                     await check(ctx)
-                route = ctx.route = policy.router.match(request.host, request.method, ctx.path)
-                plan = policy.plans[route.name]
-                for check in plan.pre:
-                    await check(ctx)
-                if plan.providers:
-                    if plan.exclusive:
-                        _one_credential(plan.exclusive, request)
-                    for provider in plan.providers:
-                        found = await provider.authenticate(request)
-                        if found is not None:
-                            ctx.identity = found
-                            break
-                    else:
-                        raise MissingCredential("no credential")
-                    plan.authorizer.check(ctx.identity)
-                for check in plan.post:
+                for check in ctx.plan.checks:
                     await check(ctx)
                 decision = self._allow(policy, decision_id, ctx)
             except AuthzError as exc:
@@ -301,9 +268,9 @@ class PolicyEngine:
         finally:
             shared.in_flight -= 1
         decision = self._record(request, decision, started, policy, ctx)
-        if policy.observers:
+        if policy.observer_checks:
             ctx.decision = decision
-            for observe in policy.observers:
+            for observe in policy.observer_checks:
                 try:
                     await observe(ctx)
                 except Exception:  # an observer never changes or breaks a decision
@@ -348,7 +315,7 @@ class PolicyEngine:
             # a header a stage sets is not also removed (Envoy removes after setting)
             stage_set = {name for name, _ in ctx.upstream_headers}
             remove = tuple(h for h in remove if h not in stage_set)
-        strip = policy.plans[route.name].strip if route is not None else ()
+        strip = ctx.plan.strip if ctx.plan is not None else ()
         return Decision(
             allowed=True,
             status=status,
@@ -371,35 +338,22 @@ class PolicyEngine:
     ) -> Decision:
         request, route, identity, path = ctx.request, ctx.route, ctx.identity, ctx.path
         reason = exc.reason
-        if isinstance(exc, InternalError | DecisionLogUnavailable):
+        plan = ctx.plan
+        if not exc.monitorable:
             monitor = False  # a failure is never let through, whatever the mode
-        elif route is not None:
-            monitor = policy.plans[route.name].monitor
-        elif isinstance(exc, UndeclaredRoute):
+        elif plan is not None:
+            monitor = plan.monitor
+        elif exc.undeclared:
             monitor = policy.undeclared_monitor
             self._count_undeclared(request.method, path)
         else:
-            monitor = policy.global_monitor and not isinstance(exc, InvalidPath | InternalError)
+            monitor = policy.global_monitor and exc.monitorable_unrouted
         if monitor:
             return self._allow(
                 policy, decision_id, ctx, status=exc.status, reason=reason, monitored=True
             )
         headers: list[tuple[str, str]] = [("content-type", "application/json")]
-        if isinstance(exc, AuthenticationError):
-            challenge = f'Bearer realm="{policy.realm}"'
-            if exc.challenge_error:
-                challenge += f', error="{exc.challenge_error}"'
-            headers.append(("www-authenticate", challenge))
-        elif isinstance(exc, InsufficientScope):
-            headers.append(
-                (
-                    "www-authenticate",
-                    f'Bearer realm="{policy.realm}", error="insufficient_scope", '
-                    f'scope="{" ".join(exc.required)}"',
-                )
-            )
-        elif isinstance(exc, MethodNotAllowed):
-            headers.append(("allow", ", ".join(exc.allowed)))
+        headers.extend(exc.challenge(policy.realm))
         headers.extend(exc.headers)
         headers.extend(ctx.response_headers)
         body = json.dumps(

@@ -56,6 +56,15 @@ class AuthzError(Exception):
     #: Extra members of the JSON deny body (after "error" and "request_id"); never secrets
     #: and never a value the client sent.
     body_fields: tuple[tuple[str, str], ...] = ()
+    #: The policy element that raised it (provider, rule, schema location), for explain;
+    #: set where it is known, never shown to the client.
+    element: str = ""
+    #: False for failures monitor mode never lets through (internal, decision log).
+    monitorable: bool = True
+    #: False for errors monitor mode does not let through before a route is known.
+    monitorable_unrouted: bool = True
+    #: True for a request no route declares (counted by method and path shape).
+    undeclared: bool = False
 
     def __init__(
         self,
@@ -70,6 +79,10 @@ class AuthzError(Exception):
             self.reason = reason
         if headers:
             self.headers = headers
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        """Response headers this deny carries (e.g. an RFC 6750 challenge); transport-neutral."""
+        return ()
 
 
 class PolicyError(AuthzError):
@@ -93,6 +106,7 @@ class RequestError(AuthzError):
 
 class InvalidPath(RequestError):
     reason = "invalid_path"
+    monitorable_unrouted = False
 
 
 class ContractViolation(RequestError):
@@ -133,6 +147,7 @@ class RouteError(AuthzError):
 class UndeclaredRoute(RouteError):
     status = 404
     reason = "undeclared_route"
+    undeclared = True
 
 
 class MethodNotAllowed(RouteError):
@@ -143,12 +158,21 @@ class MethodNotAllowed(RouteError):
         super().__init__("method not allowed")
         self.allowed = allowed
 
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        return (("allow", ", ".join(self.allowed)),)
+
 
 class AuthenticationError(AuthzError):
     status = 401
     reason = "invalid_credential"
     #: The RFC 6750 ``error`` attribute of the challenge; None leaves it out.
     challenge_error: str | None = "invalid_token"
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        value = f'Bearer realm="{realm}"'
+        if self.challenge_error:
+            value += f', error="{self.challenge_error}"'
+        return (("www-authenticate", value),)
 
 
 class MissingCredential(AuthenticationError):
@@ -180,10 +204,20 @@ class AuthorizationError(AuthzError):
 
 class InsufficientScope(AuthorizationError):
     reason = "insufficient_scope"
+    element = "scopes"
 
     def __init__(self, required: tuple[str, ...]) -> None:
         super().__init__("insufficient scope")
         self.required = required
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        return (
+            (
+                "www-authenticate",
+                f'Bearer realm="{realm}", error="insufficient_scope", '
+                f'scope="{" ".join(self.required)}"',
+            ),
+        )
 
 
 class ClaimMismatch(AuthorizationError):
@@ -192,6 +226,7 @@ class ClaimMismatch(AuthorizationError):
 
 class SpiffeIdNotAllowed(AuthorizationError):
     reason = "spiffe_id_not_allowed"
+    element = "spiffe_ids"
 
 
 class ProviderNotAllowed(AuthorizationError):
@@ -229,6 +264,7 @@ class DecisionLogUnavailable(DependencyError):
 
     reason = "decision_log_unavailable"
     headers = (("retry-after", "1"),)
+    monitorable = False
 
 
 class Overloaded(AuthzError):
@@ -241,3 +277,5 @@ class Overloaded(AuthzError):
 class InternalError(AuthzError):
     status = 500
     reason = "internal_error"
+    monitorable = False
+    monitorable_unrouted = False

@@ -32,10 +32,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authz.errors import ConcurrencyLimited, Overloaded, RateLimited, RateLimitUnavailable
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import RouteConfig
 from authz.policy.ratelimit_config import (
     MEMORY_STORE,
     RateLimitConfig,
@@ -48,9 +48,7 @@ from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key
 from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
 from authz.ratelimit.overload import RANK, OverloadMonitor
 from authz.ratelimit.redis_store import RedisStore
-
-if TYPE_CHECKING:  # authz.stages registers these stages: no import back at run time
-    from authz.stages import Check, Context, Phase, Shared
+from authz.stages import Check, Context, Load, Phase, Shared
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -481,9 +479,8 @@ class RateLimitStage:
     phase: Phase
     name: str = field(default="ratelimit")
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         config = policy.rate_limits
         rules = [r for r in config.rules if phase_of(r) == self.phase]
         if route is not None:
@@ -505,9 +502,8 @@ class ShedStage:
     name: str = "shed"
     phase: Phase = "pre"
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         overload = policy.rate_limits.overload
         if route is None or not overload.enabled or route.priority == "critical":
             return None

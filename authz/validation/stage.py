@@ -21,13 +21,14 @@ declare are recorded in the inventory as drift before the checks run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 from authz.errors import BodyTooLarge, ContractViolation, UnsupportedMediaType
 from authz.inventory import Inventory, shared_inventory
 from authz.pathtemplate import LITERAL, REST, parse_template
 from authz.policy.config import FORM_MEDIA_TYPE, ContractConfig, Parameter, RouteConfig
+from authz.stages import Check, Context, Load, Phase
 from authz.validation.drift import undeclared_fields
 from authz.validation.jsonbody import parse_json
 from authz.validation.params import (
@@ -41,10 +42,6 @@ from authz.validation.params import (
     violation,
 )
 from authz.validation.schema import Validator, compile_text
-
-if TYPE_CHECKING:
-    from authz.policy.config import PolicyConfig
-    from authz.stages import Check, Context, Phase, Shared
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
@@ -270,9 +267,8 @@ class ValidationStage:
     name = "validation"
     phase: Phase = "post"
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         if route is None or route.contract is None:
             return None
         mode = route.mode or policy.mode
