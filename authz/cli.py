@@ -459,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     from authz.demo.stack import add_demo_parser
 
     add_demo_parser(sub)
+    from authz.cli_reasons import add_reasons_parser
+
+    add_reasons_parser(sub)
     return parser
 
 

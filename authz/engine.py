@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz import pipeline
+from authz import reasons as R
 from authz.audit.sink import DecisionSink, NullSink
 from authz.authorize import Authorizer
 from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
@@ -305,7 +306,7 @@ class PolicyEngine:
         ctx: Context,
         *,
         status: int = 200,
-        reason: str = "allowed",
+        reason: str = R.ALLOWED.code,
         monitored: bool = False,
     ) -> Decision:
         """Let the request through; ``monitored`` marks a deny that monitor mode allowed."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from authz import reasons as R
 from authz.paths import path_shape
 from authz.policy.config import RouteConfig
 from authz.stages import Check, Context, Load, Phase, Shared
@@ -41,7 +42,7 @@ MAX_OUTCOMES = 16
 MAX_PATH = 256
 MAX_NAME = 64
 _SAMPLE = 8
-_UNDECLARED_REASONS = frozenset({"undeclared_route", "method_not_allowed"})
+_UNDECLARED_REASONS = frozenset({R.UNDECLARED_ROUTE.code, R.METHOD_NOT_ALLOWED.code})
 
 
 class HyperLogLog:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from authz import reasons as R
 from authz.errors import DependencyError, InvalidToken
 from authz.identity.base import Clock, Fetcher
 from authz.policy.config import JwtProviderConfig
@@ -369,7 +370,7 @@ class JwksCache:
       callers share the refresh in flight.
     * While the issuer is unreachable the last good keys serve for ``jwks_stale_ttl``
       after their last successful fetch; past that, lookups raise
-      ``DependencyError(reason="jwks_unavailable")``.
+      ``DependencyError(reason=R.JWKS_UNAVAILABLE)``.
     * With no usable keys (never loaded, or stale) retries back off from 1 s up to
       ``jwks_refresh_interval``, so that a service recovers soon after its issuer.
     * A refresh that brings a key unchanged (same kid and material) keeps the same
@@ -479,8 +480,8 @@ class JwksCache:
         """The key a token with header ``kid`` (and ``alg``) must be verified with.
 
         A token without ``kid`` is accepted only when exactly one key is compatible
-        with ``alg``. Raises ``InvalidToken(reason="token_unknown_kid")`` or
-        ``DependencyError(reason="jwks_unavailable")``.
+        with ``alg``. Raises ``InvalidToken(reason=R.TOKEN_UNKNOWN_KID)`` or
+        ``DependencyError(reason=R.JWKS_UNAVAILABLE)``.
         """
         now = self._clock()
         if not self._usable(now):
@@ -488,7 +489,7 @@ class JwksCache:
                 await self.refresh()
             if not self._usable(self._clock()):
                 raise DependencyError(
-                    f"no usable keys for issuer {self.config.issuer}", reason="jwks_unavailable"
+                    f"no usable keys for issuer {self.config.issuer}", reason=R.JWKS_UNAVAILABLE
                 )
 
         found = self._lookup(kid, alg)
@@ -499,7 +500,7 @@ class JwksCache:
             return found
         if kid is None and alg is not None and self._count_compatible(alg) > 1:
             # Several candidates: a refresh cannot make the choice unambiguous.
-            raise InvalidToken("token has no kid and several keys fit", reason="token_unknown_kid")
+            raise InvalidToken("token has no kid and several keys fit", reason=R.TOKEN_UNKNOWN_KID)
 
         if self._inflight is not None:
             self.suppressed_refreshes += 1
@@ -509,10 +510,10 @@ class JwksCache:
             await self.refresh()
         else:
             self.suppressed_refreshes += 1
-            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+            raise InvalidToken(f"unknown key id {kid!r}", reason=R.TOKEN_UNKNOWN_KID)
         found = self._lookup(kid, alg)
         if found is None:
-            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+            raise InvalidToken(f"unknown key id {kid!r}", reason=R.TOKEN_UNKNOWN_KID)
         return found
 
     def _lookup(self, kid: str | None, alg: str | None) -> JwkKey | None:
