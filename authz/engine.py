@@ -23,7 +23,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from authz import pipeline
 from authz import reasons as R
@@ -40,6 +39,7 @@ from authz.policy.config import (
     PolicyConfig,
     RouteConfig,
 )
+from authz.record import DecisionListener, DecisionRecord, trace_context
 from authz.routing import Router
 from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
 
@@ -214,11 +214,14 @@ class PolicyEngine:
         policy: CompiledPolicy,
         *,
         sink: DecisionSink | None = None,
+        listeners: Sequence[DecisionListener] = (),
         clock: Clock = time.time,
         id_factory: Callable[[], str] | None = None,
     ) -> None:
         self._policy = policy
         self._sink = sink or NullSink()
+        #: the other listeners' bound ``on_decision`` (the decision log is asked first)
+        self._listeners = tuple(x.on_decision for x in listeners)
         self._configure_sink(policy)
         self._clock = clock
         prefix = os.urandom(6).hex()
@@ -414,27 +417,39 @@ class PolicyEngine:
         outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
         self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
         identity = decision.identity
-        record: dict[str, Any] = {
-            "time": self._clock(),
-            "request_id": request.request_id,
-            "decision_id": decision.decision_id,
-            "route": decision.route,
-            "method": request.method,
-            "path": decision.path or _log_path(request.path),
-            "identity_type": identity.kind,
-            "subject": identity.subject,
-            "issuer": identity.issuer,
-            "decision": outcome,
-            "status": decision.status,
-            "reason": decision.reason,
-            "policy_version": decision.policy_version,
-            "latency_ms": (time.perf_counter() - started) * 1000,
-        }
+        traceparent = request.headers.get("traceparent")
+        record = DecisionRecord(
+            self._clock(),
+            request.request_id,
+            decision.decision_id,
+            decision.route,
+            request.method,
+            decision.path or _log_path(request.path),
+            identity.kind,
+            identity.subject,
+            identity.issuer,
+            outcome,
+            decision.status,
+            decision.reason,
+            decision.policy_version,
+            (time.perf_counter() - started) * 1000,
+            request.source_address,
+            *(trace_context(traceparent) if traceparent else _NO_TRACE),
+        )
+        ctx.record = record
         try:
             sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # a broken listener must not break decisions
+                log.exception("decision listener failed")
         return decision
+
+
+_NO_TRACE = ("", "")
 
 
 def _log_path(raw: str) -> str:
