@@ -29,6 +29,7 @@ from authz import reasons as R
 from authz.audit.sink import DecisionSink, NullSink
 from authz.authorize import Authorizer
 from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
+from authz.explain import Step
 from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.registry import build_provider
 from authz.model import Decision, Identity, Request
@@ -281,6 +282,49 @@ class PolicyEngine:
                     log.exception("observer failed")
         return decision
 
+    async def explain(self, request: Request) -> tuple[Decision, tuple[Step, ...]]:
+        """Decide ``request`` stage by stage and say what each stage did.
+
+        A loop of its own, so :meth:`check` pays nothing for explain; see
+        :mod:`authz.explain` for what is and is not done (no decision record).
+        Never raises.
+        """
+        policy = self._policy
+        decision_id = self._new_id()
+        ctx = Context(request, "", "")
+        ran: dict[tuple[str, str], Step] = {}
+        shared = policy.shared
+        shared.in_flight += 1
+        try:
+            try:
+                for stage in policy.head:
+                    await _timed(stage, ctx, ran)
+                for stage in ctx.plan.stages:
+                    await _timed(stage, ctx, ran)
+                decision = self._allow(policy, decision_id, ctx)
+            except AuthzError as exc:
+                decision = self._deny(policy, decision_id, exc, ctx)
+        except Exception:
+            log.exception("internal error explaining request %s", request.request_id)
+            decision = self._deny(policy, decision_id, InternalError(), ctx)
+        finally:
+            shared.in_flight -= 1
+        built = {(s.name, s.phase) for s in policy.head} | {
+            (s.name, s.phase) for s in (ctx.plan.stages if ctx.plan is not None else ())
+        }
+        if ctx.plan is None:  # never routed: the route's stages are unknown, not absent
+            built |= {key for key in policy.registered if key[1] in pipeline.ROUTE_PHASES}
+        steps = []
+        for name, phase in policy.registered:
+            key = (name, phase)
+            if key in ran:
+                steps.append(ran[key])
+            elif key in built or phase == "observe":
+                steps.append(Step(name, phase, "skipped"))
+            else:
+                steps.append(Step(name, phase, "abstain"))
+        return decision, tuple(steps)
+
     # -- outcomes --------------------------------------------------------------------
 
     def _identity_headers(
@@ -450,6 +494,21 @@ class PolicyEngine:
 
 
 _NO_TRACE = ("", "")
+
+
+async def _timed(stage: Stage, ctx: Context, ran: dict[tuple[str, str], Step]) -> None:
+    """Run one stage for explain, noting its outcome, element and duration."""
+    key = (stage.name, stage.phase)
+    started = time.perf_counter()
+    try:
+        await stage.check(ctx)
+    except AuthzError as exc:
+        took = (time.perf_counter() - started) * 1000
+        element = exc.element or stage.element(ctx)
+        ran[key] = Step(stage.name, stage.phase, "deny", exc.reason, element, took)
+        raise
+    took = (time.perf_counter() - started) * 1000
+    ran[key] = Step(stage.name, stage.phase, "pass", "", stage.element(ctx), took)
 
 
 def _log_path(raw: str) -> str:

@@ -133,6 +133,8 @@ class ContractViolation(RequestError, reason=R.BODY_INVALID):
         self.part = part
         self.pointer = pointer
         self.body_fields = fields
+        if part:
+            self.element = f"{part} {pointer}" if pointer else part
 
 
 class BodyTooLarge(ContractViolation, reason=R.BODY_TOO_LARGE):

@@ -57,12 +57,10 @@ STAGES: tuple[StageFactory, ...] = (
 
 
 def ordered(stages: Sequence[StageFactory] | None = None) -> tuple[StageFactory, ...]:
-    """``stages`` (default: the registry) plus any core stage it lacks, by phase.
-
-    The sort is stable, so the registry order holds within a phase.
-    """
+    """``stages`` (default: the registry) plus any core stage it lacks, in run order:
+    by phase, and within a phase in the order given (the sort is stable)."""
     if stages is None:
-        return STAGES
+        stages = STAGES
     missing = [core for core in CORE_STAGES if not any(s is core for s in stages)]
     rank = {phase: i for i, phase in enumerate(PHASES)}
     return tuple(sorted([*missing, *stages], key=lambda s: rank[s.phase]))
@@ -85,6 +83,8 @@ def build(
                 continue
             if hasattr(built, "element"):
                 out.append(built)  # type: ignore[arg-type]
-            else:  # a bare coroutine function
-                out.append(FunctionStage(factory.name, phase, built))  # type: ignore[arg-type]
+            else:  # a bare coroutine function (or callable object)
+                describe = getattr(built, "describe", None)
+                described = describe() if describe is not None else ""
+                out.append(FunctionStage(factory.name, phase, built, described))  # type: ignore[arg-type]
     return tuple(out)

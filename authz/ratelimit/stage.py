@@ -455,9 +455,17 @@ class RateLimitCheck:
             )
         headers = (("retry-after", str(max(retry, 1))),)
         names = ", ".join(r.name for r, _ in denying)
+        exc: ConcurrencyLimited | RateLimited
         if all(r.mode == LEASE for r, _ in denying):
-            raise ConcurrencyLimited(f"concurrency cap reached: {names}", headers=headers)
-        raise RateLimited(f"rate limit reached: {names}", headers=headers)
+            exc = ConcurrencyLimited(f"concurrency cap reached: {names}", headers=headers)
+        else:
+            exc = RateLimited(f"rate limit reached: {names}", headers=headers)
+        exc.element = f"rate_limits: {names}"
+        raise exc
+
+    def describe(self) -> str:
+        """The rules, for explain."""
+        return "rate_limits: " + ", ".join(r.name for r in self.rules)
 
 
 def _seconds(value: float) -> int:

@@ -97,6 +97,10 @@ class _Param:
 class ContractCheck:
     """The compiled contract of one route; calling it checks one request."""
 
+    def describe(self) -> str:
+        """For explain (a deny names its location instead)."""
+        return f"routes.{self.route.name}.contract"
+
     def __init__(
         self, route: RouteConfig, contract: ContractConfig, *, monitor: bool, inventory: Inventory
     ) -> None:
