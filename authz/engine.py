@@ -43,10 +43,13 @@ from authz.policy.config import (
 from authz.record import DecisionListener, DecisionRecord, trace_context
 from authz.routing import Router
 from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
+from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.engine")
 
 MAX_UNDECLARED_SHAPES = 10_000
+#: Reason codes whose counter handle the engine keeps bound (more than the registry has).
+MAX_REASON_HANDLES = 256
 
 
 #: Identities whose header block is kept per policy (see _identity_headers).
@@ -216,6 +219,7 @@ class PolicyEngine:
         *,
         sink: DecisionSink | None = None,
         listeners: Sequence[DecisionListener] = (),
+        metrics: Metrics | None = None,
         clock: Clock = time.time,
         id_factory: Callable[[], str] | None = None,
     ) -> None:
@@ -229,7 +233,27 @@ class PolicyEngine:
         counter = itertools.count(1)
         self._new_id = id_factory or (lambda: f"{prefix}-{next(counter):x}")
         self.undeclared: dict[tuple[str, str], int] = {}
-        self.decisions: dict[str, int] = {}
+        #: the process's metrics (in memory unless the service passes its own)
+        self.metrics: Metrics = metrics if metrics is not None else MemoryMetrics()
+        self._decisions = self.metrics.counter(
+            "authz_decisions_total", "decisions by reason code", ("reason",)
+        )
+        #: reason -> its pre-bound counter (bounded: the registry's codes, then _other)
+        self._by_reason: dict[str, Counter] = {}
+        outcomes = self.metrics.counter(
+            "authz_decision_outcomes_total", "decisions by outcome", ("decision",)
+        )
+        self._by_outcome = {o: outcomes.labels(o) for o in ("allow", "deny", "monitor")}
+        self._undeclared_total = self.metrics.counter(
+            "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
+        ).labels()
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Decisions so far by reason code (from the metrics)."""
+        family = self.metrics.counter("authz_decisions_total", "", ("reason",))
+        series = getattr(family, "series", {})
+        return {labels[0]: int(s.value) for labels, s in series.items()}
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -434,6 +458,7 @@ class PolicyEngine:
         }
 
     def _count_undeclared(self, method: str, path: str) -> None:
+        self._undeclared_total.inc()
         key = (method, path_shape(path) if path else "<invalid>")
         counts = self.undeclared
         if key in counts:
@@ -459,7 +484,13 @@ class PolicyEngine:
         if decision.allowed and policy.log_fails_closed and not sink.ready():
             decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
         outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
-        self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
+        counter = self._by_reason.get(decision.reason)
+        if counter is None:
+            counter = self._decisions.labels(decision.reason)
+            if len(self._by_reason) < MAX_REASON_HANDLES:
+                self._by_reason[decision.reason] = counter
+        counter.inc()
+        self._by_outcome[outcome].inc()
         identity = decision.identity
         traceparent = request.headers.get("traceparent")
         record = DecisionRecord(
