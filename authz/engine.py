@@ -43,7 +43,7 @@ from authz.policy.config import (
 from authz.record import DecisionListener, DecisionRecord, trace_context
 from authz.routing import Router
 from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
-from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
+from authz.telemetry.metrics import Counter, Metrics
 
 log = logging.getLogger("authz.engine")
 
@@ -152,7 +152,8 @@ class CompiledPolicy:
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher) for p in config.providers
+            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
+            for p in config.providers
         }
         header_of = {
             p.name: p.header
@@ -234,7 +235,7 @@ class PolicyEngine:
         self._new_id = id_factory or (lambda: f"{prefix}-{next(counter):x}")
         self.undeclared: dict[tuple[str, str], int] = {}
         #: the process's metrics (in memory unless the service passes its own)
-        self.metrics: Metrics = metrics if metrics is not None else MemoryMetrics()
+        self.metrics: Metrics = metrics if metrics is not None else policy.shared.metrics
         self._decisions = self.metrics.counter(
             "authz_decisions_total", "decisions by reason code", ("reason",)
         )

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from authz.model import ANONYMOUS, Decision, Identity, Request
 from authz.policy.config import PolicyConfig, RouteConfig
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 Phase = Literal["canonical", "request", "route", "pre", "identity", "authorize", "post", "observe"]
 T = TypeVar("T")
@@ -99,6 +100,8 @@ class Shared:
         self._objects: dict[str, object] = {}
         #: Decisions in flight right now (kept by the engine; read by load shedding).
         self.in_flight = 0
+        #: The metrics every policy and runtime of this process counts into.
+        self.metrics: Metrics = MemoryMetrics()
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)

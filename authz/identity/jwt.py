@@ -34,6 +34,7 @@ from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 from authz.reasons import Reason
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 #: Longest token looked at; real tokens are far smaller, and this bounds the work
 #: (and cache memory) an attacker can cause per request.
@@ -190,7 +191,7 @@ class _Verified:
 class JwtProvider:
     """Verifies ``Bearer`` JWTs from one issuer; implements ``IdentityProvider``.
 
-    ``verifications`` and ``cache_hits`` are plain int counters for metrics.
+    ``verifications`` and ``cache_hits`` read its counters in the metrics.
     """
 
     kind = "jwt"
@@ -202,11 +203,13 @@ class JwtProvider:
         *,
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self._clock = clock
-        self.jwks = JwksCache(config, clock=clock, fetcher=fetcher)
+        m = metrics if metrics is not None else MemoryMetrics()
+        self.jwks = JwksCache(config, clock=clock, fetcher=fetcher, metrics=m)
         self._header = config.header.lower()
         self._dedicated = self._header != "authorization"
         self._carrier = "header:" + self._header
@@ -220,8 +223,23 @@ class JwtProvider:
         }
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._cache_size = max(0, config.cache_size)
-        self.verifications = 0
-        self.cache_hits = 0
+        by = ("provider",)
+        self._verified = m.counter(
+            "authz_jwt_verifications_total", "JWTs verified (signature and claims)", by
+        ).labels(config.name)
+        self._cache_hit = m.counter(
+            "authz_jwt_cache_hits_total", "JWTs answered from the verified-token cache", by
+        ).labels(config.name)
+
+    @property
+    def verifications(self) -> int:
+        """JWTs verified in full (from the metrics, per provider name)."""
+        return int(getattr(self._verified, "value", 0))
+
+    @property
+    def cache_hits(self) -> int:
+        """JWTs answered from the cache (from the metrics, per provider name)."""
+        return int(getattr(self._cache_hit, "value", 0))
 
     @property
     def cached(self) -> int:
@@ -270,13 +288,13 @@ class JwtProvider:
             jwks = self.jwks
             if now < entry.deadline and entry.generation == jwks.generation:
                 self._cache.move_to_end(token)
-                self.cache_hits += 1
+                self._cache_hit.inc()
                 return entry.identity
             if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
                 # Refreshed or rotated since, and the key is still served (O(1)).
                 entry.bind(jwks)
                 self._cache.move_to_end(token)
-                self.cache_hits += 1
+                self._cache_hit.inc()
                 return entry.identity
             # Expired, keys stale, or its key rotated out or revoked: verify again,
             # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
@@ -300,7 +318,7 @@ class JwtProvider:
         return verified.identity, verified.valid_until
 
     async def _verify(self, token: str) -> _Verified:
-        self.verifications += 1
+        self._verified.inc()
         if len(token) > MAX_TOKEN_LENGTH:
             _fail(R.TOKEN_MALFORMED, "token too long")
         if _COMPACT.fullmatch(token) is None:

@@ -100,7 +100,9 @@ def test_no_import_cycle() -> None:
 
 
 def test_the_protocol_module_imports_no_stage() -> None:
-    assert not {m for m in _graph()["authz.stages"] if m != "authz.model"} - {"authz.policy.config"}
+    # only values and seams: no stage implementation, no registry
+    allowed = {"authz.model", "authz.policy.config", "authz.telemetry.metrics"}
+    assert _graph()["authz.stages"] <= allowed
 
 
 def test_every_module_imports_alone() -> None:
