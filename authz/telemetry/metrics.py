@@ -55,8 +55,14 @@ class Metrics(Protocol):
     """Where components register their metrics."""
 
     def counter(
-        self, name: str, description: str, labels: Sequence[str] = ()
-    ) -> Family[Counter]: ...
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int | None = None,
+    ) -> Family[Counter]:
+        """``max_series`` overrides the default bound (a label set known to be larger)."""
 
     def histogram(
         self,
@@ -102,7 +108,14 @@ class _NoopFamily:
 class NoopMetrics:
     """Records nothing; every handle is one shared object whose methods return."""
 
-    def counter(self, name: str, description: str, labels: Sequence[str] = ()) -> _NoopFamily:
+    def counter(
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int | None = None,
+    ) -> _NoopFamily:
         return _NoopFamily(name)
 
     def histogram(
@@ -227,19 +240,28 @@ class MemoryMetrics:
         labels: Sequence[str],
         make: type[object] | None,
         bounds: tuple[float, ...] = (),
+        max_series: int | None = None,
     ) -> MemoryFamily[object]:
         found = self.families.get(name)
         if found is None:
-            found = MemoryFamily(kind, name, description, tuple(labels), make, self._max, bounds)
+            bound = max_series or self._max
+            found = MemoryFamily(kind, name, description, tuple(labels), make, bound, bounds)
             self.families[name] = found
         elif found.kind != kind or found.label_names != tuple(labels):
             raise ValueError(f"metric {name} already registered as {found.kind}{found.label_names}")
         return found
 
     def counter(
-        self, name: str, description: str, labels: Sequence[str] = ()
+        self,
+        name: str,
+        description: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int | None = None,
     ) -> MemoryFamily[MemoryCounter]:
-        return self._family("counter", name, description, labels, MemoryCounter)  # type: ignore[return-value]
+        return self._family(  # type: ignore[return-value]
+            "counter", name, description, labels, MemoryCounter, max_series=max_series
+        )
 
     def gauge(
         self, name: str, description: str, labels: Sequence[str] = ()

@@ -69,3 +69,20 @@ async def test_the_engine_counts_decisions_into_its_metrics(tmp_path: Path) -> N
     assert metrics.value("authz_decision_outcomes_total", "deny") == 2
     assert metrics.value("authz_undeclared_total") == 1
     assert engine.decisions == {"allowed": 2, "undeclared_route": 1, "invalid_path": 1}
+
+
+async def test_rate_limit_rules_count_into_the_process_metrics(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "rate_limits:\n  rules:\n    - {name: per-address, key: [client_address], rate: 2/m}\n"
+        "routes:\n  - {name: ping, path: /ping, methods: [GET], public: true}\n"
+    )
+    policy = CompiledPolicy(load_policy(tmp_path / "p.yaml"))
+    engine = PolicyEngine(policy)
+    assert engine.metrics is policy.shared.metrics  # one per process, kept across reloads
+    for _ in range(3):
+        await engine.check(Request(method="GET", path="/ping", source_address="192.0.2.1"))
+    metrics = engine.metrics
+    assert isinstance(metrics, MemoryMetrics)
+    assert metrics.value("authz_ratelimit_rule_total", "per-address", "admitted") == 2
+    assert metrics.value("authz_ratelimit_rule_total", "per-address", "limited") == 1
+    assert metrics.value("authz_decisions_total", "rate_limited") == 1
