@@ -464,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     from authz.demo.stack import add_demo_parser
 
     add_demo_parser(sub)
+    from authz.cli_explain import add_explain_parser
+    from authz.cli_reasons import add_reasons_parser
+
+    add_reasons_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 

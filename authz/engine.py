@@ -1,11 +1,12 @@
 """PolicyEngine: runs the stages on a Request and returns a Decision.
 
-Stages, in order: canonical path -> ``request`` checks -> route -> ``pre`` checks
--> identity -> authorize -> ``post`` checks, then ``observe`` hooks see the
-decision (see :mod:`authz.stages`). Each raises
-an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a Decision
-(status, challenge, JSON body), applies monitor mode, and writes exactly one
-decision record. ``check`` never raises.
+The stages are built at policy load from the registry (:mod:`authz.pipeline`):
+canonical path -> ``request`` gates -> route -> ``pre`` -> identity -> authorize ->
+``post``, then ``observe`` stages see the decision (see :mod:`authz.stages`). Each
+raises an :class:`~authz.errors.AuthzError` to deny; the engine maps it to a
+Decision (status, the challenge the error names, JSON body), applies monitor mode,
+and writes exactly one decision record. It has no branch for any stage.
+``check`` never raises.
 
 A :class:`CompiledPolicy` holds everything prepared at load (route table,
 providers, per-route plans, header lists); swapping it is one assignment, so a
@@ -20,40 +21,35 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from authz import pipeline
+from authz import reasons as R
 from authz.audit.sink import DecisionSink, NullSink
 from authz.authorize import Authorizer
-from authz.errors import (
-    AuthenticationError,
-    AuthzError,
-    DecisionLogUnavailable,
-    InsufficientScope,
-    InternalError,
-    InvalidPath,
-    MethodNotAllowed,
-    MissingCredential,
-    MultipleCredentials,
-    UndeclaredRoute,
-)
+from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
+from authz.explain import Step
 from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.registry import build_provider
 from authz.model import Decision, Identity, Request
-from authz.paths import canonicalize, path_shape
+from authz.paths import path_shape
 from authz.policy.config import (
     ApiKeyProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
 )
+from authz.record import DecisionListener, DecisionRecord, trace_context
 from authz.routing import Router
-from authz.stages import STAGES, Check, Context, Shared, StageFactory
+from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
+from authz.telemetry.metrics import Counter, Metrics
 
 log = logging.getLogger("authz.engine")
 
 MAX_UNDECLARED_SHAPES = 10_000
+#: Reason codes whose counter handle the engine keeps bound (more than the registry has).
+MAX_REASON_HANDLES = 256
 
 
 #: Identities whose header block is kept per policy (see _identity_headers).
@@ -106,14 +102,16 @@ class RoutePlan:
     authorizer: Authorizer
     monitor: bool
     strip: tuple[str, ...]  # credential headers to remove upstream
-    pre: tuple[Check, ...] = ()  # before identity
-    post: tuple[Check, ...] = ()  # after authorize
-    #: Providers whose credentials must not be sent together (see _credential_plan);
+    #: The route's stages (phases pre, identity, authorize, post), in run order.
+    stages: tuple[Stage, ...] = ()
+    #: Their bound ``check`` methods: what the hot path calls.
+    checks: tuple[Check, ...] = ()
+    #: Providers whose credentials must not be sent together (see credential_plan);
     #: empty unless the route is exclusive with two or more request credentials.
     exclusive: tuple[IdentityProvider, ...] = ()
 
 
-def _credential_plan(
+def credential_plan(
     route: RouteConfig, providers: tuple[IdentityProvider, ...]
 ) -> tuple[tuple[IdentityProvider, ...], tuple[IdentityProvider, ...]]:
     """(the order providers are asked in, the providers checked for two credentials).
@@ -132,19 +130,12 @@ def _credential_plan(
     return in_request + connection, in_request if len(in_request) > 1 else ()
 
 
-def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -> None:
-    """Raise MultipleCredentials if ``providers`` find credentials in two carriers."""
-    seen: str | None = None
-    for provider in providers:
-        where = provider.presented(request)
-        if where is not None and where != seen:
-            if seen is not None:
-                raise MultipleCredentials(f"credentials in both {seen} and {where}")
-            seen = where
-
-
 class CompiledPolicy:
-    """A loaded policy with its providers; ``start`` makes it ready to serve."""
+    """A loaded policy with its providers and stages; ``start`` makes it ready to serve.
+
+    ``stages`` replaces the registry (:data:`authz.pipeline.STAGES`); the core stages
+    (canonical path, route, identity, authorize) are added if it lacks them.
+    """
 
     def __init__(
         self,
@@ -153,15 +144,16 @@ class CompiledPolicy:
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
         shared: Shared | None = None,
-        stages: list[StageFactory] | None = None,
+        stages: Sequence[StageFactory] | None = None,
     ) -> None:
         self.config = config
         self.shared = shared if shared is not None else Shared()
-        stages = STAGES if stages is None else stages
+        factories = pipeline.ordered(stages)
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher) for p in config.providers
+            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
+            for p in config.providers
         }
         header_of = {
             p.name: p.header
@@ -170,13 +162,15 @@ class CompiledPolicy:
         }
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}
+        load = Load(config, self.shared, self.providers, self.router, self.plans)
         for route in config.routes:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
                 strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
-            order, exclusive = _credential_plan(
+            order, exclusive = credential_plan(
                 route, tuple(self.providers[n] for n in route.providers)
             )
+            route_stages = pipeline.build(factories, pipeline.ROUTE_PHASES, load, route)
             self.plans[route.name] = RoutePlan(
                 route=route,
                 providers=order,
@@ -184,11 +178,17 @@ class CompiledPolicy:
                 authorizer=Authorizer(route),
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
-                pre=_build(stages, "pre", config, route, self.shared),
-                post=_build(stages, "post", config, route, self.shared),
+                stages=route_stages,
+                checks=tuple(stage.check for stage in route_stages),
             )
-        self.request_checks = _build(stages, "request", config, None, self.shared)
-        self.observers = _build(stages, "observe", config, None, self.shared)
+        #: canonical path, request-phase gates, route: before a route is known
+        self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
+        self.head_checks = tuple(stage.check for stage in self.head)
+        self.observers = pipeline.build(factories, ("observe",), load, None)
+        self.observer_checks = tuple(stage.check for stage in self.observers)
+        #: every factory's (name, phase), in run order: explain lists the ones that
+        #: have nothing to do on a route as "abstain"
+        self.registered = tuple((f.name, f.phase) for f in factories)
         self.global_monitor = global_monitor
         self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
         names = config.headers
@@ -211,17 +211,6 @@ class CompiledPolicy:
         await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
 
 
-def _build(
-    stages: list[StageFactory],
-    phase: str,
-    config: PolicyConfig,
-    route: RouteConfig | None,
-    shared: Shared,
-) -> tuple[Check, ...]:
-    checks = (stage.build(config, route, shared) for stage in stages if stage.phase == phase)
-    return tuple(check for check in checks if check is not None)
-
-
 class PolicyEngine:
     """Decides requests against the current policy; swap() replaces it atomically."""
 
@@ -230,18 +219,42 @@ class PolicyEngine:
         policy: CompiledPolicy,
         *,
         sink: DecisionSink | None = None,
+        listeners: Sequence[DecisionListener] = (),
+        metrics: Metrics | None = None,
         clock: Clock = time.time,
         id_factory: Callable[[], str] | None = None,
     ) -> None:
         self._policy = policy
         self._sink = sink or NullSink()
+        #: the other listeners' bound ``on_decision`` (the decision log is asked first)
+        self._listeners = tuple(x.on_decision for x in listeners)
         self._configure_sink(policy)
         self._clock = clock
         prefix = os.urandom(6).hex()
         counter = itertools.count(1)
         self._new_id = id_factory or (lambda: f"{prefix}-{next(counter):x}")
         self.undeclared: dict[tuple[str, str], int] = {}
-        self.decisions: dict[str, int] = {}
+        #: the process's metrics (in memory unless the service passes its own)
+        self.metrics: Metrics = metrics if metrics is not None else policy.shared.metrics
+        self._decisions = self.metrics.counter(
+            "authz_decisions_total", "decisions by reason code", ("reason",)
+        )
+        #: reason -> its pre-bound counter (bounded: the registry's codes, then _other)
+        self._by_reason: dict[str, Counter] = {}
+        outcomes = self.metrics.counter(
+            "authz_decision_outcomes_total", "decisions by outcome", ("decision",)
+        )
+        self._by_outcome = {o: outcomes.labels(o) for o in ("allow", "deny", "monitor")}
+        self._undeclared_total = self.metrics.counter(
+            "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
+        ).labels()
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Decisions so far by reason code (from the metrics)."""
+        family = self.metrics.counter("authz_decisions_total", "", ("reason",))
+        series = getattr(family, "series", {})
+        return {labels[0]: int(s.value) for labels, s in series.items()}
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -272,25 +285,9 @@ class PolicyEngine:
         shared.in_flight += 1  # read by load shedding
         try:
             try:
-                ctx.path, ctx.query = canonicalize(request.path)
-                for check in policy.request_checks:
+                for check in policy.head_checks:
                     await check(ctx)
-                route = ctx.route = policy.router.match(request.host, request.method, ctx.path)
-                plan = policy.plans[route.name]
-                for check in plan.pre:
-                    await check(ctx)
-                if plan.providers:
-                    if plan.exclusive:
-                        _one_credential(plan.exclusive, request)
-                    for provider in plan.providers:
-                        found = await provider.authenticate(request)
-                        if found is not None:
-                            ctx.identity = found
-                            break
-                    else:
-                        raise MissingCredential("no credential")
-                    plan.authorizer.check(ctx.identity)
-                for check in plan.post:
+                for check in ctx.plan.checks:
                     await check(ctx)
                 decision = self._allow(policy, decision_id, ctx)
             except AuthzError as exc:
@@ -301,14 +298,57 @@ class PolicyEngine:
         finally:
             shared.in_flight -= 1
         decision = self._record(request, decision, started, policy, ctx)
-        if policy.observers:
+        if policy.observer_checks:
             ctx.decision = decision
-            for observe in policy.observers:
+            for observe in policy.observer_checks:
                 try:
                     await observe(ctx)
                 except Exception:  # an observer never changes or breaks a decision
                     log.exception("observer failed")
         return decision
+
+    async def explain(self, request: Request) -> tuple[Decision, tuple[Step, ...]]:
+        """Decide ``request`` stage by stage and say what each stage did.
+
+        A loop of its own, so :meth:`check` pays nothing for explain; see
+        :mod:`authz.explain` for what is and is not done (no decision record).
+        Never raises.
+        """
+        policy = self._policy
+        decision_id = self._new_id()
+        ctx = Context(request, "", "")
+        ran: dict[tuple[str, str], Step] = {}
+        shared = policy.shared
+        shared.in_flight += 1
+        try:
+            try:
+                for stage in policy.head:
+                    await _timed(stage, ctx, ran)
+                for stage in ctx.plan.stages:
+                    await _timed(stage, ctx, ran)
+                decision = self._allow(policy, decision_id, ctx)
+            except AuthzError as exc:
+                decision = self._deny(policy, decision_id, exc, ctx)
+        except Exception:
+            log.exception("internal error explaining request %s", request.request_id)
+            decision = self._deny(policy, decision_id, InternalError(), ctx)
+        finally:
+            shared.in_flight -= 1
+        built = {(s.name, s.phase) for s in policy.head} | {
+            (s.name, s.phase) for s in (ctx.plan.stages if ctx.plan is not None else ())
+        }
+        if ctx.plan is None:  # never routed: the route's stages are unknown, not absent
+            built |= {key for key in policy.registered if key[1] in pipeline.ROUTE_PHASES}
+        steps = []
+        for name, phase in policy.registered:
+            key = (name, phase)
+            if key in ran:
+                steps.append(ran[key])
+            elif key in built or phase == "observe":
+                steps.append(Step(name, phase, "skipped"))
+            else:
+                steps.append(Step(name, phase, "abstain"))
+        return decision, tuple(steps)
 
     # -- outcomes --------------------------------------------------------------------
 
@@ -338,7 +378,7 @@ class PolicyEngine:
         ctx: Context,
         *,
         status: int = 200,
-        reason: str = "allowed",
+        reason: str = R.ALLOWED.code,
         monitored: bool = False,
     ) -> Decision:
         """Let the request through; ``monitored`` marks a deny that monitor mode allowed."""
@@ -348,7 +388,7 @@ class PolicyEngine:
             # a header a stage sets is not also removed (Envoy removes after setting)
             stage_set = {name for name, _ in ctx.upstream_headers}
             remove = tuple(h for h in remove if h not in stage_set)
-        strip = policy.plans[route.name].strip if route is not None else ()
+        strip = ctx.plan.strip if ctx.plan is not None else ()
         return Decision(
             allowed=True,
             status=status,
@@ -371,35 +411,22 @@ class PolicyEngine:
     ) -> Decision:
         request, route, identity, path = ctx.request, ctx.route, ctx.identity, ctx.path
         reason = exc.reason
-        if isinstance(exc, InternalError | DecisionLogUnavailable):
+        plan = ctx.plan
+        if not exc.monitorable:
             monitor = False  # a failure is never let through, whatever the mode
-        elif route is not None:
-            monitor = policy.plans[route.name].monitor
-        elif isinstance(exc, UndeclaredRoute):
+        elif plan is not None:
+            monitor = plan.monitor
+        elif exc.undeclared:
             monitor = policy.undeclared_monitor
             self._count_undeclared(request.method, path)
         else:
-            monitor = policy.global_monitor and not isinstance(exc, InvalidPath | InternalError)
+            monitor = policy.global_monitor and exc.monitorable_unrouted
         if monitor:
             return self._allow(
                 policy, decision_id, ctx, status=exc.status, reason=reason, monitored=True
             )
         headers: list[tuple[str, str]] = [("content-type", "application/json")]
-        if isinstance(exc, AuthenticationError):
-            challenge = f'Bearer realm="{policy.realm}"'
-            if exc.challenge_error:
-                challenge += f', error="{exc.challenge_error}"'
-            headers.append(("www-authenticate", challenge))
-        elif isinstance(exc, InsufficientScope):
-            headers.append(
-                (
-                    "www-authenticate",
-                    f'Bearer realm="{policy.realm}", error="insufficient_scope", '
-                    f'scope="{" ".join(exc.required)}"',
-                )
-            )
-        elif isinstance(exc, MethodNotAllowed):
-            headers.append(("allow", ", ".join(exc.allowed)))
+        headers.extend(exc.challenge(policy.realm))
         headers.extend(exc.headers)
         headers.extend(ctx.response_headers)
         body = json.dumps(
@@ -432,6 +459,7 @@ class PolicyEngine:
         }
 
     def _count_undeclared(self, method: str, path: str) -> None:
+        self._undeclared_total.inc()
         key = (method, path_shape(path) if path else "<invalid>")
         counts = self.undeclared
         if key in counts:
@@ -457,29 +485,62 @@ class PolicyEngine:
         if decision.allowed and policy.log_fails_closed and not sink.ready():
             decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
         outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
-        self.decisions[decision.reason] = self.decisions.get(decision.reason, 0) + 1
+        counter = self._by_reason.get(decision.reason)
+        if counter is None:
+            counter = self._decisions.labels(decision.reason)
+            if len(self._by_reason) < MAX_REASON_HANDLES:
+                self._by_reason[decision.reason] = counter
+        counter.inc()
+        self._by_outcome[outcome].inc()
         identity = decision.identity
-        record: dict[str, Any] = {
-            "time": self._clock(),
-            "request_id": request.request_id,
-            "decision_id": decision.decision_id,
-            "route": decision.route,
-            "method": request.method,
-            "path": decision.path or _log_path(request.path),
-            "identity_type": identity.kind,
-            "subject": identity.subject,
-            "issuer": identity.issuer,
-            "decision": outcome,
-            "status": decision.status,
-            "reason": decision.reason,
-            "policy_version": decision.policy_version,
-            "latency_ms": (time.perf_counter() - started) * 1000,
-        }
+        traceparent = request.headers.get("traceparent")
+        record = DecisionRecord(
+            self._clock(),
+            request.request_id,
+            decision.decision_id,
+            decision.route,
+            request.method,
+            decision.path or _log_path(request.path),
+            identity.kind,
+            identity.subject,
+            identity.issuer,
+            outcome,
+            decision.status,
+            decision.reason,
+            decision.policy_version,
+            (time.perf_counter() - started) * 1000,
+            request.source_address,
+            *(trace_context(traceparent) if traceparent else _NO_TRACE),
+        )
+        ctx.record = record
         try:
             sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # a broken listener must not break decisions
+                log.exception("decision listener failed")
         return decision
+
+
+_NO_TRACE = ("", "")
+
+
+async def _timed(stage: Stage, ctx: Context, ran: dict[tuple[str, str], Step]) -> None:
+    """Run one stage for explain, noting its outcome, element and duration."""
+    key = (stage.name, stage.phase)
+    started = time.perf_counter()
+    try:
+        await stage.check(ctx)
+    except AuthzError as exc:
+        took = (time.perf_counter() - started) * 1000
+        element = exc.element or stage.element(ctx)
+        ran[key] = Step(stage.name, stage.phase, "deny", exc.reason, element, took)
+        raise
+    took = (time.perf_counter() - started) * 1000
+    ran[key] = Step(stage.name, stage.phase, "pass", "", stage.element(ctx), took)
 
 
 def _log_path(raw: str) -> str:

@@ -2,8 +2,11 @@
 
 Every leaf carries a stable snake_case ``reason`` (used in the deny body, the
 decision log and metric labels) and the HTTP ``status`` a request denied for it
-gets. Library errors are translated into these at the edge of each stage, so
-nothing past a stage sees a PyJWT or jsonschema exception.
+gets, both from its :class:`~authz.reasons.Reason` in the registry
+(:mod:`authz.reasons`): a class names it with ``class X(Base, reason=R.CODE)`` and
+a raise site that picks one of several passes ``reason=R.CODE``, never a string.
+Library errors are translated into these at the edge of each stage, so nothing past
+a stage sees a PyJWT or jsonschema exception.
 
 ::
 
@@ -30,8 +33,7 @@ nothing past a stage sees a PyJWT or jsonschema exception.
     ├── AuthorizationError        403
     │   ├── InsufficientScope     403    insufficient_scope   (error="insufficient_scope")
     │   ├── ClaimMismatch         403    claim_mismatch
-    │   ├── SpiffeIdNotAllowed    403    spiffe_id_not_allowed
-    │   └── ProviderNotAllowed    403    provider_not_allowed
+    │   └── SpiffeIdNotAllowed    403    spiffe_id_not_allowed
     ├── RateLimitError            429    (Retry-After, RateLimit-Policy, RateLimit)
     │   ├── RateLimited           429    rate_limited          a rate rule's bucket is empty
     │   └── ConcurrencyLimited    429    concurrency_limited   a concurrency cap is full
@@ -45,57 +47,77 @@ nothing past a stage sees a PyJWT or jsonschema exception.
 
 from __future__ import annotations
 
+from typing import Any
+
+from authz import reasons as R
+from authz.reasons import Reason
+
 
 class AuthzError(Exception):
     """Base of every error authz raises on purpose."""
 
-    status: int = 403
-    reason: str = "forbidden"
+    status: int = R.FORBIDDEN.status
+    reason: str = R.FORBIDDEN.code
     #: Extra response headers for the client (e.g. Retry-After).
     headers: tuple[tuple[str, str], ...] = ()
     #: Extra members of the JSON deny body (after "error" and "request_id"); never secrets
     #: and never a value the client sent.
     body_fields: tuple[tuple[str, str], ...] = ()
+    #: The policy element that raised it (provider, rule, schema location), for explain;
+    #: set where it is known, never shown to the client.
+    element: str = ""
+    #: False for failures monitor mode never lets through (internal, decision log).
+    monitorable: bool = True
+    #: False for errors monitor mode does not let through before a route is known.
+    monitorable_unrouted: bool = True
+    #: True for a request no route declares (counted by method and path shape).
+    undeclared: bool = False
+
+    def __init_subclass__(cls, reason: Reason | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if reason is not None:
+            cls.reason, cls.status = reason.code, reason.status
 
     def __init__(
         self,
         detail: str = "",
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        super().__init__(detail or (reason or self.reason))
+        super().__init__(detail or (reason.code if reason is not None else self.reason))
         self.detail = detail
         if reason is not None:
-            self.reason = reason
+            self.reason, self.status = reason.code, reason.status
         if headers:
             self.headers = headers
 
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        """Response headers this deny carries (e.g. an RFC 6750 challenge); transport-neutral."""
+        return ()
 
-class PolicyError(AuthzError):
+
+class PolicyError(AuthzError, reason=R.INVALID_POLICY):
     """A policy file (or a document it names) cannot be used.
 
     ``problems`` holds one ``(location, message)`` pair per problem found, where the
     location is ``file:line:column`` (or ``file`` plus a JSON path when no line is known).
     """
 
-    reason = "invalid_policy"
-
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
 
 
-class RequestError(AuthzError):
-    status = 400
-    reason = "bad_request"
+class RequestError(AuthzError, reason=R.BAD_REQUEST):
+    pass
 
 
-class InvalidPath(RequestError):
-    reason = "invalid_path"
+class InvalidPath(RequestError, reason=R.INVALID_PATH):
+    monitorable_unrouted = False
 
 
-class ContractViolation(RequestError):
+class ContractViolation(RequestError, reason=R.BODY_INVALID):
     """The request does not match its route's contract.
 
     ``part`` is where the problem is (body, query, path or header) and ``pointer`` a JSON
@@ -103,141 +125,138 @@ class ContractViolation(RequestError):
     ``detail`` (logs only) says what is wrong, never with the offending value.
     """
 
-    reason = "body_invalid"
-
     def __init__(
-        self, reason: str, detail: str = "", *, part: str = "body", pointer: str = ""
+        self, reason: Reason, detail: str = "", *, part: str = "body", pointer: str = ""
     ) -> None:
         fields = (("in", part), ("location", pointer)) if part else ()
-        super().__init__(detail or reason, reason=reason)
+        super().__init__(detail or reason.code, reason=reason)
         self.part = part
         self.pointer = pointer
         self.body_fields = fields
+        if part:
+            self.element = f"{part} {pointer}" if pointer else part
 
 
-class BodyTooLarge(ContractViolation):
-    status = 413
-    reason = "body_too_large"
+class BodyTooLarge(ContractViolation, reason=R.BODY_TOO_LARGE):
+    pass
 
 
-class UnsupportedMediaType(ContractViolation):
-    status = 415
-    reason = "unsupported_media_type"
+class UnsupportedMediaType(ContractViolation, reason=R.UNSUPPORTED_MEDIA_TYPE):
+    pass
 
 
-class RouteError(AuthzError):
-    status = 404
-    reason = "undeclared_route"
+class RouteError(AuthzError, reason=R.UNDECLARED_ROUTE):
+    pass
 
 
-class UndeclaredRoute(RouteError):
-    status = 404
-    reason = "undeclared_route"
+class UndeclaredRoute(RouteError, reason=R.UNDECLARED_ROUTE):
+    undeclared = True
 
 
-class MethodNotAllowed(RouteError):
-    status = 405
-    reason = "method_not_allowed"
+class MethodNotAllowed(RouteError, reason=R.METHOD_NOT_ALLOWED):
+    pass
 
     def __init__(self, allowed: tuple[str, ...]) -> None:
         super().__init__("method not allowed")
         self.allowed = allowed
 
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        return (("allow", ", ".join(self.allowed)),)
 
-class AuthenticationError(AuthzError):
-    status = 401
-    reason = "invalid_credential"
+
+class AuthenticationError(AuthzError, reason=R.INVALID_CREDENTIAL):
     #: The RFC 6750 ``error`` attribute of the challenge; None leaves it out.
     challenge_error: str | None = "invalid_token"
 
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        value = f'Bearer realm="{realm}"'
+        if self.challenge_error:
+            value += f', error="{self.challenge_error}"'
+        return (("www-authenticate", value),)
 
-class MissingCredential(AuthenticationError):
-    reason = "missing_credential"
+
+class MissingCredential(AuthenticationError, reason=R.MISSING_CREDENTIAL):
     challenge_error = None
 
 
-class MultipleCredentials(AuthenticationError):
-    reason = "multiple_credentials"
+class MultipleCredentials(AuthenticationError, reason=R.MULTIPLE_CREDENTIALS):
     challenge_error = "invalid_request"
 
 
-class InvalidToken(AuthenticationError):
-    reason = "token_invalid"
+class InvalidToken(AuthenticationError, reason=R.TOKEN_INVALID):
+    pass
 
 
-class InvalidApiKey(AuthenticationError):
-    reason = "api_key_unknown"
+class InvalidApiKey(AuthenticationError, reason=R.API_KEY_UNKNOWN):
+    pass
 
 
-class InvalidPeerIdentity(AuthenticationError):
-    reason = "peer_identity_invalid"
+class InvalidPeerIdentity(AuthenticationError, reason=R.PEER_IDENTITY_INVALID):
+    pass
 
 
-class AuthorizationError(AuthzError):
-    status = 403
-    reason = "forbidden"
+class AuthorizationError(AuthzError, reason=R.FORBIDDEN):
+    pass
 
 
-class InsufficientScope(AuthorizationError):
-    reason = "insufficient_scope"
+class InsufficientScope(AuthorizationError, reason=R.INSUFFICIENT_SCOPE):
+    element = "scopes"
 
     def __init__(self, required: tuple[str, ...]) -> None:
         super().__init__("insufficient scope")
         self.required = required
 
-
-class ClaimMismatch(AuthorizationError):
-    reason = "claim_mismatch"
-
-
-class SpiffeIdNotAllowed(AuthorizationError):
-    reason = "spiffe_id_not_allowed"
-
-
-class ProviderNotAllowed(AuthorizationError):
-    reason = "provider_not_allowed"
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        return (
+            (
+                "www-authenticate",
+                f'Bearer realm="{realm}", error="insufficient_scope", '
+                f'scope="{" ".join(self.required)}"',
+            ),
+        )
 
 
-class RateLimitError(AuthzError):
-    status = 429
-    reason = "rate_limited"
+class ClaimMismatch(AuthorizationError, reason=R.CLAIM_MISMATCH):
+    pass
 
 
-class RateLimited(RateLimitError):
-    reason = "rate_limited"
+class SpiffeIdNotAllowed(AuthorizationError, reason=R.SPIFFE_ID_NOT_ALLOWED):
+    element = "spiffe_ids"
 
 
-class ConcurrencyLimited(RateLimitError):
-    reason = "concurrency_limited"
+class RateLimitError(AuthzError, reason=R.RATE_LIMITED):
+    pass
 
 
-class DependencyError(AuthzError):
-    status = 503
-    reason = "dependency_unavailable"
+class RateLimited(RateLimitError, reason=R.RATE_LIMITED):
+    pass
 
 
-class RateLimitUnavailable(DependencyError):
+class ConcurrencyLimited(RateLimitError, reason=R.CONCURRENCY_LIMITED):
+    pass
+
+
+class DependencyError(AuthzError, reason=R.DEPENDENCY_UNAVAILABLE):
+    pass
+
+
+class RateLimitUnavailable(DependencyError, reason=R.RATE_LIMIT_UNAVAILABLE):
     """The shared rate-limit store cannot be reached and the rule fails closed."""
 
-    reason = "rate_limit_unavailable"
 
-
-class DecisionLogUnavailable(DependencyError):
+class DecisionLogUnavailable(DependencyError, reason=R.DECISION_LOG_UNAVAILABLE):
     """The decision log cannot take the record (queue full or writes failing) and the
     policy says ``decision_log.on_failure: deny``: a decision that cannot be recorded is
     not allowed. Never turned into an allow by monitor mode."""
 
-    reason = "decision_log_unavailable"
     headers = (("retry-after", "1"),)
+    monitorable = False
 
 
-class Overloaded(AuthzError):
+class Overloaded(AuthzError, reason=R.OVERLOADED):
     """Shed under overload: the route's priority class is below what is being served."""
 
-    status = 503
-    reason = "overloaded"
 
-
-class InternalError(AuthzError):
-    status = 500
-    reason = "internal_error"
+class InternalError(AuthzError, reason=R.INTERNAL_ERROR):
+    monitorable = False
+    monitorable_unrouted = False

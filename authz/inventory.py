@@ -29,13 +29,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from authz import reasons as R
 from authz.paths import path_shape
-
-if TYPE_CHECKING:
-    from authz.policy.config import PolicyConfig, RouteConfig
-    from authz.stages import Check, Context, Phase, Shared
+from authz.policy.config import RouteConfig
+from authz.stages import Check, Context, Load, Phase, Shared
 
 SHARED_NAME = "inventory"
 DEFAULT_CAPACITY = 2048
@@ -44,7 +42,7 @@ MAX_OUTCOMES = 16
 MAX_PATH = 256
 MAX_NAME = 64
 _SAMPLE = 8
-_UNDECLARED_REASONS = frozenset({"undeclared_route", "method_not_allowed"})
+_UNDECLARED_REASONS = frozenset({R.UNDECLARED_ROUTE.code, R.METHOD_NOT_ALLOWED.code})
 
 
 class HyperLogLog:
@@ -285,8 +283,8 @@ class InventoryStage:
     name = "inventory"
     phase: Phase = "observe"
 
-    def build(self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared) -> Check:
-        inventory = shared_inventory(shared)
+    def build(self, load: Load, route: RouteConfig | None) -> Check:
+        inventory = shared_inventory(load.shared)
 
         async def observe(ctx: Context) -> None:
             decision = ctx.decision

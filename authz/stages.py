@@ -1,17 +1,20 @@
-"""The stage pipeline: how a check (validation, rate limits, ...) joins the engine.
+"""The stage protocol: what a step of the decision pipeline is.
 
-A check is an async callable on a :class:`Context` that returns normally to let
-the request go on or raises an :class:`~authz.errors.AuthzError` to deny it. A
-:class:`StageFactory` builds a check at policy load, for the whole policy or for
-one route, and returns None where it has nothing to do, so a route pays only for
-the checks it uses. Adding a stage is a new module plus one line in
-:data:`STAGES`; the engine itself does not change.
+Every step of a decision is a :class:`Stage`: an object with a ``name``, a
+``phase`` and one ``check`` method on a :class:`Context`, which returns normally
+to let the request go on or raises an :class:`~authz.errors.AuthzError` to deny
+it. A :class:`StageFactory` builds a stage at policy load, for the whole policy
+or for one route, and returns None where it has nothing to do, so a route pays
+only for the stages it uses. The registry and the order of phases are in
+:mod:`authz.pipeline`; this module imports none of the implementations.
 
-Phases, in the order the engine runs them:
+Phases, in the order the engine runs them (:data:`authz.pipeline.PHASES`):
 
-- ``request``: once per policy, after the path is canonical and before routing
-  (cheap gates that must hold even for undeclared paths, e.g. per-address limits);
+- ``canonical``, ``request``, ``route``: once per policy, before a route is known
+  (the canonical path; cheap gates that must hold even for undeclared paths, e.g.
+  per-address limits; routing, which sets :attr:`Context.plan`);
 - ``pre``: per route, before identity (cheap gates before the costly stages);
+- ``identity``, ``authorize``: per route, who calls and whether they may;
 - ``post``: per route, after identity and authorization (schema, per-identity limits);
 - ``observe``: once per policy, after every decision (allow or deny, declared or not),
   with ``Context.decision`` set; it cannot change the decision and its errors are
@@ -22,33 +25,67 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from authz.model import ANONYMOUS, Decision, Identity, Request
 from authz.policy.config import PolicyConfig, RouteConfig
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
-Phase = Literal["request", "pre", "post", "observe"]
+Phase = Literal["canonical", "request", "route", "pre", "identity", "authorize", "post", "observe"]
 T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class Context:
-    """What the checks of one request share. Only the engine creates it."""
+    """What the stages of one request share. Only the engine creates it."""
 
     request: Request
     path: str  # canonical
     query: str  # raw, without '?'
     route: RouteConfig | None = None
+    #: The compiled plan of ``route`` (an :class:`authz.engine.RoutePlan`), set by routing.
+    plan: Any = None
     identity: Identity = ANONYMOUS
     #: Extra headers to set on the request sent upstream (allow only).
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     #: Extra headers for the client's response (on allow and on deny).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
-    #: The decision, for ``observe`` hooks only (None before it is made).
+    #: The decision, for ``observe`` stages only (None before it is made).
     decision: Decision | None = None
+    #: The decision record (an :class:`authz.record.DecisionRecord`), for ``observe``.
+    record: Any = None
 
 
 Check = Callable[[Context], Awaitable[None]]
+
+
+class Stage(Protocol):
+    """One named step of the pipeline, built at policy load."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def phase(self) -> Phase: ...
+
+    async def check(self, ctx: Context) -> None:
+        """Return to let the request go on; raise an AuthzError to deny it."""
+
+    def element(self, ctx: Context) -> str:
+        """The policy element this stage applied to ``ctx`` (explain only; cheap, pure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStage:
+    """A stage whose check is a plain coroutine function (closures, test stages)."""
+
+    name: str
+    phase: Phase
+    check: Check
+    described: str = ""
+
+    def element(self, ctx: Context) -> str:
+        return self.described
 
 
 class Shared:
@@ -63,6 +100,8 @@ class Shared:
         self._objects: dict[str, object] = {}
         #: Decisions in flight right now (kept by the engine; read by load shedding).
         self.in_flight = 0
+        #: The metrics every policy and runtime of this process counts into.
+        self.metrics: Metrics = MemoryMetrics()
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)
@@ -75,27 +114,25 @@ class Shared:
         return list(self._objects.values())
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What a factory may use to build a stage: the policy being loaded and its parts."""
+
+    config: PolicyConfig
+    shared: Shared
+    #: provider name -> provider object (an :class:`authz.identity.base.IdentityProvider`)
+    providers: dict[str, Any]
+    #: the policy's router (an :class:`authz.routing.Router`)
+    router: Any
+    #: route name -> RoutePlan, filled in by the engine once the route stages are built
+    plans: dict[str, Any]
+
+
 class StageFactory(Protocol):
     name: str
     phase: Phase
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
-        """The check for this route (None for the ``request`` and ``observe`` phases), or
-        None if not needed."""
-
-
-def _registered() -> list[StageFactory]:
-    # Imported here: the stage modules import this one.
-    from authz.inventory import InventoryStage
-    from authz.ratelimit.stage import RATE_LIMIT_STAGES
-    from authz.validation.stage import ValidationStage
-
-    # Within the post phase, per-identity limits run before validation, so a caller
-    # over its quota never costs a body parse.
-    return [*RATE_LIMIT_STAGES, ValidationStage(), InventoryStage()]
-
-
-#: The registered stages, in the order they run within a phase.
-STAGES: list[StageFactory] = _registered()
+    def build(self, load: Load, route: RouteConfig | None) -> Stage | Check | None:
+        """The stage for this route (``route`` is None in the policy-wide phases), or
+        None if the route does not need it. A bare coroutine function is wrapped in a
+        :class:`FunctionStage` named after the factory."""

@@ -32,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authz import devissuer
-from authz.engine import CompiledPolicy, PolicyEngine, _one_credential
+from authz.core_stages import _one_credential
+from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
 from authz.policy.loader import load_policy
 

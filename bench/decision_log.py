@@ -136,8 +136,8 @@ def main() -> None:
         """The sink as it was: emit is deque.append (unbounded)."""
 
         def __init__(self) -> None:
-            self._queue: collections.deque[dict[str, Any]] = collections.deque()
-            self.emit = self._queue.append
+            self._queue: collections.deque[Any] = collections.deque()
+            self.emit = self.on_decision = self._queue.append
 
         def ready(self) -> bool:
             return True

@@ -268,8 +268,9 @@ def _in_process(
     class _Fixed:
         """An engine that answers one ready decision: the transport's cost alone."""
 
-        def __init__(self, decision: Any) -> None:
+        def __init__(self, decision: Any, metrics: Any) -> None:
             self.decision = decision
+            self.metrics = metrics  # the transport binds its counters here
 
         async def check(self, request: Any) -> Any:
             return self.decision
@@ -281,7 +282,7 @@ def _in_process(
 
             headers = {"host": "api.local", "x-api-key": KEY}
             request = to_request("GET", "/check/v1/orders/1", headers, b"")
-            engine = _Fixed(await engine.check(request))
+            engine = _Fixed(await engine.check(request), engine.metrics)
         variants = {
             "before": (before_module.HttpTransport(engine, "127.0.0.1:0"), before_module, plain),
             "after": (after_module.HttpTransport(engine, "127.0.0.1:0"), after_module, plain),

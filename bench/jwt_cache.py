@@ -57,7 +57,7 @@ class BeforeProvider(JwtProvider):
         if entry is not None:
             if self._clock() < entry[1]:
                 self._old.move_to_end(token)
-                self.cache_hits += 1
+                self._cache_hit.inc()
                 return entry[0]
             del self._old[token]
         identity, valid_until = await self.verify(token)

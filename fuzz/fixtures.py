@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from authz import devissuer
-from authz.audit.sink import NullSink
+from authz.audit.sink import NullSink, Record
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.identity.jwt import JwtProvider
 from authz.policy.config import JwtProviderConfig
@@ -97,8 +97,10 @@ class CountingSink(NullSink):
     def __init__(self) -> None:
         self.records = 0
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: Record) -> None:
         self.records += 1
+
+    on_decision = emit
 
 
 @dataclass

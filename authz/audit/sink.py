@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
+from authz.record import DecisionRecord, log_fields
+
 log = logging.getLogger("authz.audit")
 
 #: Records serialised and written per write call.
@@ -64,10 +66,18 @@ DROP_REPORT_INTERVAL = 5.0
 RETRY_INTERVAL = 0.25
 
 
-class DecisionSink(Protocol):
-    """Where decision records go. ``emit`` is on the request path."""
+#: A decision record as the engine builds it, or a plain dict (tests, tools).
+Record = DecisionRecord | dict[str, Any]
 
-    def emit(self, record: dict[str, Any]) -> None:
+
+class DecisionSink(Protocol):
+    """Where decision records go: a :class:`~authz.record.DecisionListener` with a
+    bound and a health. ``emit`` (``on_decision``) is on the request path."""
+
+    def on_decision(self, record: DecisionRecord) -> None:
+        """The listener entry point: the same as :meth:`emit`."""
+
+    def emit(self, record: Record) -> None:
         """Take one decision record; must not block on I/O (a full sink counts and
         drops it after at most its configured wait)."""
 
@@ -85,13 +95,18 @@ class DecisionSink(Protocol):
 
 
 class MemorySink:
-    """Keeps records in a list: for tests and the CLI."""
+    """Keeps records in a list (as dicts of their fields): for tests and the CLI."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        #: the records as emitted
+        self.values: list[Record] = []
 
-    def emit(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
+    def emit(self, record: Record) -> None:
+        self.values.append(record)
+        self.records.append(record.as_dict() if isinstance(record, DecisionRecord) else record)
+
+    on_decision = emit
 
     def ready(self) -> bool:
         return True
@@ -109,8 +124,10 @@ class MemorySink:
 class NullSink:
     """Records nothing (``--decision-log off``): always ready."""
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: Record) -> None:
         return None
+
+    on_decision = emit
 
     def ready(self) -> bool:
         return True
@@ -166,8 +183,9 @@ def _describe(exc: BaseException) -> str:
 class JsonLinesSink:
     """One JSON object per line to a stream (stdout by default) or a file.
 
-    The record's unix ``time`` is written as RFC 3339 and a float ``latency_ms``
-    rounded to microseconds, both in the writer thread, not per request. See the
+    A record is serialised as built (:func:`authz.record.log_fields`: its unix
+    ``time`` as RFC 3339, ``latency_ms`` rounded to microseconds), in the writer
+    thread, not per request; the record itself is never changed. See the
     module docstring for the bound, the failure handling and the counters.
     """
 
@@ -202,7 +220,7 @@ class JsonLinesSink:
             self._regular = stat.S_ISREG(st.st_mode)
             if self._regular and st.st_size:
                 self._terminate_last_line(st.st_size)
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[Record] = collections.deque()
         self._max = max_queue
         self._limit = max_queue  # room left for the queue: max minus the batch in flight
         self._block = block_ms / 1000
@@ -243,11 +261,13 @@ class JsonLinesSink:
 
     # -- the request path --------------------------------------------------------------
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: Record) -> None:
         if len(self._queue) < self._limit:
             self._queue.append(record)
         else:
             self._overflow(record)
+
+    on_decision = emit
 
     def ready(self) -> bool:
         if self._writable and len(self._queue) < self._limit:
@@ -288,7 +308,7 @@ class JsonLinesSink:
         )
         return False
 
-    def _overflow(self, record: dict[str, Any]) -> None:
+    def _overflow(self, record: Record) -> None:
         if not self._overflowing and self._wait_for_room():
             self._queue.append(record)
             return
@@ -374,14 +394,8 @@ class JsonLinesSink:
             lines = []
             for _ in range(n):
                 rec = pop()
-                when = rec.get("time")
-                if isinstance(when, float | int):
-                    rec["time"] = rfc3339(when)
-                latency = rec.get("latency_ms")
-                if isinstance(latency, float):
-                    rec["latency_ms"] = round(latency, 3)
                 try:
-                    lines.append(_ENCODE(rec))
+                    lines.append(_ENCODE(log_fields(rec, rfc3339)))
                 except (TypeError, ValueError):  # pragma: no cover - records are flat
                     self._unwritable += 1
                     log.error("decision log: a record could not be serialised; dropped")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from authz import reasons as R
 from authz.errors import InvalidApiKey, MultipleCredentials
 from authz.identity.base import Clock, StaticProvider
 from authz.model import Identity, Request
@@ -50,14 +51,14 @@ class ApiKeyProvider(StaticProvider):
             return None
         value = value.strip()
         if not value:
-            raise InvalidApiKey("empty API key", reason="api_key_unknown")
+            raise InvalidApiKey("empty API key", reason=R.API_KEY_UNKNOWN)
         if "," in value:  # Envoy joins repeated headers with ","
             raise MultipleCredentials("more than one API key")
         digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
         found = self._keys.get(digest)
         if found is None:
-            raise InvalidApiKey("unknown API key", reason="api_key_unknown")
+            raise InvalidApiKey("unknown API key", reason=R.API_KEY_UNKNOWN)
         key, identity = found
         if key.expires_at is not None and self._clock() >= key.expires_at:
-            raise InvalidApiKey("API key expired", reason="api_key_expired")
+            raise InvalidApiKey("API key expired", reason=R.API_KEY_EXPIRED)
         return identity

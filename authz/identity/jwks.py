@@ -36,9 +36,11 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from authz import reasons as R
 from authz.errors import DependencyError, InvalidToken
 from authz.identity.base import Clock, Fetcher
 from authz.policy.config import JwtProviderConfig
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 logger = logging.getLogger("authz.jwks")
 
@@ -369,7 +371,7 @@ class JwksCache:
       callers share the refresh in flight.
     * While the issuer is unreachable the last good keys serve for ``jwks_stale_ttl``
       after their last successful fetch; past that, lookups raise
-      ``DependencyError(reason="jwks_unavailable")``.
+      ``DependencyError(reason=R.JWKS_UNAVAILABLE)``.
     * With no usable keys (never loaded, or stale) retries back off from 1 s up to
       ``jwks_refresh_interval``, so that a service recovers soon after its issuer.
     * A refresh that brings a key unchanged (same kid and material) keeps the same
@@ -390,7 +392,20 @@ class JwksCache:
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
         poll_interval: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        m = metrics if metrics is not None else MemoryMetrics()
+        by, name = ("provider",), config.name
+        self._fetches = m.counter("authz_jwks_fetches_total", "key set fetches", by).labels(name)
+        self._failures = m.counter(
+            "authz_jwks_failures_total", "key set fetches that failed", by
+        ).labels(name)
+        self._unknown_kid = m.counter(
+            "authz_jwks_unknown_kid_refreshes_total", "refreshes for an unknown kid", by
+        ).labels(name)
+        self._suppressed = m.counter(
+            "authz_jwks_suppressed_refreshes_total", "unknown-kid refreshes not made (cooldown)", by
+        ).labels(name)
         sources = sum((config.jwks_file is not None, config.jwks_uri is not None, config.discovery))
         if sources != 1:
             raise ValueError(
@@ -423,15 +438,28 @@ class JwksCache:
         self._jwks_uri: str | None = config.jwks_uri  # discovery fills it in
         self._file_stamp: tuple[int, int] | None = None
         self._consecutive_failures = 0
-        #: Documents actually loaded (HTTP GETs of the JWKS, or file reads).
-        self.fetches = 0
-        #: Refresh attempts that failed (the previous keys were kept).
-        self.failures = 0
-        #: Refreshes caused by a token with an unknown kid.
-        self.unknown_kid_refreshes = 0
-        #: Unknown-kid lookups that caused no refresh of their own (rate limit, or
-        #: they joined a refresh already in flight).
-        self.suppressed_refreshes = 0
+
+    # Counters (in the metrics, per provider name): documents actually loaded (HTTP
+    # GETs of the JWKS, or file reads); refresh attempts that failed (the previous
+    # keys were kept); refreshes caused by a token with an unknown kid; unknown-kid
+    # lookups that caused no refresh of their own (rate limit, or they joined a
+    # refresh already in flight).
+
+    @property
+    def fetches(self) -> int:
+        return int(getattr(self._fetches, "value", 0))
+
+    @property
+    def failures(self) -> int:
+        return int(getattr(self._failures, "value", 0))
+
+    @property
+    def unknown_kid_refreshes(self) -> int:
+        return int(getattr(self._unknown_kid, "value", 0))
+
+    @property
+    def suppressed_refreshes(self) -> int:
+        return int(getattr(self._suppressed, "value", 0))
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -479,8 +507,8 @@ class JwksCache:
         """The key a token with header ``kid`` (and ``alg``) must be verified with.
 
         A token without ``kid`` is accepted only when exactly one key is compatible
-        with ``alg``. Raises ``InvalidToken(reason="token_unknown_kid")`` or
-        ``DependencyError(reason="jwks_unavailable")``.
+        with ``alg``. Raises ``InvalidToken(reason=R.TOKEN_UNKNOWN_KID)`` or
+        ``DependencyError(reason=R.JWKS_UNAVAILABLE)``.
         """
         now = self._clock()
         if not self._usable(now):
@@ -488,7 +516,7 @@ class JwksCache:
                 await self.refresh()
             if not self._usable(self._clock()):
                 raise DependencyError(
-                    f"no usable keys for issuer {self.config.issuer}", reason="jwks_unavailable"
+                    f"no usable keys for issuer {self.config.issuer}", reason=R.JWKS_UNAVAILABLE
                 )
 
         found = self._lookup(kid, alg)
@@ -499,20 +527,20 @@ class JwksCache:
             return found
         if kid is None and alg is not None and self._count_compatible(alg) > 1:
             # Several candidates: a refresh cannot make the choice unambiguous.
-            raise InvalidToken("token has no kid and several keys fit", reason="token_unknown_kid")
+            raise InvalidToken("token has no kid and several keys fit", reason=R.TOKEN_UNKNOWN_KID)
 
         if self._inflight is not None:
-            self.suppressed_refreshes += 1
+            self._suppressed.inc()
             await self.refresh()
         elif self._refresh_allowed(self._clock()):
-            self.unknown_kid_refreshes += 1
+            self._unknown_kid.inc()
             await self.refresh()
         else:
-            self.suppressed_refreshes += 1
-            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+            self._suppressed.inc()
+            raise InvalidToken(f"unknown key id {kid!r}", reason=R.TOKEN_UNKNOWN_KID)
         found = self._lookup(kid, alg)
         if found is None:
-            raise InvalidToken(f"unknown key id {kid!r}", reason="token_unknown_kid")
+            raise InvalidToken(f"unknown key id {kid!r}", reason=R.TOKEN_UNKNOWN_KID)
         return found
 
     def _lookup(self, kid: str | None, alg: str | None) -> JwkKey | None:
@@ -576,7 +604,7 @@ class JwksCache:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure mode of I/O and parsing; never raw
-            self.failures += 1
+            self._failures.inc()
             self._consecutive_failures += 1
             logger.warning(
                 "provider %s: refreshing keys failed (keeping %d previous keys): %s",
@@ -637,7 +665,7 @@ class JwksCache:
                 # The issuer may have moved its keys; discover again next time.
                 self._jwks_uri = None
             raise
-        self.fetches += 1
+        self._fetches.inc()
         return self._parse(data, uri)
 
     def _load_file(self, path: str) -> list[JwkKey] | None:
@@ -649,7 +677,7 @@ class JwksCache:
             data = f.read(MAX_DOCUMENT_BYTES + 1)
         if len(data) > MAX_DOCUMENT_BYTES:
             raise ValueError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes")
-        self.fetches += 1
+        self._fetches.inc()
         keys = self._parse(data, path)
         self._file_stamp = stamp
         return keys

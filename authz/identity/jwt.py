@@ -27,11 +27,14 @@ from urllib.parse import unquote
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
+from authz import reasons as R
 from authz.errors import InvalidToken, MultipleCredentials
 from authz.identity.base import Clock, Fetcher
 from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
+from authz.reasons import Reason
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 #: Longest token looked at; real tokens are far smaller, and this bounds the work
 #: (and cache memory) an attacker can cause per request.
@@ -48,29 +51,29 @@ _B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _B64_INDEX = {c: i for i, c in enumerate(_B64URL_ALPHABET)}
 
 
-def _fail(reason: str, detail: str) -> NoReturn:
+def _fail(reason: Reason, detail: str) -> NoReturn:
     raise InvalidToken(detail, reason=reason)
 
 
 def _b64decode(segment: str, name: str) -> bytes:
     rem = len(segment) % 4
     if rem == 1:
-        _fail("token_malformed", f"bad base64url length in {name}")
+        _fail(R.TOKEN_MALFORMED, f"bad base64url length in {name}")
     if rem:
         # Unused low bits of the last character must be zero, else several strings
         # would decode to the same bytes (a cache key and a token id would differ).
         mask = 0x0F if rem == 2 else 0x03
         if _B64_INDEX[segment[-1]] & mask:
-            _fail("token_malformed", f"non-canonical base64url in {name}")
+            _fail(R.TOKEN_MALFORMED, f"non-canonical base64url in {name}")
     try:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
-        _fail("token_malformed", f"bad base64url in {name}")
+        _fail(R.TOKEN_MALFORMED, f"bad base64url in {name}")
 
 
 def _reject_constant(name: str) -> NoReturn:
     # json accepts NaN and Infinity, which would defeat every time comparison.
-    _fail("token_malformed", f"non-finite number {name} in token")
+    _fail(R.TOKEN_MALFORMED, f"non-finite number {name} in token")
 
 
 def _json_object(segment: str, name: str) -> dict[str, Any]:
@@ -80,13 +83,13 @@ def _json_object(segment: str, name: str) -> dict[str, Any]:
     except InvalidToken:
         raise
     except (ValueError, RecursionError):
-        _fail("token_malformed", f"{name} is not JSON")
+        _fail(R.TOKEN_MALFORMED, f"{name} is not JSON")
     if not isinstance(value, dict):
-        _fail("token_malformed", f"{name} is not a JSON object")
+        _fail(R.TOKEN_MALFORMED, f"{name} is not a JSON object")
     if b"\\u" in raw and _LONE_SURROGATE.search(raw) and not _encodable(value):
         # JSON may escape a lone UTF-16 surrogate ("\ud800"); no UTF-8 text holds one,
         # so a claim with it could not be put in a header, a log line or a sketch.
-        _fail("token_malformed", f"{name} holds a lone surrogate")
+        _fail(R.TOKEN_MALFORMED, f"{name} holds a lone surrogate")
     return value
 
 
@@ -109,13 +112,13 @@ def _number(payload: dict[str, Any], claim: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail("token_malformed", f"claim {claim} is not a number")
+        _fail(R.TOKEN_MALFORMED, f"claim {claim} is not a number")
     try:
         number = float(value)
     except OverflowError:
-        _fail("token_malformed", f"claim {claim} is out of range")
+        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
     if not math.isfinite(number):
-        _fail("token_malformed", f"claim {claim} is out of range")
+        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
     return number
 
 
@@ -147,7 +150,7 @@ def parse_authorization(value: str, *, dedicated: bool) -> str | None:
         return words[1]
     if len(words) > 2:
         raise MultipleCredentials("more than one token after 'Bearer'")
-    _fail("token_malformed", "'Bearer' without a token")
+    _fail(R.TOKEN_MALFORMED, "'Bearer' without a token")
 
 
 def bearer_presented(value: str, *, dedicated: bool) -> bool:
@@ -167,7 +170,7 @@ def bearer_presented(value: str, *, dedicated: bool) -> bool:
 def _not_bearer(dedicated: bool) -> None:
     # Another scheme in a header that only this provider reads is a bad credential.
     if dedicated:
-        _fail("token_malformed", "expected 'Bearer <token>'")
+        _fail(R.TOKEN_MALFORMED, "expected 'Bearer <token>'")
 
 
 def _query_has_access_token(path: str) -> bool:
@@ -206,7 +209,7 @@ class _Verified:
 class JwtProvider:
     """Verifies ``Bearer`` JWTs from one issuer; implements ``IdentityProvider``.
 
-    ``verifications`` and ``cache_hits`` are plain int counters for metrics.
+    ``verifications`` and ``cache_hits`` read its counters in the metrics.
     """
 
     kind = "jwt"
@@ -218,11 +221,13 @@ class JwtProvider:
         *,
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self._clock = clock
-        self.jwks = JwksCache(config, clock=clock, fetcher=fetcher)
+        m = metrics if metrics is not None else MemoryMetrics()
+        self.jwks = JwksCache(config, clock=clock, fetcher=fetcher, metrics=m)
         self._header = config.header.lower()
         self._dedicated = self._header != "authorization"
         self._carrier = "header:" + self._header
@@ -236,8 +241,23 @@ class JwtProvider:
         }
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._cache_size = max(0, config.cache_size)
-        self.verifications = 0
-        self.cache_hits = 0
+        by = ("provider",)
+        self._verified = m.counter(
+            "authz_jwt_verifications_total", "JWTs verified (signature and claims)", by
+        ).labels(config.name)
+        self._cache_hit = m.counter(
+            "authz_jwt_cache_hits_total", "JWTs answered from the verified-token cache", by
+        ).labels(config.name)
+
+    @property
+    def verifications(self) -> int:
+        """JWTs verified in full (from the metrics, per provider name)."""
+        return int(getattr(self._verified, "value", 0))
+
+    @property
+    def cache_hits(self) -> int:
+        """JWTs answered from the cache (from the metrics, per provider name)."""
+        return int(getattr(self._cache_hit, "value", 0))
 
     @property
     def cached(self) -> int:
@@ -286,13 +306,13 @@ class JwtProvider:
             jwks = self.jwks
             if now < entry.deadline and entry.generation == jwks.generation:
                 self._cache.move_to_end(token)
-                self.cache_hits += 1
+                self._cache_hit.inc()
                 return entry.identity
             if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
                 # Refreshed or rotated since, and the key is still served (O(1)).
                 entry.bind(jwks)
                 self._cache.move_to_end(token)
-                self.cache_hits += 1
+                self._cache_hit.inc()
                 return entry.identity
             # Expired, keys stale, or its key rotated out or revoked: verify again,
             # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
@@ -310,17 +330,17 @@ class JwtProvider:
         """Verify ``token`` fully (no cache); the identity and the time it stops being valid.
 
         Raises :class:`InvalidToken` with one of the ``token_*`` reasons, or
-        ``DependencyError(reason="jwks_unavailable")`` from the key set.
+        ``DependencyError(reason=R.JWKS_UNAVAILABLE)`` from the key set.
         """
         verified = await self._verify(token)
         return verified.identity, verified.valid_until
 
     async def _verify(self, token: str) -> _Verified:
-        self.verifications += 1
+        self._verified.inc()
         if len(token) > MAX_TOKEN_LENGTH:
-            _fail("token_malformed", "token too long")
+            _fail(R.TOKEN_MALFORMED, "token too long")
         if _COMPACT.fullmatch(token) is None:
-            _fail("token_malformed", "not a compact JWS (three base64url parts)")
+            _fail(R.TOKEN_MALFORMED, "not a compact JWS (three base64url parts)")
         header_b64, payload_b64, signature_b64 = token.split(".")
         header = _json_object(header_b64, "header")
         payload = _json_object(payload_b64, "payload")
@@ -328,45 +348,45 @@ class JwtProvider:
 
         alg = header.get("alg")
         if not isinstance(alg, str) or not alg:
-            _fail("token_algorithm_not_allowed", "alg missing")
+            _fail(R.TOKEN_ALGORITHM_NOT_ALLOWED, "alg missing")
         algorithm = self._algorithms.get(alg)
         if algorithm is None:
-            _fail("token_algorithm_not_allowed", f"alg {alg[:20]!r} not allowed")
+            _fail(R.TOKEN_ALGORITHM_NOT_ALLOWED, f"alg {alg[:20]!r} not allowed")
         forbidden = FORBIDDEN_HEADERS.intersection(header)
         if forbidden:
-            _fail("token_header_forbidden", f"header {sorted(forbidden)[0]!r} not accepted")
+            _fail(R.TOKEN_HEADER_FORBIDDEN, f"header {sorted(forbidden)[0]!r} not accepted")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            _fail("token_malformed", "kid is not a string")
+            _fail(R.TOKEN_MALFORMED, "kid is not a string")
         if algorithm_family(alg) == "oct" and not any(k.family == "oct" for k in self.jwks.keys):
             # An HMAC token for an issuer with only asymmetric keys is the classic key
             # confusion attempt; refuse it before it can trigger an unknown-kid refresh.
-            _fail("token_algorithm_not_allowed", f"alg {alg} but the issuer has no HMAC keys")
+            _fail(R.TOKEN_ALGORITHM_NOT_ALLOWED, f"alg {alg} but the issuer has no HMAC keys")
 
         jwk = await self.jwks.key_for(kid, alg)
         # No await from here on: the key set cannot change before the entry is made.
         # Key confusion: an HS* token must never be checked with an RSA/EC key used
         # as an HMAC secret, nor an RS token with a PS-only key and so on.
         if not jwk.compatible(alg):
-            _fail("token_algorithm_not_allowed", f"alg {alg} does not fit key {kid!r}")
+            _fail(R.TOKEN_ALGORITHM_NOT_ALLOWED, f"alg {alg} does not fit key {kid!r}")
         try:
             key = algorithm.prepare_key(jwk.key)
         except Exception:  # PyJWT InvalidKeyError/TypeError: e.g. ES384 with a P-256 key
-            _fail("token_algorithm_not_allowed", f"alg {alg} does not fit key {kid!r}")
+            _fail(R.TOKEN_ALGORITHM_NOT_ALLOWED, f"alg {alg} does not fit key {kid!r}")
         signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
         try:
             valid = algorithm.verify(signing_input, key, signature)
         except Exception:  # malformed signature encodings raise in some algorithms
             valid = False
         if not valid:
-            _fail("token_bad_signature", "signature verification failed")
+            _fail(R.TOKEN_BAD_SIGNATURE, "signature verification failed")
         identity, valid_until = self._check_claims(payload)
         return _Verified(identity, valid_until, jwk, self.jwks)
 
     def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
         config = self.config
         if payload.get("iss") != config.issuer:
-            _fail("token_wrong_issuer", "issuer does not match")
+            _fail(R.TOKEN_WRONG_ISSUER, "issuer does not match")
         aud = payload.get("aud")
         if isinstance(aud, str):
             aud_ok = aud in self._audiences
@@ -375,28 +395,28 @@ class JwtProvider:
         else:
             aud_ok = False
         if not aud_ok:
-            _fail("token_wrong_audience", "audience not accepted")
+            _fail(R.TOKEN_WRONG_AUDIENCE, "audience not accepted")
 
         now = self._clock()
         leeway = config.leeway
         exp = _number(payload, "exp")
         if exp is None:
-            _fail("token_missing_exp", "exp missing")
+            _fail(R.TOKEN_MISSING_EXP, "exp missing")
         if now >= exp + leeway:
-            _fail("token_expired", "token expired")
+            _fail(R.TOKEN_EXPIRED, "token expired")
         nbf = _number(payload, "nbf")
         if nbf is not None and nbf > now + leeway:
-            _fail("token_not_yet_valid", "nbf in the future")
+            _fail(R.TOKEN_NOT_YET_VALID, "nbf in the future")
         iat = _number(payload, "iat")
         if iat is not None and iat > now + leeway:
-            _fail("token_not_yet_valid", "iat in the future")
+            _fail(R.TOKEN_NOT_YET_VALID, "iat in the future")
         start = iat if iat is not None else nbf if nbf is not None else now
         if exp - start > config.max_lifetime + leeway:
-            _fail("token_lifetime_too_long", "token lifetime exceeds the maximum")
+            _fail(R.TOKEN_LIFETIME_TOO_LONG, "token lifetime exceeds the maximum")
 
         sub = payload.get("sub")
         if not isinstance(sub, str) or not sub:
-            _fail("token_missing_subject", "sub missing")
+            _fail(R.TOKEN_MISSING_SUBJECT, "sub missing")
         identity = Identity(
             kind="jwt",
             subject=sub,
@@ -418,4 +438,4 @@ class JwtProvider:
             return frozenset(value.split())
         if isinstance(value, list) and all(isinstance(s, str) for s in value):
             return frozenset(s for s in value if s)
-        _fail("token_malformed", f"claim {self.config.scope_claim} is neither string nor list")
+        _fail(R.TOKEN_MALFORMED, f"claim {self.config.scope_claim} is neither string nor list")

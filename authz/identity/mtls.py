@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
+from authz import reasons as R
 from authz.errors import InvalidPeerIdentity
 from authz.identity.base import StaticProvider
 from authz.model import Identity, Request
@@ -94,10 +95,10 @@ class MtlsProvider(StaticProvider):
         try:
             domain, _ = parse_spiffe_id(principal)
         except ValueError as exc:
-            raise InvalidPeerIdentity(str(exc), reason="peer_identity_invalid") from exc
+            raise InvalidPeerIdentity(str(exc), reason=R.PEER_IDENTITY_INVALID) from exc
         if domain not in self._trust_domains:
             raise InvalidPeerIdentity(
-                "peer trust domain not trusted", reason="untrusted_trust_domain"
+                "peer trust domain not trusted", reason=R.UNTRUSTED_TRUST_DOMAIN
             )
         identity = Identity(
             kind="mtls",

@@ -13,15 +13,20 @@ from authz.policy.config import (
     MtlsProviderConfig,
     ProviderConfig,
 )
+from authz.telemetry.metrics import Metrics
 
 
 def build_provider(
-    config: ProviderConfig, *, clock: Clock = time.time, fetcher: Fetcher | None = None
+    config: ProviderConfig,
+    *,
+    clock: Clock = time.time,
+    fetcher: Fetcher | None = None,
+    metrics: Metrics | None = None,
 ) -> IdentityProvider:
     if isinstance(config, JwtProviderConfig):
         from authz.identity.jwt import JwtProvider
 
-        return JwtProvider(config, clock=clock, fetcher=fetcher)
+        return JwtProvider(config, clock=clock, fetcher=fetcher, metrics=metrics)
     if isinstance(config, MtlsProviderConfig):
         return MtlsProvider(config)
     if isinstance(config, ApiKeyProviderConfig):

@@ -6,5 +6,5 @@
 - :mod:`.batched`: local counting against Redis with periodic sync (bounded error).
 - :mod:`.keys`: bucket keys from a request (client address through trusted hops).
 - :mod:`.overload`: decisions in flight and the operator's overload signal.
-- :mod:`.stage`: the stages that join the engine (:data:`authz.stages.STAGES`).
+- :mod:`.stage`: the stages that join the engine (:data:`authz.pipeline.STAGES`).
 """

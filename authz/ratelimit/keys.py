@@ -19,10 +19,8 @@ import hashlib
 import ipaddress
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from authz.stages import Context
+from authz.stages import Context
 
 KeyPart = Callable[["Context"], str]
 SEPARATOR = "\x1f"

@@ -32,10 +32,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authz.errors import ConcurrencyLimited, Overloaded, RateLimited, RateLimitUnavailable
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import RouteConfig
 from authz.policy.ratelimit_config import (
     MEMORY_STORE,
     RateLimitConfig,
@@ -48,9 +48,8 @@ from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key
 from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
 from authz.ratelimit.overload import RANK, OverloadMonitor
 from authz.ratelimit.redis_store import RedisStore
-
-if TYPE_CHECKING:  # authz.stages registers these stages: no import back at run time
-    from authz.stages import Check, Context, Phase, Shared
+from authz.stages import Check, Context, Load, Phase, Shared
+from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -70,19 +69,42 @@ def phase_of(rule: RuleConfig) -> Phase:
 # --------------------------------------------------------------------------- shared state
 
 
-@dataclass(slots=True)
+#: Series of the rule counters: five per rule, rules are bounded by the policy file.
+MAX_RULE_SERIES = 5 * 2048
+#: What a rule counts, each a series of ``authz_ratelimit_rule_total{rule, outcome}``:
+#: admitted; limited; shadow_limited (a shadow rule would have denied); fell_back
+#: (decided by a local bucket: the shared store was down); unavailable (denied 503:
+#: the shared store was down and the rule fails closed).
+RULE_OUTCOMES = ("admitted", "limited", "shadow_limited", "fell_back", "unavailable")
+
+
 class RuleCounters:
-    admitted: int = 0
-    limited: int = 0
-    shadow_limited: int = 0  # a shadow rule would have denied
-    fell_back: int = 0  # decided by a local bucket: the shared store was down
-    unavailable: int = 0  # denied 503: the shared store was down and the rule fails closed
+    """The pre-bound counters of one rule (in the metrics)."""
+
+    __slots__ = RULE_OUTCOMES
+
+    def __init__(self, metrics: Metrics, rule: str) -> None:
+        family = metrics.counter(
+            "authz_ratelimit_rule_total",
+            "rate-limit rule outcomes",
+            ("rule", "outcome"),
+            max_series=MAX_RULE_SERIES,
+        )
+        self.admitted: Counter = family.labels(rule, "admitted")
+        self.limited: Counter = family.labels(rule, "limited")
+        self.shadow_limited: Counter = family.labels(rule, "shadow_limited")
+        self.fell_back: Counter = family.labels(rule, "fell_back")
+        self.unavailable: Counter = family.labels(rule, "unavailable")
+
+    def values(self) -> dict[str, int]:
+        return {o: int(getattr(getattr(self, o), "value", 0)) for o in RULE_OUTCOMES}
 
 
 class RateLimitRuntime:
     """Stores, counters and the overload monitor; one per process, kept across reloads."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else MemoryMetrics()
         self.memory = MemoryStore()
         self.redis: dict[RedisStoreConfig, RedisStore] = {}
         self.batched: dict[RedisStoreConfig, BatchedStore] = {}
@@ -94,7 +116,7 @@ class RateLimitRuntime:
 
     @staticmethod
     def of(shared: Shared) -> RateLimitRuntime:
-        return shared.get(SHARED_NAME, RateLimitRuntime)
+        return shared.get(SHARED_NAME, lambda: RateLimitRuntime(shared.metrics))
 
     def configure(self, config: RateLimitConfig) -> None:
         """Apply a (re)loaded policy's bound on in-process keys."""
@@ -117,7 +139,7 @@ class RateLimitRuntime:
     def counter(self, rule: str) -> RuleCounters:
         found = self.counters.get(rule)
         if found is None:
-            found = self.counters[rule] = RuleCounters()
+            found = self.counters[rule] = RuleCounters(self.metrics, rule)
         return found
 
     def redis_store(self, config: RedisStoreConfig) -> RedisStore:
@@ -141,16 +163,7 @@ class RateLimitRuntime:
             "redis": {cfg.name: store.stats() for cfg, store in self.redis.items()},
             "batched": {cfg.name: store.stats() for cfg, store in self.batched.items()},
             "overload": self.overload.stats(),
-            "rules": {
-                name: {
-                    "admitted": c.admitted,
-                    "limited": c.limited,
-                    "shadow_limited": c.shadow_limited,
-                    "fell_back": c.fell_back,
-                    "unavailable": c.unavailable,
-                }
-                for name, c in sorted(self.counters.items())
-            },
+            "rules": {name: c.values() for name, c in sorted(self.counters.items())},
         }
 
     def _start_stats_log(self) -> None:
@@ -280,11 +293,11 @@ class _Group:
         closed = [r for r in self.rules if not r.shadow and r.config.on_store_error == "deny"]
         if closed:
             for rule in closed:
-                rule.counters.unavailable += 1
+                rule.counters.unavailable.inc()
             seconds = str(max(math.ceil(exc.retry_after), 1))
             raise RateLimitUnavailable(str(exc), headers=(("retry-after", seconds),))
         for rule in self.rules:
-            rule.counters.fell_back += 1
+            rule.counters.fell_back.inc()
         items = [
             rule.memory_item(v, prefix="fallback" + SEPARATOR)
             for rule, v in zip(self.rules, values, strict=True)
@@ -417,7 +430,7 @@ class RateLimitCheck:
                 decided.append((rule, outcome))
                 if not outcome.allowed:
                     if rule.shadow:
-                        rule.counters.shadow_limited += 1
+                        rule.counters.shadow_limited.inc()
                     else:
                         denied = True
             if denied:
@@ -430,7 +443,7 @@ class RateLimitCheck:
         states = []
         for rule, outcome in decided:
             if not rule.shadow:
-                rule.counters.admitted += 1
+                rule.counters.admitted.inc()
                 reset = outcome.reset
                 t = math.ceil(reset - 1e-9) if reset > 0 else 0
                 states.append(f"{rule.state_prefix}{outcome.remaining};t={t}")
@@ -445,7 +458,7 @@ class RateLimitCheck:
     def _deny(self, ctx: Context, decided: list[tuple[CompiledRule, Outcome]]) -> None:
         denying = [(r, o) for r, o in decided if not o.allowed and not r.shadow]
         for rule, _ in denying:
-            rule.counters.limited += 1
+            rule.counters.limited.inc()
         retry = max(math.ceil(o.retry_after - 1e-9) for _, o in denying)
         if self.response_headers:
             policies = ", ".join(r.policy_item for r, _ in denying)
@@ -457,9 +470,17 @@ class RateLimitCheck:
             )
         headers = (("retry-after", str(max(retry, 1))),)
         names = ", ".join(r.name for r, _ in denying)
+        exc: ConcurrencyLimited | RateLimited
         if all(r.mode == LEASE for r, _ in denying):
-            raise ConcurrencyLimited(f"concurrency cap reached: {names}", headers=headers)
-        raise RateLimited(f"rate limit reached: {names}", headers=headers)
+            exc = ConcurrencyLimited(f"concurrency cap reached: {names}", headers=headers)
+        else:
+            exc = RateLimited(f"rate limit reached: {names}", headers=headers)
+        exc.element = f"rate_limits: {names}"
+        raise exc
+
+    def describe(self) -> str:
+        """The rules, for explain."""
+        return "rate_limits: " + ", ".join(r.name for r in self.rules)
 
 
 def _seconds(value: float) -> int:
@@ -481,9 +502,8 @@ class RateLimitStage:
     phase: Phase
     name: str = field(default="ratelimit")
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         config = policy.rate_limits
         rules = [r for r in config.rules if phase_of(r) == self.phase]
         if route is not None:
@@ -505,9 +525,8 @@ class ShedStage:
     name: str = "shed"
     phase: Phase = "pre"
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         overload = policy.rate_limits.overload
         if route is None or not overload.enabled or route.priority == "critical":
             return None

@@ -104,13 +104,20 @@ class AuthorizationServicer:
         self, engine: PolicyEngine, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._engine = engine
-        #: Calls whose message was not a CheckRequest (a plain counter until metrics).
-        self.invalid_requests = 0
+        #: Calls whose message was not a CheckRequest.
+        self._invalid = engine.metrics.counter(
+            "authz_grpc_invalid_requests_total", "gRPC calls whose message was not a CheckRequest"
+        ).labels()
         self._log_invalid = RateLimitedLog(log, clock=clock)
+
+    @property
+    def invalid_requests(self) -> int:
+        """Calls whose message was not a CheckRequest (from the metrics)."""
+        return int(getattr(self._invalid, "value", 0))
 
     async def Check(self, request: external_auth_pb2.CheckRequest | None, context: Any) -> bytes:
         if request is None:
-            self.invalid_requests += 1
+            self._invalid.inc()
             self._log_invalid(
                 "gRPC Check from %s: not a CheckRequest, answered INVALID_ARGUMENT (%d so far)",
                 context.peer(),

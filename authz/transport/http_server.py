@@ -499,7 +499,7 @@ class _Connection(asyncio.Protocol):
         """Answer ``status`` and close: at once when an answer is still owed before
         this one, else after a short linger that discards what the client still sends."""
         server = self._server
-        server.refused_requests[status] = server.refused_requests.get(status, 0) + 1
+        server.count_refused(status)
         transport = self._transport
         if transport is None:
             return
@@ -536,10 +536,10 @@ class _Connection(asyncio.Protocol):
             self._abort()
         elif phase == _IDLE:
             if not self._busy:  # a check in flight is not idleness
-                self._server.idle_closed += 1
+                self._server.idle_closed_counter.inc()
                 self._abort()
         else:
-            self._server.timed_out += 1
+            self._server.timed_out_counter.inc()
             if self._busy or self._queue:
                 self._abort()  # an answer is still owed first: just close
             else:
@@ -684,21 +684,56 @@ class HttpTransport:
         #: The sweep's clock (loop time, updated every sweep interval): what a
         #: connection stamps its phase with, so the request path never reads a clock.
         self.clock = 0.0
-        # Counters of what the transport refused or closed by itself.
-        self.refused_connections = 0
-        self.refused_checks = 0  # missing or wrong transport secret
-        self.refused_requests: dict[int, int] = {}  # status (400, 408, 414, 431, ...) -> count
-        self.timed_out = 0
-        self.idle_closed = 0
+        # Counters of what the transport refused or closed by itself (in the metrics).
+        m = engine.metrics
+        self._refused_connections = m.counter(
+            "authz_http_refused_connections_total", "connections closed at the connection cap"
+        ).labels()
+        self._refused_checks = m.counter(
+            "authz_http_refused_checks_total", "checks without the right transport secret"
+        ).labels()
+        self._refused_requests = m.counter(
+            "authz_http_refused_requests_total", "requests refused before a decision", ("status",)
+        )
+        #: status (400, 408, 414, 431, ...) -> count, as the metric holds it
+        self.refused_requests: dict[int, int] = {}
+        self.timed_out_counter = m.counter(
+            "authz_http_timed_out_total", "connections closed for a phase that lasted too long"
+        ).labels()
+        self.idle_closed_counter = m.counter(
+            "authz_http_idle_closed_total", "idle connections closed"
+        ).labels()
         self.closed_since_trim = 0
         self._trimmed_at = 0.0
         self._cap_log = _Throttled(log)
         self._secret_log = _Throttled(log)
 
+    @property
+    def refused_connections(self) -> int:
+        return int(getattr(self._refused_connections, "value", 0))
+
+    @property
+    def refused_checks(self) -> int:
+        return int(getattr(self._refused_checks, "value", 0))
+
+    @property
+    def timed_out(self) -> int:
+        return int(getattr(self.timed_out_counter, "value", 0))
+
+    @property
+    def idle_closed(self) -> int:
+        return int(getattr(self.idle_closed_counter, "value", 0))
+
+    def count_refused(self, status: int) -> None:
+        """One request refused with ``status`` before a decision."""
+        self._refused_requests.labels(str(status)).inc()
+        if status in self.refused_requests or len(self.refused_requests) < 32:
+            self.refused_requests[status] = self.refused_requests.get(status, 0) + 1
+
     def refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         """A connection beyond the cap: closed at once, counted, logged (throttled)."""
         transport.close()
-        self.refused_connections += 1
+        self._refused_connections.inc()
         self._cap_log.warning(
             "HTTP connection cap reached (%d open): closing new connections; "
             "raise --http-max-connections if this is legitimate load",
@@ -707,7 +742,7 @@ class HttpTransport:
 
     def refuse_check(self, peer: str, *, missing: bool) -> None:
         """A check without the right transport secret: counted, logged (throttled)."""
-        self.refused_checks += 1
+        self._refused_checks.inc()
         self._secret_log.warning(
             "HTTP check from %s refused (403): %s %s header; only the Envoy config "
             "generated with --http-secret-file sends it",

@@ -24,6 +24,7 @@ import re
 from itertools import accumulate
 from typing import Any
 
+from authz import reasons as R
 from authz.errors import ContractViolation
 from authz.policy.config import BodyLimits
 
@@ -75,7 +76,7 @@ _DECODER = json.JSONDecoder(
 
 
 def malformed(detail: str, pointer: str = "") -> ContractViolation:
-    return ContractViolation("body_malformed", detail, part="body", pointer=pointer)
+    return ContractViolation(R.BODY_MALFORMED, detail, part="body", pointer=pointer)
 
 
 def scan_structure(body: bytes, limits: BodyLimits) -> None:
@@ -89,13 +90,13 @@ def scan_structure(body: bytes, limits: BodyLimits) -> None:
         depth = max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)))
         if depth > limits.max_depth:
             raise ContractViolation(
-                "body_limit_exceeded", f"nesting deeper than {limits.max_depth}", part="body"
+                R.BODY_LIMIT_EXCEEDED, f"nesting deeper than {limits.max_depth}", part="body"
             )
     # Every member or item but the first of its container follows a comma.
     values = blanked.count(b",") + len(brackets)
     if values > limits.max_members:
         raise ContractViolation(
-            "body_limit_exceeded", f"more than {limits.max_members} values", part="body"
+            R.BODY_LIMIT_EXCEEDED, f"more than {limits.max_members} values", part="body"
         )
 
 
@@ -112,7 +113,7 @@ def parse_json(body: bytes, limits: BodyLimits) -> Any:
         value, end = _DECODER.raw_decode(text, _skip_ws(text, 0))
     except _Duplicate:
         raise ContractViolation(
-            "body_duplicate_key",
+            R.BODY_DUPLICATE_KEY,
             "duplicate key in an object",
             part="body",
             pointer=_duplicate_pointer(text),

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from authz.errors import ContractViolation
+from authz.reasons import Reason
 
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,30})\Z")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?\Z")
@@ -227,7 +228,7 @@ def group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def violation(reason: str, part: str, name: str, detail: str) -> ContractViolation:
+def violation(reason: Reason, part: str, name: str, detail: str) -> ContractViolation:
     from authz.validation.jsonbody import escape
 
     return ContractViolation(reason, detail, part=part, pointer="/" + escape(name)[:128])

@@ -21,13 +21,15 @@ declare are recorded in the inventory as drift before the checks run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
+from authz import reasons as R
 from authz.errors import BodyTooLarge, ContractViolation, UnsupportedMediaType
 from authz.inventory import Inventory, shared_inventory
 from authz.pathtemplate import LITERAL, REST, parse_template
 from authz.policy.config import FORM_MEDIA_TYPE, ContractConfig, Parameter, RouteConfig
+from authz.stages import Check, Context, Load, Phase
 from authz.validation.drift import undeclared_fields
 from authz.validation.jsonbody import parse_json
 from authz.validation.params import (
@@ -41,10 +43,6 @@ from authz.validation.params import (
     violation,
 )
 from authz.validation.schema import Validator, compile_text
-
-if TYPE_CHECKING:
-    from authz.policy.config import PolicyConfig
-    from authz.stages import Check, Context, Phase, Shared
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
@@ -86,18 +84,22 @@ class _Param:
             value = self.converter.convert(values)
         except DuplicateParameter:
             raise violation(
-                "parameter_duplicate", self.where, self.name, "given more than once"
+                R.PARAMETER_DUPLICATE, self.where, self.name, "given more than once"
             ) from None
         except NotConvertible:
             raise violation(
-                "parameter_invalid", self.where, self.name, "not of the declared type"
+                R.PARAMETER_INVALID, self.where, self.name, "not of the declared type"
             ) from None
         if self.validator is not None and not self.validator.is_valid(value):
-            raise violation("parameter_invalid", self.where, self.name, "does not match its schema")
+            raise violation(R.PARAMETER_INVALID, self.where, self.name, "does not match its schema")
 
 
 class ContractCheck:
     """The compiled contract of one route; calling it checks one request."""
+
+    def describe(self) -> str:
+        """For explain (a deny names its location instead)."""
+        return f"routes.{self.route.name}.contract"
 
     def __init__(
         self, route: RouteConfig, contract: ContractConfig, *, monitor: bool, inventory: Inventory
@@ -135,18 +137,18 @@ class ContractCheck:
         headers = request.headers
         body = request.body
         if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
-            raise BodyTooLarge("body_partial", "Envoy sent part of the body", part="body")
+            raise BodyTooLarge(R.BODY_PARTIAL, "Envoy sent part of the body", part="body")
         length = headers.get("content-length", "")
         declared_length = int(length) if length.isdigit() and len(length) < 16 else 0
         if len(body) > self.max_body or declared_length > self.max_body:
-            raise BodyTooLarge("body_too_large", f"more than {self.max_body} bytes", part="body")
+            raise BodyTooLarge(R.BODY_TOO_LARGE, f"more than {self.max_body} bytes", part="body")
         has_body = bool(body) or declared_length > 0 or "transfer-encoding" in headers
         kind = charset = ""
         if has_body:
             kind, charset = media_type(headers.get("content-type", ""))
             if kind not in self.types or charset not in ("", "utf-8"):
                 raise UnsupportedMediaType(
-                    "unsupported_media_type",
+                    R.UNSUPPORTED_MEDIA_TYPE,
                     "media type not allowed",
                     part="header",
                     pointer="/content-type",
@@ -158,13 +160,13 @@ class ContractCheck:
             return
         if not body:
             if self.body_required:
-                raise ContractViolation("body_missing", "a body is required", part="body")
+                raise ContractViolation(R.BODY_MISSING, "a body is required", part="body")
             return
         instance = self._read_body(body, kind)
         if not self.body.is_valid(instance):
             failure = self.body.first_failure(instance)
             pointer = failure.pointer if failure is not None else ""
-            reason = "body_unknown_field" if failure and failure.unknown_field else "body_invalid"
+            reason = R.BODY_UNKNOWN_FIELD if failure and failure.unknown_field else R.BODY_INVALID
             raise ContractViolation(
                 reason, "does not match the schema", part="body", pointer=pointer
             )
@@ -176,11 +178,11 @@ class ContractCheck:
             return group(parse_pairs(ctx.query, max_fields=self.limits.max_fields))
         except OverflowError:
             raise ContractViolation(
-                "query_malformed", "too many query parameters", part="query"
+                R.QUERY_MALFORMED, "too many query parameters", part="query"
             ) from None
         except ValueError:
             raise ContractViolation(
-                "query_malformed", "invalid escape or UTF-8", part="query"
+                R.QUERY_MALFORMED, "invalid escape or UTF-8", part="query"
             ) from None
 
     def _check_parameters(self, ctx: Context) -> None:
@@ -195,19 +197,19 @@ class ContractCheck:
                 values = given.get(name)
                 if values is None:
                     if param.required:
-                        raise violation("parameter_missing", "query", name, "required")
+                        raise violation(R.PARAMETER_MISSING, "query", name, "required")
                     continue
                 param.check(values)
             if self.deny_unknown_query:
                 for name in given:
                     if name not in self.query:
-                        raise violation("parameter_unknown", "query", name, "not declared")
+                        raise violation(R.PARAMETER_UNKNOWN, "query", name, "not declared")
         headers = ctx.request.headers
         for param in self.headers:
             value = headers.get(param.name)
             if value is None:
                 if param.required:
-                    raise violation("parameter_missing", "header", param.name, "required")
+                    raise violation(R.PARAMETER_MISSING, "header", param.name, "required")
                 continue
             param.check([value])
 
@@ -222,11 +224,11 @@ class ContractCheck:
             pairs = parse_pairs(text, max_fields=self.limits.max_fields)
         except OverflowError:
             raise ContractViolation(
-                "body_limit_exceeded", f"more than {self.limits.max_fields} fields", part="body"
+                R.BODY_LIMIT_EXCEEDED, f"more than {self.limits.max_fields} fields", part="body"
             ) from None
         except ValueError:
             raise ContractViolation(
-                "body_malformed", "invalid escape or UTF-8 in a form", part="body"
+                R.BODY_MALFORMED, "invalid escape or UTF-8 in a form", part="body"
             ) from None
         fields: dict[str, Any] = {}
         plain = Converter(scalar=())
@@ -236,11 +238,11 @@ class ContractCheck:
                 fields[name] = converter.convert(values)
             except DuplicateParameter:
                 raise violation(
-                    "body_duplicate_key", "body", name, "form field given twice"
+                    R.BODY_DUPLICATE_KEY, "body", name, "form field given twice"
                 ) from None
             except NotConvertible:
                 raise violation(
-                    "body_invalid", "body", name, "form field not of its type"
+                    R.BODY_INVALID, "body", name, "form field not of its type"
                 ) from None
         return fields
 
@@ -270,9 +272,8 @@ class ValidationStage:
     name = "validation"
     phase: Phase = "post"
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        policy, shared = load.config, load.shared
         if route is None or route.contract is None:
             return None
         mode = route.mode or policy.mode

@@ -14,10 +14,10 @@ import pytest
 
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Decision, Request
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import RouteConfig
 from authz.policy.loader import load_policy
 from authz.ratelimit.stage import RATE_LIMIT_STAGES, RateLimitRuntime
-from authz.stages import Check, Context, Shared
+from authz.stages import Check, Context, Load, Shared
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -281,9 +281,7 @@ class Gate:
         self.open = asyncio.Event()
         self.waiting = 0
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
         if route is None or route.name != "slow":
             return None
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import AuthzError
 from authz.model import Request
-from authz.policy.config import PolicyConfig, RouteConfig
+from authz.policy.config import RouteConfig
 from authz.policy.loader import load_policy
-from authz.stages import Check, Context, Shared
+from authz.stages import Check, Context, Load, Shared
 
 POLICY = """\
 routes:
@@ -32,9 +32,8 @@ class Recorder:
         self.calls = calls
         self.built: list[str] = []
 
-    def build(
-        self, policy: PolicyConfig, route: RouteConfig | None, shared: Shared
-    ) -> Check | None:
+    def build(self, load: Load, route: RouteConfig | None) -> Check | None:
+        shared = load.shared
         counter = shared.get("counter", lambda: [0])
         self.built.append(route.name if route else "<policy>")
 

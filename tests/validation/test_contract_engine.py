@@ -252,4 +252,4 @@ async def test_routes_without_contract_are_untouched(tmp_path: Path) -> None:
     engine = PolicyEngine(CompiledPolicy(load_policy(tmp_path / "p.yaml")))
     response = await run(engine, dict(method="POST", path="/x?a=1&a=2", body=b"\xff not json"))
     assert response.HasField("ok_response")
-    assert not engine.policy.plans["r"].post
+    assert not engine.policy.plans["r"].stages

@@ -1,0 +1,139 @@
+"""The stages every policy has: canonical path, route, identity and authorize.
+
+Registered, with the pluggable ones, in :mod:`authz.pipeline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authz.authorize import Authorizer
+from authz.errors import AuthzError, MissingCredential, MultipleCredentials
+from authz.identity.base import IdentityProvider
+from authz.model import Request
+from authz.paths import canonicalize
+from authz.policy.config import RouteConfig
+from authz.routing import Router
+from authz.stages import Context, Load, Phase
+
+
+class CanonicalPath:
+    """Sets ``ctx.path`` and ``ctx.query`` from the raw request target (400 invalid_path)."""
+
+    name = "canonical_path"
+    phase: Phase = "canonical"
+
+    async def check(self, ctx: Context) -> None:
+        ctx.path, ctx.query = canonicalize(ctx.request.path)
+
+    def element(self, ctx: Context) -> str:
+        return ctx.path
+
+
+class CanonicalPathStage:
+    name = "canonical_path"
+    phase: Phase = "canonical"
+
+    def build(self, load: Load, route: RouteConfig | None) -> CanonicalPath | None:
+        return CanonicalPath() if route is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Matches (host, method, canonical path) to a route and its plan (404/405)."""
+
+    router: Router
+    plans: dict[str, object]
+    name: str = "route"
+    phase: Phase = "route"
+
+    async def check(self, ctx: Context) -> None:
+        request = ctx.request
+        route = ctx.route = self.router.match(request.host, request.method, ctx.path)
+        ctx.plan = self.plans[route.name]
+
+    def element(self, ctx: Context) -> str:
+        return ctx.route.name if ctx.route is not None else ""
+
+
+class RouteStage:
+    name = "route"
+    phase: Phase = "route"
+
+    def build(self, load: Load, route: RouteConfig | None) -> Route | None:
+        return Route(load.router, load.plans) if route is None else None
+
+
+def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -> None:
+    """Raise MultipleCredentials if ``providers`` find credentials in two carriers."""
+    seen: str | None = None
+    for provider in providers:
+        where = provider.presented(request)
+        if where is not None and where != seen:
+            if seen is not None:
+                raise MultipleCredentials(f"credentials in both {seen} and {where}")
+            seen = where
+
+
+class Identify:
+    """Asks the route's providers in plan order; the first that does not abstain decides.
+
+    Reads the providers from ``ctx.plan`` (its ``providers`` and ``exclusive``, see
+    :func:`authz.engine.credential_plan`), so one object serves every route.
+    """
+
+    name = "identity"
+    phase: Phase = "identity"
+
+    async def check(self, ctx: Context) -> None:
+        plan = ctx.plan
+        request = ctx.request
+        if plan.exclusive:
+            _one_credential(plan.exclusive, request)
+        for provider in plan.providers:
+            try:
+                found = await provider.authenticate(request)
+            except AuthzError as exc:  # free unless raised: names the provider for explain
+                exc.element = provider.name
+                raise
+            if found is not None:
+                ctx.identity = found
+                return
+        raise MissingCredential("no credential")
+
+    def element(self, ctx: Context) -> str:
+        return ctx.identity.provider
+
+
+class IdentityStage:
+    name = "identity"
+    phase: Phase = "identity"
+
+    def build(self, load: Load, route: RouteConfig | None) -> Identify | None:
+        return Identify() if route is not None and route.providers else None
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Scopes, claims and SPIFFE IDs of the route against the proven identity (403)."""
+
+    authorizer: Authorizer
+    name: str = "authorize"
+    phase: Phase = "authorize"
+
+    async def check(self, ctx: Context) -> None:
+        self.authorizer.check(ctx.identity)
+
+    def element(self, ctx: Context) -> str:
+        return self.authorizer.describe()
+
+
+class AuthorizeStage:
+    name = "authorize"
+    phase: Phase = "authorize"
+
+    def build(self, load: Load, route: RouteConfig | None) -> Authorize | None:
+        if route is None or not route.providers:
+            return None
+        authorizer = Authorizer(route)
+        return Authorize(authorizer) if authorizer.rules() else None

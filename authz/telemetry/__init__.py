@@ -1,0 +1,1 @@
+"""Telemetry seams: metrics (:mod:`.metrics`); exporters come later."""
