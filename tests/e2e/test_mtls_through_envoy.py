@@ -149,9 +149,28 @@ def _direct_check(mtls: MtlsEnv, headers: dict[str, str]) -> tuple[int, dict[str
     return send("GET", f"http://{mtls.stack.authz_address}/check/internal/metrics", headers)
 
 
+def _direct_grpc_check(mtls: MtlsEnv, headers: dict[str, str]) -> int:
+    """A CheckRequest sent straight to the service's gRPC port; the deny status (0: allow)."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+    from authz.transport.envoy_grpc import build_check_request
+
+    request = build_check_request(
+        method="GET", path="/internal/metrics", host="api.local", headers=headers
+    )
+    with grpc.insecure_channel(mtls.stack.authz_address) as channel:
+        reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=10)
+    return 0 if reply.HasField("ok_response") else int(reply.denied_response.status.code)
+
+
 def test_forged_peer_principal_sent_past_envoy_is_refused(mtls: MtlsEnv) -> None:
     if mtls.stack.transport != "http":
-        pytest.skip("the gRPC transport reads no identity headers")
+        # The gRPC transport takes the peer only from the attributes Envoy fills in:
+        # a header claiming one is just a header, and the mTLS-only route stays shut.
+        forged = {"x-authz-peer-principal": PROMETHEUS, "x-forwarded-client-cert": PROMETHEUS}
+        assert _direct_grpc_check(mtls, forged) == 401
+        return
     secret = mtls.stack.http_secret
     assert secret is not None
     forged = {"x-authz-peer-principal": PROMETHEUS, "host": "api.local"}
