@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from authz.demo.stack import free_port, grpc_serving
@@ -87,3 +88,13 @@ providers:
   - {{name: get-order, path: "/v1/orders/{{id}}", methods: [GET], providers: [dev], scopes: [orders:read]}}
   - {{name: create-order, path: /v1/orders, methods: [POST], providers: [dev], scopes: [orders:write]}}
 {extra_routes}"""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -18,7 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.policy.loader import load_policy_bytes, policy_version
 from authz.server import Service
 from authz.transport.envoy_grpc import build_check_request
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, wait_for
 
 POLICY = """\
 mode: enforce
@@ -54,15 +54,6 @@ def status(svc: ServiceProcess, principal: str = "", path: str = "/internal") ->
     if answer.HasField("ok_response"):
         return 200
     return int(answer.denied_response.status.code)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def active_versions(svc: ServiceProcess) -> list[str]:

@@ -6,13 +6,12 @@ import io
 import json
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from authz.audit.sink import JsonLinesSink, MemorySink, NullSink
+from tests.support import wait_for as wait_until
 
 
 def record(i: int) -> dict[str, object]:
@@ -102,15 +101,6 @@ def test_memory_and_null_sinks() -> None:
 # Real mechanisms: an os.pipe() nobody reads, /dev/full (ENOSPC on every write), a
 # closed stream, a pipe whose reader is gone (EPIPE). The small-tmpfs case (a disk that
 # fills after some writes, then recovers) is in tests/integration/test_decision_log.py.
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def rss_kib() -> int:
