@@ -88,7 +88,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
-def add_explain_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("explain", help="decide one request against a policy file, stage by stage")
     p.add_argument("policy", help="the policy file")
     p.add_argument("url", help="the request URL, e.g. http://api.local/v1/orders?limit=5")
