@@ -480,7 +480,7 @@ class JwksCache:
         """True while the cache holds keys that are not past ``jwks_stale_ttl``."""
         return self._usable(self._clock())
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the background task and any refresh in flight."""
         for task in (self._background, self._inflight):
             if task is not None and not task.done():
