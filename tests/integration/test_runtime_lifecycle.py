@@ -151,9 +151,14 @@ async def test_a_failed_build_leaves_nothing_running(
         path = write_policy(tmp_path, redis_server.url)
         service = Service(
             ServeOptions(
-                policy=str(path), grpc="127.0.0.1:0", decision_log="off", reload_interval=0,
-                reload_settle=0, drain_delay=0, drain_timeout=2,
-            )  # fmt: skip
+                policy=str(path),
+                grpc="127.0.0.1:0",
+                decision_log="off",
+                reload_interval=0,
+                reload_settle=0,
+                drain_delay=0,
+                drain_timeout=2,
+            )
         )
         await service.start()
         for _ in range(250):  # its providers started (in the background)
