@@ -382,7 +382,9 @@ class JwksCache:
       the issuer's document, not on every refresh.
 
     The counters ``fetches``, ``failures``, ``unknown_kid_refreshes`` and
-    ``suppressed_refreshes`` are plain ints for metrics.
+    ``suppressed_refreshes`` read the metrics (``authz_jwks_*_total{provider}``).
+    A runtime (:mod:`authz.runtime`): constructing it starts nothing; :meth:`start`
+    loads the keys and starts the refresh task, :meth:`aclose` cancels it.
     """
 
     def __init__(
