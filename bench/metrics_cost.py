@@ -7,8 +7,11 @@
    counters, the decision counters and the memory store's), counting into
    :class:`MemoryMetrics` vs :class:`NoopMetrics`: the whole cost of the counters on
    the request path, µs per decision and the ratio.
+3. The same decision (memory metrics) with the package at ``--before`` (a git
+   revision, default the commit this work started from) and with this tree, in
+   subprocesses, alternately: the cost of this change on that path.
 
-    python bench/metrics_cost.py [--calls 50000] [--rounds 5]
+    python bench/metrics_cost.py [--calls 50000] [--rounds 5] [--before REV]
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,11 +104,53 @@ async def decisions(path: Path, metrics: Metrics, calls: int) -> float:
     return (time.perf_counter() - t) / calls * 1e6
 
 
+ROOT = Path(__file__).resolve().parents[1]
+#: main when this change began.
+BEFORE = "9507ece"
+
+
+def _child(root: Path, calls: int) -> float:
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "metrics_cost.py"), "--child", "--calls", str(calls)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.split()[-1])
+
+
+def before_after(rev: str, calls: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="authz-before-") as work:
+        archive = Path(work) / "before.tar"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "-o", str(archive), rev, "authz"], check=True
+        )
+        shutil.unpack_archive(archive, work)
+        (Path(work) / "bench").mkdir()
+        shutil.copy(Path(__file__), Path(work) / "bench" / "metrics_cost.py")
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for label, root in (("before", Path(work)), ("after", ROOT)):
+                best[label] = min(_child(root, calls), best.get(label, float("inf")))
+    print(
+        f"decision with rate limits, before {best['before']:7.2f} µs, after {best['after']:7.2f} µs"
+    )
+    print(f"after/before {best['after'] / best['before']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", default=BEFORE)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        with tempfile.TemporaryDirectory() as work:
+            path = Path(work) / "p.yaml"
+            path.write_text(POLICY)
+            print(asyncio.run(decisions(path, MemoryMetrics(), args.calls)))
+        return 0
     best: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, ns in increments(args.calls * 10).items():
@@ -121,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, us in times.items():
         print(f"decision, {name:16} {us:7.2f} µs")
     print(f"memory/noop {times['memory metrics'] / times['noop metrics']:.3f}")
+    before_after(args.before, args.calls, args.rounds)
     return 0
 
 
