@@ -122,9 +122,6 @@ class Shared:
         self.runtimes.add(found)
         return found
 
-    def values(self) -> list[object]:
-        return list(self._objects.values())
-
 
 @dataclass(frozen=True, slots=True)
 class Load:
