@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from authz import devissuer
 from authz.audit.sink import JsonLinesSink
 from authz.demo.stack import free_port
 from authz.engine import CompiledPolicy, PolicyEngine
@@ -27,6 +29,8 @@ from authz.stages import Shared
 from authz.telemetry.metrics import OTHER, MemoryMetrics
 
 KEY = "key-a-0123456789abcdef"
+SIGNER = devissuer.generate_key("ES256")
+ISSUER = "https://issuer.example"
 SHA = hashlib.sha256(KEY.encode()).hexdigest()
 
 POLICY = f"""\
@@ -36,6 +40,7 @@ providers:
     type: api_key
     keys:
       - {{id: a, sha256: {SHA}, owner: team-a, scopes: [r], expires: "2999-01-01"}}
+  corp: {{type: jwt, issuer: "{ISSUER}", audiences: [shop], algorithms: [ES256], jwks_file: {{jwks}}}}
 rate_limits:
   max_keys: 16
   overload: {{signal_file: {{signal}}}}
@@ -45,6 +50,7 @@ rate_limits:
     - {{name: per-address, rate: 1/h, key: [client_address]}}
 routes:
   - {{name: browse, path: /browse, methods: [GET], providers: [keys]}}
+  - {{name: orders, path: /orders, methods: [GET], providers: [corp]}}
   - {{name: sync, path: /sync, methods: [GET], providers: [keys], priority: background}}
   - name: shared
     path: /shared
@@ -74,6 +80,9 @@ EXPECTED: list[tuple[str, tuple[str, ...], float]] = [
     ("authz_inventory_unrouted_total", (), 1),
     ("authz_inventory_evicted_total", (), 1),
     ("authz_inventory_evicted_requests_total", (), 1),
+    ("authz_jwks_fetches_total", ("corp",), 1),
+    ("authz_jwt_verifications_total", ("corp",), 1),
+    ("authz_jwt_cache_hits_total", ("corp",), 1),
     ("authz_decision_log_emitted_total", (), 3),
     ("authz_decision_log_written_total", (), 2),
     ("authz_decision_log_write_failures_total", (), 1),
@@ -85,19 +94,28 @@ EXPECTED: list[tuple[str, tuple[str, ...], float]] = [
 def metrics(tmp_path_factory: pytest.TempPathFactory) -> MemoryMetrics:
     tmp = tmp_path_factory.mktemp("families")
     signal = tmp / "overload"
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(devissuer.jwks([SIGNER])))
     (tmp / "p.yaml").write_text(
-        POLICY.replace("{signal}", str(signal)).replace("{port}", str(free_port()))
+        POLICY.replace("{signal}", str(signal))
+        .replace("{port}", str(free_port()))
+        .replace("{jwks}", str(jwks))
     )
     shared = Shared()
     m = shared.metrics
     assert isinstance(m, MemoryMetrics)
     # a small inventory, so that undeclared shapes are evicted
     shared.get("inventory", lambda: Inventory(capacity=2, metrics=m))
-    sink = JsonLinesSink(path=str(tmp / "log"), interval=0.01, metrics=m).open()
-    engine = PolicyEngine(CompiledPolicy(load_policy(tmp / "p.yaml"), shared=shared), sink=sink)
+    sink = JsonLinesSink(path=str(tmp / "log"), interval=0.01, metrics=m)
+    shared.runtimes.add(sink)  # started and closed with the others, as the service does
+    policy = CompiledPolicy(load_policy(tmp / "p.yaml"), shared=shared)
+    engine = PolicyEngine(policy, sink=sink)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        loop.run_until_complete(policy.start())
+        loop.run_until_complete(shared.runtimes.start())
+        token = devissuer.mint(SIGNER, issuer=ISSUER, subject="alice", audience="shop")
 
         def run(path: str, source: str = "192.0.2.1", **headers: str) -> None:
             loop.run_until_complete(
@@ -108,6 +126,8 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> MemoryMetrics:
 
         run("/browse", **{"x-api-key": KEY})  # allowed
         run("/browse", **{"x-api-key": KEY})  # the same address again: rate_limited
+        for source in ("192.0.2.2", "192.0.2.3"):  # verified, then from the cache
+            run("/orders", source=source, authorization=f"Bearer {token}")
         for i in range(20):  # new addresses: the 16-key table evicts live buckets
             run("/shared", source=f"198.51.100.{i}")  # the Redis store is down: fell back
         for i in range(5):  # undeclared shapes: the 2-shape inventory evicts
@@ -123,11 +143,17 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> MemoryMetrics:
         run("/browse", source="203.0.113.202")  # written to /dev/full: fails
         while not sink.stats().write_failures and time.monotonic() < deadline:
             time.sleep(0.01)
-        sink.close()
+        loop.run_until_complete(policy.close())
+        loop.run_until_complete(shared.runtimes.aclose())  # closes the sink too
     finally:
         loop.close()
         asyncio.set_event_loop(None)
     return m
+
+
+def test_the_run_lists_every_expected_family(metrics: MemoryMetrics) -> None:
+    listed = sorted(metrics.families)
+    assert {name for name, _, _ in EXPECTED} <= set(listed), listed
 
 
 @pytest.mark.parametrize(
