@@ -15,7 +15,6 @@ reload is atomic for every request that starts after it.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -42,6 +41,7 @@ from authz.policy.config import (
 )
 from authz.record import DecisionListener, DecisionRecord, trace_context
 from authz.routing import Router
+from authz.runtime import Runtimes, Together
 from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
 from authz.telemetry.metrics import Counter, Metrics
 
@@ -133,6 +133,9 @@ def credential_plan(
 class CompiledPolicy:
     """A loaded policy with its providers and stages; ``start`` makes it ready to serve.
 
+    Building starts nothing: the providers are registered in :attr:`runtimes` (started
+    by :meth:`start`, closed by :meth:`close`); process-wide state a stage needs is
+    registered in ``shared.runtimes``, which the service starts once the build succeeded.
     ``stages`` replaces the registry (:data:`authz.pipeline.STAGES`); the core stages
     (canonical path, route, identity, authorize) are added if it lacks them.
     """
@@ -155,6 +158,9 @@ class CompiledPolicy:
             p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
             for p in config.providers
         }
+        #: the policy's own runtimes: its identity providers (JWKS caches), started together
+        self.runtimes = Runtimes()
+        self.runtimes.add(Together(self.providers.values(), name="identity providers"))
         header_of = {
             p.name: p.header
             for p in config.providers
@@ -202,13 +208,13 @@ class CompiledPolicy:
         self.log_fails_closed = config.decision_log.on_failure == "deny"
 
     async def start(self) -> None:
-        await asyncio.gather(*(p.start() for p in self.providers.values()))
+        await self.runtimes.start()
 
     def ready(self) -> bool:
         return all(p.ready() for p in self.providers.values())
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+        await self.runtimes.aclose()
 
 
 class PolicyEngine:

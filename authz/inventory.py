@@ -18,7 +18,9 @@ replaces the least counted of a few randomly sampled shapes (approximate LFU), s
 a flood of one-off random paths churns among themselves and cannot push out
 endpoints that are really called. Every per-endpoint set is capped too.
 
-The inventory lives in :class:`~authz.stages.Shared`, so it survives reloads.
+The inventory lives in :class:`~authz.stages.Shared`, so it survives reloads; it is
+a runtime (:mod:`authz.runtime`) with nothing to start, and its counters (evicted
+shapes, their requests, unrouted decisions) are in the process's metrics.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 from authz import reasons as R
 from authz.paths import path_shape
 from authz.policy.config import RouteConfig
+from authz.runtime import Stateless
 from authz.stages import Check, Context, Load, Phase, Shared
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 SHARED_NAME = "inventory"
 DEFAULT_CAPACITY = 2048
@@ -147,8 +151,10 @@ class InventoryView:
     generated: float
 
 
-class Inventory:
+class Inventory(Stateless):
     """Declared and undeclared endpoints seen since the service started (bounded)."""
+
+    name = "inventory"
 
     def __init__(
         self,
@@ -156,6 +162,7 @@ class Inventory:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.capacity = capacity
         self._clock = clock
@@ -164,10 +171,30 @@ class Inventory:
         self._undeclared: dict[tuple[str, str], Endpoint] = {}
         self._keys: list[tuple[str, str]] = []  # undeclared keys, for sampling
         self._slot: dict[tuple[str, str], int] = {}
-        self.evicted = 0
-        self.evicted_requests = 0
-        self.unrouted = 0
+        m = metrics if metrics is not None else MemoryMetrics()
+        self._evicted = m.counter(
+            "authz_inventory_evicted_total", "undeclared path shapes evicted (table full)"
+        ).labels()
+        self._evicted_requests = m.counter(
+            "authz_inventory_evicted_requests_total", "requests counted by the evicted shapes"
+        ).labels()
+        #: decisions neither routed nor undeclared (invalid path, request-phase denials)
+        self.unrouted_counter = m.counter(
+            "authz_inventory_unrouted_total", "decisions before a route was known, not undeclared"
+        ).labels()
         self.started = clock()
+
+    @property
+    def evicted(self) -> int:
+        return int(getattr(self._evicted, "value", 0))
+
+    @property
+    def evicted_requests(self) -> int:
+        return int(getattr(self._evicted_requests, "value", 0))
+
+    @property
+    def unrouted(self) -> int:
+        return int(getattr(self.unrouted_counter, "value", 0))
 
     def __len__(self) -> int:
         return len(self._declared) + len(self._undeclared)
@@ -217,8 +244,8 @@ class Inventory:
         keys = self._keys
         sample = [keys[self._rng.randrange(len(keys))] for _ in range(_SAMPLE)]
         victim = min(sample, key=lambda k: self._undeclared[k].count)
-        self.evicted += 1
-        self.evicted_requests += self._undeclared.pop(victim).count
+        self._evicted.inc()
+        self._evicted_requests.inc(self._undeclared.pop(victim).count)
         # swap-remove from the sampling list
         index = self._slot.pop(victim)
         last = keys.pop()
@@ -267,7 +294,7 @@ class Inventory:
 
 
 def shared_inventory(shared: Shared) -> Inventory:
-    return shared.get(SHARED_NAME, Inventory)
+    return shared.runtime(SHARED_NAME, lambda: Inventory(metrics=shared.metrics))
 
 
 def caller_of(ctx: Context) -> str:
@@ -285,6 +312,7 @@ class InventoryStage:
 
     def build(self, load: Load, route: RouteConfig | None) -> Check:
         inventory = shared_inventory(load.shared)
+        unrouted = inventory.unrouted_counter
 
         async def observe(ctx: Context) -> None:
             decision = ctx.decision
@@ -295,6 +323,6 @@ class InventoryStage:
             elif ctx.path and reason in _UNDECLARED_REASONS:
                 inventory.undeclared(method, ctx.path, caller_of(ctx), reason, ctx.query)
             else:
-                inventory.unrouted += 1
+                unrouted.inc()
 
         return observe

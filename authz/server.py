@@ -17,6 +17,12 @@
   forwards signals and restarts a worker that dies.
 - Transports: gRPC (``--grpc``), HTTP (``--http``), or both, sharing one engine.
   The HTTP transport's health is ``GET /healthz`` (200 only when ready).
+- Lifecycle (:mod:`authz.runtime`): state that outlives a policy (the decision log,
+  rate-limit stores, the inventory) is registered in ``Shared.runtimes`` while a policy
+  is built and started only once that policy is accepted (at start-up, or just before
+  a reload swaps it in); a build that fails or a policy that is refused leaves nothing
+  running. ``stop`` closes the serving policy's providers, then every started runtime
+  in reverse order of start (the decision log last).
 - The decision log's health is the gRPC health service ``authz.decision_log``:
   NOT_SERVING while it drops records or cannot write. With the policy's
   ``decision_log.on_failure: deny`` the overall health (and ``/healthz``) is
@@ -48,6 +54,7 @@ from authz.policy.diff import widenings
 from authz.policy.loader import load_policy
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
 from authz.stages import Shared
+from authz.telemetry.metrics import Metrics
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
@@ -86,20 +93,22 @@ class ServeOptions:
     reuse_port: bool = False
 
 
-def make_sink(spec: str) -> DecisionSink:
+def make_sink(spec: str, metrics: Metrics | None = None) -> DecisionSink:
+    """The decision log ``spec`` names (built, not started: a runtime)."""
     if spec == "off":
         return NullSink()
     if spec == "-":
-        return JsonLinesSink(sys.stdout)
-    return JsonLinesSink(path=spec)
+        return JsonLinesSink(sys.stdout, metrics=metrics)
+    return JsonLinesSink(path=spec, metrics=metrics)
 
 
 class Service:
     def __init__(self, options: ServeOptions, *, sink: DecisionSink | None = None) -> None:
         self.options = options
-        self.sink = sink or make_sink(options.decision_log)
-        self.engine: PolicyEngine | None = None
         self.shared = Shared()  # state that outlives a policy (stores, inventories)
+        self.sink = sink or make_sink(options.decision_log, self.shared.metrics)
+        self.shared.runtimes.add(self.sink)  # first: started first, closed last
+        self.engine: PolicyEngine | None = None
         self.transport: GrpcTransport | None = None
         self.http: HttpTransport | None = None
         self._stopping = asyncio.Event()
@@ -109,12 +118,23 @@ class Service:
         self._rejected_digest = ""  # ... of the last content refused (not reparsed)
         self._tasks: list[asyncio.Task[None]] = []
         self.serving = False  # what health reports (before draining)
-        self.reloads = 0
-        self.rejected_reloads = 0
+        reloads = self.shared.metrics.counter(
+            "authz_policy_reloads_total", "policy reloads by result", ("result",)
+        )
+        self._reloaded, self._rejected = reloads.labels("applied"), reloads.labels("rejected")
         self._ready = False  # policy loaded, providers ready
         self._log_healthy = True
         self._published_log_health: bool | None = None
         self._served_once = False  # transitions are logged only after the first SERVING
+
+    @property
+    def reloads(self) -> int:
+        """Reloads that swapped a new policy in (from the metrics)."""
+        return int(getattr(self._reloaded, "value", 0))
+
+    @property
+    def rejected_reloads(self) -> int:
+        return int(getattr(self._rejected, "value", 0))
 
     # -- policy ------------------------------------------------------------------
 
@@ -167,7 +187,12 @@ class Service:
                 self._rejected_digest = snap.digest
                 raise result.error
             assert result.config is not None
-            return snap.digest, CompiledPolicy(result.config, shared=self.shared)
+            try:
+                policy = CompiledPolicy(result.config, shared=self.shared)
+            except BaseException:
+                self.shared.runtimes.abandon()  # registered by the failed build: never started
+                raise
+            return snap.digest, policy
 
     def _recent(self) -> bool:
         try:
@@ -195,7 +220,7 @@ class Service:
             try:
                 compiled = await self._compile(self.options.reload_settle)
             except PolicyError as exc:
-                self.rejected_reloads += 1
+                self._rejected.inc()
                 for location, message in exc.problems:
                     log.error("policy reload rejected: %s: %s", location, message)
                 log.error("keeping policy %s", self.engine.policy.version)
@@ -207,11 +232,22 @@ class Service:
                 return True  # the content in use
             if policy.version == self.engine.policy.version:
                 self._active_digest = digest
+                self.shared.runtimes.abandon()
                 await policy.close()
                 return True
-            if not await self._wait_ready(policy, self.options.ready_timeout):
+            ready = await self._wait_ready(policy, self.options.ready_timeout)
+            if ready:
+                try:  # what the new policy registered (a new store): before it serves
+                    await self.shared.runtimes.start()
+                except Exception:
+                    log.exception(
+                        "policy reload rejected: %s: a runtime failed to start", policy.version
+                    )
+                    ready = False
+            if not ready:
+                self.shared.runtimes.abandon()
                 self._rejected_digest = digest  # retried when the files change again
-                self.rejected_reloads += 1
+                self._rejected.inc()
                 log.error(
                     "policy reload rejected: %s: providers not ready within %.0fs; keeping %s",
                     policy.version,
@@ -222,7 +258,7 @@ class Service:
                 return False
             old = self.engine.swap(policy)
             self._active_digest = digest
-            self.reloads += 1
+            self._reloaded.inc()
             log.info("policy %s active (was %s)", policy.version, old.version)
             self._log_widenings(old.config, policy.config)
             # Calls that started on the old policy may still be using its providers.
@@ -277,6 +313,9 @@ class Service:
             raise PolicyError([(self.options.policy, "stopped before the policy settled")])
         self._active_digest, policy = compiled
         assert policy is not None  # nothing was active
+        # The decision log and what the policy registered (stores, inventory): running
+        # before the first request. The policy's providers start in _become_ready.
+        await self.shared.runtimes.start()
         self.engine = PolicyEngine(policy, sink=self.sink)
         engine = self.engine
         ports = []
@@ -402,11 +441,8 @@ class Service:
         await asyncio.gather(*stops)
         if self.engine is not None:
             await self.engine.policy.close()
-        for obj in self.shared.values():
-            closer = getattr(obj, "aclose", None)
-            if closer is not None:
-                await closer()
-        self.sink.close()
+        # every started runtime, in reverse order: stores, inventory, the decision log
+        await self.shared.runtimes.aclose()
 
     async def _quiesce(self) -> None:
         """Report NOT_SERVING and keep answering while calls still arrive.

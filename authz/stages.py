@@ -29,10 +29,12 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from authz.model import ANONYMOUS, Decision, Identity, Request
 from authz.policy.config import PolicyConfig, RouteConfig
+from authz.runtime import Runtime, Runtimes
 from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 Phase = Literal["canonical", "request", "route", "pre", "identity", "authorize", "post", "observe"]
 T = TypeVar("T")
+R = TypeVar("R", bound=Runtime)
 
 
 @dataclass(slots=True)
@@ -93,7 +95,9 @@ class Shared:
 
     A stage asks for an object by name; the first policy creates it, the next
     ones get the same object, so a reload keeps rate-limit buckets or an
-    inventory instead of starting from zero.
+    inventory instead of starting from zero. An object with a lifecycle is asked for
+    with :meth:`runtime`, which registers it in :attr:`runtimes`: building a policy
+    starts nothing; the service starts what the build registered once it succeeded.
     """
 
     def __init__(self) -> None:
@@ -102,6 +106,8 @@ class Shared:
         self.in_flight = 0
         #: The metrics every policy and runtime of this process counts into.
         self.metrics: Metrics = MemoryMetrics()
+        #: The runtimes of this process (stores, inventory, decision log), see authz.runtime.
+        self.runtimes = Runtimes()
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)
@@ -110,8 +116,11 @@ class Shared:
             self._objects[name] = found
         return found  # type: ignore[return-value]
 
-    def values(self) -> list[object]:
-        return list(self._objects.values())
+    def runtime(self, name: str, factory: Callable[[], R]) -> R:
+        """:meth:`get`, and the object registered in :attr:`runtimes` (not started)."""
+        found = self.get(name, factory)
+        self.runtimes.add(found)
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ def rss_mib() -> float:
 def stalled_pipe(n: int) -> None:
     """Decisions through the engine into a pipe nobody reads: RSS every n/3 decisions."""
     _, w = os.pipe()
-    sink = JsonLinesSink(os.fdopen(w, "w", encoding="utf-8"))
+    sink = JsonLinesSink(os.fdopen(w, "w", encoding="utf-8")).open()
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "policy.yaml"
         path.write_text(POLICY % "drop")
@@ -114,7 +114,7 @@ def main() -> None:
         for r in recs:
             old_emit(r)
 
-    sink = JsonLinesSink(path="/dev/null", interval=3600, max_queue=n + 1)
+    sink = JsonLinesSink(path="/dev/null", interval=3600, max_queue=n + 1).open()
     emit, ready = sink.emit, sink.ready
 
     def bounded() -> None:
@@ -149,6 +149,12 @@ def main() -> None:
             return None
 
         def close(self) -> None:
+            return None
+
+        async def start(self) -> None:
+            return None
+
+        async def aclose(self) -> None:
             return None
 
     old_sink = Before()

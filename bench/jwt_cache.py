@@ -117,7 +117,7 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
         ratios.append(took["after"] / took["before"])  # a pair run back to back
     for p in providers.values():
         assert p.verifications == 1, "every timed call must be a cache hit"
-        await p.close()
+        await p.aclose()
     return {**best, "paired": statistics.median(ratios)}
 
 

@@ -57,7 +57,7 @@ async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     fx = fixtures.make(work)
     policy = CompiledPolicy(load_policy(fx.policy))
     await policy.start()
-    sink = JsonLinesSink(path=str(work / "decisions.log"))
+    sink = JsonLinesSink(path=str(work / "decisions.log")).open()
     engine = PolicyEngine(policy, sink=sink)
     jwt = policy.providers["dev"]
     mesh = policy.providers["mesh"]

@@ -44,7 +44,6 @@ from authz.policy.loader import load_policy  # noqa: E402
 from authz.ratelimit.base import GCRA, Item  # noqa: E402
 from authz.ratelimit.keys import SEPARATOR  # noqa: E402
 from authz.ratelimit.memory import MemoryStore  # noqa: E402
-from authz.ratelimit.stage import RateLimitRuntime  # noqa: E402
 from authz.stages import Shared  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -159,6 +158,8 @@ async def measure_cost(
             results = await asyncio.gather(*(engine.check(r) for r in batch))
             assert all(d.allowed for d in results)
 
+    for _, shared in engines.values():  # the stores the policies registered, as serve does
+        await shared.runtimes.start()
     for engine, _ in engines.values():  # warm up: connections, scripts loaded, caches
         await run(engine)
     for _ in range(rounds):
@@ -170,7 +171,7 @@ async def measure_cost(
             samples[name]["cpu"].append((time.process_time() - cpu) / n * 1e6)
             samples[name]["redis"].append((cpu_seconds(redis_pid) - rcpu) / n * 1e6)
     for _, shared in engines.values():
-        await RateLimitRuntime.of(shared).aclose()
+        await shared.runtimes.aclose()
     return {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
 
 

@@ -187,7 +187,7 @@ def world() -> World:
     _WORLD = World(loop, engine, sink, provider, keys, tokens)
 
     def close() -> None:
-        loop.run_until_complete(provider.close())
+        loop.run_until_complete(provider.aclose())
         loop.run_until_complete(policy.close())
         loop.close()
 

@@ -26,6 +26,11 @@ Failure handling (the policy's ``decision_log`` section configures it):
   queue depth and its high-water mark; ``close`` logs a summary line. Records still
   unwritten at close (the disk never recovered, the reader never read) count as
   dropped, so ``written + dropped == emitted`` once closed.
+- **Counted in the metrics** (``authz_decision_log_*``, see :class:`JsonLinesSink`):
+  each series is written by one thread only (emit's, or the writer's), so no lock.
+- **A runtime** (:mod:`authz.runtime`): constructing the sink opens its file but
+  starts nothing; :meth:`JsonLinesSink.start` (or ``open`` outside an event loop)
+  starts the writer thread, ``aclose`` (or ``close``) drains it and joins it.
 - **Health.** ``healthy()`` is False while writes fail, while the queue overflows, or
   while one write has been blocked for more than ``stall_after`` seconds (a stdout
   pipe nobody reads). ``ready()`` is the engine's per-decision question for
@@ -39,6 +44,7 @@ into the others' state.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import errno
 import io
@@ -54,6 +60,7 @@ from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 from authz.record import DecisionRecord, log_fields
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.audit")
 
@@ -97,8 +104,22 @@ class DecisionSink(Protocol):
     def close(self) -> None:
         """Flush and release; records emitted before close are written or counted."""
 
+    async def start(self) -> None:
+        """Start writing (a runtime: the service starts it before serving)."""
 
-class MemorySink:
+    async def aclose(self) -> None:
+        """:meth:`close`, without blocking the event loop."""
+
+
+class _NoLifecycle:
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemorySink(_NoLifecycle):
     """Keeps records in a list (as dicts of their fields): for tests and the CLI."""
 
     def __init__(self) -> None:
@@ -125,7 +146,7 @@ class MemorySink:
         return None
 
 
-class NullSink:
+class NullSink(_NoLifecycle):
     """Records nothing (``--decision-log off``): always ready."""
 
     def emit(self, record: Record) -> None:
@@ -157,6 +178,11 @@ class SinkStats:
     depth: int  # held now: queued plus the batch being written
     high_water: int  # the largest depth seen
     healthy: bool
+
+
+def _value(counter: object) -> int:
+    """A counter's value (its metrics keep it; 0 under no-op metrics)."""
+    return int(getattr(counter, "value", 0))
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -203,6 +229,7 @@ class JsonLinesSink:
         block_ms: float = DEFAULT_BLOCK_MS,
         stall_after: float = 1.0,
         close_timeout: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._owned = path is not None
         self._stream: IO[str] | None = None
@@ -241,13 +268,34 @@ class JsonLinesSink:
         self._next_retry = 0.0
         self._failures_in_episode = 0
         self._write_started = 0.0  # monotonic start of the write in progress, 0 if none
-        # counters
-        self._taken = 0  # records the writer took from the queue
-        self._written = 0
-        self._dropped_full = 0  # emit found no room (counted in the event loop's thread)
-        self._unwritable = 0  # could not be serialised
-        self._left_at_close = 0
-        self._write_failures = 0
+        # counters: in the metrics; each series has one writing thread (named)
+        m = metrics if metrics is not None else MemoryMetrics()
+        self._taken = 0  # records the writer took from the queue (writer)
+        self._emitted = m.counter(
+            "authz_decision_log_emitted_total",
+            "records handed to the decision log (counted as the writer takes them)",
+        ).labels()  # writer, then close
+        self._emitted_counted = 0
+        self._written = m.counter(
+            "authz_decision_log_written_total", "records written completely"
+        ).labels()  # writer
+        dropped = m.counter(
+            "authz_decision_log_dropped_total",
+            "records not written: queue full, not serialisable, or left unwritten at close",
+            ("cause",),
+        )
+        self._dropped_full = dropped.labels("queue_full")  # emit found no room (event loop)
+        self._unwritable = dropped.labels("unserialisable")  # writer
+        self._left_at_close = dropped.labels("unwritten_at_close")  # close
+        self._write_failures = m.counter(
+            "authz_decision_log_write_failures_total", "write calls that failed"
+        ).labels()  # writer
+        self._depth = m.gauge(
+            "authz_decision_log_queue_depth", "records held: queued plus the batch in flight"
+        ).labels()  # writer
+        self._high_water_gauge = m.gauge(
+            "authz_decision_log_queue_high_water", "the largest queue depth seen"
+        ).labels()
         self._high_water = 0
         # overflow episode state (emit's thread starts one, the writer ends it)
         self._overflowing = False
@@ -260,8 +308,26 @@ class JsonLinesSink:
         self._stop = threading.Event()
         self._time = _Rfc3339()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="authz-decision-log", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> JsonLinesSink:
+        """Start the writer thread (once); returns the sink. Records emitted before are
+        kept in the queue (within its bound) and written once it runs."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(
+                target=self._run, name="authz-decision-log", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    async def start(self) -> None:
+        self.open()
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread (it joins the writer: up to close_timeout)."""
+        await asyncio.to_thread(self.close)
 
     # -- the request path --------------------------------------------------------------
 
@@ -296,9 +362,9 @@ class JsonLinesSink:
             return True
         self._overflowing = True
         self._overflow_started = time.monotonic()
-        self._overflow_dropped_at_start = self._dropped_full
+        self._overflow_dropped_at_start = _value(self._dropped_full)
         self._next_drop_report = self._overflow_started + DROP_REPORT_INTERVAL
-        self._dropped_reported = self._dropped_full
+        self._dropped_reported = _value(self._dropped_full)
         self._high_water = max(self._high_water, self._max)
         log.error(
             "decision log %s: queue full (%d records) after waiting %.0f ms; %s until the "
@@ -316,20 +382,21 @@ class JsonLinesSink:
         if not self._overflowing and self._wait_for_room():
             self._queue.append(record)
             return
-        self._dropped_full += 1
+        self._dropped_full.inc()
         now = time.monotonic()
         if now >= self._next_drop_report:
             self._next_drop_report = now + DROP_REPORT_INTERVAL
             self._report_drops("still full")
 
     def _report_drops(self, state: str) -> None:
-        since = self._dropped_full - self._dropped_reported
-        self._dropped_reported = self._dropped_full
+        full = _value(self._dropped_full)
+        since = full - self._dropped_reported
+        self._dropped_reported = full
         log.error(
             "decision log %s: %d records dropped since the last report (%d in all); queue %s",
             self._name,
             since,
-            self._dropped_full + self._unwritable,
+            full + _value(self._unwritable),
             state,
         )
 
@@ -357,14 +424,24 @@ class JsonLinesSink:
         queued = len(self._queue)
         depth = queued + self._pending_count
         return SinkStats(
-            emitted=self._taken + queued + self._dropped_full,
-            written=self._written,
-            dropped=self._dropped_full + self._unwritable + self._left_at_close,
-            write_failures=self._write_failures,
+            emitted=self._taken + queued + _value(self._dropped_full),
+            written=_value(self._written),
+            dropped=_value(self._dropped_full)
+            + _value(self._unwritable)
+            + _value(self._left_at_close),
+            write_failures=_value(self._write_failures),
             depth=depth,
             high_water=max(self._high_water, depth),
             healthy=self.healthy(),
         )
+
+    def _count_emitted(self, queued: int = 0) -> None:
+        """Bring the emitted counter up to taken + dropped for a full queue (+ ``queued``):
+        one writing thread (the writer; close once it has joined)."""
+        total = self._taken + _value(self._dropped_full) + queued
+        if total > self._emitted_counted:
+            self._emitted.inc(total - self._emitted_counted)
+            self._emitted_counted = total
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -385,6 +462,9 @@ class JsonLinesSink:
         depth = len(queue) + self._pending_count
         if depth > self._high_water:
             self._high_water = depth
+            self._high_water_gauge.set(depth)
+        self._depth.set(depth)
+        self._count_emitted()
         if self._pending:
             if not (self._writable or final) and time.monotonic() < self._next_retry:
                 return
@@ -401,7 +481,7 @@ class JsonLinesSink:
                 try:
                     lines.append(_ENCODE(log_fields(rec, rfc3339)))
                 except (TypeError, ValueError):  # pragma: no cover - records are flat
-                    self._unwritable += 1
+                    self._unwritable.inc()
                     log.error("decision log: a record could not be serialised; dropped")
             self._taken += n
             self._pending = ("\n".join(lines) + "\n").encode() if lines else b""
@@ -414,7 +494,7 @@ class JsonLinesSink:
 
     def _end_overflow(self) -> None:
         self._overflowing = False
-        dropped = self._dropped_full - self._overflow_dropped_at_start
+        dropped = _value(self._dropped_full) - self._overflow_dropped_at_start
         self._report_drops("has room again")
         log.warning(
             "decision log %s: recovered; %d records dropped in %.1f s of overflow",
@@ -429,7 +509,7 @@ class JsonLinesSink:
             if self._pending:
                 self._write_pending()
         except (OSError, ValueError) as exc:
-            self._write_failures += 1
+            self._write_failures.inc()
             self._failures_in_episode += 1
             self._next_retry = time.monotonic() + max(self._interval, RETRY_INTERVAL)
             if self._writable:
@@ -445,7 +525,7 @@ class JsonLinesSink:
                     "; denying requests until it recovers" if self._on_failure == "deny" else "",
                 )
             return False
-        self._written += self._pending_count
+        self._written.inc(self._pending_count)
         self._pending = b""
         self._pending_at = 0
         self._pending_count = 0
@@ -529,9 +609,14 @@ class JsonLinesSink:
         self._stop.set()
         self._wake.set()
         self._room.set()
-        self._thread.join(timeout=self._close_timeout)
-        stuck = self._thread.is_alive()
-        self._left_at_close = len(self._queue) + self._pending_count
+        thread = self._thread
+        if thread is not None:  # never started: what was emitted stays unwritten
+            thread.join(timeout=self._close_timeout)
+        stuck = thread is not None and thread.is_alive()
+        self._left_at_close.inc(len(self._queue) + self._pending_count)
+        if not stuck:  # the writer's series are ours now
+            self._count_emitted(len(self._queue))
+            self._depth.set(len(self._queue) + self._pending_count)
         s = self.stats()
         (log.warning if s.dropped or stuck else log.info)(
             "decision log %s closed: %d records emitted, %d written, %d dropped "
@@ -541,8 +626,8 @@ class JsonLinesSink:
             s.emitted,
             s.written,
             s.dropped,
-            self._dropped_full,
-            self._left_at_close,
+            _value(self._dropped_full),
+            _value(self._left_at_close),
             s.write_failures,
             s.high_water,
             self._max,

@@ -52,8 +52,9 @@ class IdentityProvider(Protocol):
     async def authenticate(self, request: Request) -> Identity | None:
         """The identity the request proves, None if no credential of this kind is present."""
 
-    async def close(self) -> None:
-        """Stop background work."""
+    async def aclose(self) -> None:
+        """Stop background work (an :class:`authz.runtime.Runtime`: the policy that
+        built the provider starts and closes it)."""
 
 
 class StaticProvider:
@@ -65,5 +66,5 @@ class StaticProvider:
     def ready(self) -> bool:
         return True
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         return None

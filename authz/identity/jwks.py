@@ -382,7 +382,9 @@ class JwksCache:
       the issuer's document, not on every refresh.
 
     The counters ``fetches``, ``failures``, ``unknown_kid_refreshes`` and
-    ``suppressed_refreshes`` are plain ints for metrics.
+    ``suppressed_refreshes`` read the metrics (``authz_jwks_*_total{provider}``).
+    A runtime (:mod:`authz.runtime`): constructing it starts nothing; :meth:`start`
+    loads the keys and starts the refresh task, :meth:`aclose` cancels it.
     """
 
     def __init__(
@@ -480,7 +482,7 @@ class JwksCache:
         """True while the cache holds keys that are not past ``jwks_stale_ttl``."""
         return self._usable(self._clock())
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the background task and any refresh in flight."""
         for task in (self._background, self._inflight):
             if task is not None and not task.done():

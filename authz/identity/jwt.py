@@ -272,9 +272,9 @@ class JwtProvider:
         """True once the issuer's keys are loaded and not stale."""
         return self.jwks.ready()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop background key refreshes."""
-        await self.jwks.close()
+        await self.jwks.aclose()
 
     def presented(self, request: Request) -> str | None:
         """Where a bearer token is: this provider's header, or an ``access_token``

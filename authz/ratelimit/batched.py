@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 from authz.ratelimit.base import SYNC, Item, Outcome, StoreUnavailable
 from authz.ratelimit.redis_store import RedisStore
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -78,7 +79,12 @@ class BatchedItem:
 
 
 class BatchedStore:
-    """Views of the buckets of one Redis store, in a bounded table."""
+    """Views of the buckets of one Redis store, in a bounded table.
+
+    A runtime (:mod:`authz.runtime`): :meth:`start` begins the background flush of
+    views older than their ``sync_interval``; without it, views are charged only when
+    a request syncs them. :meth:`aclose` stops the flush (not the Redis store).
+    """
 
     def __init__(
         self,
@@ -86,6 +92,7 @@ class BatchedStore:
         *,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.name = f"{redis.name}(batched)"
@@ -98,9 +105,30 @@ class BatchedStore:
         #: Keys whose first sync is under way: requests for them wait for it rather
         #: than each install a view over the others' (uncharged) admissions.
         self._first: dict[str, asyncio.Future[None]] = {}
-        self.syncs = 0
-        self.local_decisions = 0
-        self.evicted_pending = 0
+        m, by, name = metrics if metrics is not None else MemoryMetrics(), ("store",), redis.name
+        self._syncs = m.counter(
+            "authz_ratelimit_batched_syncs_total", "syncs of batched views with Redis", by
+        ).labels(name)
+        self._local = m.counter(
+            "authz_ratelimit_batched_decisions_total", "decisions made on local views", by
+        ).labels(name)
+        self._evicted_pending = m.counter(
+            "authz_ratelimit_batched_evicted_pending_total",
+            "views evicted with admissions not yet charged",
+            by,
+        ).labels(name)
+
+    @property
+    def syncs(self) -> int:
+        return int(getattr(self._syncs, "value", 0))
+
+    @property
+    def local_decisions(self) -> int:
+        return int(getattr(self._local, "value", 0))
+
+    @property
+    def evicted_pending(self) -> int:
+        return int(getattr(self._evicted_pending, "value", 0))
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -112,7 +140,7 @@ class BatchedStore:
         self, items: Sequence[BatchedItem]
     ) -> tuple[list[Outcome], list[View]]:
         """:meth:`acquire_batched`, and the views decided on (for :meth:`refund_batched`)."""
-        self._start_flusher(items)
+        self._shorten_flush(items)
         while True:
             now = self.clock()
             waiting = [pending for b in items if (pending := self._syncing(b.item.key)) is not None]
@@ -135,7 +163,7 @@ class BatchedStore:
         return view.used >= view.budget and now >= view.retry_at
 
     def _decide(self, items: Sequence[BatchedItem], now: float) -> tuple[list[Outcome], list[View]]:
-        self.local_decisions += 1
+        self._local.inc()
         outcomes = []
         admit = True
         views = []
@@ -201,7 +229,7 @@ class BatchedStore:
                     del self._first[b.item.key]
             done.set_result(None)
             raise
-        self.syncs += 1
+        self._syncs.inc()
         now = self.clock()
         for b, view, cost, outcome in zip(items, views, charged, outcomes, strict=True):
             if view is not None:
@@ -239,7 +267,7 @@ class BatchedStore:
                 old_key, old = views.popitem(last=False)
                 self._dirty.pop(old_key, None)
                 if old.used:
-                    self.evicted_pending += 1
+                    self._evicted_pending.inc()
         views[item.key] = view
         if used:
             self._dirty[item.key] = None
@@ -248,12 +276,17 @@ class BatchedStore:
 
     # -- background flush ----------------------------------------------------------------
 
-    def _start_flusher(self, items: Sequence[BatchedItem]) -> None:
+    def _shorten_flush(self, items: Sequence[BatchedItem]) -> None:
         shortest = min(b.sync_interval for b in items)
         if shortest < self._flush_interval:
             self._flush_interval = shortest
+
+    async def start(self) -> None:
+        """Begin the background flush (once)."""
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name=f"ratelimit-flush:{self.name}"
+            )
 
     async def _flush_loop(self) -> None:
         """Charge views older than their sync interval, so other processes see them.
@@ -293,3 +326,4 @@ class BatchedStore:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._flusher
+            self._flusher = None

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from authz.ratelimit.base import EPSILON, LEASE, Item, Outcome, gcra
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 #: Bytes one bucket takes in a full table (a key of ~25 characters, its TAT, the
 #: ordered table's entry), measured with tracemalloc over 1,000,000 keys; the
@@ -32,14 +33,40 @@ class MemoryStore:
 
     name = "memory"
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        metrics: Metrics | None = None,
+    ):
         self.max_keys = max_keys
         self.clock = clock
         self._buckets: OrderedDict[str, Bucket] = OrderedDict()
-        self.evicted_expired = 0  # dropped when full again: no information lost
-        self.evicted_live = 0  # dropped while holding state: that key restarts full
-        self.swept = 0
+        m = metrics if metrics is not None else MemoryMetrics()
+        evicted = m.counter(
+            "authz_ratelimit_memory_evicted_total",
+            "in-process buckets evicted from the full table (live: it held state)",
+            ("state",),
+        )
+        self._evicted_expired = evicted.labels("expired")  # full again: nothing lost
+        self._evicted_live = evicted.labels("live")  # held state: that key restarts full
+        self._swept = m.counter(
+            "authz_ratelimit_memory_expired_total", "in-process buckets dropped once full again"
+        ).labels()
         self._ticks = 0
+
+    @property
+    def evicted_expired(self) -> int:
+        return int(getattr(self._evicted_expired, "value", 0))
+
+    @property
+    def evicted_live(self) -> int:
+        return int(getattr(self._evicted_live, "value", 0))
+
+    @property
+    def swept(self) -> int:
+        return int(getattr(self._swept, "value", 0))
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -132,9 +159,9 @@ class MemoryStore:
         while len(self._buckets) >= self.max_keys:
             _, state = self._buckets.popitem(last=False)
             if _live(state, now):
-                self.evicted_live += 1
+                self._evicted_live.inc()
             else:
-                self.evicted_expired += 1
+                self._evicted_expired.inc()
 
     def _sweep(self, now: float) -> None:
         # a little work every 8 decisions: the oldest buckets, if they hold nothing
@@ -144,7 +171,7 @@ class MemoryStore:
             if key is None or _live(buckets[key], now):
                 return
             del buckets[key]
-            self.swept += 1
+            self._swept.inc()
 
     def stats(self) -> dict[str, int]:
         return {

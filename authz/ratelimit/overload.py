@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from authz.policy.ratelimit_config import OverloadConfig
+from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -32,13 +33,31 @@ SIGNAL_CHECK_INTERVAL = 0.25
 RANK = {"background": 1, "normal": 2, "critical": 3}
 
 
+#: The priority classes that can be shed (the ``priority`` label of the shed counter).
+SHEDDABLE = ("background", "normal")
+
+
 class OverloadMonitor:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, metrics: Metrics | None = None
+    ) -> None:
         self.clock = clock
         self._checked_at = float("-inf")
         self._signal_path: str | None = None
         self._signal_level = 0
-        self.shed: dict[str, int] = {"background": 0, "normal": 0}
+        family = (metrics if metrics is not None else MemoryMetrics()).counter(
+            "authz_shed_total", "requests shed under overload (503 overloaded)", ("priority",)
+        )
+        self._shed: dict[str, Counter] = {p: family.labels(p) for p in SHEDDABLE}
+
+    def counter(self, priority: str) -> Counter:
+        """The pre-bound counter of requests shed on ``priority`` routes."""
+        return self._shed[priority]
+
+    @property
+    def shed(self) -> dict[str, int]:
+        """Requests shed so far, per priority (from the metrics)."""
+        return {p: int(getattr(c, "value", 0)) for p, c in self._shed.items()}
 
     def level(self, in_flight: int, config: OverloadConfig) -> int:
         """0: shed nothing; 1: shed background; 2: shed normal and background.
@@ -77,4 +96,5 @@ class OverloadMonitor:
         return level
 
     def stats(self) -> dict[str, int]:
-        return {"shed_background": self.shed["background"], "shed_normal": self.shed["normal"]}
+        shed = self.shed
+        return {"shed_background": shed["background"], "shed_normal": shed["normal"]}

@@ -40,6 +40,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from authz.policy.ratelimit_config import RedisStoreConfig
 from authz.ratelimit.base import Item, Outcome, StoreUnavailable
+from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -153,7 +154,12 @@ return 1
 
 
 class RedisStore:
-    """Buckets in Redis, shared by every process that names the same server and prefix."""
+    """Buckets in Redis, shared by every process that names the same server and prefix.
+
+    A runtime (:mod:`authz.runtime`): building it opens nothing (the pool connects on
+    the first call); :meth:`aclose` closes the pool's connections. Its counters are in
+    the metrics, labelled with the store's name (names come from the policy file).
+    """
 
     def __init__(
         self,
@@ -161,6 +167,7 @@ class RedisStore:
         *,
         now: Callable[[], float] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -182,7 +189,6 @@ class RedisStore:
         self._nonce = f"{os.getpid():x}.{os.urandom(3).hex()}."
         self._on_the_wire = 0
         self._queued: list[Queued] = []
-        self.pipelined = 0  # calls that shared a write with others
         self._sending: set[asyncio.Task[None]] = set()
         self._counter = itertools.count(1)
         # outage state
@@ -190,10 +196,48 @@ class RedisStore:
         self.down_since: float | None = None
         self._retry_at = 0.0
         self._probing = False
-        self.calls = 0
-        self.errors = 0
-        self.skipped = 0  # calls refused at once while down
-        self.outages = 0
+        m, by = metrics if metrics is not None else MemoryMetrics(), ("store",)
+        self._calls = m.counter(
+            "authz_ratelimit_redis_calls_total", "calls made to a Redis store", by
+        ).labels(self.name)
+        self._errors = m.counter(
+            "authz_ratelimit_redis_errors_total", "Redis calls that failed or timed out", by
+        ).labels(self.name)
+        self._skipped = m.counter(
+            "authz_ratelimit_redis_refused_total",
+            "calls refused at once while the store is down",
+            by,
+        ).labels(self.name)
+        self._outages = m.counter(
+            "authz_ratelimit_redis_outages_total", "times the store was marked down", by
+        ).labels(self.name)
+        self._pipelined = m.counter(
+            "authz_ratelimit_redis_pipelined_total", "calls that shared a write with others", by
+        ).labels(self.name)
+        self._up = m.gauge("authz_ratelimit_redis_up", "1 while the store is up, 0 while down", by)
+        self._up.labels(self.name).set(1)
+
+    @property
+    def calls(self) -> int:
+        return int(getattr(self._calls, "value", 0))
+
+    @property
+    def errors(self) -> int:
+        return int(getattr(self._errors, "value", 0))
+
+    @property
+    def skipped(self) -> int:
+        """Calls refused at once while the store was down."""
+        return int(getattr(self._skipped, "value", 0))
+
+    @property
+    def outages(self) -> int:
+        return int(getattr(self._outages, "value", 0))
+
+    @property
+    def pipelined(self) -> int:
+        """Calls that shared a write with others."""
+        return int(getattr(self._pipelined, "value", 0))
 
     # -- the two operations ----------------------------------------------------------
 
@@ -238,10 +282,10 @@ class RedisStore:
         probe = False
         if self.down_since is not None:
             if self._probing or self._monotonic() < self._retry_at:
-                self.skipped += 1
+                self._skipped.inc()
                 raise StoreUnavailable(f"redis store {self.name!r} is down", self._retry_left())
             self._probing = probe = True
-        self.calls += 1
+        self._calls.inc()
         try:
             # wait_for, not asyncio.timeout: a check may run outside a task (the HTTP
             # transport runs it inline until it first waits; see authz.stages).
@@ -301,7 +345,7 @@ class RedisStore:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-            self.pipelined += len(batch)
+            self._pipelined.inc(len(batch))
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -317,12 +361,13 @@ class RedisStore:
         return max(self._retry_at - self._monotonic(), 0.0) or self.config.retry_interval
 
     def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
+        self._errors.inc()
         self._failures += 1
         now = self._monotonic()
         if self.down_since is None and self._failures >= FAILURES_TO_OPEN:
             self.down_since = now
-            self.outages += 1
+            self._outages.inc()
+            self._up.labels(self.name).set(0)
             log.warning(
                 "ratelimit: redis store %r (%s) unreachable (%s: %s); each rule now fails "
                 "closed or limits locally, as it says; retrying every %.1fs",
@@ -345,6 +390,7 @@ class RedisStore:
             )
         self._failures = 0
         self.down_since = None
+        self._up.labels(self.name).set(1)
 
     @property
     def up(self) -> bool:
@@ -360,7 +406,14 @@ class RedisStore:
             "pipelined": self.pipelined,
         }
 
+    async def start(self) -> None:
+        """Nothing to begin: connections are opened by the first calls (bounded pool)."""
+        return None
+
     async def aclose(self) -> None:
+        """Close every connection of the pool (and wait for pipelined writes to end)."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 

@@ -48,6 +48,7 @@ from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key
 from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
 from authz.ratelimit.overload import RANK, OverloadMonitor
 from authz.ratelimit.redis_store import RedisStore
+from authz.runtime import Runtimes
 from authz.stages import Check, Context, Load, Phase, Shared
 from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
 
@@ -101,14 +102,24 @@ class RuleCounters:
 
 
 class RateLimitRuntime:
-    """Stores, counters and the overload monitor; one per process, kept across reloads."""
+    """Stores, counters and the overload monitor; one per process, kept across reloads.
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    A runtime (:mod:`authz.runtime`): building a policy registers it and the Redis and
+    batched stores its rules name in ``runtimes`` (the process's, ``Shared.runtimes``)
+    and starts nothing; ``start`` begins the minutely stats line, and each store is
+    started and closed by the registry (a batched store after, so before, its Redis).
+    """
+
+    name = "ratelimit"
+
+    def __init__(self, metrics: Metrics | None = None, runtimes: Runtimes | None = None) -> None:
         self.metrics = metrics if metrics is not None else MemoryMetrics()
-        self.memory = MemoryStore()
+        #: where the stores are registered (a private registry when none is given)
+        self.runtimes = runtimes if runtimes is not None else Runtimes()
+        self.memory = MemoryStore(metrics=self.metrics)
         self.redis: dict[RedisStoreConfig, RedisStore] = {}
         self.batched: dict[RedisStoreConfig, BatchedStore] = {}
-        self.overload = OverloadMonitor()
+        self.overload = OverloadMonitor(metrics=self.metrics)
         self.counters: dict[str, RuleCounters] = {}
         self.config: RateLimitConfig | None = None
         self._stats_task: asyncio.Task[None] | None = None
@@ -116,7 +127,9 @@ class RateLimitRuntime:
 
     @staticmethod
     def of(shared: Shared) -> RateLimitRuntime:
-        return shared.get(SHARED_NAME, lambda: RateLimitRuntime(shared.metrics))
+        return shared.runtime(
+            SHARED_NAME, lambda: RateLimitRuntime(shared.metrics, shared.runtimes)
+        )
 
     def configure(self, config: RateLimitConfig) -> None:
         """Apply a (re)loaded policy's bound on in-process keys."""
@@ -134,7 +147,6 @@ class RateLimitRuntime:
             config.max_keys * BYTES_PER_KEY / 1e6,
             ", ".join([MEMORY_STORE, *(f"{s.name} (redis)" for s in config.stores)]),
         )
-        self._start_stats_log()
 
     def counter(self, rule: str) -> RuleCounters:
         found = self.counters.get(rule)
@@ -145,15 +157,20 @@ class RateLimitRuntime:
     def redis_store(self, config: RedisStoreConfig) -> RedisStore:
         found = self.redis.get(config)
         if found is None:
-            found = self.redis[config] = RedisStore(config)
+            found = self.redis[config] = RedisStore(config, metrics=self.metrics)
+        self.runtimes.add(found)  # again for every policy that names it: once
         return found
 
     def batched_store(self, config: RedisStoreConfig) -> BatchedStore:
         found = self.batched.get(config)
         if found is None:
             max_keys = self.config.max_keys if self.config else 100_000
-            found = BatchedStore(self.redis_store(config), max_keys=max_keys)
+            redis = self.redis_store(config)
+            found = BatchedStore(redis, max_keys=max_keys, metrics=self.metrics)
             self.batched[config] = found
+        else:
+            self.redis_store(config)  # registered before it: closed after it
+        self.runtimes.add(found)
         return found
 
     def stats(self) -> dict[str, Any]:
@@ -166,13 +183,12 @@ class RateLimitRuntime:
             "rules": {name: c.values() for name, c in sorted(self.counters.items())},
         }
 
-    def _start_stats_log(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # built outside a service (tests, validate): nothing to log to
+    async def start(self) -> None:
+        """Log the stats every minute (when they changed)."""
         if self._stats_task is None or self._stats_task.done():
-            self._stats_task = loop.create_task(self._log_stats())
+            self._stats_task = asyncio.get_running_loop().create_task(
+                self._log_stats(), name="ratelimit-stats"
+            )
 
     async def _log_stats(self) -> None:
         while True:
@@ -186,16 +202,13 @@ class RateLimitRuntime:
             log.info("ratelimit stats %s", text)
 
     async def aclose(self) -> None:
+        """Stop the stats line and log it once more (the stores are the registry's)."""
         if self._stats_task is not None:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
+            self._stats_task = None
         self.log_stats()
-        for batched in self.batched.values():
-            await batched.aclose()
-        for store in self.redis.values():
-            with contextlib.suppress(Exception):
-                await store.aclose()
 
 
 # --------------------------------------------------------------------------- compiled rules
@@ -535,11 +548,12 @@ class ShedStage:
         monitor = runtime.overload
         rank = RANK[route.priority]
         priority = route.priority
+        shed_counter = monitor.counter(priority)
         headers = (("retry-after", str(max(math.ceil(overload.retry_after), 1))),)
 
         async def shed(ctx: Context) -> None:
             if monitor.level(shared.in_flight, overload) >= rank:
-                monitor.shed[priority] += 1
+                shed_counter.inc()
                 raise Overloaded(f"shedding {priority} routes", headers=headers)
 
         return shed

@@ -695,8 +695,6 @@ class HttpTransport:
         self._refused_requests = m.counter(
             "authz_http_refused_requests_total", "requests refused before a decision", ("status",)
         )
-        #: status (400, 408, 414, 431, ...) -> count, as the metric holds it
-        self.refused_requests: dict[int, int] = {}
         self.timed_out_counter = m.counter(
             "authz_http_timed_out_total", "connections closed for a phase that lasted too long"
         ).labels()
@@ -724,11 +722,16 @@ class HttpTransport:
     def idle_closed(self) -> int:
         return int(getattr(self.idle_closed_counter, "value", 0))
 
+    @property
+    def refused_requests(self) -> dict[int, int]:
+        """status (400, 408, 414, 431, ...) -> requests refused with it (from the metrics)."""
+        series = getattr(self._refused_requests, "series", {})
+        return {int(k[0]): int(v.value) for k, v in series.items() if k[0].isdigit()}
+
     def count_refused(self, status: int) -> None:
-        """One request refused with ``status`` before a decision."""
+        """One request refused with ``status`` before a decision (a status this
+        transport answers itself: a bounded set)."""
         self._refused_requests.labels(str(status)).inc()
-        if status in self.refused_requests or len(self.refused_requests) < 32:
-            self.refused_requests[status] = self.refused_requests.get(status, 0) + 1
 
     def refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         """A connection beyond the cap: closed at once, counted, logged (throttled)."""

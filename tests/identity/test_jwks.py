@@ -74,7 +74,7 @@ async def caches() -> AsyncIterator[list[JwksCache]]:
     made: list[JwksCache] = []
     yield made
     for c in made:
-        await c.close()
+        await c.aclose()
 
 
 def write_jwks(path: Path, keys: list[DevKey], mtime_ns: int | None = None) -> None:
@@ -419,7 +419,7 @@ async def test_background_task_refreshes_after_ttl_and_stops_on_close(
             break
         await asyncio.sleep(0.01)
     assert server.hits["/jwks.json"] == 2
-    await cache.close()
+    await cache.aclose()
     clock.advance(1000)
     await asyncio.sleep(0.05)
     assert server.hits["/jwks.json"] == 2

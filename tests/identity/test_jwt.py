@@ -86,7 +86,7 @@ async def make(
 
     yield factory
     for p in made:
-        await p.close()
+        await p.aclose()
 
 
 def mint(key: DevKey, clock: FakeClock, **kw: Any) -> str:
@@ -639,7 +639,7 @@ async def test_rotation_through_discovery(
         assert live.hits["/jwks.json"] == 2
         assert provider.jwks.unknown_kid_refreshes == 1
     finally:
-        await provider.close()
+        await provider.aclose()
 
 
 async def test_unreachable_issuer_is_a_dependency_error(
@@ -660,7 +660,7 @@ async def test_unreachable_issuer_is_a_dependency_error(
             await provider.authenticate(request(mint(keys["es"], clock)))
         assert err.value.reason == "jwks_unavailable"
     finally:
-        await provider.close()
+        await provider.aclose()
 
 
 # -- the cache never outlives the keys ------------------------------------------------------
@@ -711,7 +711,7 @@ async def test_cached_token_denied_after_rotation_on_a_live_issuer(
             assert await reason(provider, revoked) == "token_unknown_kid"
             assert await provider.authenticate(request(kept)) is not None
         finally:
-            await provider.close()
+            await provider.aclose()
 
 
 async def test_cached_token_denied_when_its_kid_now_names_another_key(
@@ -757,4 +757,4 @@ async def test_cached_token_fails_closed_once_keys_are_stale(
             assert await provider.authenticate(request(token)) is not None
             assert provider.ready()
         finally:
-            await provider.close()
+            await provider.aclose()

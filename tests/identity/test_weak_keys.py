@@ -159,7 +159,7 @@ async def make(tmp_path: Path) -> AsyncIterator[MakeProvider]:
 
     yield factory
     for p in made:
-        await p.close()
+        await p.aclose()
 
 
 async def deny_reason(provider: JwtProvider, tok: str) -> str:

@@ -73,7 +73,7 @@ def rec(i: int) -> dict[str, object]:
 
 def test_disk_fills_no_partial_line_then_recovers_without_loss(small_disk: Path) -> None:
     path = small_disk / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path), interval=0.01)
+    sink = JsonLinesSink(path=str(path), interval=0.01).open()
     n = 1500  # ~370 KB: six times what the disk holds
     for i in range(n):
         sink.emit(rec(i))
@@ -95,7 +95,7 @@ def test_disk_fills_no_partial_line_then_recovers_without_loss(small_disk: Path)
 
 def test_disk_full_with_a_small_queue_counts_every_drop(small_disk: Path) -> None:
     path = small_disk / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path), interval=0.01, max_queue=300, block_ms=5)
+    sink = JsonLinesSink(path=str(path), interval=0.01, max_queue=300, block_ms=5).open()
     n = 3000
     for i in range(n):
         sink.emit(rec(i))
@@ -162,7 +162,7 @@ class StalledPipe:
 
 async def test_stalled_pipe_on_failure_deny_denies_then_recovers(tmp_path: Path) -> None:
     pipe = StalledPipe()
-    sink = JsonLinesSink(pipe.stream, interval=0.01)
+    sink = JsonLinesSink(pipe.stream, interval=0.01).open()
     engine = engine_with(tmp_path, "deny", sink)
     decisions = []
     for _ in range(5000):  # the pipe holds ~64 KiB (~200 records), then the queue fills
@@ -195,7 +195,7 @@ async def test_stalled_pipe_on_failure_deny_denies_then_recovers(tmp_path: Path)
 
 async def test_stalled_pipe_on_failure_drop_keeps_allowing(tmp_path: Path) -> None:
     pipe = StalledPipe()
-    sink = JsonLinesSink(pipe.stream, interval=0.01)
+    sink = JsonLinesSink(pipe.stream, interval=0.01).open()
     engine = engine_with(tmp_path, "drop", sink)
     n = 2000
     for _ in range(n):
@@ -211,7 +211,7 @@ async def test_stalled_pipe_on_failure_drop_keeps_allowing(tmp_path: Path) -> No
 
 
 async def test_disk_full_on_failure_deny(tmp_path: Path) -> None:
-    sink = JsonLinesSink(path="/dev/full", interval=0.01)
+    sink = JsonLinesSink(path="/dev/full", interval=0.01).open()
     engine = engine_with(tmp_path, "deny", sink)
     assert (await decide(engine)).allowed  # queued; the write has not failed yet
     wait_until(lambda: not sink.healthy())  # ENOSPC

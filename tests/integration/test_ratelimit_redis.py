@@ -245,6 +245,7 @@ async def test_refund_after_a_sync_never_uncharges_a_newer_admission(
 
 async def test_background_flush_charges_idle_views(redis_server: RedisServer) -> None:
     batched = BatchedStore(store(redis_server))  # real clocks: the flusher runs on its own
+    await batched.start()
     item = BatchedItem(Item("idle", GCRA, 3600.0, 10), batch=5, sync_interval=0.05)
     for _ in range(3):
         assert (await batched.acquire_batched([item]))[0].allowed

@@ -59,7 +59,7 @@ def test_reason_is_in_the_tree() -> None:
 
 def test_engine_applies_the_section_to_its_sink(tmp_path: Path) -> None:
     first = CompiledPolicy(load_policy(write(tmp_path, "decision_log: {max_queue: 7}\n" + ROUTES)))
-    sink = JsonLinesSink(path=str(tmp_path / "log.jsonl"))
+    sink = JsonLinesSink(path=str(tmp_path / "log.jsonl")).open()
     engine = PolicyEngine(first, sink=sink)
     assert sink._max == 7 and not first.log_fails_closed
     text = "decision_log: {on_failure: deny, max_queue: 9, block_ms: 5}\n" + ROUTES

@@ -204,7 +204,7 @@ async def test_jwt_presented_whenever_authenticate_would_not_abstain(
             assert provider.presented(request) == expected, (value, path)
             # the query parameter alone is counted, though never accepted there
             assert await _abstains(provider, request) == (not in_header), (value, path)
-    await provider.close()
+    await provider.aclose()
 
 
 async def test_api_key_and_mtls_presented() -> None:

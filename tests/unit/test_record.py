@@ -83,7 +83,7 @@ async def test_the_log_line_is_the_record_formatted_and_the_record_unchanged(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     listener = Listener()
     eng = engine(tmp_path, sink, listener)
     await eng.check(Request(method="GET", path="/ping", source_address="198.51.100.2"))

@@ -30,7 +30,7 @@ def record(i: int) -> dict[str, object]:
 
 def test_json_lines_file_one_line_per_record(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     for i in range(3):
         sink.emit(record(i))
     sink.close()
@@ -47,7 +47,7 @@ def test_json_lines_file_one_line_per_record(tmp_path: Path) -> None:
 
 def test_close_flushes_everything(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     n = 10_000
     for i in range(n):
         sink.emit(record(i))
@@ -62,7 +62,7 @@ def test_close_flushes_everything(tmp_path: Path) -> None:
 def test_appends_to_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     path.write_text('{"old": true}\n', "utf-8")
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     sink.emit(record(1))
     sink.close()
     lines = path.read_text("utf-8").splitlines()
@@ -71,7 +71,7 @@ def test_appends_to_an_existing_file(tmp_path: Path) -> None:
 
 def test_stream_sink_is_not_closed(tmp_path: Path) -> None:
     stream = io.StringIO()
-    sink = JsonLinesSink(stream)
+    sink = JsonLinesSink(stream).open()
     for i in range(1000):
         sink.emit(record(i))
     sink.close()
@@ -81,7 +81,7 @@ def test_stream_sink_is_not_closed(tmp_path: Path) -> None:
 
 def test_non_json_values_are_stringified(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     sink.emit({"path": Path("/x"), "n": 1})
     sink.close()
     assert json.loads(path.read_text("utf-8")) == {"path": "/x", "n": 1}
@@ -141,7 +141,7 @@ class PipeReader:
 
 def test_stalled_pipe_is_bounded_counted_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     pipe = PipeReader()  # nobody reads yet: the writer blocks once the pipe (64 KiB) is full
-    sink = JsonLinesSink(pipe.stream, max_queue=2000, block_ms=20, stall_after=0.2)
+    sink = JsonLinesSink(pipe.stream, max_queue=2000, block_ms=20, stall_after=0.2).open()
     before = rss_kib()
     n = 150_000
     for i in range(n):
@@ -172,7 +172,7 @@ def test_stalled_pipe_is_bounded_counted_and_recovers(caplog: pytest.LogCaptureF
 
 
 def test_dev_full_every_write_fails_counted_once_logged(caplog: pytest.LogCaptureFixture) -> None:
-    sink = JsonLinesSink(path="/dev/full", interval=0.01, max_queue=100, block_ms=0)
+    sink = JsonLinesSink(path="/dev/full", interval=0.01, max_queue=100, block_ms=0).open()
     for i in range(150):
         sink.emit(record(i))
     wait_until(lambda: sink.stats().write_failures >= 3)  # retried, not once per record
@@ -194,7 +194,7 @@ def test_a_closed_stream_is_a_counted_failure(
 ) -> None:
     path = tmp_path / "decisions.jsonl"
     stream = path.open("w", encoding="utf-8")
-    sink = JsonLinesSink(stream, interval=0.01)
+    sink = JsonLinesSink(stream, interval=0.01).open()
     for i in range(10):
         sink.emit(record(i))
     wait_until(lambda: sink.stats().written == 10)
@@ -213,7 +213,7 @@ def test_reader_gone_epipe_is_a_counted_failure(caplog: pytest.LogCaptureFixture
     r, w = os.pipe()
     os.close(r)  # the reader is gone: every write is EPIPE (Python ignores SIGPIPE)
     stream = os.fdopen(w, "w", encoding="utf-8")
-    sink = JsonLinesSink(stream, interval=0.01)
+    sink = JsonLinesSink(stream, interval=0.01).open()
     for i in range(20):
         sink.emit(record(i))
     wait_until(lambda: sink.stats().write_failures >= 2)
@@ -228,7 +228,7 @@ def test_reader_gone_epipe_is_a_counted_failure(caplog: pytest.LogCaptureFixture
 
 def test_configure_changes_the_bound() -> None:
     pipe = PipeReader()
-    sink = JsonLinesSink(pipe.stream, max_queue=50_000)
+    sink = JsonLinesSink(pipe.stream, max_queue=50_000).open()
     sink.configure(max_queue=10, block_ms=0, on_failure="drop")
     for i in range(30_000):  # more than the pipe takes: the writer blocks, the queue fills
         sink.emit(big_record(i))
@@ -244,7 +244,7 @@ def test_configure_changes_the_bound() -> None:
 def test_a_cut_last_line_is_terminated_before_appending(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     path.write_bytes(b'{"old":1}\n{"cut":')  # a crash mid-line, before this fix
-    sink = JsonLinesSink(path=str(path))
+    sink = JsonLinesSink(path=str(path)).open()
     sink.emit(record(1))
     sink.close()
     lines = path.read_text("utf-8").splitlines()
