@@ -120,6 +120,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.control.options import options_from_args
     from authz.server import ServeOptions, run_service
 
     logging.basicConfig(
@@ -132,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc = DEFAULT_GRPC  # no transport named: gRPC, as before
     try:
         limits = _http_options(args)
+        control = options_from_args(args)
     except ValueError as exc:
         print(f"authz serve: error: {exc}", file=sys.stderr)
         return 2
@@ -150,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             drain_delay=args.drain_delay,
             reuse_port=args.reuse_port or args.workers > 1,
+            control=control,
         )
     )
 
@@ -434,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
+    serve = p
 
     p = sub.add_parser("check", help="send one request to a running service; print the decision")
     p.add_argument("url", help="the request URL, e.g. http://api.local/v1/orders?limit=5")
@@ -456,9 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole response as JSON")
     p.set_defaults(func=cmd_check)
 
-    from authz.admin import add_inventory_parser
+    from authz.control.commands import add_inventory_parser
+    from authz.control.options import add_serve_arguments
 
-    add_inventory_parser(sub, _address, _positive)
+    add_serve_arguments(serve)
+    add_inventory_parser(sub)
     add_envoy_config_parser(sub)
     add_token_parser(sub)
     from authz.demo.stack import add_demo_parser
