@@ -545,7 +545,7 @@ def _supervise(options: ServeOptions) -> int:
         "--drain-delay",
         str(options.drain_delay),
     ]
-    from authz.control.server import SupervisorControl
+    from authz.control.workers import SupervisorControl
 
     control = SupervisorControl(options.control, options.workers)  # merges the workers'
     children: dict[int, subprocess.Popen[bytes]] = {}

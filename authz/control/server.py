@@ -8,10 +8,8 @@ Three shapes, one :class:`ControlServer`:
 - a worker of ``--workers N``: the same servicer on a unix socket in a 0700
   directory the supervisor made (no TLS, no token: the directory is the boundary;
   only the supervisor connects);
-- the supervisor of ``--workers N``: :class:`SupervisorControl` runs, in a thread
-  with its own event loop, a :class:`FanOutAdmin` on ``--control`` that asks every
-  worker's socket and merges the answers (:mod:`authz.control.merge`). Explain is
-  answered by one worker (any: they run the same policy).
+- the supervisor of ``--workers N``: :class:`authz.control.workers.SupervisorControl`
+  serves a fan-out servicer that asks every worker's socket and merges.
 
 Every call but gRPC health must authenticate (:mod:`authz.control.auth`); the
 Health service stays open, so that an orchestrator can probe the port, and is
@@ -21,15 +19,11 @@ line: method, caller, peer, outcome and duration.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +32,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz.control import auth
-from authz.control.merge import merge_counters, merge_inventories
 from authz.control.options import ControlOptions
 from authz.control.servicer import ADMIN_SERVICE, AdminServicer, add_to_server
 from authz.transport.envoy_http import is_loopback
 from authz.transport.http_server import TransportConfigError
 from authz.units import parse_host_port
-from authz.v1 import admin_pb2_grpc
 
 if TYPE_CHECKING:
     from authz.engine import PolicyEngine
@@ -52,8 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("authz.control")
 
 _HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
-#: How long the supervisor waits for one worker's answer.
-WORKER_TIMEOUT = 5.0
 
 
 class ControlConfigError(TransportConfigError):
@@ -279,121 +269,3 @@ class ControlPlane:
 
     async def aclose(self) -> None:
         await self.server.aclose()
-
-
-# --------------------------------------------------------------------------- --workers N
-
-
-class FanOutAdmin(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    """Answers for every worker: asks each one's socket and merges."""
-
-    def __init__(self, sockets: Sequence[str], *, timeout: float = WORKER_TIMEOUT) -> None:
-        self._sockets = tuple(sockets)
-        self._timeout = timeout
-        self._stubs: dict[str, Any] = {}
-
-    def _stub(self, socket: str) -> Any:
-        stub = self._stubs.get(socket)
-        if stub is None:
-            channel = grpc.aio.insecure_channel("unix:" + socket)
-            stub = self._stubs[socket] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
-        return stub
-
-    async def _all(self, name: str, request: Any, context: Any) -> list[Any]:
-        calls = [
-            getattr(self._stub(s), name)(request, timeout=self._timeout) for s in self._sockets
-        ]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-        good = [a for a in answers if not isinstance(a, BaseException)]
-        for socket, answer in zip(self._sockets, answers, strict=True):
-            if isinstance(answer, BaseException):
-                log.warning("control plane: worker %s did not answer %s: %s", socket, name, answer)
-        if not good:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker answered")
-        return good
-
-    async def GetInventory(self, request: Any, context: Any) -> Any:
-        return merge_inventories(await self._all("GetInventory", request, context))
-
-    async def GetCounters(self, request: Any, context: Any) -> Any:
-        return merge_counters(await self._all("GetCounters", request, context))
-
-    async def Explain(self, request: Any, context: Any) -> Any:
-        last: grpc.RpcError | None = None
-        for socket in self._sockets:
-            try:
-                return await self._stub(socket).Explain(request, timeout=self._timeout)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    await context.abort(exc.code(), exc.details() or "")
-                last = exc
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"no worker answered: {last}")
-
-
-class SupervisorControl:
-    """The control plane of ``--workers N``: one private socket per worker and the
-    public server, run in a thread of the supervisor with an event loop of its own."""
-
-    def __init__(self, options: ControlOptions, workers: int) -> None:
-        self.options = options
-        self._dir: str | None = None
-        self.sockets: list[str] = []
-        if options.address is not None:
-            # 0700 (mkdtemp); in the temp dir, not the runtime dir: a unix socket's path
-            # must stay under ~100 bytes
-            self._dir = tempfile.mkdtemp(prefix="authz-workers-")
-            self.sockets = [os.path.join(self._dir, f"worker-{i}.sock") for i in range(workers)]
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self.port = 0
-
-    def worker_argv(self, index: int) -> list[str]:
-        """The ``authz serve`` flags of worker ``index``."""
-        if not self.sockets:
-            return ["--control", "off"]
-        return ["--control-worker-socket", self.sockets[index]]
-
-    def start(self) -> None:
-        """Bind and serve (raises what the server raised: ControlConfigError, OSError)."""
-        if not self.sockets:
-            return
-        started = threading.Event()
-
-        async def serve() -> None:
-            server = ControlServer(self.options, FanOutAdmin(self.sockets))
-            self._stop = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-            try:
-                await server.start()
-                self.port = server.port
-            except BaseException as exc:
-                self._error = exc
-                started.set()
-                return
-            started.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await server.aclose()
-
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(serve()), name="authz-control", daemon=True
-        )
-        self._thread.start()
-        started.wait()
-        if self._error is not None:
-            self.close()
-            raise self._error
-
-    def close(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
