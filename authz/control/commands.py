@@ -30,7 +30,7 @@ from authz.control.render import (
 from authz.v1 import admin_pb2
 
 
-def _fail(command: str, args: argparse.Namespace, exc: grpc.RpcError) -> int:
+def _call_failed(command: str, args: argparse.Namespace, exc: grpc.RpcError) -> int:
     code = exc.code()
     hint = ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -48,7 +48,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         print(f"authz inventory: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        return _fail("inventory", args, exc)
+        return _call_failed("inventory", args, exc)
     if args.openapi:
         doc = openapi_skeleton(inventory)
         text = (
@@ -120,7 +120,7 @@ def remote_explain(args: argparse.Namespace, url: str, headers: dict[str, str], 
         print(f"authz explain: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        return _fail("explain", args, exc)
+        return _call_failed("explain", args, exc)
     if args.json:
         print(json.dumps(explanation_dict(explanation), indent=2))
     else:
