@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from authz import devissuer
+from authz.cli import token as token_cli
 from authz.devissuer import DevIssuerServer
 
 
@@ -157,7 +158,7 @@ def test_server_serves_discovery_and_jwks_with_rotation_and_outage() -> None:
 
 def run(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="authz")
-    devissuer.add_token_parser(parser.add_subparsers(dest="command"))
+    token_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(list(argv))
     result: int = args.func(args)
     return result
@@ -227,9 +228,9 @@ def test_cli_token_without_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 SERVE_SCRIPT = """
 import argparse, sys
-from authz import devissuer
+from authz.cli import token as token_cli
 parser = argparse.ArgumentParser(prog="authz")
-devissuer.add_token_parser(parser.add_subparsers())
+token_cli.register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])
 sys.exit(args.func(args))
 """

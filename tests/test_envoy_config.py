@@ -30,16 +30,15 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from authz.cli.envoy_config import generate, main
+from authz.cli.envoy_config import register as add_envoy_config_parser
 from authz.envoyconf import (
     EXT_AUTHZ_FILTER,
     EnvoyConfigError,
     EnvoyOptions,
     HostPort,
     TlsOptions,
-    add_envoy_config_parser,
     build_bootstrap,
-    generate,
-    main,
     parse_host_port,
     parse_timeout,
     render_yaml,

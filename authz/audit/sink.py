@@ -31,6 +31,10 @@ Failure handling (the policy's ``decision_log`` section configures it):
   pipe nobody reads). ``ready()`` is the engine's per-decision question for
   ``on_failure: deny``: can a record be taken now? It is a flag and a length
   compare (plus the bounded wait when the queue has just filled).
+
+Over 400 lines on purpose: the bound, the partial-write repair, the retry and the
+health of one writer share its queue and its lock; split, each part would reach
+into the others' state.
 """
 
 from __future__ import annotations

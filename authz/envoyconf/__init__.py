@@ -38,21 +38,13 @@ What it encodes, and why:
 
 Modules, by job: :mod:`.options` (what a deployment gives), :mod:`.extauthz` (the
 filter and its per-route settings), :mod:`.routes` (routes from the plan), :mod:`.tls`
-(listener TLS and file checks), :mod:`.bootstrap` (the whole config), :mod:`.command`
-(the CLI). The names below are the package's public face.
+(listener TLS and file checks), :mod:`.bootstrap` (the whole config); the command is
+:mod:`authz.cli.envoy_config`. The names below are the package's public face.
 """
 
 from __future__ import annotations
 
 from authz.envoyconf.bootstrap import build_bootstrap, build_bootstrap_message, render_yaml
-from authz.envoyconf.command import (
-    add_envoy_config_parser,
-    command_line,
-    generate,
-    main,
-    options_from_args,
-    run,
-)
 from authz.envoyconf.common import EXT_AUTHZ_FILTER, EnvoyConfigError
 from authz.envoyconf.extauthz import HTTP_CHECK_HEADERS, http_check_headers
 from authz.envoyconf.options import EnvoyOptions, TlsOptions, parse_timeout
@@ -66,17 +58,11 @@ __all__ = [
     "EnvoyOptions",
     "HostPort",
     "TlsOptions",
-    "add_envoy_config_parser",
     "build_bootstrap",
     "build_bootstrap_message",
     "check_tls_files",
-    "command_line",
-    "generate",
     "http_check_headers",
-    "main",
-    "options_from_args",
     "parse_host_port",
     "parse_timeout",
     "render_yaml",
-    "run",
 ]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.cli import _http_options, build_parser, main
+from authz.cli import build_parser, main
+from authz.cli.serve import http_options as _http_options
 from authz.transport.http_server import HttpLimits
 
 SECRET = "0123456789abcdef0123456789abcdef"

@@ -89,7 +89,7 @@ def test_duration_errors_are_value_errors() -> None:
 
 
 def test_policy_and_flag_wrappers_keep_their_messages() -> None:
-    from authz.cli import _duration
+    from authz.cli.args import duration as _duration
     from authz.envoyconf import parse_timeout
     from authz.policy.document import parse_duration as policy_duration
 
@@ -163,7 +163,7 @@ def test_host_port_is_ip() -> None:
 
 
 def test_cli_address_flag_says_what_is_wrong() -> None:
-    from authz.cli import _address
+    from authz.cli.args import address as _address
 
     assert _address("127.0.0.1:0") == "127.0.0.1:0"
     assert _address("[::1]:9191") == "[::1]:9191"

@@ -45,7 +45,7 @@ def _readable_file(text: str) -> str:
     return text
 
 
-def add_envoy_config_parser(subparsers: argparse._SubParsersAction[AnyType]) -> None:
+def register(subparsers: argparse._SubParsersAction[AnyType]) -> None:
     """Register ``envoy-config POLICY`` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "envoy-config",
@@ -244,9 +244,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m authz.envoyconf.command POLICY ...``: the subcommand on its own."""
+    """``python -m authz.cli.envoy_config POLICY ...``: the subcommand on its own."""
     parser = argparse.ArgumentParser(prog="authz")
-    add_envoy_config_parser(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["envoy-config", *(sys.argv[1:] if argv is None else argv)])
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

@@ -103,7 +103,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
-def add_explain_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     from authz.control.commands import add_explain_control_arguments
 
     p = sub.add_parser(

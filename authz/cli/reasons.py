@@ -26,7 +26,7 @@ def cmd_reasons(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_reasons_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("reasons", help="print every reason code: status, phase, when")
     p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
     p.set_defaults(func=cmd_reasons)
