@@ -322,7 +322,7 @@ class PolicyEngine:
         """
         policy = self._policy
         decision_id = self._new_id()
-        ctx = Context(request, "", "")
+        ctx = Context(request, "", "", explain=True)
         ran: dict[tuple[str, str], Step] = {}
         shared = policy.shared
         shared.in_flight += 1
@@ -424,7 +424,8 @@ class PolicyEngine:
             monitor = plan.monitor
         elif exc.undeclared:
             monitor = policy.undeclared_monitor
-            self._count_undeclared(request.method, path)
+            if not ctx.explain:
+                self._count_undeclared(request.method, path)
         else:
             monitor = policy.global_monitor and exc.monitorable_unrouted
         if monitor:

@@ -3,8 +3,12 @@
 :meth:`authz.engine.PolicyEngine.explain` runs the same stages as ``check`` in a
 loop of its own (so ``check`` pays nothing for it) and returns the decision with
 one :class:`Step` per registered stage, in run order. An explained request is
-decided for real (rate limits are charged, JWKS may be fetched) but it writes no
-decision record and the ``observe`` stages do not see it (no inventory entry).
+decided as a dry run: it writes no decision record, the ``observe`` stages do not
+see it (no inventory entry), it is not counted in the decision or undeclared
+counters, and a rate limit that admits it gives the charge back at once (the
+verdict is the one the request would get now; a concurrent request may see the
+momentary charge) and counts nothing. It does run for real what a real request
+would: JWKS may be fetched, the token cache filled, load shedding sees it in flight.
 """
 
 from __future__ import annotations

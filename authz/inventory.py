@@ -68,6 +68,21 @@ class HyperLogLog:
         if rank > self._registers[index]:
             self._registers[index] = rank
 
+    @property
+    def registers(self) -> bytes:
+        """The sketch itself: the union of two sketches is their registers' maximum."""
+        return bytes(self._registers)
+
+    @classmethod
+    def union(cls, sketches: list[bytes]) -> HyperLogLog:
+        """The sketch of the union of sets whose sketches (same ``p``) are given."""
+        merged = cls((len(sketches[0]) if sketches else 256).bit_length() - 1)
+        for sketch in sketches:
+            if len(sketch) != len(merged._registers):
+                raise ValueError("sketches of different sizes")
+            merged._registers = bytearray(map(max, merged._registers, sketch))
+        return merged
+
     def estimate(self) -> int:
         m = len(self._registers)
         alpha = 0.7213 / (1 + 1.079 / m)
@@ -138,6 +153,8 @@ class EndpointView:
     query_parameters: tuple[str, ...]
     drift_query_parameters: tuple[str, ...]
     drift_body_fields: tuple[str, ...]
+    #: the distinct-callers sketch (:attr:`HyperLogLog.registers`), for merging
+    callers_sketch: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +295,7 @@ class Inventory(Stateless):
                 query_parameters=tuple(e.query_parameters.items),
                 drift_query_parameters=tuple(e.drift_query.items),
                 drift_body_fields=tuple(e.drift_body.items),
+                callers_sketch=e.callers.registers,
             )
             for e in (*self._declared.values(), *self._undeclared.values())
         ]

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
+from authz.control.options import CONTROL_OFF, ControlOptions
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.errors import PolicyError
 from authz.policy.config import PolicyConfig
@@ -91,6 +92,8 @@ class ServeOptions:
     #: DRAIN_QUIET seconds or this long has passed; within drain_timeout.
     drain_delay: float = 1.0
     reuse_port: bool = False
+    #: the control plane (authz.control); off unless given (the CLI's default is on)
+    control: ControlOptions = CONTROL_OFF
 
 
 def make_sink(spec: str, metrics: Metrics | None = None) -> DecisionSink:
@@ -111,6 +114,7 @@ class Service:
         self.engine: PolicyEngine | None = None
         self.transport: GrpcTransport | None = None
         self.http: HttpTransport | None = None
+        self.control: Any = None  # authz.control.server.ControlPlane when enabled
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
@@ -347,6 +351,11 @@ class Service:
             )
             await self.http.start()
             ports.append(f"HTTP port {self.http.port}")
+        if self.options.control.enabled:
+            from authz.control.server import ControlPlane
+
+            self.control = ControlPlane(self.options.control, engine)
+            await self.control.start()
         log.info(
             "authz serving policy %s on %s (pid %d)",
             policy.version,
@@ -439,6 +448,8 @@ class Service:
         grace = max(0.0, self.options.drain_timeout - (time.monotonic() - started))
         stops = [t.stop(grace) for t in (self.transport, self.http) if t is not None]
         await asyncio.gather(*stops)
+        if self.control is not None:
+            await self.control.aclose()
         if self.engine is not None:
             await self.engine.policy.close()
         # every started runtime, in reverse order: stores, inventory, the decision log
@@ -570,13 +581,17 @@ def _supervise(options: ServeOptions) -> int:
         "--drain-delay",
         str(options.drain_delay),
     ]
+    from authz.control.workers import SupervisorControl
+
+    control = SupervisorControl(options.control, options.workers)  # merges the workers'
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def spawn(index: int) -> None:
         # The worker starts with SIGHUP ignored (inherited across exec): a reload
         # forwarded while it is still importing must not kill it.
-        children[index] = subprocess.Popen(argv, preexec_fn=_ignore_sighup)
+        worker = [*argv, *control.worker_argv(index)]
+        children[index] = subprocess.Popen(worker, preexec_fn=_ignore_sighup)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -590,6 +605,14 @@ def _supervise(options: ServeOptions) -> int:
         signal.signal(sig, forward)
     for i in range(options.workers):
         spawn(i)
+    try:
+        control.start()
+    except (OSError, TransportConfigError) as exc:
+        print(f"authz serve: error: {exc}", file=sys.stderr)
+        forward(signal.SIGTERM, None)
+        for child in children.values():
+            child.wait()
+        return 2
     while True:
         time.sleep(0.2)
         for i, child in list(children.items()):
@@ -603,4 +626,5 @@ def _supervise(options: ServeOptions) -> int:
                 time.sleep(0.5)
                 spawn(i)
         if stopping and not children:
+            control.close()
             return 0

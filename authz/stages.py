@@ -56,6 +56,9 @@ class Context:
     decision: Decision | None = None
     #: The decision record (an :class:`authz.record.DecisionRecord`), for ``observe``.
     record: Any = None
+    #: Explain (a dry run): a stage whose check has effects beyond this request
+    #: (a rate limit's charge, its counters) undoes or skips them.
+    explain: bool = False
 
 
 Check = Callable[[Context], Awaitable[None]]

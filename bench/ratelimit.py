@@ -227,7 +227,8 @@ class Serve:
         self.log = open(tmp / f"serve-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "authz", "serve", str(policy), "--grpc",
-             f"127.0.0.1:{self.port}", "--decision-log", "off", "--reload-interval", "0"],
+             f"127.0.0.1:{self.port}", "--decision-log", "off", "--reload-interval", "0",
+             "--control", "off"],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
             cwd=ROOT,

@@ -284,6 +284,8 @@ def authz_proc(
         "0",
         "--log-level",
         "warning",
+        "--control",
+        "off",  # the data plane alone (the control plane costs nothing per request)
     ]
     return Proc(f"authz-{name}", argv, s.work / f"{name}.authz.log")
 

@@ -20,6 +20,11 @@ class ServiceProcess:
         self.policy = policy
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        #: the control plane (unless ``extra`` names one); its token lives in ``runtime``
+        self.control = f"127.0.0.1:{free_port()}"
+        self.runtime = log_dir / "run"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTHZ_RUNTIME_DIR": str(self.runtime)}
+        control = [] if "--control" in extra else ["--control", self.control]
         self.decision_log = log_dir / f"decisions-{self.port}.log"
         self.stderr_path = log_dir / f"serve-{self.port}.log"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
@@ -36,11 +41,12 @@ class ServiceProcess:
                 str(self.decision_log),
                 "--reload-interval",
                 "0.2",
+                *control,
                 *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=self.env,
         )
 
     def wait_serving(self, timeout: float = 20.0) -> ServiceProcess:

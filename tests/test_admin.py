@@ -1,7 +1,9 @@
-"""The control plane (authz.v1.Admin) and ``authz inventory`` against a running service.
+"""The inventory (authz.v1.Admin on the control plane) and ``authz inventory`` against a
+running service.
 
 Replays a mix of declared and undeclared traffic through the service's gRPC Check, the
-way Envoy would send it, then reads the inventory back over gRPC and with the CLI.
+way Envoy would send it, then reads the inventory back with the CLI from the control
+plane (tests/control covers its authentication, logging and ``--workers`` merging).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import grpc
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from authz.admin import ADMIN_SERVICE, _openapi_path
+from authz.control.render import _openapi_path
+from authz.control.servicer import ADMIN_SERVICE
 from authz.transport.envoy_grpc import build_check_request
 from tests.support import ServiceProcess
 
@@ -111,16 +114,22 @@ def test_inventory_of_replayed_traffic(
     svc = start_service(policy)
     replay(svc.address)
 
-    # reflection lists the control plane next to ext_authz
+    # reflection on the ext_authz port lists ext_authz, not the control plane
     listed = subprocess.run(
         [sys.executable, "-c", LIST_SERVICES, svc.address], capture_output=True, text=True,
         check=True,
     ).stdout.split()  # fmt: skip
     assert ADMIN_SERVICE == "authz.v1.Admin"
-    assert {"authz.v1.Admin", "envoy.service.auth.v3.Authorization"} <= set(listed)
+    assert "envoy.service.auth.v3.Authorization" in listed
+    assert ADMIN_SERVICE not in listed
 
-    authz = [sys.executable, "-m", "authz", "inventory", "--server", svc.address]
-    result = subprocess.run([*authz, "--json"], capture_output=True, text=True)
+    # the token the service wrote to its runtime dir (svc.env): found by default
+    authz = [sys.executable, "-m", "authz", "inventory", "--control", svc.control]
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*authz, *argv], capture_output=True, text=True, env=svc.env)
+
+    result = run("--json")
     assert result.returncode == 0, result.stderr
     inventory = json.loads(result.stdout)
     rows = {(e["declared"], e["method"], e["path"]): e for e in inventory["endpoints"]}
@@ -147,10 +156,11 @@ def test_inventory_of_replayed_traffic(
     assert beta["drift_body_fields"] == ["/b"]
     assert rows[(False, "DELETE", "/v1/orders/{id}")]["outcomes"] == {"method_not_allowed": "1"}
     assert inventory["policy_version"].startswith("sha256:")
+    assert "callers_sketch" not in users
 
     # the table, and an OpenAPI skeleton of what was observed
     skeleton = tmp_path / "observed.yaml"
-    result = subprocess.run([*authz, "--openapi", str(skeleton)], capture_output=True, text=True)
+    result = run("--openapi", str(skeleton))
     assert result.returncode == 0, result.stderr
     (tmp_path / "inventory.txt").write_text(result.stdout)
     lines = result.stdout.splitlines()
@@ -168,13 +178,13 @@ def test_inventory_of_replayed_traffic(
     assert doc["paths"]["/v1/orders/{id}"]["get"]["operationId"] == "get-order"
     assert doc["paths"]["/v1/beta"]["post"]["x-authz-drift-body-fields"] == ["/b"]
 
-    result = subprocess.run([*authz, "--undeclared", "--json"], capture_output=True, text=True)
+    result = run("--undeclared", "--json")
     assert all(not e["declared"] for e in json.loads(result.stdout)["endpoints"])
 
 
 def test_inventory_of_a_service_that_is_not_there() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "authz", "inventory", "--server", "127.0.0.1:1", "--timeout", "1"],
+        [sys.executable, "-m", "authz", "inventory", "--control", "127.0.0.1:1", "--timeout", "1"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 3

@@ -19,7 +19,6 @@ from authz.cli.args import Parser
 
 def build_parser() -> argparse.ArgumentParser:
     from authz import __version__
-    from authz.admin import add_inventory_parser
     from authz.cli import (
         check,
         demo,
@@ -30,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         token,
         validate,
     )
-    from authz.cli.args import address, positive
+    from authz.control.commands import add_inventory_parser
 
     parser = Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
@@ -39,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.register(sub)
     serve.register(sub)
     check.register(sub)
-    add_inventory_parser(sub, address, positive)
+    add_inventory_parser(sub)
     envoy_config.register(sub)
     token.register(sub)
     demo.register(sub)

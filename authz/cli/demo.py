@@ -79,6 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         listen_port=args.port,
         authz_port=9191,
         admin_port=9901,
+        control_port=9193,
         upstream_port=8000,
     )
     try:

@@ -2,8 +2,11 @@
 
 Builds the request as ``authz check`` does (a CheckRequest, read back as the
 service reads it), runs :meth:`authz.engine.PolicyEngine.explain` on the policy
-file and prints the decision and the trace. Local only: nothing is sent anywhere
-but to the policy's own key sets (``jwks_uri``), as the service would fetch them.
+file and prints the decision and the trace. Local: nothing is sent anywhere but
+to the policy's own key sets (``jwks_uri``), as the service would fetch them.
+
+``authz explain --control HOST:PORT URL`` asks the running service's control
+plane instead (:mod:`authz.control.commands`): its policy, its key sets.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from authz.policy.loader import load_policy
     from authz.transport.envoy_grpc import build_check_request, to_request
 
+    if args.control is not None:  # one positional: the URL
+        if args.url is not None:
+            print("authz explain: with --control, give the URL only (no policy file)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        from authz.control.commands import remote_explain
+
+        body = args.data.encode() if args.data is not None else b""
+        return remote_explain(args, args.policy, dict(args.header), body)
+    if args.url is None:
+        print("authz explain: give POLICY URL, or --control HOST:PORT URL", file=sys.stderr)
+        return 2
     url = urlsplit(args.url)
     if url.scheme not in ("http", "https") or not url.netloc:
         print(f"authz explain: expected an http(s) URL, got {args.url!r}", file=sys.stderr)
@@ -89,9 +104,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("explain", help="decide one request against a policy file, stage by stage")
-    p.add_argument("policy", help="the policy file")
-    p.add_argument("url", help="the request URL, e.g. http://api.local/v1/orders?limit=5")
+    from authz.control.commands import add_explain_control_arguments
+
+    p = sub.add_parser(
+        "explain",
+        help="decide one request stage by stage, against a policy file or (--control) "
+        "the running service",
+    )
+    p.add_argument("policy", help="the policy file (with --control: the URL)")
+    p.add_argument(
+        "url", nargs="?", help="the request URL, e.g. http://api.local/v1/orders?limit=5"
+    )
     p.add_argument("-X", "--request", metavar="METHOD", help="default GET, POST with --data")
     p.add_argument(
         "-H", "--header", type=_header, action="append", default=[], metavar="'NAME: VALUE'"
@@ -100,4 +123,5 @@ def register(sub: Any) -> None:
     p.add_argument("--principal", help="the SPIFFE ID Envoy verified for the peer (mTLS)")
     p.add_argument("--source", default="127.0.0.1", help="client address Envoy saw")
     p.add_argument("--json", action="store_true", help="print the decision and trace as JSON")
+    add_explain_control_arguments(p)
     p.set_defaults(func=cmd_explain)

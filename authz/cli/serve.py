@@ -15,6 +15,7 @@ DEFAULT_GRPC = "0.0.0.0:9191"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.control.options import options_from_args
     from authz.server import ServeOptions, run_service
 
     logging.basicConfig(
@@ -27,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc = DEFAULT_GRPC  # no transport named: gRPC, as before
     try:
         limits = http_options(args)
+        control = options_from_args(args)
     except ValueError as exc:
         print(f"authz serve: error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             drain_delay=args.drain_delay,
             reuse_port=args.reuse_port or args.workers > 1,
+            control=control,
         )
     )
 
@@ -205,4 +208,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    from authz.control.options import add_serve_arguments
+
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)

@@ -81,6 +81,8 @@ class LocalStack:
     listen_port: int = 0
     authz_port: int = 0
     admin_port: int = 0
+    #: the service's control plane (``--control``, loopback, token in the runtime dir)
+    control_port: int = 0
     upstream_port: int = 0
     envoy_timeout: float = 1.0
     extra_serve_args: tuple[str, ...] = ()
@@ -97,6 +99,7 @@ class LocalStack:
         self.listen_port = self.listen_port or free_port()
         self.authz_port = self.authz_port or free_port()
         self.admin_port = self.admin_port or free_port()
+        self.control_port = self.control_port or free_port()
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -157,7 +160,8 @@ class LocalStack:
             "authz.log",
             sys.executable, "-m", "authz", "serve", str(self.policy),
             f"--{self.transport}", self.authz_address, "--decision-log", str(self.decision_log),
-            "--reload-interval", "0.2", *secret_args, *self.extra_serve_args,
+            "--reload-interval", "0.2", "--control", f"127.0.0.1:{self.control_port}",
+            *secret_args, *self.extra_serve_args,
         )  # fmt: skip
         envoy = self._spawn(
             "envoy.log",

@@ -443,20 +443,24 @@ class RateLimitCheck:
                 decided.append((rule, outcome))
                 if not outcome.allowed:
                     if rule.shadow:
-                        rule.counters.shadow_limited.inc()
+                        if not ctx.explain:
+                            rule.counters.shadow_limited.inc()
                     else:
                         denied = True
             if denied:
                 await _undo(charged)
                 self._deny(ctx, decided)
             charged.append((group, items))
+        if ctx.explain:  # a dry run: give back what it took, count nothing
+            await _undo(charged)
         self._allow(ctx, decided)
 
     def _allow(self, ctx: Context, decided: list[tuple[CompiledRule, Outcome]]) -> None:
         states = []
         for rule, outcome in decided:
             if not rule.shadow:
-                rule.counters.admitted.inc()
+                if not ctx.explain:
+                    rule.counters.admitted.inc()
                 reset = outcome.reset
                 t = math.ceil(reset - 1e-9) if reset > 0 else 0
                 states.append(f"{rule.state_prefix}{outcome.remaining};t={t}")
@@ -471,7 +475,8 @@ class RateLimitCheck:
     def _deny(self, ctx: Context, decided: list[tuple[CompiledRule, Outcome]]) -> None:
         denying = [(r, o) for r, o in decided if not o.allowed and not r.shadow]
         for rule, _ in denying:
-            rule.counters.limited.inc()
+            if not ctx.explain:
+                rule.counters.limited.inc()
         retry = max(math.ceil(o.retry_after - 1e-9) for _, o in denying)
         if self.response_headers:
             policies = ", ".join(r.policy_item for r, _ in denying)

@@ -1,5 +1,7 @@
-"""The ext_authz v3 gRPC transport: Authorization/Check, health, reflection and our
-control plane (authz.v1.Admin)."""
+"""The ext_authz v3 gRPC transport: Authorization/Check, health and reflection.
+
+The control plane (authz.v1.Admin) is not here: it has a port of its own, with
+authentication (:mod:`authz.control`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from envoy.service.auth.v3 import external_auth_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import admin
 from authz.engine import PolicyEngine
 from authz.errors import InternalError
 from authz.model import Decision
@@ -153,7 +154,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 class GrpcTransport:
-    """A grpc.aio server with the Authorization, Admin, Health and Reflection services."""
+    """A grpc.aio server with the Authorization, Health and Reflection services."""
 
     def __init__(
         self,
@@ -170,11 +171,9 @@ class GrpcTransport:
         self.authorization = AuthorizationServicer(engine, clock=clock)
         self.server.add_generic_rpc_handlers((self.authorization.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        admin.add_to_server(engine, self.server)
         reflection.enable_server_reflection(
             (
                 AUTHORIZATION_SERVICE,
-                admin.ADMIN_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),

@@ -39,6 +39,16 @@ class AdminStub:
                 request_serializer=authz_dot_v1_dot_admin__pb2.GetInventoryRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_admin__pb2.Inventory.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/authz.v1.Admin/Explain',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.Explanation.FromString,
+                _registered_method=True)
+        self.GetCounters = channel.unary_unary(
+                '/authz.v1.Admin/GetCounters',
+                request_serializer=authz_dot_v1_dot_admin__pb2.GetCountersRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.Counters.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -52,6 +62,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Decide one request against the running policy, stage by stage. It writes no
+        decision record, is not counted in the inventory, the decision counters or the
+        rate limits (charges are given back), and is answered by one worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCounters(self, request, context):
+        """The service's metrics (counters, gauges, histograms), summed over the workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +85,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetInventory,
                     request_deserializer=authz_dot_v1_dot_admin__pb2.GetInventoryRequest.FromString,
                     response_serializer=authz_dot_v1_dot_admin__pb2.Inventory.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ExplainRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.Explanation.SerializeToString,
+            ),
+            'GetCounters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCounters,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.GetCountersRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.Counters.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +124,60 @@ class Admin:
             '/authz.v1.Admin/GetInventory',
             authz_dot_v1_dot_admin__pb2.GetInventoryRequest.SerializeToString,
             authz_dot_v1_dot_admin__pb2.Inventory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/Explain',
+            authz_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCounters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/GetCounters',
+            authz_dot_v1_dot_admin__pb2.GetCountersRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.Counters.FromString,
             options,
             channel_credentials,
             insecure,

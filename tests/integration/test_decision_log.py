@@ -316,7 +316,7 @@ def test_serve_stdout_pipe_stalled_drop_then_drained(tmp_path: Path) -> None:
     with stderr_path.open("wb") as stderr:
         proc = sp.Popen(
             [sys.executable, "-m", "authz", "serve", str(policy), "--grpc", address,
-             "--decision-log", "-", "--reload-interval", "0"],
+             "--decision-log", "-", "--reload-interval", "0", "--control", "off"],
             stdout=sp.PIPE, stderr=stderr,
         )  # fmt: skip
         assert proc.stdout is not None

@@ -48,7 +48,7 @@ def test_serve_with_a_secret_on_all_interfaces(tmp_path: Path) -> None:
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "authz", "serve", str(policy), "--http", f"0.0.0.0:{port}",
-             "--http-secret-file", str(secret), "--decision-log", "off"],
+             "--http-secret-file", str(secret), "--decision-log", "off", "--control", "off"],
             stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -397,7 +397,7 @@ def test_http_only_with_two_workers(policy_file: Path, tmp_path: Path) -> None:
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "authz", "serve", str(policy_file), "--http",
-         f"127.0.0.1:{port}", "--workers", "2", "--decision-log", "off"],
+         f"127.0.0.1:{port}", "--workers", "2", "--decision-log", "off", "--control", "off"],
         stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     try:
