@@ -1,15 +1,19 @@
 """The stages every policy has: canonical path, route, identity and authorize.
 
-Registered, with the pluggable ones, in :mod:`authz.pipeline`.
+Registered, with the pluggable ones, in :mod:`authz.pipeline`. Each has a ``step``
+(see :mod:`authz.stages`): canonical path, route and authorize never wait, and
+identity waits only when a provider must (a JWT to verify, keys to fetch), so the
+engine runs a request with a cached token without a coroutine for any of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from authz.authorize import Authorizer
 from authz.errors import AuthzError, MissingCredential, MultipleCredentials
-from authz.identity.base import IdentityProvider
+from authz.identity.base import WAIT, IdentityProvider
 from authz.model import Request
 from authz.paths import canonicalize
 from authz.policy.config import RouteConfig
@@ -23,8 +27,11 @@ class CanonicalPath:
     name = "canonical_path"
     phase: Phase = "canonical"
 
-    async def check(self, ctx: Context) -> None:
+    def step(self, ctx: Context) -> None:
         ctx.path, ctx.query = canonicalize(ctx.request.path)
+
+    async def check(self, ctx: Context) -> None:
+        self.step(ctx)
 
     def element(self, ctx: Context) -> str:
         return ctx.path
@@ -47,10 +54,13 @@ class Route:
     name: str = "route"
     phase: Phase = "route"
 
-    async def check(self, ctx: Context) -> None:
+    def step(self, ctx: Context) -> None:
         request = ctx.request
         route = ctx.route = self.router.match(request.host, request.method, ctx.path)
         ctx.plan = self.plans[route.name]
+
+    async def check(self, ctx: Context) -> None:
+        self.step(ctx)
 
     def element(self, ctx: Context) -> str:
         return ctx.route.name if ctx.route is not None else ""
@@ -78,28 +88,51 @@ def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -
 class Identify:
     """Asks the route's providers in plan order; the first that does not abstain decides.
 
-    Reads the providers from ``ctx.plan`` (its ``providers`` and ``exclusive``, see
-    :func:`authz.engine.credential_plan`), so one object serves every route.
+    Reads the providers from ``ctx.plan`` (its ``providers``, ``exclusive`` and
+    ``answers``, see :func:`authz.engine.credential_plan`), so one object serves every
+    route. Each provider is asked ``authenticate_now`` first
+    (:mod:`authz.identity.base`); only a WAIT makes the rest a coroutine.
     """
 
     name = "identity"
     phase: Phase = "identity"
 
-    async def check(self, ctx: Context) -> None:
+    def step(self, ctx: Context) -> Awaitable[None] | None:
         plan = ctx.plan
         request = ctx.request
         if plan.exclusive:
             _one_credential(plan.exclusive, request)
-        for provider in plan.providers:
+        for provider, now in plan.answers:
+            try:
+                found = now(request)
+            except AuthzError as exc:  # free unless raised: names the provider for explain
+                exc.element = provider.name
+                raise
+            if found is not None:
+                if found is WAIT:
+                    return self._wait(ctx, plan.providers.index(provider))
+                ctx.identity = found
+                return None
+        raise MissingCredential("no credential")
+
+    async def _wait(self, ctx: Context, first: int) -> None:
+        """Await the providers from ``first`` on (the one that said WAIT, then the rest)."""
+        request = ctx.request
+        for provider in ctx.plan.providers[first:]:
             try:
                 found = await provider.authenticate(request)
-            except AuthzError as exc:  # free unless raised: names the provider for explain
+            except AuthzError as exc:
                 exc.element = provider.name
                 raise
             if found is not None:
                 ctx.identity = found
                 return
         raise MissingCredential("no credential")
+
+    async def check(self, ctx: Context) -> None:
+        pending = self.step(ctx)
+        if pending is not None:
+            await pending
 
     def element(self, ctx: Context) -> str:
         return ctx.identity.provider
@@ -120,6 +153,9 @@ class Authorize:
     authorizer: Authorizer
     name: str = "authorize"
     phase: Phase = "authorize"
+
+    def step(self, ctx: Context) -> None:
+        self.authorizer.check(ctx.identity)
 
     async def check(self, ctx: Context) -> None:
         self.authorizer.check(ctx.identity)

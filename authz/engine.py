@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authz import pipeline
 from authz import reasons as R
@@ -29,7 +29,7 @@ from authz.audit.sink import DecisionSink, NullSink
 from authz.authorize import Authorizer
 from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
 from authz.explain import Step
-from authz.identity.base import Clock, Fetcher, IdentityProvider
+from authz.identity.base import Answer, Clock, Fetcher, IdentityProvider, answer_now
 from authz.identity.registry import build_provider
 from authz.model import Decision, Identity, Request
 from authz.paths import path_shape
@@ -39,11 +39,12 @@ from authz.policy.config import (
     PolicyConfig,
     RouteConfig,
 )
-from authz.record import DecisionListener, DecisionRecord, trace_context
+from authz.record import DecisionListener, make_record, trace_context
 from authz.routing import Router
 from authz.runtime import Runtimes, Together
-from authz.stages import Check, Context, Load, Shared, Stage, StageFactory
-from authz.telemetry.metrics import Counter, Metrics
+from authz.stages import Context, Load, Shared, Stage, StageFactory, step_of
+from authz.stages import Step as StageStep
+from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.engine")
 
@@ -104,11 +105,18 @@ class RoutePlan:
     strip: tuple[str, ...]  # credential headers to remove upstream
     #: The route's stages (phases pre, identity, authorize, post), in run order.
     stages: tuple[Stage, ...] = ()
-    #: Their bound ``check`` methods: what the hot path calls.
-    checks: tuple[Check, ...] = ()
+    #: Their steps (:func:`authz.stages.step_of`, bound at load): what the hot path calls.
+    steps: tuple[StageStep, ...] = ()
     #: Providers whose credentials must not be sent together (see credential_plan);
     #: empty unless the route is exclusive with two or more request credentials.
     exclusive: tuple[IdentityProvider, ...] = ()
+    #: (provider, its bound ``authenticate_now``) in ``providers`` order, made from
+    #: ``providers`` (so a replaced plan gets its own): what the identity stage asks.
+    answers: tuple[tuple[IdentityProvider, Callable[[Request], Answer]], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        answers = tuple((p, answer_now(p)) for p in self.providers)
+        object.__setattr__(self, "answers", answers)
 
 
 def credential_plan(
@@ -185,13 +193,13 @@ class CompiledPolicy:
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
                 stages=route_stages,
-                checks=tuple(stage.check for stage in route_stages),
+                steps=tuple(step_of(stage) for stage in route_stages),
             )
         #: canonical path, request-phase gates, route: before a route is known
         self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
-        self.head_checks = tuple(stage.check for stage in self.head)
+        self.head_steps = tuple(step_of(stage) for stage in self.head)
         self.observers = pipeline.build(factories, ("observe",), load, None)
-        self.observer_checks = tuple(stage.check for stage in self.observers)
+        self.observer_steps = tuple(step_of(stage) for stage in self.observers)
         #: every factory's (name, phase), in run order: explain lists the ones that
         #: have nothing to do on a route as "abstain"
         self.registered = tuple((f.name, f.phase) for f in factories)
@@ -245,12 +253,15 @@ class PolicyEngine:
         self._decisions = self.metrics.counter(
             "authz_decisions_total", "decisions by reason code", ("reason",)
         )
-        #: reason -> its pre-bound counter (bounded: the registry's codes, then _other)
-        self._by_reason: dict[str, Counter] = {}
+        #: reason -> its counter's bound ``inc`` (bounded: the registry's codes, then
+        #: _other): one dict get and one call per decision
+        self._by_reason: dict[str, Callable[[], None]] = {}
         outcomes = self.metrics.counter(
             "authz_decision_outcomes_total", "decisions by outcome", ("decision",)
         )
-        self._by_outcome = {o: outcomes.labels(o) for o in ("allow", "deny", "monitor")}
+        self._count_allow = outcomes.labels("allow").inc
+        self._count_deny = outcomes.labels("deny").inc
+        self._count_monitor = outcomes.labels("monitor").inc
         self._undeclared_total = self.metrics.counter(
             "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
         ).labels()
@@ -291,10 +302,16 @@ class PolicyEngine:
         shared.in_flight += 1  # read by load shedding
         try:
             try:
-                for check in policy.head_checks:
-                    await check(ctx)
-                for check in ctx.plan.checks:
-                    await check(ctx)
+                # a step returns None when its stage is done (a synchronous stage),
+                # else an awaitable: synchronous stages cost a call, not a coroutine
+                for step in policy.head_steps:
+                    pending = step(ctx)
+                    if pending is not None:
+                        await pending
+                for step in ctx.plan.steps:
+                    pending = step(ctx)
+                    if pending is not None:
+                        await pending
                 decision = self._allow(policy, decision_id, ctx)
             except AuthzError as exc:
                 decision = self._deny(policy, decision_id, exc, ctx)
@@ -304,11 +321,13 @@ class PolicyEngine:
         finally:
             shared.in_flight -= 1
         decision = self._record(request, decision, started, policy, ctx)
-        if policy.observer_checks:
+        if policy.observer_steps:
             ctx.decision = decision
-            for observe in policy.observer_checks:
+            for observe in policy.observer_steps:
                 try:
-                    await observe(ctx)
+                    pending = observe(ctx)
+                    if pending is not None:
+                        await pending
                 except Exception:  # an observer never changes or breaks a decision
                     log.exception("observer failed")
         return decision
@@ -491,33 +510,44 @@ class PolicyEngine:
         sink = self._sink
         if decision.allowed and policy.log_fails_closed and not sink.ready():
             decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
-        outcome = "monitor" if decision.monitored else ("allow" if decision.allowed else "deny")
-        counter = self._by_reason.get(decision.reason)
-        if counter is None:
-            counter = self._decisions.labels(decision.reason)
+        if decision.monitored:
+            outcome = "monitor"
+            self._count_monitor()
+        elif decision.allowed:
+            outcome = "allow"
+            self._count_allow()
+        else:
+            outcome = "deny"
+            self._count_deny()
+        count = self._by_reason.get(decision.reason)
+        if count is None:
+            count = self._decisions.labels(decision.reason).inc
             if len(self._by_reason) < MAX_REASON_HANDLES:
-                self._by_reason[decision.reason] = counter
-        counter.inc()
-        self._by_outcome[outcome].inc()
+                self._by_reason[decision.reason] = count
+        count()
         identity = decision.identity
-        traceparent = request.headers.get("traceparent")
-        record = DecisionRecord(
-            self._clock(),
-            request.request_id,
-            decision.decision_id,
-            decision.route,
-            request.method,
-            decision.path or _log_path(request.path),
-            identity.kind,
-            identity.subject,
-            identity.issuer,
-            outcome,
-            decision.status,
-            decision.reason,
-            decision.policy_version,
-            (time.perf_counter() - started) * 1000,
-            request.source_address,
-            *(trace_context(traceparent) if traceparent else _NO_TRACE),
+        traceparent = request.headers.get("traceparent")  # one lookup; parsed if present
+        trace, trace_id = trace_context(traceparent) if traceparent else _NO_TRACE
+        record = make_record(
+            (
+                self._clock(),
+                request.request_id,
+                decision.decision_id,
+                decision.route,
+                request.method,
+                decision.path or _log_path(request.path),
+                identity.kind,
+                identity.subject,
+                identity.issuer,
+                outcome,
+                decision.status,
+                decision.reason,
+                decision.policy_version,
+                (time.perf_counter() - started) * 1000,
+                request.source_address,
+                trace,
+                trace_id,
+            )
         )
         ctx.record = record
         try:
@@ -538,9 +568,12 @@ _NO_TRACE = ("", "")
 async def _timed(stage: Stage, ctx: Context, ran: dict[tuple[str, str], Step]) -> None:
     """Run one stage for explain, noting its outcome, element and duration."""
     key = (stage.name, stage.phase)
+    step = step_of(stage)  # what check calls, so explain runs the same code
     started = time.perf_counter()
     try:
-        await stage.check(ctx)
+        pending = step(ctx)
+        if pending is not None:
+            await pending
     except AuthzError as exc:
         took = (time.perf_counter() - started) * 1000
         element = exc.element or stage.element(ctx)

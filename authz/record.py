@@ -11,7 +11,9 @@ one raises and goes on.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple, Protocol, cast
 
 #: W3C trace context: version-traceid-parentid-flags (version 00 is the one defined).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -54,6 +56,14 @@ class DecisionRecord(NamedTuple):
         return dict(zip(self._fields, self, strict=True))
 
 
+#: A record from all its values, in field order: ``tuple.__new__`` without the
+#: generated ``__new__`` (a Python function of 17 arguments), ~0.2 µs less per
+#: decision. The engine's hot path uses it; everyone else calls the class.
+make_record = cast(
+    Callable[[tuple[Any, ...]], DecisionRecord], partial(tuple.__new__, DecisionRecord)
+)
+
+
 def trace_context(traceparent: str | None) -> tuple[str, str]:
     """(traceparent, trace id) from a ``traceparent`` header; ("", "") unless valid."""
     if not traceparent or len(traceparent) != 55:
@@ -71,11 +81,25 @@ class DecisionListener(Protocol):
     def on_decision(self, record: DecisionRecord) -> None: ...
 
 
+_FIELDS = DecisionRecord._fields
+_LATENCY = _FIELDS.index("latency_ms")
+
+
 def log_fields(record: DecisionRecord | dict[str, Any], rfc3339: Any) -> dict[str, Any]:
     """The decision log's JSON object for ``record``: time as RFC 3339 (``rfc3339``
     formats a unix time), latency rounded to microseconds. Builds a new dict; the
-    record is never changed."""
-    fields = record.as_dict() if isinstance(record, DecisionRecord) else dict(record)
+    record is never changed. Runs in the decision log's writer, once per record."""
+    fields: dict[str, Any]
+    if isinstance(record, DecisionRecord):  # every field is there: no lookups
+        fields = dict(zip(_FIELDS, record, strict=True))
+        stamp: Any = record[0]
+        took: Any = record[_LATENCY]
+        if isinstance(stamp, float | int):
+            fields["time"] = rfc3339(stamp)
+        if isinstance(took, float):
+            fields["latency_ms"] = round(took, 3)
+        return fields
+    fields = dict(record)
     when = fields.get("time")
     if isinstance(when, float | int):
         fields["time"] = rfc3339(when)

@@ -46,6 +46,10 @@ class ApiKeyProvider(StaticProvider):
         return self._carrier if self._header in request.headers else None
 
     async def authenticate(self, request: Request) -> Identity | None:
+        return self.authenticate_now(request)
+
+    def authenticate_now(self, request: Request) -> Identity | None:
+        """The whole check (no I/O): never :data:`~authz.identity.base.WAIT`."""
         value = request.headers.get(self._header)
         if value is None:
             return None

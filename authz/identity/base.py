@@ -10,18 +10,37 @@ with several of them where their credential is (:meth:`IdentityProvider.presente
 two different credentials in one request are ``multiple_credentials``. A
 credential that is a property of the connection (``connection_credential``: the
 mTLS peer identity) is not one the client chose to send and never counts.
+
+A provider may also answer without a coroutine (:meth:`SyncAnswer.authenticate_now`):
+the same answer :meth:`IdentityProvider.authenticate` gives when that needs no I/O
+(an API key, a peer identity, a cached JWT), or :data:`WAIT` when it does (a JWT to
+verify, keys to fetch). The identity stage asks that first, so a cached credential
+costs a call, not two coroutines; a provider without it is always awaited.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 from authz.model import Identity, Request
 
 Clock = Callable[[], float]
 #: Fetches a URL and returns its body; raises OSError (or a subclass) on failure.
 Fetcher = Callable[[str, float], Awaitable[bytes]]
+
+
+class Wait(enum.Enum):
+    """The type of :data:`WAIT`."""
+
+    WAIT = "wait"
+
+
+#: ``authenticate_now``'s answer when only ``authenticate`` (awaited) can decide.
+WAIT: Final = Wait.WAIT
+#: What ``authenticate_now`` returns: an identity, None (abstain) or WAIT.
+Answer = Identity | None | Literal[Wait.WAIT]
 
 
 class IdentityProvider(Protocol):
@@ -55,6 +74,24 @@ class IdentityProvider(Protocol):
     async def aclose(self) -> None:
         """Stop background work (an :class:`authz.runtime.Runtime`: the policy that
         built the provider starts and closes it)."""
+
+
+class SyncAnswer(Protocol):
+    """A provider that can often answer without a coroutine (optional, see above)."""
+
+    def authenticate_now(self, request: Request) -> Answer:
+        """What :meth:`IdentityProvider.authenticate` would return (or raise) if that
+        needs no I/O, else :data:`WAIT`. Never waits."""
+
+
+def answer_now(provider: IdentityProvider) -> Callable[[Request], Answer]:
+    """``provider.authenticate_now``, or a function that always says WAIT."""
+    now: Callable[[Request], Answer] | None = getattr(provider, "authenticate_now", None)
+    return now if now is not None else _always_wait
+
+
+def _always_wait(request: Request) -> Answer:
+    return WAIT
 
 
 class StaticProvider:

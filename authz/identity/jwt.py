@@ -1,7 +1,8 @@
 """JWT bearer tokens from one OIDC/JWT issuer (identity provider kind ``jwt``).
 
 The hot path is a verified-token cache: a token seen before costs one dict lookup
-and a few comparisons (its expiry, the key set's staleness and generation). An
+and a few comparisons (its expiry, the key set's staleness and generation), and is
+answered without a coroutine (``authenticate_now``). An
 entry never outlives its key: it remembers the key object it was verified with and
 answers only while that key is still served and not stale. On a miss the token is
 parsed exactly once (one split, one base64url decode and one JSON parse per
@@ -29,7 +30,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from authz import reasons as R
 from authz.errors import InvalidToken, MultipleCredentials
-from authz.identity.base import Clock, Fetcher
+from authz.identity.base import WAIT, Answer, Clock, Fetcher
 from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
@@ -290,6 +291,26 @@ class JwtProvider:
 
     async def authenticate(self, request: Request) -> Identity | None:
         """The identity a bearer JWT proves; None when no bearer token is present."""
+        found = self.authenticate_now(request)
+        if found is not WAIT:
+            return found
+        # not cached (or no longer usable, and dropped): the header is read again,
+        # which is nothing beside a verification
+        token = parse_authorization(request.headers[self._header], dedicated=self._dedicated)
+        if token is None:  # pragma: no cover - authenticate_now found one
+            return None
+        verified = await self._verify(token)
+        if self._cache_size:
+            cache = self._cache
+            cache[token] = verified
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return verified.identity
+
+    def authenticate_now(self, request: Request) -> Answer:
+        """The identity of a cached token, None without a bearer token, else WAIT (the
+        token must be verified: :meth:`authenticate`). Raises what authenticate would
+        for a malformed header or a second token in the query."""
         value = request.headers.get(self._header)
         if value is None:
             return None
@@ -317,14 +338,7 @@ class JwtProvider:
             # Expired, keys stale, or its key rotated out or revoked: verify again,
             # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
             del self._cache[token]
-
-        verified = await self._verify(token)
-        if self._cache_size:
-            cache = self._cache
-            cache[token] = verified
-            while len(cache) > self._cache_size:
-                cache.popitem(last=False)
-        return verified.identity
+        return WAIT
 
     async def verify(self, token: str) -> tuple[Identity, float]:
         """Verify ``token`` fully (no cache); the identity and the time it stops being valid.

@@ -81,6 +81,10 @@ class MtlsProvider(StaticProvider):
         return "connection" if request.principal or request.peer_certificate else None
 
     async def authenticate(self, request: Request) -> Identity | None:
+        return self.authenticate_now(request)
+
+    def authenticate_now(self, request: Request) -> Identity | None:
+        """The whole check (no I/O): never :data:`~authz.identity.base.WAIT`."""
         principal = request.principal
         found = self._identities.get(principal)
         if found is not None:
