@@ -39,16 +39,24 @@ def _call_failed(command: str, args: argparse.Namespace, exc: grpc.RpcError) -> 
     return 3
 
 
-def cmd_inventory(args: argparse.Namespace) -> int:
-    request = admin_pb2.GetInventoryRequest(undeclared_only=args.undeclared)
+def _ask(command: str, args: argparse.Namespace, method: str, request: Any) -> Any:
+    """The control plane's answer to one call, or the exit code when there is none
+    (2: the client's settings are wrong; otherwise as :func:`_call_failed`)."""
     try:
         with connect(timeout=args.timeout, **client_settings(args)) as admin:
-            inventory = admin.call("GetInventory", request)
+            return admin.call(method, request)
     except ClientConfigError as exc:
-        print(f"authz inventory: {exc}", file=sys.stderr)
+        print(f"authz {command}: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        return _call_failed("inventory", args, exc)
+        return _call_failed(command, args, exc)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    request = admin_pb2.GetInventoryRequest(undeclared_only=args.undeclared)
+    inventory = _ask("inventory", args, "GetInventory", request)
+    if isinstance(inventory, int):
+        return inventory
     if args.openapi:
         doc = openapi_skeleton(inventory)
         text = (
@@ -113,14 +121,9 @@ def remote_explain(args: argparse.Namespace, url: str, headers: dict[str, str], 
         certificate=certificate,
         source_address=args.source,
     )
-    try:
-        with connect(timeout=args.timeout, **client_settings(args)) as admin:
-            explanation = admin.call("Explain", request)
-    except ClientConfigError as exc:
-        print(f"authz explain: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        return _call_failed("explain", args, exc)
+    explanation = _ask("explain", args, "Explain", request)
+    if isinstance(explanation, int):
+        return explanation
     if args.json:
         print(json.dumps(explanation_dict(explanation), indent=2))
     else:
