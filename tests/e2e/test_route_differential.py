@@ -242,6 +242,11 @@ def test_envoy_and_service_agree_on_the_route(diff_stack: Stack) -> None:
             service_route = _service_route(diff_stack.router, s.host, s.method, seen_path)
             if envoy_route not in ("health", "ping", "docs"):
                 problems.append(f"{what}: no decision on Envoy route {envoy_route!r}")
+            elif _canonical_or_none(seen_path) is None:
+                # Envoy repaired a malformed escape ('%A%39' -> '%25A9') into a path the
+                # service refuses (invalid UTF-8). Asked, the service would deny it
+                # (400), never route it elsewhere; a public route does not ask.
+                pass
             elif service_route != envoy_route:
                 problems.append(
                     f"{what}: Envoy {envoy_route!r} (public), service {service_route!r}"
