@@ -20,7 +20,8 @@ class Reason:
     code: str
     status: int
     #: The step that raises it: canonical, route, identity, authorize, validate,
-    #: rate, shed, decision (the engine itself) or policy (not a request outcome).
+    #: rate, shed, enforce (an automatic response in force), decision (the engine
+    #: itself) or policy (not a request outcome).
     phase: str
     description: str
 
@@ -220,6 +221,42 @@ DECISION_LOG_UNAVAILABLE = _add(
     "decision",
     "`decision_log.on_failure: deny` and the decision log cannot take the record (its "
     "queue is full or its writes fail): `Retry-After: 1`; never let through by monitor mode",
+)
+# Automatic responses (issue 10): a detector's action, or an operator's, in force for
+# this caller. The deny body carries only the code; the action and its evidence are in
+# the decision record, ``authz explain`` and the control plane.
+CALLER_BLOCKED = _add(
+    "caller_blocked",
+    403,
+    "enforce",
+    "the client address, its /24 or /64 prefix, or the identity is blocked (by a detector "
+    "or an operator) until the block's TTL ends or it is lifted",
+)
+CREDENTIAL_REVOKED = _add(
+    "credential_revoked",
+    401,
+    "enforce",
+    "the token (`jti` or digest), the subject or the API key is revoked until it expires or "
+    "an operator lifts it (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
+)
+STEP_UP_REQUIRED = _add(
+    "step_up_required",
+    401,
+    "enforce",
+    "the caller must authenticate again more strongly (RFC 9470: `WWW-Authenticate: Bearer "
+    "error=\"insufficient_user_authentication\"` with `acr_values` / `max_age`)",
+)
+CALLER_THROTTLED = _add(
+    "caller_throttled",
+    429,
+    "enforce",
+    "a detector put this caller on a tighter limit for a TTL and it is spent: `Retry-After`",
+)
+ENFORCEMENT_UNAVAILABLE = _add(
+    "enforcement_unavailable",
+    503,
+    "enforce",
+    "the shared block and revocation store is unreachable and the policy fails closed",
 )
 INTERNAL_ERROR = _add(
     "internal_error", 500, "decision", "a bug: logged with a stack trace; the request is denied"

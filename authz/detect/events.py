@@ -46,6 +46,8 @@ class Observation(NamedTuple):
     method: str
     #: the route's template, or the path's shape with ids collapsed (undeclared)
     shape: str
+    #: the canonical path, without the query (honeypots match on it)
+    path: str
     #: the client address Envoy saw
     client_address: str
     #: jwt | mtls | api_key | anonymous (the verified identity)
@@ -82,6 +84,10 @@ class ResponseObservation(NamedTuple):
     #: total duration and the upstream's share, milliseconds (-1 when unknown)
     duration_ms: float
     upstream_ms: float
+    #: Envoy's response flags ("" when none; e.g. "UF" upstream connection failure)
+    response_flags: str = ""
+    #: whether the request reached an upstream (False: Envoy answered it itself)
+    upstream: bool = True
 
 
 class Action(NamedTuple):
@@ -100,6 +106,21 @@ class Action(NamedTuple):
     evidence: Mapping[str, float | str]
     #: monitor mode: recorded, not enforced
     monitor: bool = False
+
+
+#: The reason code a request denied by an action of each response carries.
+REASON_OF: dict[Response, str] = {
+    "log": "",
+    "throttle": "caller_throttled",
+    "step_up": "step_up_required",
+    "block": "caller_blocked",
+    "revoke": "credential_revoked",
+}
+
+#: The :class:`~authz.stages.Shared` key of the process's :class:`ActionSink`. The
+#: enforcer registers itself there when a policy is built; a detector looks the sink
+#: up when it acts (in the background), never while the policy is being built.
+ACTION_SINK = "detect.action_sink"
 
 
 class ActionSink(Protocol):
