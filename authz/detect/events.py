@@ -16,8 +16,11 @@ digest (:func:`credential_digest`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from typing import Literal, NamedTuple, Protocol
+
+log = logging.getLogger("authz.detect")
 
 #: What a detector may do, mildest first.
 Response = Literal["log", "throttle", "step_up", "block", "revoke"]
@@ -140,3 +143,38 @@ class ResponseListener(Protocol):
     """Gets Envoy's access-log entries (from the feed's thread or task): O(1)."""
 
     def on_response(self, observation: ResponseObservation) -> None: ...
+
+
+#: The :class:`~authz.stages.Shared` key of the process's :class:`ResponseHub`.
+RESPONSE_HUB = "detect.response_hub"
+
+
+class ResponseHub:
+    """Where the access-log feed publishes and detectors (and shaping) subscribe.
+
+    Kept in :class:`~authz.stages.Shared` (:data:`RESPONSE_HUB`), so it survives a
+    reload; a subscriber that is itself kept in Shared subscribes once. A listener's
+    error is logged and never reaches the feed (losing the feed degrades detection,
+    never decisions)."""
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self) -> None:
+        self._listeners: tuple[ResponseListener, ...] = ()
+
+    def subscribe(self, listener: ResponseListener) -> None:
+        if not any(existing is listener for existing in self._listeners):
+            self._listeners = (*self._listeners, listener)
+
+    def unsubscribe(self, listener: ResponseListener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def publish(self, observation: ResponseObservation) -> None:
+        for listener in self._listeners:
+            try:
+                listener.on_response(observation)
+            except Exception:
+                log.exception("response listener %r failed", listener)
