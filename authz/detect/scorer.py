@@ -1,0 +1,421 @@
+"""The background scorer: drains the observation queue, runs the detectors, acts.
+
+One :class:`Scorer` per process, kept in :class:`~authz.stages.Shared` under
+:data:`SHARED_NAME` and registered as a runtime (``shared.runtime``): building a
+policy configures it (:meth:`Scorer.configure`: thresholds, route templates) and
+starts nothing; the service starts it (:meth:`Scorer.start`: one asyncio task),
+:meth:`Scorer.aclose` stops it.
+
+- The request path calls :meth:`Scorer.offer` (through the ``detect`` stage) and the
+  access-log feed :meth:`Scorer.on_response`: both append to one bounded deque;
+  when it is full the item is dropped and counted (``authz_detect_dropped_total``),
+  never waited for.
+- Every ``interval`` (default 200 ms) the task drains the queue in slices of
+  :data:`SLICE` items, yielding to the event loop between slices, so a backlog never
+  stalls decisions.
+- A response joined to its observation by decision id (a bounded table of recent
+  observations) reaches the detectors' ``respond``; one with decision id "" is a
+  request on a public route that the check never saw: it counts as a request.
+- A finding becomes an :class:`~authz.detect.events.Action` (the detector's
+  response, TTL, reason and mode) unless the warm-up is still running (honeypots
+  excepted) or an action on the same target is still in force (deduplicated). The
+  action goes to ``shared.get(ACTION_SINK, LogOnlySink)``, looked up when acting
+  (the enforcer registers itself there when a policy is built), is logged on
+  ``authz.detect`` and counted by detector, response and mode.
+
+Time is the observations' own (traffic time), so a replayed scenario and the tests
+run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from authz.detect.detectors import Detector, Finding
+from authz.detect.detectors.credential_stuffing import CredentialStuffing
+from authz.detect.detectors.data_volume import DataVolume
+from authz.detect.detectors.enumeration import Enumeration
+from authz.detect.detectors.honeypot import Honeypot
+from authz.detect.detectors.token_sharing import TokenSharing
+from authz.detect.events import (
+    REASON_OF,
+    Action,
+    ActionSink,
+    Observation,
+    ResponseObservation,
+)
+from authz.detect.features import FeatureStore, identity_key
+from authz.detect.tables import LruTable
+from authz.paths import path_shape
+from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
+from authz.policy.config import RouteConfig
+from authz.policy.detection_config import DetectionConfig, DetectorConfig
+from authz.telemetry.metrics import Metrics
+
+log = logging.getLogger("authz.detect")
+
+SHARED_NAME = "detect"
+#: items processed between two yields to the event loop
+SLICE = 1024
+#: recent observations kept for joining the access-log feed's entries to them
+JOIN_CAPACITY = 65_536
+#: a shorter TTL than this is not deduplicated on (log actions are kept this long)
+MIN_IN_FORCE = 60.0
+
+
+class LogOnlySink:
+    """The sink when no enforcer is registered: actions are only logged (by the
+    scorer) and the last few kept here."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.actions: collections.deque[Action] = collections.deque(maxlen=keep)
+
+    def apply(self, action: Action) -> None:
+        self.actions.append(action)
+
+
+def param_pattern(template: str) -> re.Pattern[str] | None:
+    """A regex capturing a template's ``{param}`` segments (None: it has none)."""
+    try:
+        parsed = parse_template(template)
+    except TemplateError:
+        return None
+    if not any(kind == PARAM for kind, _ in parsed.segments):
+        return None
+    parts = []
+    for kind, text in parsed.segments:
+        if kind == LITERAL:
+            parts.append("/" + re.escape(text))
+        elif kind == PARAM:
+            parts.append("/([^/]+)")
+        else:
+            parts.append("/.+")
+    return re.compile("".join(parts) + "/?")
+
+
+class Scorer:
+    """The detection runtime (see the module docstring)."""
+
+    name = "detect"
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        sink: Callable[[], ActionSink] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.metrics = metrics
+        self._sink = sink or LogOnlySink
+        self._clock = clock
+        self.queue: collections.deque[Observation | ResponseObservation] = collections.deque()
+        self.bound = 65_536
+        self.interval = 0.2
+        self.config: DetectionConfig | None = None
+        self.detectors: tuple[Detector, ...] = ()
+        self._by_name: dict[str, DetectorConfig] = {}
+        self._params: dict[str, re.Pattern[str]] = {}
+        self.store: FeatureStore | None = None
+        self._joins: LruTable[Observation] = LruTable("joins", JOIN_CAPACITY, metrics)
+        self._in_force: LruTable[list[float]] = LruTable("in_force", 100_000, metrics)
+        self._first: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.learned: Any = None
+        self.dropped = metrics.counter(
+            "authz_detect_dropped_total", "observations dropped: the detection queue was full"
+        ).labels()
+        self._processed = metrics.counter(
+            "authz_detect_observations_total", "observations and feed entries scored", ("kind",)
+        )
+        self._seen_request = self._processed.labels("request").inc
+        self._seen_response = self._processed.labels("response").inc
+        self._unjoined = metrics.counter(
+            "authz_detect_unjoined_total", "feed entries whose decision was not found"
+        ).labels()
+        self._actions = metrics.counter(
+            "authz_detect_actions_total",
+            "automatic actions by detector, response and mode",
+            ("detector", "response", "mode"),
+        )
+        self._suppressed = metrics.counter(
+            "authz_detect_suppressed_total",
+            "findings not actioned: warm-up, or an action on the target still in force",
+            ("why",),
+        )
+        self._errors = metrics.counter(
+            "authz_detect_errors_total", "detector or sink errors (logged)"
+        ).labels()
+
+    # -- configuration (at policy build: nothing starts) -------------------------
+
+    def configure(self, config: DetectionConfig, routes: Iterable[RouteConfig] = ()) -> None:
+        """Take a policy's thresholds and route templates. Tables survive a reload
+        when their bounds do not change (a new bound resizes them)."""
+        metrics = self.metrics
+        tables = config.tables
+        self.bound = config.queue
+        self.interval = config.interval
+        self._params = {
+            r.name: pattern for r in routes if (pattern := param_pattern(r.path)) is not None
+        }
+        old = self.config
+        if old is not None and old.tables == tables and _same_shape(old, config):
+            self.config = config
+            self._rebind(config)
+            return
+        self.config = config
+        self.store = FeatureStore(
+            callers=tables.callers,
+            routes=tables.routes,
+            window=config.enumeration.window,
+            alpha=config.alpha,
+            metrics=metrics,
+        )
+        built: list[Detector] = []
+        if config.honeypot.enabled and config.honeypot.paths:
+            built.append(Honeypot(config.honeypot, metrics))
+        if config.credential_stuffing.enabled:
+            built.append(CredentialStuffing(config.credential_stuffing, metrics, tables.callers))
+        if config.enumeration.enabled:
+            built.append(
+                Enumeration(
+                    config.enumeration,
+                    metrics,
+                    tables.callers,
+                    bucket=config.bucket,
+                    alpha=config.alpha,
+                )
+            )
+        if config.token_sharing.enabled:
+            built.append(TokenSharing(config.token_sharing, metrics, tables.tokens, tables.callers))
+        if config.data_volume.enabled:
+            built.append(
+                DataVolume(
+                    config.data_volume,
+                    metrics,
+                    tables.callers,
+                    bucket=config.bucket,
+                    alpha=config.alpha,
+                )
+            )
+        self.detectors = tuple(built)
+        self.learned = None
+        if config.learned.enabled:
+            from authz.detect.detectors.learned import Learned
+
+            self.learned = Learned(config.learned, metrics)
+        self._in_force.resize(tables.callers)
+        self._rebind(config)
+
+    def _rebind(self, config: DetectionConfig) -> None:
+        by_name = {
+            "honeypot": config.honeypot,
+            "credential_stuffing": config.credential_stuffing,
+            "enumeration": config.enumeration,
+            "token_sharing": config.token_sharing,
+            "data_volume": config.data_volume,
+            "learned": config.learned,
+        }
+        self._by_name = by_name
+        for detector in self.detectors:
+            setattr(detector, "config", by_name[detector.name])  # noqa: B010 (a property in the protocol)
+        if self.learned is not None:
+            self.learned.config = config.learned
+
+    # -- the request path and the feed: O(1), never blocks ------------------------
+
+    def offer(self, item: Observation | ResponseObservation) -> None:
+        queue = self.queue
+        if len(queue) >= self.bound:
+            self.dropped.inc()
+        else:
+            queue.append(item)
+
+    def on_observation(self, observation: Observation) -> None:
+        self.offer(observation)
+
+    def on_response(self, observation: ResponseObservation) -> None:
+        self.offer(observation)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="authz.detect")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.drain()  # what was queued before the stop is still scored
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            while self.queue:
+                self.drain(SLICE)
+                await asyncio.sleep(0)
+
+    # -- scoring (background) -----------------------------------------------------
+
+    def drain(self, limit: int | None = None) -> int:
+        """Score up to ``limit`` queued items (all when None); how many were scored."""
+        queue = self.queue
+        done = 0
+        while queue and (limit is None or done < limit):
+            item = queue.popleft()
+            done += 1
+            try:
+                if isinstance(item, ResponseObservation):
+                    self._response(item)
+                else:
+                    self._observation(item)
+            except Exception:
+                self._errors.inc()
+                log.exception("scoring failed")
+        return done
+
+    def _observation(self, obs: Observation) -> None:
+        store = self.store
+        if store is None:
+            return
+        self._seen_request()
+        if not obs.object_ids and obs.route:
+            pattern = self._params.get(obs.route)
+            if pattern is not None:
+                m = pattern.match(obs.path)
+                if m is not None:
+                    obs = obs._replace(object_ids=m.groups())
+        if not obs.route and not obs.shape:
+            obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
+        if self._first is None:
+            self._first = obs.time
+        if obs.decision_id:
+            self._joins.put(obs.decision_id, obs)
+        key = identity_key(obs)
+        now = obs.time
+        store.route(obs.route or f"?{obs.shape}", now).add(now, key)
+        for detector in self.detectors:
+            found = detector.observe(obs, store)
+            if found:
+                self._act(found, obs)
+        if self.learned is not None:
+            found = self.learned.observe(obs, key, store)
+            if found:
+                self._act(found, obs)
+
+    def _response(self, response: ResponseObservation) -> None:
+        store = self.store
+        if store is None:
+            return
+        self._seen_response()
+        if response.decision_id:
+            obs = self._joins.peek(response.decision_id)
+            if obs is None:
+                self._unjoined.inc()
+                return
+        else:  # a public route the check never saw: a request of its own
+            obs = Observation(
+                time=response.time,
+                decision_id="",
+                route=response.route,
+                method=response.method,
+                shape="",
+                path=response.path,
+                client_address=response.client_address,
+                identity_kind="anonymous",
+                subject="",
+                credential="",
+                object_ids=(),
+                allowed=True,
+                status=response.status,
+                reason="",
+                body_bytes=0,
+            )
+            self._observation(obs)
+            if not obs.route:
+                obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
+        for detector in self.detectors:
+            found = detector.respond(obs, response, store)
+            if found:
+                self._act(found, obs)
+
+    def _act(self, findings: list[Finding], obs: Observation) -> None:
+        config = self.config
+        assert config is not None
+        now = obs.time
+        first = self._first if self._first is not None else now
+        warm = now - first >= config.warmup
+        for finding in findings:
+            if not warm and not finding.during_warmup:
+                self._suppressed.labels("warmup").inc()
+                continue
+            detector = self._by_name[finding.detector]
+            key = f"{finding.target_kind}:{finding.target}"
+            until = self._in_force.peek(key)
+            if until is not None and until[0] > now:
+                self._suppressed.labels("in_force").inc()
+                continue
+            ttl = detector.ttl
+            self._in_force.put(key, [now + max(ttl, MIN_IN_FORCE)])
+            monitor = config.mode_of(detector) == "monitor"
+            response = detector.response  # type: ignore[assignment]
+            action = Action(
+                time=now,
+                detector=finding.detector,
+                response=response,  # type: ignore[arg-type]
+                target_kind=finding.target_kind,
+                target=finding.target,
+                ttl=ttl,
+                reason=REASON_OF[response],  # type: ignore[index]
+                evidence=dict(finding.evidence),
+                monitor=monitor,
+            )
+            mode = "monitor" if monitor else "enforce"
+            self._actions.labels(finding.detector, response, mode).inc()
+            log.warning(
+                "action %s %s %s=%s ttl=%gs (%s) evidence=%s",
+                finding.detector,
+                response,
+                finding.target_kind,
+                finding.target,
+                ttl,
+                mode,
+                action.evidence,
+            )
+            try:
+                self._sink().apply(action)
+            except Exception:
+                self._errors.inc()
+                log.exception("action sink failed")
+
+
+def _same_shape(old: DetectionConfig, new: DetectionConfig) -> bool:
+    """Whether a reload may keep the detectors' state (same detectors, same windows)."""
+    return (
+        old.bucket == new.bucket
+        and old.alpha == new.alpha
+        and old.learned.enabled == new.learned.enabled
+        and tuple(getattr(getattr(old, n), "window", 0) for n in _WINDOWED)
+        == tuple(getattr(getattr(new, n), "window", 0) for n in _WINDOWED)
+        and tuple(getattr(old, n).enabled for n in _ALL)
+        == tuple(getattr(new, n).enabled for n in _ALL)
+        and old.honeypot.paths == new.honeypot.paths
+    )
+
+
+_WINDOWED = ("credential_stuffing", "enumeration", "token_sharing", "data_volume")
+_ALL = ("honeypot", *_WINDOWED)
