@@ -54,9 +54,21 @@ def main() -> None:
     for i in range(1, args.count + 1):
         scorer.offer(
             Observation(
-                i * 0.001, f"d{i}", "get-order", "GET", "/v1/orders/{id}", f"/v1/orders/{i}",
-                f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", "jwt", f"user-{i}",
-                f"tok-{i}", (), True, 200, "allowed", 0,
+                i * 0.001,
+                f"d{i}",
+                "get-order",
+                "GET",
+                "/v1/orders/{id}",
+                f"/v1/orders/{i}",
+                f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                "jwt",
+                f"user-{i}",
+                f"tok-{i}",
+                (),
+                True,
+                200,
+                "allowed",
+                0,
             )  # fmt: skip
         )
         if len(scorer.queue) >= 4096:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 
 MAX_GAP = 64
+#: a bucket folds into a baseline at most this many times its mean
+RISE = 3.0
 
 
 class Ewma:
@@ -49,15 +51,26 @@ class Ewma:
 
 
 class BucketedEwma:
-    """A count per bucket of ``bucket`` seconds, folded into an :class:`Ewma`."""
+    """A count per bucket of ``bucket`` seconds, folded into an :class:`Ewma`.
 
-    __slots__ = ("bucket", "count", "ewma", "start")
+    ``seed`` is the prior (a new caller starts at its route's per-caller rate, not
+    at its first bucket: an attacker's first bucket must not become its normal).
+    A bucket is folded in winsorised, at most :data:`RISE` times the mean (or
+    ``floor``, the detector's own minimum per bucket, if larger), so an anomaly
+    cannot teach the baseline itself within a few buckets while a real, gradual
+    rise is still followed."""
 
-    def __init__(self, bucket: float, alpha: float, now: float, seed: float = 0.0) -> None:
+    __slots__ = ("bucket", "count", "ewma", "floor", "start")
+
+    def __init__(
+        self, bucket: float, alpha: float, now: float, seed: float = 0.0, floor: float = 0.0
+    ) -> None:
         self.bucket = bucket
         self.start = now - (now % bucket)
         self.count = 0.0
+        self.floor = floor
         self.ewma = Ewma(alpha, seed)
+        self.ewma.samples = 1  # the prior counts as a sample
 
     def add(self, now: float, amount: float = 1.0) -> None:
         self.roll(now)
@@ -68,7 +81,7 @@ class BucketedEwma:
         if elapsed < self.bucket:
             return
         ewma = self.ewma
-        ewma.add(self.count)
+        ewma.add(min(self.count, max(RISE * ewma.mean, self.floor)))
         gap = min(int(elapsed // self.bucket) - 1, MAX_GAP)
         for _ in range(gap):
             ewma.add(0.0)

@@ -62,6 +62,7 @@ from authz.telemetry.metrics import Metrics
 log = logging.getLogger("authz.detect")
 
 SHARED_NAME = "detect"
+_new = tuple.__new__
 #: items processed between two yields to the event loop
 SLICE = 1024
 #: recent observations kept for joining the access-log feed's entries to them
@@ -126,6 +127,8 @@ class Scorer:
         self._joins: LruTable[Observation] = LruTable("joins", JOIN_CAPACITY, metrics)
         self._in_force: LruTable[list[float]] = LruTable("in_force", 100_000, metrics)
         self._first: float | None = None
+        #: whether the access-log feed has sent anything (until then nothing is joined)
+        self._feed = False
         self._task: asyncio.Task[None] | None = None
         self.learned: Any = None
         self.dropped = metrics.counter(
@@ -297,13 +300,13 @@ class Scorer:
             pattern = self._params.get(obs.route)
             if pattern is not None:
                 m = pattern.match(obs.path)
-                if m is not None:
-                    obs = obs._replace(object_ids=m.groups())
+                if m is not None:  # (tuple.__new__: a fifth of _replace's cost)
+                    obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
         if not obs.route and not obs.shape:
             obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
         if self._first is None:
             self._first = obs.time
-        if obs.decision_id:
+        if obs.decision_id and self._feed:  # only once the access-log feed is live
             self._joins.put(obs.decision_id, obs)
         key = identity_key(obs)
         now = obs.time
@@ -322,6 +325,7 @@ class Scorer:
         if store is None:
             return
         self._seen_response()
+        self._feed = True
         if response.decision_id:
             obs = self._joins.peek(response.decision_id)
             if obs is None:

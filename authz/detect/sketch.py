@@ -69,7 +69,7 @@ class HyperLogLog:
         return True
 
     def add(self, item: str) -> bool:
-        return self.add_hash(_mix(hash(item)))
+        return self.add_hash(hash(item))
 
     def estimate(self) -> int:
         m = len(self.registers)
@@ -84,14 +84,6 @@ class HyperLogLog:
 _POW = tuple(2.0**-r for r in range(66))
 
 
-def _mix(h: int) -> int:
-    """Spread Python's hash over 64 bits (small ints hash to themselves)."""
-    h = (h * 0x9E3779B97F4A7C15) & _MASK64
-    h ^= h >> 29
-    h = (h * 0xBF58476D1CE4E5B9) & _MASK64
-    return h ^ (h >> 32)
-
-
 class Distinct:
     """A distinct count: exact up to :data:`EXACT` items, then a HyperLogLog."""
 
@@ -104,7 +96,7 @@ class Distinct:
 
     def add(self, item: str) -> bool:
         """Count ``item``; True when it was (as far as the sketch knows) new."""
-        h = _mix(hash(item))
+        h = hash(item) & _MASK64  # SipHash of a str: already well mixed
         small = self._set
         if small is not None:
             if h in small:

@@ -22,9 +22,11 @@ from authz.telemetry.metrics import Metrics
 class _State:
     __slots__ = ("base", "bytes")
 
-    def __init__(self, window: float, bucket: float, alpha: float, now: float, seed: float) -> None:
+    def __init__(
+        self, window: float, bucket: float, alpha: float, now: float, seed: float, floor: float
+    ) -> None:
         self.bytes = Window(window, now)
-        self.base = BucketedEwma(bucket, alpha, now, seed)
+        self.base = BucketedEwma(bucket, alpha, now, seed, floor)
 
 
 class DataVolume:
@@ -53,10 +55,11 @@ class DataVolume:
         window = config.window
         key = f"{identity_key(obs)}|{route_key}"
         bucket, alpha = self.bucket, self.alpha
+        floor = config.min_bytes * bucket / window
         state = self.states.get(
             key,
             lambda: _State(
-                window, bucket, alpha, now, route.bytes_per_caller(now) * bucket / window
+                window, bucket, alpha, now, route.bytes_per_caller(now) * bucket / window, floor
             ),
         )
         total = state.bytes.add(now, amount)

@@ -30,9 +30,11 @@ from authz.telemetry.metrics import Metrics
 class _State:
     __slots__ = ("base", "ids", "ids_base", "ids_started", "rate", "sequence")
 
-    def __init__(self, window: float, bucket: float, alpha: float, now: float, seed: float) -> None:
+    def __init__(
+        self, window: float, bucket: float, alpha: float, now: float, seed: float, floor: float
+    ) -> None:
         self.rate = Window(window, now)
-        self.base = BucketedEwma(bucket, alpha, now, seed)
+        self.base = BucketedEwma(bucket, alpha, now, seed, floor)
         self.ids = Distinct()
         self.ids_base = Ewma(alpha)
         self.ids_started = now
@@ -64,10 +66,13 @@ class Enumeration:
         window = config.window
         caller = identity_key(obs)
         bucket, alpha = self.bucket, self.alpha
+        floor = config.min_requests * bucket / window
         # a new caller's baseline starts at the population's per-caller rate
         state = self.states.get(
             f"{caller}|{route_key}",
-            lambda: _State(window, bucket, alpha, now, route.per_caller(now) * bucket / window),
+            lambda: _State(
+                window, bucket, alpha, now, route.per_caller(now) * bucket / window, floor
+            ),
         )
         requests = state.rate.add(now)
         state.base.add(now)

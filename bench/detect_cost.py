@@ -1,0 +1,116 @@
+"""What detection costs per decision, in process, one run: the same policy with and
+without a ``detection:`` section, through the engine.
+
+Rounds alternate between the two engines (same requests: an API key on a templated
+route, from 500 client addresses and 200 order ids). Per decision, on the process
+CPU clock (``time.process_time``):
+
+- ``without``: the policy alone;
+- ``with (request path)``: the policy with ``detection:`` (the ``detect`` observe
+  stage builds one Observation and queues it; the scorer does not run);
+- ``scoring (background)``: the scorer draining what those decisions queued (it
+  runs in the same process, off the request path, every ~200 ms);
+
+and the ratios with/without (target: at most 1.10 on the request path).
+
+    python bench/detect_cost.py [--calls 20000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from authz.detect.scorer import SHARED_NAME, Scorer
+from authz.engine import CompiledPolicy, PolicyEngine
+from authz.model import Request
+from authz.policy.loader import load_policy_bytes
+from authz.stages import Shared
+
+KEY = "key-a-0123456789abcdef"
+SHA = hashlib.sha256(KEY.encode()).hexdigest()
+POLICY = f"""\
+version: 1
+providers:
+  keys:
+    type: api_key
+    keys:
+      - {{id: a, sha256: {SHA}, owner: a, scopes: [r], expires: "2999-01-01"}}
+routes:
+  - name: orders
+    path: "/v1/orders/{{id}}"
+    methods: [GET]
+    providers: [keys]
+    scopes: [r]
+"""
+DETECTION = """\
+detection:
+  mode: monitor
+  detectors:
+    honeypot: {paths: ["/.env", "/wp-login.php", "/.git/**"]}
+"""
+
+
+def engine(text: str) -> tuple[PolicyEngine, Shared]:
+    shared = Shared()
+    config = load_policy_bytes(text.encode(), source="bench.yaml", base_dir=Path("."))
+    return PolicyEngine(CompiledPolicy(config, shared=shared)), shared
+
+
+async def run(e: PolicyEngine, requests: list[Request]) -> float:
+    check = e.check
+    started = time.process_time()
+    for r in requests:
+        await check(r)
+    return (time.process_time() - started) / len(requests) * 1e6
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    plain, _ = engine(POLICY)
+    detecting, shared = engine(POLICY + DETECTION)
+    scorer = shared.get(SHARED_NAME, lambda: None)
+    assert isinstance(scorer, Scorer)
+    requests = [
+        Request(
+            "GET",
+            f"/v1/orders/{i % 200}",
+            headers={"x-api-key": KEY},
+            source_address=f"10.0.{(i // 250) % 2}.{i % 250}",
+        )
+        for i in range(args.calls)
+    ]
+    await run(plain, requests[:2000])  # warm caches
+    await run(detecting, requests[:2000])
+    scorer.drain()
+    without, with_, scoring = [], [], []
+    for _ in range(args.rounds):
+        without.append(await run(plain, requests))
+        with_.append(await run(detecting, requests))
+        started = time.process_time()
+        scored = scorer.drain()
+        scoring.append((time.process_time() - started) / max(1, scored) * 1e6)
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    w, d, s = (statistics.median(x) for x in (without, with_, scoring))
+    print(f"loadavg {load}; {args.calls} decisions x {args.rounds} rounds, medians, µs CPU")
+    print(f"without detection            {w:7.2f} µs/decision")
+    print(f"with (request path)          {d:7.2f} µs/decision   ratio {d / w:.3f}")
+    print(f"scoring (background)         {s:7.2f} µs/decision")
+    print(f"with + scoring               {d + s:7.2f} µs/decision   ratio {(d + s) / w:.3f}")
+    ratios = [b / a for a, b in zip(without, with_, strict=True)]
+    print(f"request-path ratio per round: {min(ratios):.3f} .. {max(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
