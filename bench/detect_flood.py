@@ -52,24 +52,12 @@ def main() -> None:
     started = time.perf_counter()
     marks = {args.tables, args.count // 2, args.count}
     for i in range(1, args.count + 1):
+        address = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        fields = ("GET", "/v1/orders/{id}", f"/v1/orders/{i}", address, "jwt", f"user-{i}")
         scorer.offer(
             Observation(
-                i * 0.001,
-                f"d{i}",
-                "get-order",
-                "GET",
-                "/v1/orders/{id}",
-                f"/v1/orders/{i}",
-                f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-                "jwt",
-                f"user-{i}",
-                f"tok-{i}",
-                (),
-                True,
-                200,
-                "allowed",
-                0,
-            )  # fmt: skip
+                i * 0.001, f"d{i}", "get-order", *fields, f"tok-{i}", (), True, 200, "allowed", 0
+            )
         )
         if len(scorer.queue) >= 4096:
             scorer.drain()
