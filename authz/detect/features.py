@@ -101,23 +101,31 @@ class Window:
 
 
 class Sequence:
-    """The run of consecutive numeric ids, each the previous one +-1."""
+    """The run of consecutive numeric ids walked in one direction (each the previous
+    one +1, or each -1): alternating between two neighbours is not a walk."""
 
-    __slots__ = ("last", "run")
+    __slots__ = ("last", "run", "step")
 
     def __init__(self) -> None:
         self.last: int | None = None
         self.run = 0
+        self.step = 0
 
     def add(self, value: str) -> int:
         if not value.isdigit() or len(value) > 18:
             return self.run
         n = int(value)
         last = self.last
-        if last is not None and abs(n - last) == 1:
+        if last is None or n == last:
+            self.last = n
+            return self.run
+        step = n - last
+        if step == self.step:
             self.run += 1
-        elif last != n:
-            self.run = 0
+        elif step in (1, -1):
+            self.run, self.step = 1, step
+        else:
+            self.run, self.step = 0, 0
         self.last = n
         return self.run
 

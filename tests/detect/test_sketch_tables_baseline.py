@@ -90,7 +90,8 @@ def test_window_slides() -> None:
 def test_sequence_runs_and_prefixes() -> None:
     s = Sequence()
     assert [s.add(str(i)) for i in (5, 6, 7, 9, 8, 7)] == [0, 1, 2, 0, 1, 2]
-    assert s.add("abc") == 2  # not numeric: the run is unchanged
+    assert [s.add(str(i)) for i in (20, 21, 20, 21, 20)] == [0, 1, 1, 1, 1]  # not a walk
+    assert s.add("abc") == 1  # not numeric: the run is unchanged
     assert prefix_of("10.1.2.3") == "10.1.2.0/24"
     assert prefix_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert prefix_of("") == "" and prefix_of("nonsense::x") == ""
