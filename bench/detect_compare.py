@@ -43,12 +43,9 @@ from authz.detect.events import Action, Observation
 from authz.detect.features import prefix_of
 from authz.detect.scorer import Scorer
 from authz.policy.config import RouteConfig
-from authz.policy.detection_config import (
-    DetectionConfig,
-    HoneypotConfig,
-    LearnedConfig,
-)
+from authz.policy.detection_config import DetectionConfig, HoneypotConfig
 from authz.telemetry.metrics import MemoryMetrics
+from bench.learned_model import LearnedConfig, install
 
 ROUTES = (
     RouteConfig(name="list-orders", path="/v1/orders", methods=("GET",)),
@@ -102,7 +99,13 @@ class Scenario:
 
     def events(self) -> Iterator[Event]:
         streams = [self._normal(u) for u in range(self.normals)]
-        streams += [self._heavy(), self._stuffer(), self._enumerator(), self._shared(), self._prober()]
+        streams += [
+            self._heavy(),
+            self._stuffer(),
+            self._enumerator(),
+            self._shared(),
+            self._prober(),
+        ]
         return heapq.merge(*streams)
 
     def _normal(self, u: int) -> Iterator[Event]:
@@ -226,10 +229,14 @@ def whose(action: Action) -> str:
     return "normal"
 
 
-def run(config: DetectionConfig, scenario: Scenario) -> tuple[list[Action], float, int]:
+def run(
+    config: DetectionConfig, scenario: Scenario, learned: LearnedConfig | None = None
+) -> tuple[list[Action], float, int]:
     sink = Sink()
     scorer = Scorer(MemoryMetrics(), sink=lambda: sink)
     scorer.configure(config, ROUTES)
+    if learned is not None:
+        install(scorer, learned)
     started = time.process_time()
     next_drain = 0.0
     fed = 0
@@ -253,7 +260,10 @@ def report(name: str, actions: list[Action], scenario: Scenario, cpu: float, fed
         else:
             surge = scenario.surge[0] <= a.time < scenario.surge[1]
             false[(who if who == "heavy" else ("surge" if surge else "normal"), a.detector)] += 1
-    print(f"\n== {name}: {len(actions)} actions, {fed:,} requests, scoring {cpu / fed * 1e6:.1f} µs each")
+    print(
+        f"\n== {name}: {len(actions)} actions, {fed:,} requests, "
+        f"scoring {cpu / fed * 1e6:.1f} µs each"
+    )
     print(f"{'attacker':22} {'s to first action':>18}  first detector")
     for who in ATTACKERS:
         detector = next((a.detector for a in actions if whose(a) == who), "")
@@ -272,34 +282,35 @@ def main() -> None:
     parser.add_argument("--normals", type=int, default=250)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--learned-threshold", type=float, default=LearnedConfig().threshold)
-    parser.add_argument("--learned-samples", type=int, default=1000)
+    parser.add_argument("--learned-samples", type=int, default=LearnedConfig().min_samples)
     args = parser.parse_args()
     logging.getLogger("authz.detect").setLevel(logging.ERROR)  # actions: counted here
     with open("/proc/loadavg") as f:
         print("loadavg", " ".join(f.read().split()[:3]), f"seed {args.seed}")
     base = DetectionConfig(mode="enforce", warmup=WARMUP, honeypot=HONEYPOT)
     statistical = base
-    learned_cfg = LearnedConfig(
-        enabled=True, threshold=args.learned_threshold, min_samples=args.learned_samples
-    )
+    learned_cfg = LearnedConfig(threshold=args.learned_threshold, min_samples=args.learned_samples)
     off = {"enabled": False}
     learned_only = dataclasses.replace(
         base,
-        learned=learned_cfg,
         **{
             name: dataclasses.replace(getattr(base, name), **off)
-            for name in ("honeypot", "credential_stuffing", "enumeration", "token_sharing",
-                         "data_volume")
-        },  # fmt: skip
+            for name in (
+                "honeypot",
+                "credential_stuffing",
+                "enumeration",
+                "token_sharing",
+                "data_volume",
+            )
+        },
     )
-    both = dataclasses.replace(base, learned=learned_cfg)
-    for name, config in (
-        ("statistical", statistical),
-        ("learned only", learned_only),
-        ("statistical + learned", both),
+    for name, config, learned in (
+        ("statistical", statistical, None),
+        ("learned only", learned_only, learned_cfg),
+        ("statistical + learned", statistical, learned_cfg),
     ):
         scenario = Scenario(args.seed, args.normals, args.minutes)
-        actions, cpu, fed = run(config, scenario)
+        actions, cpu, fed = run(config, scenario, learned)
         report(name, actions, scenario, cpu, fed)
 
 

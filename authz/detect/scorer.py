@@ -36,7 +36,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from authz.detect.detectors import Detector, Finding
 from authz.detect.detectors.credential_stuffing import CredentialStuffing
@@ -130,7 +129,6 @@ class Scorer:
         #: whether the access-log feed has sent anything (until then nothing is joined)
         self._feed = False
         self._task: asyncio.Task[None] | None = None
-        self.learned: Any = None
         self.dropped = metrics.counter(
             "authz_detect_dropped_total", "observations dropped: the detection queue was full"
         ).labels()
@@ -209,11 +207,6 @@ class Scorer:
                 )
             )
         self.detectors = tuple(built)
-        self.learned = None
-        if config.learned.enabled:
-            from authz.detect.detectors.learned import Learned
-
-            self.learned = Learned(config.learned, metrics)
         self._in_force.resize(tables.callers)
         self._rebind(config)
 
@@ -224,13 +217,10 @@ class Scorer:
             "enumeration": config.enumeration,
             "token_sharing": config.token_sharing,
             "data_volume": config.data_volume,
-            "learned": config.learned,
         }
         self._by_name = by_name
         for detector in self.detectors:
             setattr(detector, "config", by_name[detector.name])  # noqa: B010 (a property in the protocol)
-        if self.learned is not None:
-            self.learned.config = config.learned
 
     # -- the request path and the feed: O(1), never blocks ------------------------
 
@@ -313,10 +303,6 @@ class Scorer:
         store.route(obs.route or f"?{obs.shape}", now).add(now, key)
         for detector in self.detectors:
             found = detector.observe(obs, store)
-            if found:
-                self._act(found, obs)
-        if self.learned is not None:
-            found = self.learned.observe(obs, key, store)
             if found:
                 self._act(found, obs)
 
@@ -412,7 +398,6 @@ def _same_shape(old: DetectionConfig, new: DetectionConfig) -> bool:
     return (
         old.bucket == new.bucket
         and old.alpha == new.alpha
-        and old.learned.enabled == new.learned.enabled
         and tuple(getattr(getattr(old, n), "window", 0) for n in _WINDOWED)
         == tuple(getattr(getattr(new, n), "window", 0) for n in _WINDOWED)
         and tuple(getattr(old, n).enabled for n in _ALL)

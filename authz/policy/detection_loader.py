@@ -4,14 +4,12 @@ Called by :mod:`authz.policy.loader` after the JSON Schema check (which rejects
 unknown fields, bad enums and malformed durations with their location); this adds
 the semantic checks at their location through the loader's reporter: a response
 that cannot apply to its target (revoking an address), a window shorter than the
-baselines' bucket, a honeypot pattern that a route of the policy declares, the
-learned model without the ``river`` package.
+baselines' bucket, a honeypot pattern that a route of the policy declares.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 from typing import Any, Protocol
 
@@ -23,7 +21,6 @@ from authz.policy.detection_config import (
     DetectorConfig,
     EnumerationConfig,
     HoneypotConfig,
-    LearnedConfig,
     TablesConfig,
     TokenSharingConfig,
 )
@@ -35,7 +32,6 @@ _KINDS: dict[str, type[DetectorConfig]] = {
     "enumeration": EnumerationConfig,
     "token_sharing": TokenSharingConfig,
     "data_volume": DataVolumeConfig,
-    "learned": LearnedConfig,
 }
 _DURATIONS = frozenset({"ttl", "window"})
 #: revocation applies to credentials; a block or throttle to anything
@@ -101,11 +97,6 @@ def load_detection(
             values[name] = _detector(kind, dspec, (*at, "detectors", name), reporter, bucket)
     config = DetectionConfig(**values)
     _check_honeypot(config.honeypot, reporter, (*at, "detectors", "honeypot"), routes)
-    if config.learned.enabled and importlib.util.find_spec("river") is None:
-        reporter.problem(
-            (*at, "detectors", "learned", "enabled"),
-            "the learned model needs the river package (pip install 'authz[detect]')",
-        )
     return config
 
 

@@ -52,7 +52,6 @@ def test_an_empty_section_takes_every_default(tmp_path: Path) -> None:
     assert (config.mode, config.warmup, config.queue) == ("monitor", 60.0, 65_536)
     assert config.credential_stuffing.failures == 20
     assert config.token_sharing.response == "revoke"
-    assert not config.learned.enabled
 
 
 def test_a_full_section(tmp_path: Path) -> None:

@@ -1,7 +1,13 @@
 """A learned multivariate model: river's Half-Space Trees over each caller's window.
 
-Optional (``detection.detectors.learned.enabled``, the ``detect`` extra installs
-``river``). Each caller's feature window (:class:`~authz.detect.features.CallerFeatures`:
+Tried beside the statistical detectors and NOT an option of the policy: on the
+seeded scenario of ``bench/detect_compare.py`` it caught nothing they miss (it never
+sees a stuffer rotating over addresses: each address has too short a window), caught
+the others later, and actioned the legitimate heavy user and some normal callers.
+Kept here, for that comparison only (``pip install 'authz[detect]'`` installs
+``river``); :func:`install` adds it to a scorer as one more detector.
+
+Each caller's feature window (:class:`~authz.detect.features.CallerFeatures`:
 requests, distinct endpoints, distinct object ids, sequential steps, auth
 failures, deny ratio, bytes, distinct addresses) is scored when it closes, in the
 background, then learned from. Features are log-scaled into [0, 1] (Half-Space
@@ -12,13 +18,30 @@ detectors on the seeded scenario.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from authz.detect.detectors import Finding, Findings, target_of
+from authz.detect.detectors.credential_stuffing import AUTH_FAILURES
 from authz.detect.events import Observation, ResponseObservation
-from authz.detect.features import VECTOR, FeatureStore, log_scale
-from authz.policy.detection_config import LearnedConfig
+from authz.detect.features import VECTOR, FeatureStore, identity_key, log_scale
+from authz.detect.scorer import Scorer
+from authz.policy.detection_config import DetectorConfig
 from authz.telemetry.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedConfig(DetectorConfig):
+    name: str = "learned"
+    response: str = "log"
+    target: str = "identity"
+    ttl: float = 600.0
+    #: anomaly score (0..1) at or above which the caller is actioned
+    threshold: float = 0.6
+    #: caller windows the model learns from before it scores any
+    min_samples: int = 500
+    seed: int = 42
+
 
 #: the value each feature saturates at (log scale), in VECTOR's order
 CAPS = (10_000.0, 1_000.0, 10_000.0, 10_000.0, 1_000.0, 1.0, 1e9, 1_000.0)
@@ -44,15 +67,13 @@ class Learned:
             for name, value, cap in zip(VECTOR, vector, CAPS, strict=True)
         }
 
-    def observe(self, obs: Observation, key: str, store: FeatureStore) -> Findings:
+    def observe(self, obs: Observation, store: FeatureStore) -> Findings:
         now = obs.time
-        caller = store.caller(key, now)
+        caller = store.caller(identity_key(obs), now)
         finished = caller.roll(now)
         caller.requests += 1
         if not obs.allowed:
             caller.denies += 1
-        from authz.detect.detectors.credential_stuffing import AUTH_FAILURES
-
         if obs.reason in AUTH_FAILURES:
             caller.failures += 1
         caller.endpoints.add(obs.route or obs.shape)
@@ -82,3 +103,11 @@ class Learned:
         self, obs: Observation, response: ResponseObservation, store: FeatureStore
     ) -> Findings:
         return None
+
+
+def install(scorer: Scorer, config: LearnedConfig) -> Learned:
+    """Add the model to a configured scorer as one more detector."""
+    learned = Learned(config, scorer.metrics)
+    scorer.detectors = (*scorer.detectors, learned)
+    scorer._by_name["learned"] = config
+    return learned
