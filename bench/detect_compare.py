@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import importlib.util
 import logging
 import math
 import random
@@ -81,6 +82,7 @@ def _obs(t: float, n: int, **kw: object) -> Observation:
 
 class Scenario:
     def __init__(self, seed: int, normals: int, minutes: float) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.normals = normals
         self.end = minutes * 60.0
@@ -147,7 +149,7 @@ class Scenario:
             yield Event(t, "normal", obs)
 
     def _heavy(self) -> Iterator[Event]:
-        rng = random.Random(1)
+        rng = random.Random(self.seed * 10 + 1)
         t = 0.0
         while t < self.end:
             t += rng.expovariate(5.0)
@@ -157,7 +159,7 @@ class Scenario:
                         client_address="10.200.0.10"))  # fmt: skip
 
     def _stuffer(self) -> Iterator[Event]:
-        rng = random.Random(2)
+        rng = random.Random(self.seed * 10 + 2)
         t = self.starts["credential_stuffer"]
         i = 0
         while t < self.end:
@@ -170,7 +172,7 @@ class Scenario:
             i += 1
 
     def _enumerator(self) -> Iterator[Event]:
-        rng = random.Random(3)
+        rng = random.Random(self.seed * 10 + 3)
         t = self.starts["enumerator"]
         n = 100_000
         while t < self.end:
@@ -182,7 +184,7 @@ class Scenario:
                 status=404 if rng.random() < 0.5 else 200))  # fmt: skip
 
     def _shared(self) -> Iterator[Event]:
-        rng = random.Random(4)
+        rng = random.Random(self.seed * 10 + 4)
         t = self.starts["shared_token"]
         while t < self.end:
             t += rng.expovariate(2.0)  # 40 addresses, one request each every ~20 s
@@ -191,7 +193,7 @@ class Scenario:
                 client_address=f"100.64.{rng.randrange(40)}.7"))  # fmt: skip
 
     def _prober(self) -> Iterator[Event]:
-        rng = random.Random(5)
+        rng = random.Random(self.seed * 10 + 5)
         t = self.starts["honeypot_prober"]
         yield Event(t, "honeypot_prober", _obs(
             t, self._id(), route="", shape="", path="/.env", client_address="192.0.2.66",
@@ -304,11 +306,17 @@ def main() -> None:
             )
         },
     )
-    for name, config, learned in (
-        ("statistical", statistical, None),
-        ("learned only", learned_only, learned_cfg),
-        ("statistical + learned", statistical, learned_cfg),
-    ):
+    runs: list[tuple[str, DetectionConfig, LearnedConfig | None]] = [
+        ("statistical", statistical, None)
+    ]
+    if importlib.util.find_spec("river") is not None:
+        runs += [
+            ("learned only", learned_only, learned_cfg),
+            ("statistical + learned", statistical, learned_cfg),
+        ]
+    else:
+        print("(river is not installed: pip install 'authz[detect]' for the learned model)")
+    for name, config, learned in runs:
         scenario = Scenario(args.seed, args.normals, args.minutes)
         actions, cpu, fed = run(config, scenario, learned)
         report(name, actions, scenario, cpu, fed)

@@ -210,6 +210,14 @@ class Scorer:
         self._in_force.resize(tables.callers)
         self._rebind(config)
 
+    def disable(self) -> None:
+        """A policy without ``detection:`` replaced one with it: score nothing more
+        (the task, if started, keeps running idle until the service closes it)."""
+        self.config = None
+        self.store = None
+        self.detectors = ()
+        self.queue.clear()
+
     def _rebind(self, config: DetectionConfig) -> None:
         by_name = {
             "honeypot": config.honeypot,

@@ -182,7 +182,14 @@ class DetectStage:
 
     def build(self, load: Load, route: RouteConfig | None) -> Detect | None:
         config = load.config.detection
-        if config is None or route is not None:
+        if route is not None:
+            return None
+        if config is None:
+            # a reload that drops the section: the scorer (if any) stops scoring
+            existing = load.shared.get(SHARED_NAME, lambda: None)
+            if isinstance(existing, Scorer):
+                existing.disable()
+                load.shared.get(RESPONSE_HUB, ResponseHub).unsubscribe(existing)
             return None
         scorer = shared_scorer(load.shared)
         scorer.configure(config, load.config.routes)

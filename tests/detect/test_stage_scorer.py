@@ -168,3 +168,19 @@ async def test_actions_go_to_the_sink_registered_when_acting(tmp_path: Path) -> 
     assert isinstance(sink, LogOnlySink)
     [action] = sink.actions
     assert action.monitor  # the section's default mode is monitor
+
+
+async def test_a_reload_without_detection_stops_scoring(tmp_path: Path) -> None:
+    from authz.detect.events import RESPONSE_HUB, ResponseHub
+
+    shared = Shared()
+    engine(tmp_path, shared)
+    scorer = scorer_of(shared)
+    hub = shared.get(RESPONSE_HUB, ResponseHub)
+    assert len(hub) == 1
+    e = engine(tmp_path, shared, POLICY.split("detection:")[0])
+    assert scorer.config is None and scorer.detectors == () and len(hub) == 0
+    await e.check(Request("GET", "/healthz"))
+    assert not scorer.queue  # no stage, nothing queued
+    engine(tmp_path, shared)  # and back
+    assert scorer.config is not None and len(hub) == 1
