@@ -8,9 +8,9 @@ Kept here, for that comparison only (``pip install 'authz[detect]'`` installs
 ``river``); :func:`install` adds it to a scorer as one more detector.
 
 Each caller's feature window (:class:`~authz.detect.features.CallerFeatures`:
-requests, distinct endpoints, distinct object ids, sequential steps, auth
-failures, deny ratio, bytes, distinct addresses) is scored when it closes, in the
-background, then learned from. Features are log-scaled into [0, 1] (Half-Space
+requests, distinct endpoints, distinct object ids, auth failures, deny ratio,
+bytes, distinct addresses) is scored when it closes, in the background, then
+learned from. Features are log-scaled into [0, 1] (Half-Space
 Trees assume bounded inputs). No action before ``min_samples`` windows were
 learned. See ``bench/detect_compare.py`` for how it compares with the statistical
 detectors on the seeded scenario.
@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.detect.detectors import Finding, Findings, target_of
-from authz.detect.detectors.credential_stuffing import AUTH_FAILURES
 from authz.detect.events import Observation, ResponseObservation
-from authz.detect.features import VECTOR, FeatureStore, identity_key, log_scale
+from authz.detect.features import VECTOR, FeatureStore, log_scale
 from authz.detect.scorer import Scorer
 from authz.policy.detection_config import DetectorConfig
 from authz.telemetry.metrics import Metrics
@@ -44,7 +43,7 @@ class LearnedConfig(DetectorConfig):
 
 
 #: the value each feature saturates at (log scale), in VECTOR's order
-CAPS = (10_000.0, 1_000.0, 10_000.0, 10_000.0, 1_000.0, 1.0, 1e9, 1_000.0)
+CAPS = (10_000.0, 1_000.0, 10_000.0, 1_000.0, 1.0, 1e9, 1_000.0)
 
 
 class Learned:
@@ -68,19 +67,7 @@ class Learned:
         }
 
     def observe(self, obs: Observation, store: FeatureStore) -> Findings:
-        now = obs.time
-        caller = store.caller(identity_key(obs), now)
-        finished = caller.roll(now)
-        caller.requests += 1
-        if not obs.allowed:
-            caller.denies += 1
-        if obs.reason in AUTH_FAILURES:
-            caller.failures += 1
-        caller.endpoints.add(obs.route or obs.shape)
-        caller.addresses.add(obs.client_address)
-        caller.bytes += obs.body_bytes
-        for value in obs.object_ids:
-            caller.ids.add(value)
+        finished = store.finished  # the caller window this observation closed
         if finished is None:
             return None
         return self.score(obs, finished)

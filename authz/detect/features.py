@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import math
 
+from authz import reasons as R
 from authz.detect.baseline import Ewma
 from authz.detect.events import Observation
 from authz.detect.sketch import Distinct
 from authz.detect.tables import LruTable
 from authz.telemetry.metrics import Metrics
 
+#: refusals of a credential the caller presented (not absence, not our own outage)
+AUTH_FAILURES = frozenset(
+    r.code
+    for r in R.REASONS.values()
+    if r.phase == "identity" and r.code not in ("missing_credential", "jwks_unavailable")
+)
+
 __all__ = [
+    "AUTH_FAILURES",
     "CallerFeatures",
     "Ewma",
     "FeatureStore",
@@ -141,7 +150,6 @@ class CallerFeatures:
         "failures",
         "ids",
         "requests",
-        "sequential",
         "started",
         "window",
     )
@@ -153,10 +161,25 @@ class CallerFeatures:
         self.denies = 0
         self.failures = 0
         self.bytes = 0
-        self.sequential = 0
         self.endpoints = Distinct()
         self.ids = Distinct()
         self.addresses = Distinct()
+
+    def add(self, obs: Observation) -> None:
+        self.requests += 1
+        if not obs.allowed:
+            self.denies += 1
+        if obs.reason in AUTH_FAILURES:
+            self.failures += 1
+        self.endpoints.add(obs.route or obs.shape)
+        self.addresses.add(obs.client_address)
+        self.bytes += obs.body_bytes
+        for value in obs.object_ids:
+            self.ids.add(value)
+
+    def evidence(self) -> dict[str, float | str]:
+        """The current window, for an action's evidence."""
+        return {f"caller.{k}": v for k, v in zip(VECTOR, self.vector(), strict=True)}
 
     def roll(self, now: float) -> tuple[float, ...] | None:
         """The finished window's vector when ``now`` is past it (and start a new one)."""
@@ -164,7 +187,7 @@ class CallerFeatures:
             return None
         vector = self.vector()
         self.started = now - (now % self.window)
-        self.requests = self.denies = self.failures = self.bytes = self.sequential = 0
+        self.requests = self.denies = self.failures = self.bytes = 0
         self.endpoints.clear()
         self.ids.clear()
         self.addresses.clear()
@@ -176,7 +199,6 @@ class CallerFeatures:
             float(requests),
             float(len(self.endpoints)),
             float(len(self.ids)),
-            float(self.sequential),
             float(self.failures),
             self.denies / requests if requests else 0.0,
             float(self.bytes),
@@ -189,7 +211,6 @@ VECTOR = (
     "requests",
     "endpoints",
     "object_ids",
-    "sequential",
     "auth_failures",
     "deny_ratio",
     "bytes",
@@ -256,12 +277,22 @@ class FeatureStore:
         self.alpha = alpha
         self.callers: LruTable[CallerFeatures] = LruTable("callers", callers, metrics)
         self.routes: LruTable[RouteFeatures] = LruTable("routes", routes, metrics)
+        #: the caller window the last observation closed (see :meth:`observe`)
+        self.finished: tuple[float, ...] | None = None
 
     def route(self, name: str, now: float) -> RouteFeatures:
         return self.routes.get(name, lambda: RouteFeatures(self.window, now, self.alpha))
 
     def caller(self, key: str, now: float) -> CallerFeatures:
         return self.callers.get(key, lambda: CallerFeatures(self.window, now))
+
+    def observe(self, obs: Observation, key: str) -> None:
+        """Count ``obs`` in its caller's window; :attr:`finished` is the vector of the
+        window it closed (None if it closed none)."""
+        now = obs.time
+        caller = self.callers.get(key, lambda: CallerFeatures(self.window, now))
+        self.finished = caller.roll(now)
+        caller.add(obs)
 
 
 def log_scale(value: float, cap: float) -> float:

@@ -45,6 +45,7 @@ from authz.detect.detectors.honeypot import Honeypot
 from authz.detect.detectors.token_sharing import TokenSharing
 from authz.detect.events import (
     REASON_OF,
+    RESPONSES,
     Action,
     ActionSink,
     Observation,
@@ -124,7 +125,8 @@ class Scorer:
         self._params: dict[str, re.Pattern[str]] = {}
         self.store: FeatureStore | None = None
         self._joins: LruTable[Observation] = LruTable("joins", JOIN_CAPACITY, metrics)
-        self._in_force: LruTable[list[float]] = LruTable("in_force", 100_000, metrics)
+        #: target -> (until, strength of the response in force)
+        self._in_force: LruTable[tuple[float, int]] = LruTable("in_force", 100_000, metrics)
         self._first: float | None = None
         #: whether the access-log feed has sent anything (until then nothing is joined)
         self._feed = False
@@ -309,6 +311,7 @@ class Scorer:
         key = identity_key(obs)
         now = obs.time
         store.route(obs.route or f"?{obs.shape}", now).add(now, key)
+        store.observe(obs, key)
         for detector in self.detectors:
             found = detector.observe(obs, store)
             if found:
@@ -351,6 +354,15 @@ class Scorer:
             if found:
                 self._act(found, obs)
 
+    def _evidence(self, finding: Finding, obs: Observation) -> dict[str, float | str]:
+        """What the detector saw, and the caller's current window beside it."""
+        evidence = dict(finding.evidence)
+        store = self.store
+        caller = store.callers.peek(identity_key(obs)) if store is not None else None
+        if caller is not None:
+            evidence.update(caller.evidence())
+        return evidence
+
     def _act(self, findings: list[Finding], obs: Observation) -> None:
         config = self.config
         assert config is not None
@@ -363,12 +375,13 @@ class Scorer:
                 continue
             detector = self._by_name[finding.detector]
             key = f"{finding.target_kind}:{finding.target}"
+            rank = _RANK.get(detector.response, 0)
             until = self._in_force.peek(key)
-            if until is not None and until[0] > now:
-                self._suppressed.labels("in_force").inc()
+            if until is not None and until[0] > now and until[1] >= rank:
+                self._suppressed.labels("in_force").inc()  # as strong an action is in force
                 continue
             ttl = detector.ttl
-            self._in_force.put(key, [now + max(ttl, MIN_IN_FORCE)])
+            self._in_force.put(key, (now + max(ttl, MIN_IN_FORCE), rank))
             monitor = config.mode_of(detector) == "monitor"
             response = detector.response  # type: ignore[assignment]
             action = Action(
@@ -379,7 +392,7 @@ class Scorer:
                 target=finding.target,
                 ttl=ttl,
                 reason=REASON_OF[response],  # type: ignore[index]
-                evidence=dict(finding.evidence),
+                evidence=self._evidence(finding, obs),
                 monitor=monitor,
             )
             mode = "monitor" if monitor else "enforce"
@@ -399,6 +412,10 @@ class Scorer:
             except Exception:
                 self._errors.inc()
                 log.exception("action sink failed")
+
+
+#: how strong a response is: a stronger one passes an action in force on its target
+_RANK: dict[str, int] = {r: i for i, r in enumerate(RESPONSES)}
 
 
 def _same_shape(old: DetectionConfig, new: DetectionConfig) -> bool:

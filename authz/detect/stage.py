@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from authz.detect.detectors.credential_stuffing import AUTH_FAILURES
 from authz.detect.events import (
     ACTION_SINK,
     RESPONSE_HUB,
@@ -30,6 +29,7 @@ from authz.detect.events import (
     ResponseHub,
     credential_digest,
 )
+from authz.detect.features import AUTH_FAILURES
 from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer
 from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, RouteConfig

@@ -10,21 +10,15 @@ count and is caught by its prefix: that finding targets the prefix.
 
 from __future__ import annotations
 
-from authz import reasons as R
 from authz.detect.detectors import Finding, Findings, target_of
 from authz.detect.events import Observation, ResponseObservation
-from authz.detect.features import FeatureStore, Window, prefix_of
+from authz.detect.features import AUTH_FAILURES, FeatureStore, Window, prefix_of
 from authz.detect.sketch import Distinct
 from authz.detect.tables import LruTable
 from authz.policy.detection_config import CredentialStuffingConfig
 from authz.telemetry.metrics import Metrics
 
-#: refusals of a credential the caller presented (not absence, not our outage)
-AUTH_FAILURES = frozenset(
-    r.code
-    for r in R.REASONS.values()
-    if r.phase == "identity" and r.code not in ("missing_credential", "jwks_unavailable")
-)
+__all__ = ["AUTH_FAILURES", "CredentialStuffing"]
 
 
 class _Address:
