@@ -1,7 +1,7 @@
 """Features: what the detectors count per caller and per route, O(1) per observation.
 
 Callers are named by :func:`identity_key` (the verified subject or SPIFFE ID, else
-the digest of the credential presented, else the client address) and by their
+the client address) and by their
 address and its prefix (:func:`prefix_of`: /24 for IPv4, /64 for IPv6). The
 primitives here are small and allocation-free per update:
 
@@ -67,11 +67,10 @@ def prefix_of(address: str) -> str:
 
 
 def identity_key(obs: Observation) -> str:
-    """Who the caller is, best known first: subject, credential digest, address."""
+    """Who the caller is: its verified subject, else its address (an unverified
+    credential names nobody: a caller could present a new one each time)."""
     if obs.subject:
         return f"{obs.identity_kind}:{obs.subject}"
-    if obs.credential:
-        return f"cred:{obs.credential}"
     return f"addr:{obs.client_address}"
 
 

@@ -270,3 +270,62 @@ def test_no_action_before_the_warmup_except_honeypots() -> None:
     s.drain()
     assert sink.actions == []
     assert s.metrics.value("authz_detect_suppressed_total", "warmup") > 0
+
+
+def test_a_stronger_response_passes_an_action_in_force_and_evidence_has_the_window() -> None:
+    from dataclasses import replace
+
+    from .helpers import HONEYPOT
+
+    s, sink = scorer(honeypot=replace(HONEYPOT, response="log", identity=False))
+    normal_traffic(s, 0.0, WARM)
+    s.offer(
+        obs(
+            WARM,
+            path="/.env",
+            route="",
+            client_address="192.0.2.9",
+            identity_kind="anonymous",
+            subject="",
+            credential="",
+            allowed=False,
+            status=404,
+            reason="undeclared_route",
+        )
+    )
+    s.offer(
+        obs(
+            WARM + 1,
+            path="/.env",
+            route="",
+            client_address="192.0.2.9",
+            identity_kind="anonymous",
+            subject="",
+            credential="",
+            allowed=False,
+            status=404,
+            reason="undeclared_route",
+        )
+    )
+    for i in range(12):  # then stuffing from the same address: a block beats the log
+        s.offer(
+            obs(
+                WARM + 2 + i,
+                route="login",
+                path="/v1/login",
+                identity_kind="anonymous",
+                subject="",
+                credential=f"g{i}",
+                allowed=False,
+                status=401,
+                reason="token_bad_signature",
+                client_address="192.0.2.9",
+            )
+        )
+    s.drain()
+    assert [(a.detector, a.response) for a in sink.actions] == [
+        ("honeypot", "log"),
+        ("credential_stuffing", "block"),
+    ]
+    evidence = sink.actions[1].evidence
+    assert evidence["caller.auth_failures"] == 10 and evidence["caller.deny_ratio"] == 1.0
