@@ -53,10 +53,12 @@ from authz.detect.events import (
 )
 from authz.detect.features import FeatureStore, identity_key
 from authz.detect.tables import LruTable
+from authz.model import Identity
 from authz.paths import path_shape
 from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
 from authz.policy.config import RouteConfig
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
+from authz.record import DecisionRecord
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
@@ -69,6 +71,45 @@ SLICE = 1024
 JOIN_CAPACITY = 65_536
 #: a shorter TTL than this is not deduplicated on (log actions are kept this long)
 MIN_IN_FORCE = 60.0
+
+
+#: what the ``detect`` stage queues: (record, identity, route, credential or None, body size)
+Pending = tuple[DecisionRecord, Identity, RouteConfig | None, str | None, int]
+
+
+def observation_of(item: Pending) -> Observation:
+    """The Observation of a decision the ``detect`` stage queued (in the background)."""
+    record, identity, route, credential, size = item
+    if credential is None:
+        kind = identity.kind
+        claims = identity.claims
+        if kind == "api_key":
+            found = claims.get("key_id")
+        elif kind == "jwt":
+            found = claims.get("jti")
+        else:
+            found = ""
+        credential = found if isinstance(found, str) else ""
+    return _new(
+        Observation,
+        (
+            record.time,
+            record.decision_id,
+            record.route,
+            record.method,
+            route.path if route is not None else "",
+            record.path,
+            record.client_address,
+            record.identity_type,
+            record.subject,
+            credential,
+            (),
+            record.decision != "deny",
+            record.status,
+            record.reason,
+            size,
+        ),
+    )
 
 
 class LogOnlySink:
@@ -116,7 +157,9 @@ class Scorer:
         self.metrics = metrics
         self._sink = sink or LogOnlySink
         self._clock = clock
-        self.queue: collections.deque[Observation | ResponseObservation] = collections.deque()
+        self.queue: collections.deque[Observation | ResponseObservation | Pending] = (
+            collections.deque()
+        )
         self.bound = 65_536
         self.interval = 0.2
         self.config: DetectionConfig | None = None
@@ -282,10 +325,12 @@ class Scorer:
             item = queue.popleft()
             done += 1
             try:
-                if isinstance(item, ResponseObservation):
+                if type(item) is tuple:  # from the detect stage
+                    self._observation(observation_of(item))  # type: ignore[arg-type]
+                elif isinstance(item, ResponseObservation):
                     self._response(item)
                 else:
-                    self._observation(item)
+                    self._observation(item)  # type: ignore[arg-type]
             except Exception:
                 self._errors.inc()
                 log.exception("scoring failed")

@@ -1,16 +1,20 @@
 """The ``detect`` stage (phase ``observe``): one Observation per decision, queued.
 
 It sees every decision, allowed or denied, declared or not, and does the least it
-can on the request path: read what the engine already computed (record time,
-decision, identity, route) into one :class:`~authz.detect.events.Observation`
-(a named tuple made with ``tuple.__new__``), and append it to the scorer's bounded
-queue (:meth:`authz.detect.scorer.Scorer.offer`: full -> dropped and counted). No
-I/O, no regex, no path parsing (object ids and path shapes are derived in the
-background). A credential is named without hashing when it can be: a JWT's
-``jti``, an API key's id; otherwise its digest (:func:`credential_digest` of a
-JWT's header.payload, at most :data:`MAX_CREDENTIAL` characters) is computed once
-per verified identity (the JWT provider hands out one Identity per cached token)
-or, for a refused credential, only when one was presented.
+can on the request path: one 5-tuple of what the engine already made (the decision
+record, the identity, the route, the credential's name when it must be read from
+the request, the body size) appended to the scorer's bounded queue (full: dropped
+and counted); the scorer turns it into the decision's
+:class:`~authz.detect.events.Observation` in the background
+(:func:`authz.detect.scorer.observation_of`). No I/O, no regex, no path parsing
+(object ids and path shapes are derived in the background). The request itself
+is never kept (its headers hold the credential, its body may be large). A
+credential is named without hashing when it can be: a JWT's ``jti`` and an API
+key's id are read from the identity in the background; a JWT without ``jti`` is
+named by the digest of its header.payload (:func:`credential_digest`, at most
+:data:`MAX_CREDENTIAL` characters), computed once per verified identity (the JWT
+provider hands out one Identity per cached token); a refused credential's digest
+is computed only when one was presented.
 
 Building the stage configures the process's scorer (in Shared, registered as a
 runtime: the service starts it) and subscribes it once to the access-log feed's
@@ -19,13 +23,11 @@ runtime: the service starts it) and subscribes it once to the access-log feed's
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from authz.detect.events import (
     ACTION_SINK,
     RESPONSE_HUB,
-    Observation,
     ResponseHub,
     credential_digest,
 )
@@ -33,6 +35,7 @@ from authz.detect.features import AUTH_FAILURES
 from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer
 from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, RouteConfig
+from authz.record import DecisionRecord
 from authz.stages import Context, Load, Phase, Shared
 
 #: the longest credential text hashed on the request path
@@ -43,6 +46,7 @@ CACHE_SIZE = 4096
 _new = tuple.__new__
 #: decisions before identity: a credential presented there is named too (honeypots)
 _UNDECLARED = frozenset({"undeclared_route", "method_not_allowed"})
+_REASON = DecisionRecord._fields.index("reason")
 
 
 def shared_scorer(shared: Shared) -> Scorer:
@@ -72,8 +76,8 @@ class Detect:
     def __init__(self, scorer: Scorer, load: Load) -> None:
         self.scorer = scorer
         self._queue = scorer.queue
+        self._bound = scorer.bound  # configured before the stage is built
         self._dropped = scorer.dropped.inc
-        self._clock = time.time
         providers = load.config.providers
         #: jwt provider name -> its header; the request headers a credential is in
         self._jwt_header = {
@@ -94,64 +98,34 @@ class Detect:
 
     def step(self, ctx: Context) -> None:
         queue = self._queue
-        if len(queue) >= self.scorer.bound:
+        if len(queue) >= self._bound:
             self._dropped()
             return None
-        decision = ctx.decision
-        request = ctx.request
+        record = ctx.record
+        if record is None:  # the engine records before any observe stage
+            return None
         identity = ctx.identity
-        route = ctx.route
+        request = ctx.request
         kind = identity.kind
-        reason = decision.reason if decision is not None else ""
+        credential: str | None = None  # None: the scorer reads it from the identity
         if kind == "anonymous":
-            subject = ""
-            presented = reason in AUTH_FAILURES or reason in _UNDECLARED
-            credential = self._refused(request.headers) if presented else ""
-        else:
-            subject = identity.subject
-            credential = self._name(identity, request.headers)
+            reason = record[_REASON]
+            if reason in AUTH_FAILURES or reason in _UNDECLARED:
+                credential = self._refused(request.headers)
+        elif kind == "jwt" and "jti" not in identity.claims:
+            credential = self._digest(identity, request.headers)
         body = request.body
         size = len(body) if body else 0
         if not size:
             length = request.headers.get("content-length")
             if length and length.isdigit():
                 size = int(length)
-        record = ctx.record
-        queue.append(
-            _new(
-                Observation,
-                (
-                    record[0] if record is not None else self._clock(),
-                    decision.decision_id if decision is not None else "",
-                    route.name if route is not None else "",
-                    request.method,
-                    route.path if route is not None else "",
-                    ctx.path,
-                    request.source_address,
-                    kind,
-                    subject,
-                    credential,
-                    (),
-                    decision.allowed if decision is not None else False,
-                    decision.status if decision is not None else 0,
-                    reason,
-                    size,
-                ),
-            )
-        )
+        queue.append((record, identity, ctx.route, credential, size))
         return None
 
-    def _name(self, identity: Identity, headers: Any) -> str:
-        """A verified identity's credential name: jti, key id, else a digest (cached)."""
-        kind = identity.kind
-        if kind == "api_key":
-            key_id = identity.claims.get("key_id")
-            return key_id if isinstance(key_id, str) else ""
-        if kind != "jwt":
-            return ""
-        jti = identity.claims.get("jti")
-        if isinstance(jti, str) and jti:
-            return jti
+    def _digest(self, identity: Identity, headers: Any) -> str:
+        """A verified JWT without a jti: the digest of its header.payload (cached per
+        identity: the provider hands out one Identity per cached token)."""
         names = self._names
         found = names.get(id(identity))
         if found is not None and found[0] is identity:

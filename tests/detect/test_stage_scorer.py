@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from authz.detect.events import ACTION_SINK, Observation, credential_digest
-from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer
+from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer, observation_of
 from authz.detect.stage import Detect
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
@@ -66,8 +66,8 @@ async def test_one_observation_per_decision_allow_or_deny(tmp_path: Path) -> Non
         ),
         await e.check(Request("GET", "/nowhere", source_address="10.0.0.3")),
     ]
-    queued = list(scorer.queue)
-    assert all(isinstance(o, Observation) for o in queued)
+    assert all(type(item) is tuple and len(item) == 5 for item in scorer.queue)  # one tuple each
+    queued = [observation_of(item) for item in scorer.queue]
     assert [o.decision_id for o in queued] == [d.decision_id for d in decisions]
     allowed, refused, undeclared = queued
     assert (allowed.route, allowed.shape, allowed.path, allowed.subject, allowed.credential) == (
@@ -109,15 +109,13 @@ async def test_a_jwt_is_named_by_jti_or_by_its_header_and_payload() -> None:
 
     scorer = Scorer(MemoryMetrics())
     stage = Detect(scorer, Load())  # type: ignore[arg-type]
-    with_jti = Identity("jwt", "alice", provider="idp", claims={"jti": "j-1"})
-    assert stage._name(with_jti, {}) == "j-1"
     payload = base64.urlsafe_b64encode(json.dumps({"sub": "bob"}).encode()).decode().rstrip("=")
     token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.sig-one"
     bob = Identity("jwt", "bob", provider="idp", claims={"sub": "bob"})
-    name = stage._name(bob, {"authorization": f"Bearer {token}"})
+    name = stage._digest(bob, {"authorization": f"Bearer {token}"})
     assert name == credential_digest(f"eyJhbGciOiJFUzI1NiJ9.{payload}")
     # cached per identity: the same verified token is not hashed again
-    assert stage._name(bob, {}) == name
+    assert stage._digest(bob, {}) == name
 
 
 async def test_no_task_before_start_and_aclose_stops_it(tmp_path: Path) -> None:
