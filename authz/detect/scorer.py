@@ -53,7 +53,6 @@ from authz.detect.events import (
 )
 from authz.detect.features import FeatureStore, identity_key
 from authz.detect.tables import LruTable
-from authz.model import Identity
 from authz.paths import path_shape
 from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
 from authz.policy.config import RouteConfig
@@ -73,23 +72,13 @@ JOIN_CAPACITY = 65_536
 MIN_IN_FORCE = 60.0
 
 
-#: what the ``detect`` stage queues: (record, identity, route, credential or None, body size)
-Pending = tuple[DecisionRecord, Identity, RouteConfig | None, str | None, int]
+#: what the ``detect`` stage queues: (record, route template, credential name, body size)
+Pending = tuple[DecisionRecord, str, str, int]
 
 
 def observation_of(item: Pending) -> Observation:
     """The Observation of a decision the ``detect`` stage queued (in the background)."""
-    record, identity, route, credential, size = item
-    if credential is None:
-        kind = identity.kind
-        claims = identity.claims
-        if kind == "api_key":
-            found = claims.get("key_id")
-        elif kind == "jwt":
-            found = claims.get("jti")
-        else:
-            found = ""
-        credential = found if isinstance(found, str) else ""
+    record, shape, credential, size = item
     return _new(
         Observation,
         (
@@ -97,7 +86,7 @@ def observation_of(item: Pending) -> Observation:
             record.decision_id,
             record.route,
             record.method,
-            route.path if route is not None else "",
+            shape,
             record.path,
             record.client_address,
             record.identity_type,

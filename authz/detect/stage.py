@@ -1,16 +1,16 @@
 """The ``detect`` stage (phase ``observe``): one Observation per decision, queued.
 
 It sees every decision, allowed or denied, declared or not, and does the least it
-can on the request path: one 5-tuple of what the engine already made (the decision
-record, the identity, the route, the credential's name when it must be read from
-the request, the body size) appended to the scorer's bounded queue (full: dropped
-and counted); the scorer turns it into the decision's
+can on the request path: one 4-tuple (the decision record the engine already made,
+the route's template, the credential's name, the body size: strings and numbers
+only, so the garbage collector soon stops tracking it) appended to the scorer's
+bounded queue (full: dropped and counted); the scorer turns it into the decision's
 :class:`~authz.detect.events.Observation` in the background
 (:func:`authz.detect.scorer.observation_of`). No I/O, no regex, no path parsing
 (object ids and path shapes are derived in the background). The request itself
 is never kept (its headers hold the credential, its body may be large). A
-credential is named without hashing when it can be: a JWT's ``jti`` and an API
-key's id are read from the identity in the background; a JWT without ``jti`` is
+credential is named without hashing when it can be: a JWT's ``jti``, an API key's
+id; a JWT without ``jti`` is
 named by the digest of its header.payload (:func:`credential_digest`, at most
 :data:`MAX_CREDENTIAL` characters), computed once per verified identity (the JWT
 provider hands out one Identity per cached token); a refused credential's digest
@@ -107,20 +107,29 @@ class Detect:
         identity = ctx.identity
         request = ctx.request
         kind = identity.kind
-        credential: str | None = None  # None: the scorer reads it from the identity
         if kind == "anonymous":
             reason = record[_REASON]
-            if reason in AUTH_FAILURES or reason in _UNDECLARED:
-                credential = self._refused(request.headers)
-        elif kind == "jwt" and "jti" not in identity.claims:
-            credential = self._digest(identity, request.headers)
+            presented = reason in AUTH_FAILURES or reason in _UNDECLARED
+            credential = self._refused(request.headers) if presented else ""
+        elif kind == "jwt":
+            jti = identity.claims.get("jti")
+            credential = (
+                jti if type(jti) is str and jti else self._digest(identity, request.headers)
+            )
+        elif kind == "api_key":
+            key_id = identity.claims.get("key_id")
+            credential = key_id if type(key_id) is str else ""
+        else:
+            credential = ""
         body = request.body
         size = len(body) if body else 0
         if not size:
             length = request.headers.get("content-length")
             if length and length.isdigit():
                 size = int(length)
-        queue.append((record, identity, ctx.route, credential, size))
+        route = ctx.route
+        # only strings and numbers: the garbage collector stops tracking the tuple
+        queue.append((record, route.path if route is not None else "", credential, size))
         return None
 
     def _digest(self, identity: Identity, headers: Any) -> str:

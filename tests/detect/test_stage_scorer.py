@@ -66,7 +66,7 @@ async def test_one_observation_per_decision_allow_or_deny(tmp_path: Path) -> Non
         ),
         await e.check(Request("GET", "/nowhere", source_address="10.0.0.3")),
     ]
-    assert all(type(item) is tuple and len(item) == 5 for item in scorer.queue)  # one tuple each
+    assert all(type(item) is tuple and len(item) == 4 for item in scorer.queue)  # one tuple each
     queued = [observation_of(item) for item in scorer.queue]
     assert [o.decision_id for o in queued] == [d.decision_id for d in decisions]
     allowed, refused, undeclared = queued
