@@ -16,7 +16,8 @@ DEFAULT_GRPC = "0.0.0.0:9191"
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.control.options import options_from_args
-    from authz.server import ServeOptions, run_service
+    from authz.serve_options import ServeOptions
+    from authz.server import run_service
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
