@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from authz.control.options import CONTROL_OFF, ControlOptions
-from authz.transport.http_server import HttpLimits
+from authz.transport.http_wire import HttpLimits
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,8 @@ from authz.supervisor import supervise
 from authz.telemetry.metrics import Metrics
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
-from authz.transport.http_server import HttpTransport, TransportConfigError
+from authz.transport.http_server import HttpTransport
+from authz.transport.http_wire import TransportConfigError
 
 log = logging.getLogger("authz.server")
 

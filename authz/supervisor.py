@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from authz.errors import PolicyError
 from authz.policy.loader import load_policy
-from authz.transport.http_server import TransportConfigError
+from authz.transport.http_wire import TransportConfigError
 from authz.units import parse_host_port
 
 if TYPE_CHECKING:

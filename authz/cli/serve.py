@@ -57,7 +57,7 @@ def http_options(args: argparse.Namespace) -> Any:
     """The HTTP transport's limits from the ``--http-*`` flags, after checking that
     they go together and that the transport may bind where ``--http`` says."""
     from authz.transport.envoy_http import is_loopback, read_secret_file
-    from authz.transport.http_server import HttpLimits
+    from authz.transport.http_wire import HttpLimits
 
     given = [
         f"--{name.replace('_', '-')}"

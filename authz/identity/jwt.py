@@ -31,7 +31,8 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from authz import reasons as R
 from authz.errors import InvalidToken, MultipleCredentials
 from authz.identity.base import WAIT, Answer, Clock, Fetcher
-from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
+from authz.identity.jwk import JwkKey, algorithm_family
+from authz.identity.jwks import JwksCache
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 from authz.reasons import Reason

@@ -9,7 +9,7 @@ import pytest
 
 from authz.cli import build_parser, main
 from authz.cli.serve import http_options as _http_options
-from authz.transport.http_server import HttpLimits
+from authz.transport.http_wire import HttpLimits
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
