@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from authz.audit.sink import DecisionSink
-    from authz.engine import CompiledPolicy, PolicyEngine
+    from authz.compiled import CompiledPolicy
+    from authz.engine import PolicyEngine
     from authz.serve_options import ServeOptions
     from authz.transport.grpc_server import GrpcTransport
     from authz.transport.http_server import HttpTransport

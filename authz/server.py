@@ -36,7 +36,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
-from authz.engine import CompiledPolicy, PolicyEngine
+from authz.compiled import CompiledPolicy
+from authz.engine import PolicyEngine
 from authz.errors import PolicyError
 from authz.health import DECISION_LOG_HEALTH, HealthReporting, wait_ready
 from authz.policy.diff import log_widenings
