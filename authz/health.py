@@ -2,9 +2,9 @@
 
 - Health is NOT_SERVING until the policy is loaded and every provider is ready
   (JWKS fetched), SERVING after, NOT_SERVING again while draining. Once serving,
-  a monitor re-checks readiness every second: a provider whose keys went stale
-  (issuer unreachable past ``jwks_stale_ttl``) turns health NOT_SERVING until its
-  keys are usable again; each transition is logged once.
+  a monitor re-checks readiness every :data:`HEALTH_INTERVAL` seconds: a provider
+  whose keys went stale (issuer unreachable past ``jwks_stale_ttl``) turns health
+  NOT_SERVING until its keys are usable again; each transition is logged once.
 - The decision log's health is the gRPC health service ``authz.decision_log``:
   NOT_SERVING while it drops records or cannot write. With the policy's
   ``decision_log.on_failure: deny`` the overall health (and ``/healthz``) is
