@@ -38,11 +38,6 @@ import time
 from collections.abc import Callable, Iterable
 
 from authz.detect.detectors import Detector, Finding
-from authz.detect.detectors.credential_stuffing import CredentialStuffing
-from authz.detect.detectors.data_volume import DataVolume
-from authz.detect.detectors.enumeration import Enumeration
-from authz.detect.detectors.honeypot import Honeypot
-from authz.detect.detectors.token_sharing import TokenSharing
 from authz.detect.events import (
     REASON_OF,
     RESPONSES,
@@ -52,12 +47,12 @@ from authz.detect.events import (
     ResponseObservation,
 )
 from authz.detect.features import FeatureStore, identity_key
+from authz.detect.intake import LogOnlySink, Pending, observation_of, param_pattern
+from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
-from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
 from authz.policy.config import RouteConfig
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
-from authz.record import DecisionRecord
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
@@ -70,65 +65,6 @@ SLICE = 1024
 JOIN_CAPACITY = 65_536
 #: a shorter TTL than this is not deduplicated on (log actions are kept this long)
 MIN_IN_FORCE = 60.0
-
-
-#: what the ``detect`` stage queues: (record, route template, credential name, body size)
-Pending = tuple[DecisionRecord, str, str, int]
-
-
-def observation_of(item: Pending) -> Observation:
-    """The Observation of a decision the ``detect`` stage queued (in the background)."""
-    record, shape, credential, size = item
-    return _new(
-        Observation,
-        (
-            record.time,
-            record.decision_id,
-            record.route,
-            record.method,
-            shape,
-            record.path,
-            record.client_address,
-            record.identity_type,
-            record.subject,
-            credential,
-            (),
-            record.decision != "deny",
-            record.status,
-            record.reason,
-            size,
-        ),
-    )
-
-
-class LogOnlySink:
-    """The sink when no enforcer is registered: actions are only logged (by the
-    scorer) and the last few kept here."""
-
-    def __init__(self, keep: int = 256) -> None:
-        self.actions: collections.deque[Action] = collections.deque(maxlen=keep)
-
-    def apply(self, action: Action) -> None:
-        self.actions.append(action)
-
-
-def param_pattern(template: str) -> re.Pattern[str] | None:
-    """A regex capturing a template's ``{param}`` segments (None: it has none)."""
-    try:
-        parsed = parse_template(template)
-    except TemplateError:
-        return None
-    if not any(kind == PARAM for kind, _ in parsed.segments):
-        return None
-    parts = []
-    for kind, text in parsed.segments:
-        if kind == LITERAL:
-            parts.append("/" + re.escape(text))
-        elif kind == PARAM:
-            parts.append("/([^/]+)")
-        else:
-            parts.append("/.+")
-    return re.compile("".join(parts) + "/?")
 
 
 class Scorer:
@@ -201,7 +137,7 @@ class Scorer:
             r.name: pattern for r in routes if (pattern := param_pattern(r.path)) is not None
         }
         old = self.config
-        if old is not None and old.tables == tables and _same_shape(old, config):
+        if old is not None and old.tables == tables and same_shape(old, config):
             self.config = config
             self._rebind(config)
             return
@@ -213,34 +149,7 @@ class Scorer:
             alpha=config.alpha,
             metrics=metrics,
         )
-        built: list[Detector] = []
-        if config.honeypot.enabled and config.honeypot.paths:
-            built.append(Honeypot(config.honeypot, metrics))
-        if config.credential_stuffing.enabled:
-            built.append(CredentialStuffing(config.credential_stuffing, metrics, tables.callers))
-        if config.enumeration.enabled:
-            built.append(
-                Enumeration(
-                    config.enumeration,
-                    metrics,
-                    tables.callers,
-                    bucket=config.bucket,
-                    alpha=config.alpha,
-                )
-            )
-        if config.token_sharing.enabled:
-            built.append(TokenSharing(config.token_sharing, metrics, tables.tokens, tables.callers))
-        if config.data_volume.enabled:
-            built.append(
-                DataVolume(
-                    config.data_volume,
-                    metrics,
-                    tables.callers,
-                    bucket=config.bucket,
-                    alpha=config.alpha,
-                )
-            )
-        self.detectors = tuple(built)
+        self.detectors = build_detectors(config, metrics)
         self._in_force.resize(tables.callers)
         self._rebind(config)
 
@@ -253,13 +162,7 @@ class Scorer:
         self.queue.clear()
 
     def _rebind(self, config: DetectionConfig) -> None:
-        by_name = {
-            "honeypot": config.honeypot,
-            "credential_stuffing": config.credential_stuffing,
-            "enumeration": config.enumeration,
-            "token_sharing": config.token_sharing,
-            "data_volume": config.data_volume,
-        }
+        by_name = configs_by_name(config)
         self._by_name = by_name
         for detector in self.detectors:
             setattr(detector, "config", by_name[detector.name])  # noqa: B010 (a property in the protocol)
@@ -450,20 +353,3 @@ class Scorer:
 
 #: how strong a response is: a stronger one passes an action in force on its target
 _RANK: dict[str, int] = {r: i for i, r in enumerate(RESPONSES)}
-
-
-def _same_shape(old: DetectionConfig, new: DetectionConfig) -> bool:
-    """Whether a reload may keep the detectors' state (same detectors, same windows)."""
-    return (
-        old.bucket == new.bucket
-        and old.alpha == new.alpha
-        and tuple(getattr(getattr(old, n), "window", 0) for n in _WINDOWED)
-        == tuple(getattr(getattr(new, n), "window", 0) for n in _WINDOWED)
-        and tuple(getattr(old, n).enabled for n in _ALL)
-        == tuple(getattr(new, n).enabled for n in _ALL)
-        and old.honeypot.paths == new.honeypot.paths
-    )
-
-
-_WINDOWED = ("credential_stuffing", "enumeration", "token_sharing", "data_volume")
-_ALL = ("honeypot", *_WINDOWED)

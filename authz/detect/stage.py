@@ -6,7 +6,7 @@ the route's template, the credential's name, the body size: strings and numbers
 only, so the garbage collector soon stops tracking it) appended to the scorer's
 bounded queue (full: dropped and counted); the scorer turns it into the decision's
 :class:`~authz.detect.events.Observation` in the background
-(:func:`authz.detect.scorer.observation_of`). No I/O, no regex, no path parsing
+(:func:`authz.detect.intake.observation_of`). No I/O, no regex, no path parsing
 (object ids and path shapes are derived in the background). The request itself
 is never kept (its headers hold the credential, its body may be large). A
 credential is named without hashing when it can be: a JWT's ``jti``, an API key's
@@ -32,7 +32,8 @@ from authz.detect.events import (
     credential_digest,
 )
 from authz.detect.features import AUTH_FAILURES
-from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer
+from authz.detect.intake import LogOnlySink
+from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, RouteConfig
 from authz.record import DecisionRecord

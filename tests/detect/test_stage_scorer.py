@@ -11,7 +11,8 @@ import textwrap
 from pathlib import Path
 
 from authz.detect.events import ACTION_SINK, Observation, credential_digest
-from authz.detect.scorer import SHARED_NAME, LogOnlySink, Scorer, observation_of
+from authz.detect.intake import LogOnlySink, observation_of
+from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.detect.stage import Detect
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
