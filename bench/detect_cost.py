@@ -1,8 +1,10 @@
 """What detection costs per decision, in process, one run: the same policy with and
 without a ``detection:`` section, through the engine.
 
-Rounds alternate between the two engines (same requests: an API key on a templated
-route, from 500 client addresses and 200 order ids). Per decision, on the process
+Rounds alternate between the two engines, for two policies: the cheapest decision
+(an API key on one templated route) and the benchmark's policy (``bench/fixtures.py``,
+the example policy: a cached ES256 JWT, 50 subjects), both from 500 client addresses
+and 200 order ids. Per decision, on the process
 CPU clock (``time.process_time``):
 
 - ``without``: the policy alone;
@@ -27,6 +29,7 @@ import asyncio
 import hashlib
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
 from authz.policy.loader import load_policy_bytes
 from authz.stages import Shared
+from bench import fixtures
 
 KEY = "key-a-0123456789abcdef"
 SHA = hashlib.sha256(KEY.encode()).hexdigest()
@@ -62,9 +66,9 @@ detection:
 """
 
 
-def engine(text: str) -> tuple[PolicyEngine, Shared]:
+def engine(text: str, base_dir: Path) -> tuple[PolicyEngine, Shared]:
     shared = Shared()
-    config = load_policy_bytes(text.encode(), source="bench.yaml", base_dir=Path("."))
+    config = load_policy_bytes(text.encode(), source="bench.yaml", base_dir=base_dir)
     return PolicyEngine(CompiledPolicy(config, shared=shared)), shared
 
 
@@ -92,37 +96,24 @@ async def run(
     return spent / len(requests) * 1e6, scoring / max(1, scored) * 1e6
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=5_000)
-    parser.add_argument("--rounds", type=int, default=25)
-    args = parser.parse_args()
-    plain, _ = engine(POLICY)
-    detecting, shared = engine(POLICY + DETECTION)
+async def compare(
+    name: str, text: str, requests: list[Request], rounds: int, base_dir: Path
+) -> None:
+    plain, _ = engine(text, base_dir)
+    detecting, shared = engine(text + DETECTION, base_dir)
     scorer = shared.get(SHARED_NAME, lambda: None)
     assert isinstance(scorer, Scorer)
-    requests = [
-        Request(
-            "GET",
-            f"/v1/orders/{i % 200}",
-            headers={"x-api-key": KEY},
-            source_address=f"10.0.{(i // 250) % 2}.{i % 250}",
-        )
-        for i in range(args.calls)
-    ]
     await run(plain, requests[:2000], None)  # warm caches
     await run(detecting, requests[:2000], scorer)
     without, with_, at_end, scoring = [], [], [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         without.append((await run(plain, requests, None))[0])
         took, scored = await run(detecting, requests, scorer)
         with_.append(took)
         scoring.append(scored)
         at_end.append((await run(detecting, requests, scorer, chunk=len(requests)))[0])
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
     w, d, s, e = (statistics.median(x) for x in (without, with_, scoring, at_end))
-    print(f"loadavg {load}; {args.calls} decisions x {args.rounds} rounds, medians, µs CPU")
+    print(f"\n== {name}: {len(requests)} decisions x {rounds} rounds, medians, µs CPU")
     print(f"without detection            {w:7.2f} µs/decision")
     print(f"with (request path)          {d:7.2f} µs/decision   ratio {d / w:.3f}")
     print(f"  queue drained once a round {e:7.2f} µs/decision   ratio {e / w:.3f}")
@@ -140,6 +131,41 @@ async def main() -> None:
         f"ratio {min(with_) / min(without):.3f}; drained once a round "
         f"{min(at_end):.2f}, ratio {min(at_end) / min(without):.3f}"
     )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=25)
+    args = parser.parse_args()
+    with open("/proc/loadavg") as f:
+        print("loadavg", " ".join(f.read().split()[:3]))
+    minimal = [
+        Request(
+            "GET",
+            f"/v1/orders/{i % 200}",
+            headers={"x-api-key": KEY},
+            source_address=f"10.0.{(i // 250) % 2}.{i % 250}",
+        )
+        for i in range(args.calls)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        fx = fixtures.make(Path(tmp))
+        tokens = [fx.mint(subject=f"user-{i}") for i in range(50)]
+        standard = [
+            Request(
+                "GET",
+                f"/v1/orders/{i % 200}",
+                host=fixtures.HOST,
+                headers={"authorization": f"Bearer {tokens[i % 50]}"},
+                source_address=f"10.0.{(i // 250) % 2}.{i % 250}",
+            )
+            for i in range(args.calls)
+        ]
+        await compare("the cheapest decision (an API key, one route)", POLICY, minimal,
+                      args.rounds, Path(tmp))  # fmt: skip
+        await compare("the benchmark's policy (bench/fixtures.py: a cached ES256 JWT)",
+                      fx.policy.read_text(), standard, args.rounds, Path(tmp))  # fmt: skip
 
 
 if __name__ == "__main__":
