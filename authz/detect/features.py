@@ -54,6 +54,8 @@ def prefix_of(address: str) -> str:
     """The /24 of an IPv4 address, the /64 of an IPv6 one ("" if unreadable)."""
     if not address:
         return ""
+    if address.startswith("::ffff:") and "." in address:  # IPv4-mapped: the IPv4 /24
+        address = address[7:]
     if ":" not in address:
         head, sep, _ = address.rpartition(".")
         return f"{head}.0/24" if sep else ""

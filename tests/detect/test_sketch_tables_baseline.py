@@ -94,4 +94,5 @@ def test_sequence_runs_and_prefixes() -> None:
     assert s.add("abc") == 1  # not numeric: the run is unchanged
     assert prefix_of("10.1.2.3") == "10.1.2.0/24"
     assert prefix_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert prefix_of("::ffff:10.1.2.3") == "10.1.2.0/24"
     assert prefix_of("") == "" and prefix_of("nonsense::x") == ""
