@@ -73,6 +73,8 @@ class EnumerationConfig(DetectorConfig):
     ids_factor: float = 4.0
     #: consecutive requests whose numeric id is the previous one +-1 (a walk)
     sequential: int = 25
+    #: upstream 404s (from the access-log feed) per window, at least half the requests
+    not_found: int = 30
     #: volume: requests per window at least this many times the caller's own EWMA ...
     rate_factor: float = 8.0
     #: ... and this many times the route population's current per-caller rate

@@ -329,3 +329,42 @@ def test_a_stronger_response_passes_an_action_in_force_and_evidence_has_the_wind
     ]
     evidence = sink.actions[1].evidence
     assert evidence["caller.auth_failures"] == 10 and evidence["caller.deny_ratio"] == 1.0
+
+
+def test_enumeration_collecting_404s_from_the_feed() -> None:
+    import random
+
+    from authz.detect.events import ResponseObservation
+
+    s, sink = warmed()
+    rng = random.Random(3)
+    for i in range(40):  # few distinct ids per window, not a walk: only the 404s tell
+        oid = str(rng.choice([11, 500, 73, 9000, 42]))
+        s.offer(
+            obs(
+                WARM + i,
+                decision_id=f"e{i}",
+                subject="prober",
+                credential="tok-p",
+                path=f"/v1/orders/{oid}",
+                client_address="10.6.6.6",
+            )
+        )
+        s.offer(
+            ResponseObservation(
+                WARM + i + 0.1,
+                f"e{i}",
+                "get-order",
+                "GET",
+                f"/v1/orders/{oid}",
+                "10.6.6.6",
+                404,
+                20,
+                1.0,
+                0.8,
+            )
+        )
+    s.drain()
+    assert [(a.detector, a.evidence["feature"]) for a in sink.actions] == [
+        ("enumeration", "not_found")
+    ]

@@ -8,6 +8,8 @@ Per caller and route (the caller named by
   of distinct ids per window (BOLA: a valid token reading every order);
 - ``sequential``: a run of ``sequential`` consecutive numeric ids each the previous
   one +-1 (a walk, whatever the rate);
+- ``not_found``: the upstream answered 404 (the access-log feed says so) to at
+  least ``not_found`` of its allowed requests within the window, and to half of them;
 - ``volume``: requests within the window at least ``min_requests``,
   ``rate_factor`` times the caller's own baseline (an EWMA per bucket, seeded from
   the route's population when the caller is new) and ``population_factor`` times
@@ -28,7 +30,7 @@ from authz.telemetry.metrics import Metrics
 
 
 class _State:
-    __slots__ = ("base", "ids", "ids_base", "ids_started", "rate", "sequence")
+    __slots__ = ("base", "ids", "ids_base", "ids_started", "not_found", "rate", "sequence")
 
     def __init__(
         self, window: float, bucket: float, alpha: float, now: float, seed: float, floor: float
@@ -39,6 +41,7 @@ class _State:
         self.ids_base = Ewma(alpha)
         self.ids_started = now
         self.sequence = Sequence()
+        self.not_found: Window | None = None  # made on the first 404 the feed reports
 
 
 class Enumeration:
@@ -146,4 +149,30 @@ class Enumeration:
     def respond(
         self, obs: Observation, response: ResponseObservation, store: FeatureStore
     ) -> Findings:
-        return None
+        """The upstream's 404s (from the access-log feed): an enumerator collects them."""
+        if response.status != 404 or not obs.allowed:
+            return None
+        config = self.config
+        state = self.states.peek(f"{identity_key(obs)}|{obs.route or f'?{obs.shape}'}")
+        if state is None:
+            return None
+        now = response.time
+        counter = state.not_found
+        if counter is None:
+            counter = state.not_found = Window(config.window, now)
+        missing = counter.add(now)
+        requests = state.rate.value(now)
+        if missing < config.not_found or missing < 0.5 * requests:
+            return None
+        return [
+            self._finding(
+                obs,
+                {
+                    "feature": "not_found",
+                    "not_found": missing,
+                    "requests": requests,
+                    "threshold": float(config.not_found),
+                    "window_s": config.window,
+                },
+            )
+        ]
