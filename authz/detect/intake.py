@@ -20,13 +20,14 @@ from authz.record import DecisionRecord
 
 _new = tuple.__new__
 
-#: what the ``detect`` stage queues: (record, route template, credential name, body size)
-Pending = tuple[DecisionRecord, str, str, int]
+#: what the ``detect`` stage queues: (record, route template, credential name, body
+#: size, the epoch of the policy section it was built with)
+Pending = tuple[DecisionRecord, str, str, int, int]
 
 
 def observation_of(item: Pending) -> Observation:
     """The Observation of a decision the ``detect`` stage queued (in the background)."""
-    record, shape, credential, size = item
+    record, shape, credential, size, _ = item
     return _new(
         Observation,
         (

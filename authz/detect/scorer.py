@@ -65,6 +65,8 @@ SLICE = 1024
 JOIN_CAPACITY = 65_536
 #: a shorter TTL than this is not deduplicated on (log actions are kept this long)
 MIN_IN_FORCE = 60.0
+#: proposed sections kept (a reload built but not yet serving)
+MAX_EPOCHS = 4
 
 
 class Scorer:
@@ -96,6 +98,10 @@ class Scorer:
         #: target -> (until, strength of the response in force)
         self._in_force: LruTable[tuple[float, int]] = LruTable("in_force", 100_000, metrics)
         self._first: float | None = None
+        #: epoch -> (section, routes) proposed by a build; the one applied
+        self._epochs: dict[int, tuple[DetectionConfig, tuple[RouteConfig, ...]]] = {}
+        self._epoch = 0
+        self._next_epoch = 0
         #: whether the access-log feed has sent anything (until then nothing is joined)
         self._feed = False
         self._task: asyncio.Task[None] | None = None
@@ -126,6 +132,32 @@ class Scorer:
 
     # -- configuration (at policy build: nothing starts) -------------------------
 
+    def propose(self, config: DetectionConfig, routes: Iterable[RouteConfig] = ()) -> int:
+        """A policy being built brings its section: returns the epoch its stage tags its
+        observations with. The first is applied at once; a later one only when an
+        observation of its epoch arrives, that is once its policy serves: a reload
+        that is built and then rejected (providers not ready) never changes what the
+        serving policy's detection does."""
+        self._next_epoch += 1
+        epoch = self._next_epoch
+        self._epochs[epoch] = (config, tuple(routes))
+        while len(self._epochs) > MAX_EPOCHS:  # the oldest proposals: never served
+            oldest = next(iter(self._epochs))
+            if oldest == self._epoch:
+                self._epochs[oldest] = self._epochs.pop(oldest)  # keep, move to the end
+                oldest = next(iter(self._epochs))
+            del self._epochs[oldest]
+        if self.config is None:
+            self._apply(epoch)
+        return epoch
+
+    def _apply(self, epoch: int) -> None:
+        found = self._epochs.get(epoch)
+        if found is None:
+            return
+        self._epoch = epoch
+        self.configure(*found)
+
     def configure(self, config: DetectionConfig, routes: Iterable[RouteConfig] = ()) -> None:
         """Take a policy's thresholds and route templates. Tables survive a reload
         when their bounds do not change (a new bound resizes them)."""
@@ -154,8 +186,10 @@ class Scorer:
         self._rebind(config)
 
     def disable(self) -> None:
-        """A policy without ``detection:`` replaced one with it: score nothing more
-        (the task, if started, keeps running idle until the service closes it)."""
+        """A policy without ``detection:`` was built: score nothing more (the task, if
+        started, keeps running idle until the service closes it). If that policy is
+        rejected, the next observation of the serving one applies its section again."""
+        self._epoch = 0
         self.config = None
         self.store = None
         self.detectors = ()
@@ -218,6 +252,9 @@ class Scorer:
             done += 1
             try:
                 if type(item) is tuple:  # from the detect stage
+                    epoch: int = item[4]  # type: ignore[assignment]
+                    if epoch != self._epoch:  # its policy serves now: its section
+                        self._apply(epoch)
                     self._observation(observation_of(item))  # type: ignore[arg-type]
                 elif isinstance(item, ResponseObservation):
                     self._response(item)

@@ -1,9 +1,10 @@
 """The ``detect`` stage (phase ``observe``): one Observation per decision, queued.
 
 It sees every decision, allowed or denied, declared or not, and does the least it
-can on the request path: one 4-tuple (the decision record the engine already made,
-the route's template, the credential's name, the body size: strings and numbers
-only, so the garbage collector soon stops tracking it) appended to the scorer's
+can on the request path: one 5-tuple (the decision record the engine already made,
+the route's template, the credential's name, the body size, the epoch of the
+policy section the stage was built with: strings and numbers only, so the garbage
+collector soon stops tracking it) appended to the scorer's
 bounded queue (full: dropped and counted); the scorer turns it into the decision's
 :class:`~authz.detect.events.Observation` in the background
 (:func:`authz.detect.intake.observation_of`). No I/O, no regex, no path parsing
@@ -16,9 +17,10 @@ named by the digest of its header.payload (:func:`credential_digest`, at most
 provider hands out one Identity per cached token); a refused credential's digest
 is computed only when one was presented.
 
-Building the stage configures the process's scorer (in Shared, registered as a
-runtime: the service starts it) and subscribes it once to the access-log feed's
-:class:`~authz.detect.events.ResponseHub`.
+Building the stage proposes the policy's section to the process's scorer (in
+Shared, registered as a runtime: the service starts it), which applies it once
+that policy serves (:meth:`~authz.detect.scorer.Scorer.propose`), and subscribes
+the scorer once to the access-log feed's :class:`~authz.detect.events.ResponseHub`.
 """
 
 from __future__ import annotations
@@ -74,10 +76,13 @@ class Detect:
     name = "detect"
     phase: Phase = "observe"
 
-    def __init__(self, scorer: Scorer, load: Load) -> None:
+    def __init__(self, scorer: Scorer, load: Load, epoch: int = 0) -> None:
         self.scorer = scorer
         self._queue = scorer.queue
-        self._bound = scorer.bound  # configured before the stage is built
+        config = load.config.detection
+        self._bound = config.queue if config is not None else scorer.bound
+        #: which policy's section the scorer applies to what this stage queues
+        self._epoch = epoch
         self._dropped = scorer.dropped.inc
         providers = load.config.providers
         #: jwt provider name -> its header; the request headers a credential is in
@@ -130,7 +135,9 @@ class Detect:
                 size = int(length)
         route = ctx.route
         # only strings and numbers: the garbage collector stops tracking the tuple
-        queue.append((record, route.path if route is not None else "", credential, size))
+        queue.append(
+            (record, route.path if route is not None else "", credential, size, self._epoch)
+        )
         return None
 
     def _digest(self, identity: Identity, headers: Any) -> str:
@@ -176,6 +183,6 @@ class DetectStage:
                 load.shared.get(RESPONSE_HUB, ResponseHub).unsubscribe(existing)
             return None
         scorer = shared_scorer(load.shared)
-        scorer.configure(config, load.config.routes)
+        epoch = scorer.propose(config, load.config.routes)
         load.shared.get(RESPONSE_HUB, ResponseHub).subscribe(scorer)
-        return Detect(scorer, load)
+        return Detect(scorer, load, epoch)

@@ -67,7 +67,7 @@ async def test_one_observation_per_decision_allow_or_deny(tmp_path: Path) -> Non
         ),
         await e.check(Request("GET", "/nowhere", source_address="10.0.0.3")),
     ]
-    assert all(type(item) is tuple and len(item) == 4 for item in scorer.queue)  # one tuple each
+    assert all(type(item) is tuple and len(item) == 5 for item in scorer.queue)  # one tuple each
     queued = [observation_of(item) for item in scorer.queue]
     assert [o.decision_id for o in queued] == [d.decision_id for d in decisions]
     allowed, refused, undeclared = queued
@@ -107,6 +107,7 @@ async def test_a_jwt_is_named_by_jti_or_by_its_header_and_payload() -> None:
     class Load:  # what Detect reads of a Load
         class config:
             providers = ()
+            detection = None
 
     scorer = Scorer(MemoryMetrics())
     stage = Detect(scorer, Load())  # type: ignore[arg-type]
@@ -183,3 +184,21 @@ async def test_a_reload_without_detection_stops_scoring(tmp_path: Path) -> None:
     assert not scorer.queue  # no stage, nothing queued
     engine(tmp_path, shared)  # and back
     assert scorer.config is not None and len(hub) == 1
+
+
+async def test_a_reload_section_applies_once_its_policy_serves(tmp_path: Path) -> None:
+    shared = Shared()
+    serving = engine(tmp_path, shared)
+    scorer = scorer_of(shared)
+    assert scorer.config is not None and scorer.config.mode == "monitor"
+    # a reload is built (say its providers then never get ready: it is rejected)
+    rejected = engine(
+        tmp_path, shared, POLICY.replace("detection:\n", "detection:\n  mode: enforce\n")
+    )
+    assert scorer.config.mode == "monitor"  # not yet
+    await serving.check(Request("GET", "/healthz"))
+    scorer.drain()
+    assert scorer.config.mode == "monitor"  # the serving policy's section still
+    await rejected.check(Request("GET", "/healthz"))  # had it been swapped in
+    scorer.drain()
+    assert scorer.config.mode == "enforce"
