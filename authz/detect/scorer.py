@@ -2,9 +2,9 @@
 
 One :class:`Scorer` per process, kept in :class:`~authz.stages.Shared` under
 :data:`SHARED_NAME` and registered as a runtime (``shared.runtime``): building a
-policy configures it (:meth:`Scorer.configure`: thresholds, route templates) and
-starts nothing; the service starts it (:meth:`Scorer.start`: one asyncio task),
-:meth:`Scorer.aclose` stops it.
+policy proposes its section (:meth:`Scorer.propose`: thresholds, route templates,
+applied once that policy serves) and starts nothing; the service starts it
+(:meth:`Scorer.start`: one asyncio task), :meth:`Scorer.aclose` stops it.
 
 - The request path calls :meth:`Scorer.offer` (through the ``detect`` stage) and the
   access-log feed :meth:`Scorer.on_response`: both append to one bounded deque;
@@ -17,8 +17,9 @@ starts nothing; the service starts it (:meth:`Scorer.start`: one asyncio task),
   observations) reaches the detectors' ``respond``; one with decision id "" is a
   request on a public route that the check never saw: it counts as a request.
 - A finding becomes an :class:`~authz.detect.events.Action` (the detector's
-  response, TTL, reason and mode) unless the warm-up is still running (honeypots
-  excepted) or an action on the same target is still in force (deduplicated). The
+  response, TTL, reason and mode, the evidence with the caller's current window)
+  unless the warm-up is still running (honeypots excepted) or an action as strong
+  on the same target is still in force (deduplicated; a block passes a log). The
   action goes to ``shared.get(ACTION_SINK, LogOnlySink)``, looked up when acting
   (the enforcer registers itself there when a policy is built), is logged on
   ``authz.detect`` and counted by detector, response and mode.
