@@ -132,3 +132,35 @@ def test_bad_detection_is_reported_where_it_is(
     assert any(where == at(path, needle) and text.startswith(message) for where, text in found), (
         found
     )
+
+
+def test_the_readme_section_loads_and_is_the_defaults(tmp_path: Path) -> None:
+    import dataclasses
+    import re
+
+    from authz.policy.detection_config import DetectionConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Behavioural detection", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    path = tmp_path / "readme.yaml"
+    path.write_text(
+        "routes:\n  - {name: h, path: /healthz, methods: [GET], public: true}\n" + block.group(1)
+    )
+    config = load_policy(path).detection
+    assert config is not None
+    defaults = DetectionConfig()
+    for field in dataclasses.fields(DetectionConfig):
+        ours, default = getattr(config, field.name), getattr(defaults, field.name)
+        if field.name == "location":
+            continue
+        if dataclasses.is_dataclass(ours):
+            for sub in dataclasses.fields(ours):
+                if sub.name not in ("location", "paths"):
+                    assert getattr(ours, sub.name) == getattr(default, sub.name), (
+                        field.name,
+                        sub.name,
+                    )
+        else:
+            assert ours == default, field.name
