@@ -41,8 +41,8 @@ class DetectorConfig:
 
 @dataclass(frozen=True, slots=True)
 class CredentialStuffingConfig(DetectorConfig):
-    """Failed authentications per address and per /24 (/64) prefix; many distinct
-    identities (subjects, token or key digests) presented from one address."""
+    """Refused credentials per address and per /24 (/64) prefix; many distinct
+    credentials refused from one address."""
 
     name: str = "credential_stuffing"
     response: str = "block"
@@ -51,9 +51,10 @@ class CredentialStuffingConfig(DetectorConfig):
     window: float = 60.0
     #: failed authentications from one address within ``window``
     failures: int = 20
-    #: ... from one /24 (IPv4) or /64 (IPv6) prefix (the action then targets the prefix)
+    #: ... from one /24 (IPv4) or /64 (IPv6) prefix, and half its requests (the action
+    #: then targets the prefix)
     prefix_failures: int = 40
-    #: distinct identities presented from one address within ``window``
+    #: distinct credentials refused from one address within ``window``
     distinct_identities: int = 10
 
 

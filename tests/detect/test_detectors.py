@@ -368,3 +368,32 @@ def test_enumeration_collecting_404s_from_the_feed() -> None:
     assert [(a.detector, a.evidence["feature"]) for a in sink.actions] == [
         ("enumeration", "not_found")
     ]
+
+
+def test_many_users_behind_one_nat_address_and_an_office_prefix_are_not_stuffers() -> None:
+    import random
+
+    rng = random.Random(11)
+    s, sink = warmed()
+    t = WARM
+    for i in range(1200):  # 20 users behind one address, 30 more in its /24, 10 a second
+        t += 0.1
+        user = i % 50
+        address = "192.0.2.1" if user < 20 else f"192.0.2.{user}"
+        expired = rng.random() < 0.03  # now and then a token has expired
+        s.offer(
+            obs(
+                t,
+                subject="" if expired else f"office-{user}",
+                identity_kind="anonymous" if expired else "jwt",
+                credential=f"old-{user}" if expired else f"tok-o{user}",
+                allowed=not expired,
+                status=401 if expired else 200,
+                reason="token_expired" if expired else "allowed",
+                route="list",
+                path="/v1/orders",
+                client_address=address,
+            )
+        )
+    s.drain()
+    assert sink.actions == []

@@ -1,11 +1,17 @@
 """Credential stuffing and brute force.
 
-Per client address and per prefix (/24, /64), in a sliding window: failed
-authentications (a credential was presented and refused: any ``identity``-phase
-reason but ``missing_credential`` and ``jwks_unavailable``), and the distinct
-identities presented from the address (subjects verified, digests of the tokens or
-keys tried). A stuffer rotating over an address range stays under the per-address
-count and is caught by its prefix: that finding targets the prefix.
+Per client address and per prefix (/24, /64), in a sliding window, refused
+credentials (a credential was presented and refused: any ``identity``-phase reason
+but ``missing_credential`` and ``jwks_unavailable``):
+
+- ``failures``: refusals from one address;
+- ``distinct_identities``: distinct credentials refused from one address (digests
+  of the tokens or keys tried; the verified ones do not count, so an office or a
+  NAT with many legitimate users behind one address is not a stuffer);
+- ``prefix_failures``: refusals from one /24 (/64), when they are also at least half
+  of the prefix's requests: a stuffer rotating over an address range stays under
+  the per-address counts and is caught by its prefix (that finding targets the
+  prefix), while an office /24 whose users' tokens now and then expire is not.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from authz.policy.detection_config import CredentialStuffingConfig
 from authz.telemetry.metrics import Metrics
 
 __all__ = ["AUTH_FAILURES", "CredentialStuffing"]
+#: a prefix is actioned only when refusals are at least this share of its requests
+PREFIX_SHARE = 0.5
 
 
 class _Address:
@@ -30,6 +38,14 @@ class _Address:
         self.started = now
 
 
+class _Prefix:
+    __slots__ = ("failures", "requests")
+
+    def __init__(self, window: float, now: float) -> None:
+        self.requests = Window(window, now)
+        self.failures = Window(window, now)
+
+
 class CredentialStuffing:
     name = "credential_stuffing"
 
@@ -38,49 +54,51 @@ class CredentialStuffing:
         self.addresses: LruTable[_Address] = LruTable(
             "credential_stuffing.addresses", capacity, metrics
         )
-        self.prefixes: LruTable[Window] = LruTable(
+        self.prefixes: LruTable[_Prefix] = LruTable(
             "credential_stuffing.prefixes", max(1, capacity // 4), metrics
         )
 
     def observe(self, obs: Observation, store: FeatureStore) -> Findings:
         config = self.config
         now = obs.time
+        window = config.window
         address = obs.client_address
         failed = obs.reason in AUTH_FAILURES
-        presented = obs.subject or obs.credential
-        if not failed and not presented:
+        prefix = prefix_of(address)
+        counts = self.prefixes.get(prefix, lambda: _Prefix(window, now)) if prefix else None
+        if counts is not None:
+            counts.requests.add(now)
+        if not failed:
             return None
-        window = config.window
         state = self.addresses.get(address, lambda: _Address(window, now))
         if now - state.started >= window:  # a tumbling window for the distinct count
             state.identities.clear()
             state.started = now
-        findings: Findings = None
-        identities = len(state.identities)
-        if presented and state.identities.add(presented):
-            identities += 1
+        findings: list[Finding] = []
+        if obs.credential and state.identities.add(obs.credential):
+            identities = len(state.identities)
             if identities >= config.distinct_identities:
-                findings = [self._finding(obs, "distinct_identities", identities)]
-        if not failed:
-            return findings
+                findings.append(self._finding(obs, "distinct_identities", identities))
         failures = state.failures.add(now)
         if failures >= config.failures:
-            return [*(findings or ()), self._finding(obs, "failures", failures)]
-        prefix = prefix_of(address)
-        if prefix:
-            counter = self.prefixes.get(prefix, lambda: Window(window, now))
-            in_prefix = counter.add(now)
-            if in_prefix >= config.prefix_failures:
+            findings.append(self._finding(obs, "failures", failures))
+        if counts is not None and not findings:
+            in_prefix = counts.failures.add(now)
+            requests = counts.requests.value(now)
+            if in_prefix >= config.prefix_failures and in_prefix >= PREFIX_SHARE * requests:
                 evidence: dict[str, float | str] = {
                     "feature": "prefix_failures",
                     "prefix_failures": in_prefix,
+                    "prefix_requests": requests,
                     "address_failures": failures,
                     "threshold": float(config.prefix_failures),
                     "window_s": window,
                     "reason": obs.reason,
                 }
-                return [*(findings or ()), Finding(self.name, "prefix", prefix, evidence)]
-        return findings
+                findings.append(Finding(self.name, "prefix", prefix, evidence))
+        elif counts is not None:
+            counts.failures.add(now)
+        return findings or None
 
     def _finding(self, obs: Observation, feature: str, value: float) -> Finding:
         config = self.config
