@@ -54,7 +54,8 @@ class CredentialStuffingConfig(DetectorConfig):
     #: ... from one /24 (IPv4) or /64 (IPv6) prefix, and half its requests (the action
     #: then targets the prefix)
     prefix_failures: int = 40
-    #: distinct credentials refused from one address within ``window``
+    #: distinct credentials refused from one address within ``window`` (a NAT of N
+    #: users whose tokens last an hour refuses about N/60 a minute: raise it for big NATs)
     distinct_identities: int = 10
 
 

@@ -375,12 +375,19 @@ def test_many_users_behind_one_nat_address_and_an_office_prefix_are_not_stuffers
 
     rng = random.Random(11)
     s, sink = warmed()
+    # 20 users behind one address and 30 more in its /24, 10 requests a second for
+    # 3 minutes; 12 of them see their token expire (refused, retried three times with
+    # the same old token, then refreshed)
+    expiring = {u: WARM + rng.uniform(0, 170) for u in rng.sample(range(50), 12)}
+    retries = dict.fromkeys(expiring, 3)
     t = WARM
-    for i in range(1200):  # 20 users behind one address, 30 more in its /24, 10 a second
+    for i in range(1800):
         t += 0.1
         user = i % 50
         address = "192.0.2.1" if user < 20 else f"192.0.2.{user}"
-        expired = rng.random() < 0.03  # now and then a token has expired
+        expired = user in expiring and t >= expiring[user] and retries[user] > 0
+        if expired:
+            retries[user] -= 1
         s.offer(
             obs(
                 t,
