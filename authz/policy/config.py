@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.enforcement_config import EnforcementConfig
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
 
 MODES = ("enforce", "monitor")
@@ -222,6 +223,8 @@ class PolicyConfig:
     documents: tuple[str, ...] = ()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    #: Automatic responses (blocks, revocations, throttles, step-up); None: no section.
+    enforcement: EnforcementConfig | None = None
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
