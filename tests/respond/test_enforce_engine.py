@@ -119,7 +119,9 @@ async def test_address_and_prefix_blocks_hold_on_undeclared_paths(build: Build) 
     d = await engine.check(req("/healthz", source="2001:db8:1:2:dead:beef::1"))
     assert d.reason == "caller_blocked"
     assert (await engine.check(req("/healthz", source="2001:db8:1:3::1"))).allowed
-    assert (await engine.check(req("/healthz", source="::ffff:10.1.2.9"))).reason == "caller_blocked"
+    assert (
+        await engine.check(req("/healthz", source="::ffff:10.1.2.9"))
+    ).reason == "caller_blocked"
 
 
 async def test_revoked_token_is_401_before_the_scope_check(build: Build) -> None:
@@ -193,10 +195,9 @@ async def test_throttle_is_a_tighter_limit_with_retry_after(build: Build) -> Non
 
 async def test_explain_names_the_action(build: Build) -> None:
     engine, enforcer = await build()
-    enforcer.apply(
-        Action(time.time(), "honeypot", "block", "address", "10.1.2.3", 900.0,
-               "caller_blocked", {"path": "/.env"})  # fmt: skip
-    )
+    action = Action(time.time(), "honeypot", "block", "address", "10.1.2.3", 900.0,
+                    "caller_blocked", {"path": "/.env"})  # fmt: skip
+    enforcer.apply(action)
     decision, steps = await engine.explain(req("/orders"))
     assert decision.reason == "caller_blocked"
     step = next(s for s in steps if s.name == "enforce_address")
@@ -225,10 +226,9 @@ async def test_explain_gives_back_the_throttle_charge(build: Build) -> None:
 
 async def test_monitor_actions_are_not_enforced(build: Build) -> None:
     engine, enforcer = await build()
-    enforcer.apply(
-        Action(time.time(), "token_sharing", "revoke", "subject", "alice", 900.0,
-               "credential_revoked", {"addresses": 9.0}, monitor=True)  # fmt: skip
-    )
+    action = Action(time.time(), "token_sharing", "revoke", "subject", "alice", 900.0,
+                    "credential_revoked", {"addresses": 9.0}, monitor=True)  # fmt: skip
+    enforcer.apply(action)
     assert (await engine.check(req(token=mint()))).allowed
     assert [e.monitor for e in enforcer.entries()] == [True]
 
