@@ -11,7 +11,9 @@ stays a dict lookup; Redis is where changes meet:
 - on start and after every reconnect the mirror is *resynced*: the stream's last id
   is read first, then every entry key (``SCAN`` + ``MGET``), then the stream is read
   from that id on (a change made during the scan is applied twice, which is harmless:
-  adds and lifts are idempotent).
+  adds and lifts are idempotent). If the stream this process was reading is gone,
+  Redis lost its data (restarted without persistence): the mirror is written back
+  instead of being emptied, so a Redis restart does not lift every block.
 
 Changes this process makes are applied to its mirror at once and queued for Redis;
 a writer task sends them (pipelined) and keeps them queued while Redis is down, so an
@@ -75,6 +77,7 @@ class RedisSync:
         self._writer_client: Redis | None = None
         self._reader_client: Redis | None = None
         self._last_id = "0-0"
+        self._closing = False
         self.up = False
         self.synced = False
         self.resyncs = 0
@@ -143,7 +146,7 @@ class RedisSync:
 
     async def _writer(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self.up:
@@ -163,6 +166,15 @@ class RedisSync:
         assert writer is not None and reader is not None
         timeout = self.config.timeout * 20 + 1.0
         await asyncio.wait_for(writer.ping(), self.config.timeout * 4 + 0.2)
+        last = await asyncio.wait_for(writer.xrevrange(self.stream, count=1), timeout)
+        if not last and self._last_id != "0-0":
+            # the stream we read is gone: Redis lost its data (a restart without
+            # persistence). What we hold is the best there is: give it back.
+            log.warning(
+                "enforcement store: redis lost its state; re-seeding it with %d entries",
+                len(self.table),
+            )
+            self._pending.extend(("add", e) for e in self.table.values())
         await self._flush()
         last = await asyncio.wait_for(writer.xrevrange(self.stream, count=1), timeout)
         last_id = _text(last[0][0]) if last else "0-0"
@@ -191,7 +203,7 @@ class RedisSync:
 
     async def _reader(self) -> None:
         retry = self.config.retry_interval
-        while True:
+        while not self._closing:
             try:
                 if not self.up:
                     await self.resync()
@@ -272,6 +284,7 @@ class RedisSync:
         and start the reader and the writer."""
         if self._tasks:
             return
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         timeout = self.config.timeout
@@ -301,11 +314,13 @@ class RedisSync:
             self._wake.set()
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # cancelled again until it ends: a cancellation can be lost in a call
+            # that finishes at the same moment (asyncio.wait_for in Python 3.11)
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
         self._tasks = []
         if self.up and self._pending and self._writer_client is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -313,7 +328,7 @@ class RedisSync:
         for client in (self._writer_client, self._reader_client):
             if client is not None:
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    await asyncio.wait_for(client.aclose(), 1.0)
         self._writer_client = self._reader_client = None
         self._loop = None
 
