@@ -11,6 +11,7 @@ reaches every worker, and with a Redis store every replica.
     authz blocks add --prefix 203.0.113.0/24 | --subject S | --api-key ID | --token JWT
                      | --token-id ID
     authz blocks lift --address 203.0.113.7
+    authz blocks add|lift --response throttle|step_up --subject S ...   (default: block)
     authz revoke list|add|lift --token JWT | --token-id JTI | --subject S | --api-key ID
     authz actions [--limit N] [--detector NAME] [--json]
 
@@ -189,7 +190,7 @@ def _add(command: str, response: str, targets: dict[str, str]) -> Any:
             print(f"authz {command}: {exc}", file=sys.stderr)
             return 2
         request = admin_pb2.AddEnforcementRequest(
-            response=response, target_kind=kind, target=target,
+            response=args.response, target_kind=kind, target=target,
             ttl_seconds=args.ttl or 0.0, note=args.note or "",
         )  # fmt: skip
         answer = _ask(command, args, "AddEnforcement", request)
@@ -213,7 +214,7 @@ def _lift(command: str, response: str, targets: dict[str, str]) -> Any:
             print(f"authz {command}: {exc}", file=sys.stderr)
             return 2
         request = admin_pb2.LiftEnforcementRequest(
-            response=response, target_kind=kind, target=target
+            response=args.response, target_kind=kind, target=target
         )
         answer = _ask(command, args, "LiftEnforcement", request)
         if isinstance(answer, int):
@@ -224,7 +225,7 @@ def _lift(command: str, response: str, targets: dict[str, str]) -> Any:
             e = answer.enforcement
             print(f"lifted {e.response} {e.target_kind} {e.target} (was by {e.source} {e.by})")
         else:
-            print(f"nothing in force: {response} {kind} {target}")
+            print(f"nothing in force: {args.response} {kind} {target}")
         return 0 if answer.lifted else 1
 
     return run
@@ -264,6 +265,17 @@ def _target_flags(parser: argparse.ArgumentParser, targets: dict[str, str]) -> N
         group.add_argument("--" + flag.replace("_", "-"), dest=flag, metavar=metavar, help=text)
 
 
+def _response_flag(parser: argparse.ArgumentParser, response: str) -> None:
+    if response != "block":
+        parser.set_defaults(response=response)
+        return
+    parser.add_argument(
+        "--response", choices=("block", "throttle", "step_up"), default="block",
+        help="block (default: 403), throttle (the policy's enforcement.throttle, 429) or "
+        "step_up (401 with the RFC 9470 challenge)",
+    )  # fmt: skip
+
+
 def _register(sub: Any, command: str, response: str, targets: dict[str, str], what: str) -> None:
     p = sub.add_parser(command, help=f"list, add or lift {what} on the running service")
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
@@ -277,6 +289,7 @@ def _register(sub: Any, command: str, response: str, targets: dict[str, str], wh
     listing.set_defaults(func=_list(f"{command} list", (response,)))
     add = actions.add_parser("add", help="add one (logged with you as its author)")
     _target_flags(add, targets)
+    _response_flag(add, response)
     add.add_argument(
         "--ttl", type=_duration, metavar="DURATION",
         help="how long (default: the policy's enforcement.block_ttl or revoke_ttl)",
@@ -287,6 +300,7 @@ def _register(sub: Any, command: str, response: str, targets: dict[str, str], wh
     add.set_defaults(func=_add(f"{command} add", response, targets))
     lift = actions.add_parser("lift", help="lift one (logged with you as who lifted it)")
     _target_flags(lift, targets)
+    _response_flag(lift, response)
     lift.add_argument("--json", action="store_true")
     add_client_arguments(lift, required=True)
     lift.set_defaults(func=_lift(f"{command} lift", response, targets))
