@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 from authz.detect.events import Action
 from authz.errors import (
     CallerBlocked,
-    CallerThrottled,
     CredentialRevoked,
     EnforcementError,
     EnforcementUnavailable,
@@ -46,13 +45,12 @@ from authz.errors import (
 )
 from authz.model import Identity
 from authz.policy.enforcement_config import EnforcementConfig
-from authz.policy.ratelimit_config import RedisStoreConfig
-from authz.ratelimit.base import GCRA, Item, StoreUnavailable
 from authz.ratelimit.memory import MemoryStore
 from authz.ratelimit.redis_store import RedisStore
 from authz.respond.redis_sync import RedisSync
 from authz.respond.table import ENFORCED, REVOCABLE, Entry, Table, entry_key
 from authz.respond.targets import TargetError, normalize
+from authz.respond.throttle import Throttler
 from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.respond")
@@ -104,8 +102,9 @@ class Enforcer:
             self.sync = RedisSync(
                 config.store, self.table, metrics=self.metrics, on_state=self._store_state
             )
-        self.memory = memory if memory is not None else MemoryStore(metrics=self.metrics)
-        self.throttle_store = throttle_store
+        self.throttler = Throttler(
+            memory if memory is not None else MemoryStore(metrics=self.metrics), throttle_store
+        )
         self.recent: deque[ActionRecord] = deque(maxlen=config.actions)
         self._sweeper: asyncio.Task[None] | None = None
         self._actions = self.metrics.counter(
@@ -118,6 +117,7 @@ class Enforcer:
             "authz_enforcement_denied_total", "requests refused by an enforcement", ("response",)
         )
         self._denied = {r: denied.labels(r) for r in (*ENFORCED, "unavailable")}
+        self.throttler.denied = self._denied["throttle"]
 
     # -- configuration ------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class Enforcer:
                     continue
                 raise self._error(entry, now)
         if throttle is not None:
-            return self._throttle(throttle, now, explain)
+            return self.throttler.charge(throttle, self.config.throttle, now, explain)
         return None
 
     def stepped_up(self, identity: Identity, now: float) -> bool:
@@ -343,41 +343,6 @@ class Enforcer:
         else:
             exc = CallerBlocked(f"blocked: {entry.target_kind}")
         exc.element = entry.describe(now)
-        return exc
-
-    def _throttle(self, entry: Entry, now: float, explain: bool) -> Awaitable[None] | None:
-        throttle = self.config.throttle
-        item = Item(f"enforce|{entry.key}", GCRA, throttle.interval, throttle.requests)
-        if self.throttle_store is not None:
-            return self._throttle_shared(entry, item, now, explain)
-        outcome = self.memory.decide([item])[0]
-        if not outcome.allowed:
-            raise self._throttled(entry, outcome.retry_after, now)
-        if explain:
-            self.memory.refund([item])
-        return None
-
-    async def _throttle_shared(self, entry: Entry, item: Item, now: float, explain: bool) -> None:
-        assert self.throttle_store is not None
-        try:
-            outcome = (await self.throttle_store.acquire([item]))[0]
-            if outcome.allowed and explain:
-                await self.throttle_store.release([item])
-        except StoreUnavailable:  # the bucket in this process instead
-            outcome = self.memory.decide([item])[0]
-            if outcome.allowed and explain:
-                self.memory.refund([item])
-        if not outcome.allowed:
-            raise self._throttled(entry, outcome.retry_after, now)
-
-    def _throttled(self, entry: Entry, retry_after: float, now: float) -> CallerThrottled:
-        self._denied["throttle"].inc()
-        seconds = str(max(math.ceil(retry_after - 1e-9), 1))
-        throttle = self.config.throttle
-        exc = CallerThrottled(
-            f"throttled: {entry.target_kind}", headers=(("retry-after", seconds),)
-        )
-        exc.element = f"{entry.describe(now)} ({throttle.requests} per {throttle.per:g}s)"
         return exc
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -416,20 +381,6 @@ class Enforcer:
             "failing": self.failing,
             **({"redis": self.sync.stats()} if self.sync is not None else {}),
         }
-
-
-def throttle_store_config(config: EnforcementConfig) -> RedisStoreConfig | None:
-    """The rate-limit store of throttles when the enforcement store is Redis."""
-    store = config.store
-    if store is None:
-        return None
-    return RedisStoreConfig(
-        name="enforcement",
-        url=store.url,
-        timeout=store.timeout,
-        key_prefix=f"{store.key_prefix}rl:",
-        retry_interval=store.retry_interval,
-    )
 
 
 def _with_store(config: EnforcementConfig, running: EnforcementConfig) -> EnforcementConfig:

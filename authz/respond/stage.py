@@ -23,9 +23,10 @@ from authz.detect.events import ACTION_SINK
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, PolicyConfig, RouteConfig
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.ratelimit.keys import client_address
-from authz.ratelimit.stage import RateLimitRuntime
-from authz.respond.enforcer import Enforcer, Hit, throttle_store_config
+from authz.ratelimit.runtime import RateLimitRuntime
+from authz.respond.enforcer import Enforcer, Hit
 from authz.respond.targets import address_and_prefix, request_token_id
+from authz.respond.throttle import throttle_store_config
 from authz.stages import Context, Load, Phase, Shared
 
 log = logging.getLogger("authz.respond")
