@@ -92,6 +92,7 @@ class Enforcer:
         self.clock = clock
         self.request_active = False
         self.identity_active = False
+        self.address_step_ups = False
         #: the shared store is down and the policy fails closed: refuse every request
         self.failing = False
         self.table = Table(
@@ -277,10 +278,14 @@ class Enforcer:
     def _refresh(self) -> None:
         index = self.table.index
         self.request_active = self.failing or bool(index["address"] or index["prefix"])
+        enforced = self.table.enforced
+        #: step-ups on addresses or prefixes (checked once the identity is known)
+        self.address_step_ups = bool(
+            enforced.get(("step_up", "address")) or enforced.get(("step_up", "prefix"))
+        )
         self.identity_active = bool(
-            index["subject"] or index["api_key"] or index["token"]
-            or index["address"] or index["prefix"]
-        )  # fmt: skip
+            index["subject"] or index["api_key"] or index["token"] or self.address_step_ups
+        )
 
     def _store_state(self, up: bool) -> None:
         store = self.config.store

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authz.detect.events import ACTION_SINK
+from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, PolicyConfig, RouteConfig
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.ratelimit.keys import client_address
@@ -32,6 +33,8 @@ from authz.stages import Context, Load, Phase, Shared
 log = logging.getLogger("authz.respond")
 
 ADDRESS_RESPONSES = ("block", "throttle")
+#: Token ids kept per stage for tokens without a jti (then the cache starts over).
+TOKEN_ID_CACHE = 4096
 #: Where the enforcer is kept if another sink took ACTION_SINK first.
 FALLBACK_NAME = "respond.enforcer"
 
@@ -92,9 +95,22 @@ class EnforceAddress:
             return None
         if enforcer.failing:
             raise enforcer.unavailable()
-        hits = self.hits(ctx)
-        if not hits:
+        request = ctx.request
+        address = request.source_address
+        if self.trusted_hops:
+            address = client_address(
+                address, request.headers.get("x-forwarded-for"), self.trusted_hops
+            )
+        ip, prefix = address_and_prefix(address)
+        index = enforcer.table.index
+        one, two = index["address"].get(ip), index["prefix"].get(prefix)
+        if one is None and two is None:
             return None
+        hits: tuple[Hit, ...]
+        if one is None:
+            hits = (two,)  # type: ignore[assignment]
+        else:
+            hits = (one,) if two is None else (one, two)
         return enforcer.enforce(
             hits, ctx.identity, responses=ADDRESS_RESPONSES, explain=ctx.explain
         )
@@ -144,6 +160,8 @@ class EnforceIdentity:
     #: API key id -> its digest (the first 16 hex digits of the key's SHA-256)
     key_digests: dict[str, str]
     address: EnforceAddress
+    #: id(identity) -> (identity, its token id), for tokens without a jti (bounded)
+    token_ids: dict[int, tuple[Identity, str]] = field(default_factory=dict)
     name: str = "enforce_identity"
     phase: Phase = "authorize"
 
@@ -153,32 +171,43 @@ class EnforceIdentity:
             return None
         identity = ctx.identity
         index = enforcer.table.index
-        hits: list[Hit] = []
-        subjects = index["subject"]
-        if subjects and identity.subject:
-            hit = subjects.get(identity.subject)
-            if hit is not None:
-                hits.append(hit)
+        subject = identity.subject
+        by_subject = index["subject"].get(subject) if subject else None
+        by_credential = None
         kind = identity.kind
         if kind == "jwt":
             tokens = index["token"]
             if tokens:
-                header = self.token_headers.get(identity.provider, "authorization")
-                hit = tokens.get(request_token_id(identity, ctx.request, header))
-                if hit is not None:
-                    hits.append(hit)
+                by_credential = tokens.get(self.token_id(identity, ctx))
         elif kind == "api_key":
             keys = index["api_key"]
             if keys:
                 key_id = str(identity.claims.get("key_id", ""))
-                hit = keys.get(key_id) or keys.get(self.key_digests.get(key_id, ""))
-                if hit is not None:
-                    hits.append(hit)
-        if index["address"] or index["prefix"]:
-            hits.extend(h for h in self.address.hits(ctx) if "step_up" in h)
-        if not hits:
+                by_credential = keys.get(key_id) or keys.get(self.key_digests.get(key_id, ""))
+        by_address: tuple[Hit, ...] = ()
+        if enforcer.address_step_ups:
+            by_address = tuple(h for h in self.address.hits(ctx) if "step_up" in h)
+        if by_subject is None and by_credential is None and not by_address:
             return None
-        return enforcer.enforce(tuple(hits), identity, explain=ctx.explain)
+        hits = tuple(h for h in (by_subject, by_credential) if h is not None) + by_address
+        return enforcer.enforce(hits, identity, explain=ctx.explain)
+
+    def token_id(self, identity: Identity, ctx: Context) -> str:
+        """The token's jti, else the digest of what was presented (kept per identity:
+        the JWT provider hands out one Identity per cached token)."""
+        jti = identity.claims.get("jti")
+        if type(jti) is str and jti:
+            return jti
+        cache = self.token_ids
+        found = cache.get(id(identity))
+        if found is not None and found[0] is identity:
+            return found[1]
+        header = self.token_headers.get(identity.provider, "authorization")
+        name = request_token_id(identity, ctx.request, header)
+        if len(cache) >= TOKEN_ID_CACHE:
+            cache.clear()
+        cache[id(identity)] = (identity, name)
+        return name
 
     async def check(self, ctx: Context) -> None:
         pending = self.step(ctx)

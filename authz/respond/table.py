@@ -145,6 +145,8 @@ class Table:
         )
         self.evictions = 0
         self._counts: dict[str, int] = dict.fromkeys(ENFORCED, 0)
+        #: (response, target kind) -> enforced entries: what the request path may skip
+        self.enforced: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -168,6 +170,8 @@ class Table:
             self._counts[entry.response] = self._counts.get(entry.response, 0) + 1
             if not entry.monitor:
                 self.index[entry.target_kind].setdefault(entry.target, {})[entry.response] = entry
+                kind = (entry.response, entry.target_kind)
+                self.enforced[kind] = self.enforced.get(kind, 0) + 1
             heapq.heappush(self._expiries, (entry.expires, key))
             if len(self._expiries) > 4 * max(len(self.entries), 1024):
                 self._rebuild_heap()
@@ -193,6 +197,7 @@ class Table:
                 index.clear()
             self._expiries.clear()
             self._counts = dict.fromkeys(ENFORCED, 0)
+            self.enforced = {}
         for entry in live:
             self.put(entry)
         self._changed()
@@ -227,6 +232,8 @@ class Table:
         self._counts[entry.response] = self._counts.get(entry.response, 1) - 1
         if entry.monitor:
             return
+        kind = (entry.response, entry.target_kind)
+        self.enforced[kind] = self.enforced.get(kind, 1) - 1
         index = self.index[entry.target_kind]
         found = index.get(entry.target)
         if found is not None and found.get(entry.response) is entry:
