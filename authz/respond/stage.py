@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import cast
 
 from authz.detect.events import ACTION_SINK
 from authz.model import Identity
@@ -106,11 +107,9 @@ class EnforceAddress:
         one, two = index["address"].get(ip), index["prefix"].get(prefix)
         if one is None and two is None:
             return None
-        hits: tuple[Hit, ...]
-        if one is None:
-            hits = (two,)  # type: ignore[assignment]
-        else:
-            hits = (one,) if two is None else (one, two)
+        hits = cast(
+            tuple[Hit, ...], (two,) if one is None else (one,) if two is None else (one, two)
+        )
         return enforcer.enforce(
             hits, ctx.identity, responses=ADDRESS_RESPONSES, explain=ctx.explain
         )

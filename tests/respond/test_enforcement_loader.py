@@ -104,3 +104,14 @@ def test_store_must_be_memory_or_redis(tmp_path: Path) -> None:
         ("p:3:22", "$.enforcement.store: 'redis' is a required property"),
         ("p:3:23", "$.enforcement.store: unknown field 'url'"),
     ]
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Automatic responses: blocks, revocations, throttles, step-up", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = example.replace("store: memory                   # or", "store: memory  # or")
+    config = load(tmp_path, example)
+    assert config is not None and config.store is None
+    assert config.step_up.acr_values == ("urn:example:mfa",) and config.actions == 1000
+    assert (config.throttle.requests, config.block_ttl, config.revoke_ttl) == (10, 900, 86400)
