@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from authz.control import auth
-from authz.respond.enforcer import ActionRecord, Enforcer
+from authz.respond.enforcer import Enforcer
+from authz.respond.records import ActionRecord
 from authz.respond.stage import find_enforcer
 from authz.respond.table import Entry
 from authz.respond.targets import TargetError
@@ -120,7 +121,7 @@ class EnforcementServicer:
 
     async def ListActions(self, request: Any, context: Any) -> Any:
         enforcer = await self._enforcer(context)
-        records = enforcer.actions(request.limit or DEFAULT_ACTIONS, request.detector)
+        records = await enforcer.shared_actions(request.limit or DEFAULT_ACTIONS, request.detector)
         return admin_pb2.Actions(actions=[action_to_proto(r) for r in records], workers=1)
 
 
@@ -147,9 +148,16 @@ def merge_enforcements(parts: Sequence[Any]) -> Any:
 
 
 def merge_actions(parts: Sequence[Any], limit: int) -> Any:
-    """Every worker's actions, newest first, at most ``limit``."""
+    """Every worker's actions, newest first, at most ``limit`` (each once)."""
     merged = admin_pb2.Actions(workers=sum(max(p.workers, 1) for p in parts))
-    actions = [a for part in parts for a in part.actions]
+    seen: set[tuple[Any, ...]] = set()
+    actions = []
+    for part in parts:  # with a Redis store every worker answers the same list
+        for a in part.actions:
+            key = (a.time, a.detector, a.response, a.target_kind, a.target, a.outcome)
+            if key not in seen:
+                seen.add(key)
+                actions.append(a)
     actions.sort(key=lambda a: -a.time)
     merged.actions.extend(actions[:limit])
     return merged

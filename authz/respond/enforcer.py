@@ -33,7 +33,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from authz.detect.events import Action
 from authz.errors import (
@@ -47,6 +47,7 @@ from authz.model import Identity
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.ratelimit.memory import MemoryStore
 from authz.ratelimit.redis_store import RedisStore
+from authz.respond.records import ActionRecord, record_from_json, record_to_json
 from authz.respond.redis_sync import RedisSync
 from authz.respond.table import ENFORCED, REVOCABLE, Entry, Table, entry_key
 from authz.respond.targets import TargetError, normalize
@@ -61,16 +62,6 @@ MAX_ACTION_SERIES = 512
 #: A hit is a dict of (response -> entry) for one target of the request.
 Hit = Mapping[str, Entry]
 _NO_HITS: tuple[Hit, ...] = ()
-
-
-class ActionRecord(NamedTuple):
-    """One action a detector took, and what became of it."""
-
-    action: Action
-    #: enforced | monitor | logged | kept (an entry already in force lasts longer) |
-    #: rejected (its target is not one of its kind)
-    outcome: str
-    detail: str = ""
 
 
 class Enforcer:
@@ -103,6 +94,7 @@ class Enforcer:
             self.sync = RedisSync(
                 config.store, self.table, metrics=self.metrics, on_state=self._store_state
             )
+            self.sync.max_actions = config.actions
         self.throttler = Throttler(
             memory if memory is not None else MemoryStore(metrics=self.metrics), throttle_store
         )
@@ -135,6 +127,8 @@ class Enforcer:
             config = _with_store(config, self.config)
         self.config = config
         self.table.max_entries = config.max_entries
+        if self.sync is not None:
+            self.sync.max_actions = config.actions
         if self.recent.maxlen != config.actions:
             self.recent = deque(self.recent, maxlen=config.actions)
 
@@ -270,8 +264,26 @@ class Enforcer:
             self.sync.publish("add", entry)
 
     def _record(self, action: Action, outcome: str, detail: str = "") -> None:
-        self.recent.append(ActionRecord(action, outcome, detail))
+        record = ActionRecord(action, outcome, detail)
+        self.recent.append(record)
         self._actions.labels(action.detector or "unknown", action.response, outcome).inc()
+        if self.sync is not None:
+            self.sync.publish_action(record_to_json(record))
+
+    async def shared_actions(self, limit: int = 100, detector: str = "") -> list[ActionRecord]:
+        """The most recent actions of every replica (a Redis store), else this process's."""
+        if self.sync is None:
+            return self.actions(limit, detector)
+        found = await self.sync.recent_actions(self.config.actions if detector else limit)
+        if found is None:
+            return self.actions(limit, detector)
+        out = []
+        for text in found:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                record = record_from_json(text)
+                if not detector or record.action.detector == detector:
+                    out.append(record)
+        return out[:limit]
 
     # -- the request path ---------------------------------------------------------------
 

@@ -71,6 +71,10 @@ class RedisSync:
         self.stream = f"{config.key_prefix}log"
         self._on_state = on_state
         self._pending: deque[Change] = deque()
+        #: detectors' actions (JSON) for the shared list of recent actions
+        self._actions: deque[str] = deque(maxlen=10_000)
+        self.actions_key = f"{config.key_prefix}actions"
+        self.max_actions = 1000
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,9 +106,17 @@ class RedisSync:
     def publish(self, op: str, entry: Entry) -> None:
         """Queue an add or a lift for Redis (any thread; the writer sends it)."""
         self._pending.append((op, entry))
+        self._wakeup()  # not started: sent once it is
+
+    def publish_action(self, record: str) -> None:
+        """Queue a detector's action (JSON) for the list every replica reads."""
+        self._actions.append(record)
+        self._wakeup()
+
+    def _wakeup(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
-            return  # not started: sent once it is
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -112,8 +124,23 @@ class RedisSync:
         if running is loop:
             wake.set()
         else:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
+
+    async def recent_actions(self, limit: int) -> list[str] | None:
+        """The newest ``limit`` actions of every replica (JSON), None if Redis cannot say."""
+        client = self._writer_client
+        if client is None or not self.up:
+            return None
+        try:
+            raw = await asyncio.wait_for(
+                client.lrange(self.actions_key, 0, max(limit, 1) - 1),
+                self.config.timeout * 4 + 0.2,
+            )
+        except (RedisError, OSError, TimeoutError):
+            self._errors.inc()
+            return None
+        return [_text(x) for x in raw]
 
     @property
     def pending(self) -> int:
@@ -143,6 +170,14 @@ class RedisSync:
             await asyncio.wait_for(pipe.execute(), self.config.timeout * 4 + 0.2)
             for _ in batch:
                 self._pending.popleft()
+        if self._actions:
+            actions = list(self._actions)
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(self.actions_key, *actions)
+            pipe.ltrim(self.actions_key, 0, self.max_actions - 1)
+            await asyncio.wait_for(pipe.execute(), self.config.timeout * 4 + 0.2)
+            for _ in actions:
+                self._actions.popleft()
 
     async def _writer(self) -> None:
         assert self._wake is not None
@@ -274,7 +309,7 @@ class RedisSync:
         self._up_gauge.set(1)
         if self._on_state is not None:
             self._on_state(True)
-        if self._pending and self._wake is not None:
+        if (self._pending or self._actions) and self._wake is not None:
             self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -322,7 +357,7 @@ class RedisSync:
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
         self._tasks = []
-        if self.up and self._pending and self._writer_client is not None:
+        if self.up and (self._pending or self._actions) and self._writer_client is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await self._flush()  # last changes out before we go
         for client in (self._writer_client, self._reader_client):

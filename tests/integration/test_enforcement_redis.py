@@ -143,3 +143,35 @@ async def test_unreachable_at_start(redis_server: RedisServer) -> None:
     finally:
         await deny.aclose()
         await allow.aclose()
+
+
+async def test_actions_from_another_thread_reach_every_replica(pair: Any) -> None:
+    import threading
+
+    from authz.detect.events import Action
+
+    a, b = await pair(), await pair()
+    action = Action(time.time(), "token_sharing", "revoke", "token", "jti-shared", 600.0,
+                    "credential_revoked", {"addresses": 9.0, "threshold": 8.0})  # fmt: skip
+    scorer = threading.Thread(target=a.apply, args=(action,))  # as a scorer thread would
+    scorer.start()
+    scorer.join()
+    await until(lambda: b.table.get("revoke|token|jti-shared") is not None)
+    seen = b.table.get("revoke|token|jti-shared")
+    assert seen is not None and seen.by == "token_sharing" and seen.source == "detector"
+    assert dict(seen.evidence) == {"addresses": "9.0", "threshold": "8.0"}
+
+    async def listed() -> list[Any]:
+        return await b.shared_actions(10)
+
+    deadline = time.monotonic() + BOUND
+    while not await listed():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    [record] = await listed()
+    assert (record.action.detector, record.action.target, record.outcome) == (
+        "token_sharing", "jti-shared", "enforced",
+    )  # fmt: skip
+    assert record.action.evidence == {"addresses": "9.0", "threshold": "8.0"}
+    assert b.actions() == []  # b's own: none; the shared list has a's
+    assert await b.shared_actions(10, detector="honeypot") == []
