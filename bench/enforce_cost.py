@@ -97,10 +97,11 @@ def main() -> None:
         blocker.add("block", "subject", subject, 3600, by="bench")
         assert _sync(blocked.check(request)).reason == "caller_blocked"
 
+        label = f"{args.entries // 1000}k" if args.entries >= 1000 else str(args.entries)
         runs: dict[str, Callable[[], Any]] = {
             "off": lambda: _sync(off.check(request)),
             "empty": lambda: _sync(empty.check(request)),
-            f"{args.entries // 1000}k": lambda: _sync(full.check(request)),
+            label: lambda: _sync(full.check(request)),
             "blocked": lambda: _sync(blocked.check(request)),
         }
         best = dict.fromkeys(runs, float("inf"))
