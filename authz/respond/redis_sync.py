@@ -75,6 +75,8 @@ class RedisSync:
         self._actions: deque[str] = deque(maxlen=10_000)
         self.actions_key = f"{config.key_prefix}actions"
         self.max_actions = 1000
+        #: changes held for Redis while it is down, at most (then the oldest go)
+        self.max_pending = max(table.max_entries, 1024)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +99,10 @@ class RedisSync:
             "authz_enforcement_store_errors_total",
             "Redis calls of the enforcement store that failed",
         ).labels()
+        self._dropped = m.counter(
+            "authz_enforcement_store_dropped_total",
+            "changes dropped from the queue for Redis while it was down (oldest first)",
+        ).labels()
         self._applied = m.counter(
             "authz_enforcement_remote_changes_total", "changes read from the shared stream"
         ).labels()
@@ -105,6 +111,11 @@ class RedisSync:
 
     def publish(self, op: str, entry: Entry) -> None:
         """Queue an add or a lift for Redis (any thread; the writer sends it)."""
+        if len(self._pending) >= self.max_pending:
+            # Redis has been away long enough for this many changes: the oldest go
+            # (this process still enforces them; the others miss them), counted
+            self._pending.popleft()
+            self._dropped.inc()
         self._pending.append((op, entry))
         self._wakeup()  # not started: sent once it is
 

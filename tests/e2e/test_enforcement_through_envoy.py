@@ -3,8 +3,8 @@
 - a token revoked on a second replica's control plane (sharing one Redis) is refused
   by the replica Envoy calls, within a bound: 401 credential_revoked with
   ``WWW-Authenticate: Bearer ... error="invalid_token"``;
-- a step-up carries the RFC 9470 challenge through Envoy to the client, and a token
-  with the required ``acr`` and a fresh ``auth_time`` passes;
+- a step-up carries the RFC 9470 challenge through Envoy to the client (both
+  transports), and a token with the required ``acr`` and a fresh ``auth_time`` passes;
 - a blocked address is refused on an undeclared path too, and lifting ends it.
 """
 
@@ -62,6 +62,7 @@ class Env:
 
 @pytest.fixture
 def env(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     redis_server: RedisServer,
     issuer: devissuer.DevIssuerServer,
@@ -70,7 +71,8 @@ def env(
 ) -> Iterator[Env]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(issuer=issuer.url, redis=redis_server.url))
-    stack = LocalStack(policy=policy, state_dir=tmp_path / "state")
+    transport = getattr(request, "param", "grpc")
+    stack = LocalStack(policy=policy, state_dir=tmp_path / "state", transport=transport)
     try:
         stack.start()
         replica = start_service(policy)  # the second replica: its own port and control plane
@@ -105,6 +107,7 @@ def test_revoked_on_one_replica_denied_by_the_other(env: Env) -> None:
     assert entry["note"] == "leaked"
 
 
+@pytest.mark.parametrize("env", ["grpc", "http"], indirect=True)
 def test_step_up_carries_the_rfc_9470_challenge(env: Env) -> None:
     control = f"127.0.0.1:{env.stack.control_port}"
     env.cli(control, "blocks", "add", "--response", "step_up", "--subject", "carol")
