@@ -115,3 +115,15 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     assert config is not None and config.store is None
     assert config.step_up.acr_values == ("urn:example:mfa",) and config.actions == 1000
     assert (config.throttle.requests, config.block_ttl, config.revoke_ttl) == (10, 900, 86400)
+
+
+def test_a_reload_that_drops_the_section_is_a_widening(tmp_path: Path) -> None:
+    from authz.policy.diff import widenings
+
+    path = tmp_path / "p.yaml"
+    path.write_text(HEAD + "enforcement: {}\n")
+    with_section = load_policy(path)
+    path.write_text(HEAD)
+    without = load_policy(path)
+    assert [f.code for f in widenings(with_section, without)] == ["enforcement_removed"]
+    assert widenings(without, with_section) == []
