@@ -61,7 +61,6 @@ SWEEP_INTERVAL = 1.0
 MAX_ACTION_SERIES = 512
 #: A hit is a dict of (response -> entry) for one target of the request.
 Hit = Mapping[str, Entry]
-_NO_HITS: tuple[Hit, ...] = ()
 
 
 class Enforcer:
@@ -333,7 +332,7 @@ class Enforcer:
                     continue
                 if response == "step_up" and self.stepped_up(identity, now):
                     continue
-                raise self._error(entry, now)
+                raise self._error(entry, now, count=not explain)
         if throttle is not None:
             return self.throttler.charge(throttle, self.config.throttle, now, explain)
         return None
@@ -349,8 +348,9 @@ class Enforcer:
             return False
         return now - auth_time <= step_up.max_age
 
-    def _error(self, entry: Entry, now: float) -> EnforcementError:
-        self._denied[entry.response].inc()
+    def _error(self, entry: Entry, now: float, *, count: bool = True) -> EnforcementError:
+        if count:  # explain counts nothing
+            self._denied[entry.response].inc()
         exc: EnforcementError
         if entry.response == "revoke":
             exc = CredentialRevoked(f"revoked: {entry.target_kind}")

@@ -42,7 +42,7 @@ class Throttler:
             return self._shared(entry, throttle, item, now, explain)
         outcome = self.memory.decide([item])[0]
         if not outcome.allowed:
-            raise self._throttled(entry, throttle, outcome.retry_after, now)
+            raise self._throttled(entry, throttle, outcome.retry_after, now, explain)
         if explain:
             self.memory.refund([item])
         return None
@@ -60,12 +60,17 @@ class Throttler:
             if outcome.allowed and explain:
                 self.memory.refund([item])
         if not outcome.allowed:
-            raise self._throttled(entry, throttle, outcome.retry_after, now)
+            raise self._throttled(entry, throttle, outcome.retry_after, now, explain)
 
     def _throttled(
-        self, entry: Entry, throttle: ThrottleConfig, retry_after: float, now: float
+        self,
+        entry: Entry,
+        throttle: ThrottleConfig,
+        retry_after: float,
+        now: float,
+        explain: bool = False,
     ) -> CallerThrottled:
-        if self.denied is not None:
+        if self.denied is not None and not explain:
             self.denied.inc()
         seconds = str(max(math.ceil(retry_after - 1e-9), 1))
         exc = CallerThrottled(
