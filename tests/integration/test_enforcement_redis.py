@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from authz.errors import CallerBlocked, EnforcementUnavailable
-from authz.model import Request
+from authz.errors import CallerBlocked, CredentialRevoked, EnforcementUnavailable
+from authz.model import Identity, Request
 from authz.policy.enforcement_config import EnforcementConfig, EnforcementRedisConfig
 from authz.respond.enforcer import Enforcer
-from authz.respond.stage import EnforceAddress
+from authz.respond.stage import EnforceAddress, EnforceIdentity
 from authz.stages import Context
 from tests.redis_server import RedisServer
 
@@ -77,6 +77,14 @@ async def test_revocation_on_one_is_enforced_by_the_other(pair: Any) -> None:
         f"{statistics.median(stale) * 1000:.2f} ms, max {max(stale) * 1000:.2f} ms"
     )
     assert b.identity_active
+    # enforced by b's stage, not just listed
+    stage = EnforceIdentity(b, 0, {}, {}, EnforceAddress(b, 0))
+    ctx = request_from("10.0.0.1")
+    ctx.identity = Identity(kind="jwt", subject="alice", claims={"jti": "jti-19"})
+    with pytest.raises(CredentialRevoked):
+        stage.step(ctx)
+    ctx.identity = Identity(kind="jwt", subject="alice", claims={"jti": "jti-other"})
+    assert stage.step(ctx) is None
     a.lift("revoke", "token", "jti-3")
     await until(lambda: not any(e.target == "jti-3" for e in b.entries()))
     # a lift on a replica that never saw the entry still lifts it everywhere
