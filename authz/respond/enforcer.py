@@ -59,6 +59,8 @@ log = logging.getLogger("authz.respond")
 SWEEP_INTERVAL = 1.0
 #: Series of the actions counter: detectors x responses x outcomes, bounded.
 MAX_ACTION_SERIES = 512
+#: An operator's note, at most (characters).
+MAX_NOTE = 500
 #: A hit is a dict of (response -> entry) for one target of the request.
 Hit = Mapping[str, Entry]
 
@@ -197,6 +199,8 @@ class Enforcer:
     def lift(self, response: str, target_kind: str, target: str) -> Entry | None:
         """Remove one enforcement (everywhere, with a shared store); returns what was
         lifted, None when nothing was in force (raises TargetError for a bad target)."""
+        if response not in ENFORCED:
+            raise TargetError(f"unknown response {response!r} (one of {', '.join(ENFORCED)})")
         target = normalize(target_kind, target)
         key = entry_key(response, target_kind, target)
         removed = self.table.remove(key)
@@ -250,6 +254,8 @@ class Enforcer:
         target = normalize(target_kind, target)
         if not math.isfinite(ttl) or ttl < 0:
             raise TargetError(f"not a TTL: {ttl!r}")
+        if len(note) > MAX_NOTE or not note.isprintable():
+            raise TargetError(f"a note is at most {MAX_NOTE} printable characters")
         if ttl == 0:
             ttl = self.config.revoke_ttl if response == "revoke" else self.config.block_ttl
         now = self.clock()

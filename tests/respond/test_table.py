@@ -177,3 +177,9 @@ def test_operator_add_and_lift() -> None:
         enforcer.add("ban", "address", "10.0.0.1", by="x")
     with pytest.raises(TargetError, match="not a TTL"):
         enforcer.add("block", "address", "10.0.0.1", -5, by="x")
+    with pytest.raises(TargetError, match="not a TTL"):
+        enforcer.add("block", "address", "10.0.0.1", float("nan"), by="x")
+    with pytest.raises(TargetError, match="a note is at most 500"):
+        enforcer.add("block", "address", "10.0.0.1", by="x", note="x" * 501)
+    with pytest.raises(TargetError, match="unknown response"):
+        enforcer.lift("ban", "address", "10.0.0.1")
