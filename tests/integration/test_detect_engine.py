@@ -56,13 +56,13 @@ def _engine(tmp_path: Path, shared: Shared) -> PolicyEngine:
 
 async def test_a_honeypot_hit_reaches_the_registered_sink(tmp_path: Path) -> None:
     shared = Shared()
+    sink = RecordingSink()
+    shared.get(ACTION_SINK, lambda: sink)  # a sink of our own (the enforcer then steps aside)
     engine = _engine(tmp_path, shared)
     scorer = shared.get(SHARED_NAME, lambda: None)
     assert isinstance(scorer, Scorer)
     assert scorer in shared.runtimes  # registered by the build ...
     assert not scorer.running  # ... and not started by it
-    sink = RecordingSink()
-    shared.get(ACTION_SINK, lambda: sink)  # what the enforcer does at build
     await shared.runtimes.start()
     try:
         await engine.check(
@@ -97,9 +97,9 @@ async def test_a_honeypot_hit_reaches_the_registered_sink(tmp_path: Path) -> Non
 
 async def test_the_feed_reaches_the_detectors_and_public_routes_count(tmp_path: Path) -> None:
     shared = Shared()
-    _engine(tmp_path, shared)
     sink = RecordingSink()
     shared.get(ACTION_SINK, lambda: sink)
+    _engine(tmp_path, shared)
     hub = shared.get(RESPONSE_HUB, ResponseHub)
     assert len(hub) == 1  # the scorer subscribed once
     _engine(tmp_path, shared)  # a reload does not subscribe it twice
@@ -113,3 +113,23 @@ async def test_the_feed_reaches_the_detectors_and_public_routes_count(tmp_path: 
     scorer.drain()
     assert [(a.detector, a.target) for a in sink.actions] == [("honeypot", "10.9.9.9")]
     assert shared.metrics.value("authz_detect_observations_total", "request") == 1
+
+
+async def test_a_honeypot_hit_blocks_the_caller_through_the_enforcer(tmp_path: Path) -> None:
+    shared = Shared()
+    engine = _engine(tmp_path, shared)  # detection: makes the enforcer (ACTION_SINK)
+    await shared.runtimes.start()
+    try:
+        before = await engine.check(Request("GET", "/healthz", source_address="10.4.4.4"))
+        await engine.check(Request("GET", "/wp-login.php", source_address="10.4.4.4"))
+        blocked = None
+        for _ in range(100):  # the scorer acts within a drain interval or two
+            blocked = await engine.check(Request("GET", "/healthz", source_address="10.4.4.4"))
+            if blocked.status != 200:
+                break
+            await asyncio.sleep(0.02)
+        other = await engine.check(Request("GET", "/healthz", source_address="10.4.4.5"))
+    finally:
+        await shared.runtimes.aclose()
+    assert before.status == 200 and other.status == 200
+    assert blocked is not None and (blocked.status, blocked.reason) == (403, "caller_blocked")
