@@ -105,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction[AnyType]) -> None:
         help="with --transport http: Envoy sends this file's secret on every check (the "
         "file `authz serve --http-secret-file` reads); the config then holds the secret",
     )  # fmt: skip
+    p.add_argument(
+        "--access-log", type=hp, default=None, metavar="HOST:PORT",
+        help="also stream every request's access log (public routes included) to the "
+        "service's access-log port (`authz serve --access-log-grpc HOST:PORT`): the "
+        "upstream's status, size and latency, joined to each decision by its id",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -154,6 +160,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         tls=_tls_from_args(args),
         transport=getattr(args, "transport", _DEFAULTS.transport),
         http_secret=_secret_from_args(args),
+        access_log=getattr(args, "access_log", None),
     )
 
 
@@ -171,6 +178,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--transport", opts.transport]
     if opts.http_secret is not None:
         parts += ["--http-secret-file", args.http_secret_file]
+    if opts.access_log is not None:
+        parts += ["--access-log", str(opts.access_log)]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:

@@ -64,6 +64,9 @@ class EnvoyOptions:
     #: Over HTTP: the transport secret Envoy adds to every check (the value of the
     #: service's ``--http-secret-file``); None: none is sent.
     http_secret: str | None = field(default=None, repr=False)
+    #: Envoy's gRPC access log (``envoy.access_loggers.http_grpc``) to the service's
+    #: access-log port (``authz serve --access-log-grpc``); None: stdout only.
+    access_log: HostPort | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
