@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from authz.policy.ratelimit_config import (
     RedisStoreConfig,
     RuleConfig,
 )
+from authz.ratelimit.adaptive import AdaptiveShaper
 from authz.ratelimit.base import GCRA, LEASE, Item, Outcome, StoreUnavailable
 from authz.ratelimit.batched import BatchedItem, BatchedStore
 from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key_part
@@ -555,10 +556,18 @@ class ShedStage:
         priority = route.priority
         shed_counter = monitor.counter(priority)
         headers = (("retry-after", str(max(math.ceil(overload.retry_after), 1))),)
+        note_shed: Callable[[str], None] | None = None
+        if overload.adaptive is not None:
+            shaper = AdaptiveShaper.of(shared, overload.adaptive)
+            monitor.adaptive = shaper
+            note_shed = shaper.note_shed
+        route_name = route.name
 
         async def shed(ctx: Context) -> None:
             if monitor.level(shared.in_flight, overload) >= rank:
                 shed_counter.inc()
+                if note_shed is not None:
+                    note_shed(route_name)  # adaptive: what shedding holds back
                 raise Overloaded(f"shedding {priority} routes", headers=headers)
 
         return shed
