@@ -31,6 +31,7 @@ from authz.transport.envoy_als import (
     ACCESS_LOG_SERVICE,
     StreamAccessLogsMessage,
     StreamAccessLogsResponse,
+    to_observation,
 )
 from authz.transport.grpc_server import SERVER_OPTIONS, RateLimitedLog
 
@@ -141,3 +142,12 @@ class AccessLogServer:
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.stop(STOP_GRACE)
+
+
+def serve_access_log(shared: Any, address: str, *, reuse_port: bool = False) -> AccessLogServer:
+    """Register the process's feed (publishing on its hub) and an access-log server on
+    ``address`` in ``shared.runtimes`` (started with them; nothing is bound now)."""
+    feed = ResponseFeed.of(shared, to_observation)
+    server = AccessLogServer(address, feed, metrics=shared.metrics, reuse_port=reuse_port)
+    shared.runtimes.add(server)
+    return server
