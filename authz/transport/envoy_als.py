@@ -21,7 +21,6 @@ about protobuf; the feed (:mod:`authz.feedback`) only sees the plain tuples.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
@@ -84,11 +83,6 @@ _METHODS: dict[int, str] = {
 }
 
 
-def _ms(duration: Any) -> float:
-    """A google.protobuf.Duration in milliseconds."""
-    return float(duration.seconds * 1e3 + duration.nanos / 1e6)
-
-
 def response_flags(flags: accesslog_pb2.ResponseFlags) -> str:
     """Envoy's short codes of the flags set, comma-separated ("" when none)."""
     listed = flags.ListFields()
@@ -99,65 +93,79 @@ def response_flags(flags: accesslog_pb2.ResponseFlags) -> str:
 
 def decision_id_of(common: accesslog_pb2.AccessLogCommon) -> str:
     """The decision id the ext_authz answer left in the entry's metadata ("" if none)."""
-    filter_metadata = common.metadata.filter_metadata
-    if EXT_AUTHZ_NAMESPACE not in filter_metadata:
+    if not common.HasField("metadata"):
         return ""
-    fields = filter_metadata[EXT_AUTHZ_NAMESPACE].fields
+    namespace = common.metadata.filter_metadata.get(EXT_AUTHZ_NAMESPACE)
+    if namespace is None:
+        return ""
+    fields = namespace.fields
     for key in DECISION_ID_KEYS:
-        if key in fields:
-            return str(fields[key].string_value)
+        value = fields.get(key)
+        if value is not None:
+            return str(value.string_value)
     return ""
 
 
 def _path(raw: str) -> str:
-    try:
-        path, _ = canonicalize(raw)
-    except InvalidPath:
-        path = raw.partition("?")[0]
+    """Without the query; Envoy already normalised it (the generated config's
+    ``normalize_path``/``merge_slashes``), so the canonical form is only needed when an
+    escape or a dot segment is left."""
+    path = raw.partition("?")[0]
+    if "%" in path or "/." in path or "//" in path or "\\" in path:
+        try:
+            path = canonicalize(path)[0]
+        except InvalidPath:
+            pass
     return path[:MAX_PATH]
+
+
+def _make(values: tuple[object, ...]) -> ResponseObservation:
+    return tuple.__new__(ResponseObservation, values)  # type: ignore[type-var]
 
 
 def to_observation(entry: accesslog_pb2.HTTPAccessLogEntry) -> ResponseObservation:
     """The observation of one HTTP access-log entry (pure; never raises on a valid
-    message: absent fields read as their "unknown" values)."""
+    message: absent fields read as their "unknown" values).
+
+    A duration Envoy did not set reads as zero, and no timing Envoy records is exactly
+    zero nanoseconds: so "unset" is tested as zero (cheaper than ``HasField``)."""
     common = entry.common_properties
-    request = entry.request
-    response = entry.response
-    if common.HasField("start_time"):
-        start = common.start_time
-        when = start.seconds + start.nanos / 1e9
-    else:
-        when = time.time()
-    duration_ms = (
-        _ms(common.time_to_last_downstream_tx_byte)
-        if common.HasField("time_to_last_downstream_tx_byte")
-        else -1.0
-    )
+    start = common.start_time
+    when = start.seconds + start.nanos * 1e-9 or time.time()
+    d = common.time_to_last_downstream_tx_byte
+    duration_ms = d.seconds * 1e3 + d.nanos * 1e-6 or -1.0
     # The upstream's share: from the first byte sent to it to the last byte back (to
     # the first byte back when the body never finished).
     upstream_ms = -1.0
-    reached = common.HasField("time_to_first_upstream_tx_byte")
+    d = common.time_to_first_upstream_tx_byte
+    sent = d.seconds * 1e3 + d.nanos * 1e-6
+    reached = sent > 0
     if reached:
-        sent = _ms(common.time_to_first_upstream_tx_byte)
-        if common.HasField("time_to_last_upstream_rx_byte"):
-            upstream_ms = max(_ms(common.time_to_last_upstream_rx_byte) - sent, 0.0)
-        elif common.HasField("time_to_first_upstream_rx_byte"):
-            upstream_ms = max(_ms(common.time_to_first_upstream_rx_byte) - sent, 0.0)
-    return ResponseObservation(
-        time=when,
-        decision_id=decision_id_of(common),
-        route=common.route_name,
-        method=_METHODS.get(request.request_method, ""),
-        path=_path(request.path) if request.path else "",
-        client_address=common.downstream_remote_address.socket_address.address,
-        status=response.response_code.value,
-        bytes_sent=response.response_body_bytes,
-        duration_ms=duration_ms,
-        upstream_ms=upstream_ms,
-        response_flags=response_flags(common.response_flags)
-        if common.HasField("response_flags")
-        else "",
-        upstream=reached,
+        d = common.time_to_last_upstream_rx_byte
+        back = d.seconds * 1e3 + d.nanos * 1e-6
+        if not back:
+            d = common.time_to_first_upstream_rx_byte
+            back = d.seconds * 1e3 + d.nanos * 1e-6
+        if back:
+            upstream_ms = max(back - sent, 0.0)
+    request = entry.request
+    response = entry.response
+    raw_path = request.path
+    return _make(
+        (
+            when,
+            decision_id_of(common),
+            common.route_name,
+            _METHODS.get(request.request_method, ""),
+            _path(raw_path) if raw_path else "",
+            common.downstream_remote_address.socket_address.address,
+            response.response_code.value,
+            response.response_body_bytes,
+            duration_ms,
+            upstream_ms,
+            response_flags(common.response_flags) if common.HasField("response_flags") else "",
+            reached,
+        )
     )
 
 
