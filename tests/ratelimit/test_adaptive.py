@@ -312,3 +312,11 @@ def test_bad_settings_are_located(
         "$.rate_limits.overload.adaptive" in what and location in what
         for _, what in problems
     ), problems
+
+
+def test_the_readme_documents_the_defaults(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("Settings,\nwith their defaults", 1)[1].split("```yaml\n", 1)[1]
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE + block.split("```", 1)[0] + SHED_ROUTES)
+    assert load_policy(path).rate_limits.overload.adaptive == AdaptiveConfig()
