@@ -309,6 +309,11 @@ class AdaptiveShaper:
     async def start(self) -> None:
         self.hub.subscribe(self)
         if self._task is None or self._task.done():
+            log.info(
+                "adaptive shedding: limit %.0f, waiting for Envoy's access log "
+                "(authz serve --access-log-grpc, authz envoy-config --access-log)",
+                self.gradient_limit.limit,
+            )
             self._window_start = self.clock()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="adaptive")
 

@@ -20,6 +20,7 @@ about protobuf; the feed (:mod:`authz.feedback`) only sees the plain tuples.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from envoy.data.accesslog.v3 import accesslog_pb2
@@ -112,10 +113,8 @@ def _path(raw: str) -> str:
     escape or a dot segment is left."""
     path = raw.partition("?")[0]
     if "%" in path or "/." in path or "//" in path or "\\" in path:
-        try:
+        with contextlib.suppress(InvalidPath):  # kept as Envoy logged it
             path = canonicalize(path)[0]
-        except InvalidPath:
-            pass
     return path[:MAX_PATH]
 
 

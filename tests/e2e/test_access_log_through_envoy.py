@@ -170,3 +170,64 @@ def test_the_service_serves_the_feed_itself(tmp_path: Path) -> None:
         )
         counts = feed_counts()
         assert counts.get("dropped", 0) == 0 and counts.get("invalid", 0) == 0
+
+
+ADAPTIVE_POLICY = f"""\
+mode: enforce
+providers:
+  keys:
+    type: api_key
+    header: x-api-key
+    keys:
+      - {{id: k, sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}, owner: feed, scopes: [r], expires: "2999-01-01"}}
+rate_limits:
+  overload:
+    retry_after: 1s
+    adaptive: {{interval: 250ms, min_samples: 2, min_limit: 1, initial_limit: 2, max_limit: 50, stale_after: 2s}}
+routes:
+  - {{name: pay, path: /pay, methods: [GET], providers: [keys], priority: critical}}
+  - {{name: browse, path: /browse, methods: [GET], providers: [keys]}}
+  - {{name: report, path: /report, methods: [GET], providers: [keys], priority: background}}
+"""
+
+
+def test_a_slow_upstream_sheds_lower_classes_and_critical_keeps_flowing(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(ADAPTIVE_POLICY)
+    with LocalStack(path, tmp_path / "state", access_log="service") as stack:
+        key = {"x-api-key": API_KEY}
+        base = stack.base_url
+        stop = threading.Event()
+        critical: list[int] = []
+
+        def slow_browse() -> None:  # the upstream takes 400 ms on the normal route
+            while not stop.is_set():
+                send("GET", f"{base}/browse", {**key, "x-echo-delay-ms": "400"})
+
+        for _ in range(2):  # a healthy baseline first: fast answers
+            for p in ("/pay", "/browse", "/report"):
+                assert send("GET", f"{base}{p}", {**key, "x-echo-delay-ms": "5"})[0] == 200
+        time.sleep(0.6)
+        workers = [threading.Thread(target=slow_browse, daemon=True) for _ in range(12)]
+        for w in workers:
+            w.start()
+        try:
+            deadline = time.monotonic() + 20
+            shed = None
+            while time.monotonic() < deadline:
+                critical.append(send("GET", f"{base}/pay", key)[0])
+                status, _, body = send("GET", f"{base}/report", key)
+                if status == 503:
+                    shed = json.loads(body)
+                    break
+                time.sleep(0.1)
+            assert shed is not None and shed["error"] == "overloaded", "background never shed"
+            for _ in range(10):  # while shedding, critical still gets through
+                critical.append(send("GET", f"{base}/pay", key)[0])
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=10)
+        assert set(critical) == {200}
+        # the upstream is idle again: nothing is shed any more
+        wait_for(lambda: send("GET", f"{base}/report", key)[0] == 200, timeout=20)

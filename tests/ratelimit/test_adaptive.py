@@ -320,3 +320,22 @@ def test_the_readme_documents_the_defaults(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(BASE + block.split("```", 1)[0] + SHED_ROUTES)
     assert load_policy(path).rate_limits.overload.adaptive == AdaptiveConfig()
+
+
+def test_the_serving_policys_settings_drive_the_shaper() -> None:
+    shaper, clock = shaper_with()
+    for _ in range(5):
+        window(shaper, clock, rate=200, latency=100.0)
+    reloaded = AdaptiveConfig(min_limit=5, initial_limit=50, max_limit=30)
+    shaper.level(0, reloaded)  # the first check on the new policy adopts its settings
+    assert shaper.config is reloaded and shaper.limit <= 30
+    window(shaper, clock, rate=200, latency=100.0)
+    assert shaper.limit <= 30
+
+
+def test_without_a_shaper_the_monitor_ignores_adaptive() -> None:
+    from authz.policy.ratelimit_config import OverloadConfig
+    from authz.ratelimit.overload import OverloadMonitor
+
+    monitor = OverloadMonitor()
+    assert monitor.level(10_000, OverloadConfig(adaptive=CONFIG)) == 0
