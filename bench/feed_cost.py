@@ -43,12 +43,13 @@ from authz.transport.envoy_als import StreamAccessLogsMessage, build_http_entry,
 from authz.transport.envoy_grpc import encode_check_response
 
 KEY = "key-a-0123456789abcdef"
+SHA = hashlib.sha256(KEY.encode()).hexdigest()
 POLICY = f"""\
 providers:
   keys:
     type: api_key
     keys:
-      - {{id: a, sha256: {hashlib.sha256(KEY.encode()).hexdigest()}, owner: a, scopes: [r], expires: "2999-01-01"}}
+      - {{id: a, sha256: {SHA}, owner: a, scopes: [r], expires: "2999-01-01"}}
 routes:
   - {{name: get-order, path: "/v1/orders/{{id}}", methods: [GET], providers: [keys], scopes: [r]}}
 """
@@ -134,8 +135,8 @@ def answer_round(decided: list[Decision]) -> dict[str, float]:
     n = len(decided)
     out = {}
     for label, batch in (("with id", decided), ("without id", without)):
-        out[f"gRPC answer {label}"] = _per(lambda b=batch: [encode_check_response(d) for d in b], n)  # type: ignore[misc]
-        out[f"HTTP answer {label}"] = _per(lambda b=batch: [envoy_http.to_response(d) for d in b], n)  # type: ignore[misc]
+        out[f"gRPC answer {label}"] = _per(lambda b=batch: list(map(encode_check_response, b)), n)  # type: ignore[misc]
+        out[f"HTTP answer {label}"] = _per(lambda b=batch: list(map(envoy_http.to_response, b)), n)  # type: ignore[misc]
     return out
 
 
@@ -173,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  entry (parse + feed) / decision: {entry / decision:.3f}")
     print("\nper decision, the ext_authz answer with and without the decision id:")
     for transport in ("gRPC", "HTTP"):
-        with_id, without = best[f"{transport} answer with id"], best[f"{transport} answer without id"]
+        with_id = best[f"{transport} answer with id"]
+        without = best[f"{transport} answer without id"]
         print(
-            f"  {transport}: answer {with_id:5.2f} vs {without:5.2f} µs (+{with_id - without:4.2f});"
+            f"  {transport}: answer {with_id:5.2f} vs {without:5.2f} µs"
+            f" (+{with_id - without:4.2f});"
             f" decision + answer {decision + with_id:6.2f} vs {decision + without:6.2f} µs,"
             f" ratio {(decision + with_id) / (decision + without):.3f}"
         )
