@@ -68,3 +68,36 @@ def test_a_bad_address_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         parser().parse_args(["envoy-config", "p.yaml", "--access-log", "nowhere"])
     assert exc.value.code == 2
     assert "--access-log" in capsys.readouterr().err
+
+
+def test_a_secret_rides_on_the_stream(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from authz.transport.envoy_http import SECRET_HEADER
+
+    policy = Path(__file__).resolve().parents[1] / "examples" / "policy.yaml"
+    secret = tmp_path / "als.secret"
+    secret.write_text("a" * 64 + "\n")
+    out = tmp_path / "envoy.yaml"
+    args = parser().parse_args(
+        ["envoy-config", str(policy), "--access-log", "127.0.0.1:9194",
+         "--access-log-secret-file", str(secret), "-o", str(out)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    config = yaml.safe_load(out.read_text())
+    service = loggers(config)[HTTP_GRPC_LOGGER]["common_config"]["grpc_service"]
+    assert service["initial_metadata"] == [{"key": SECRET_HEADER, "value": "a" * 64}]
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600  # it holds the secret
+    assert "access-log secret" in out.read_text().split("static_resources")[0]
+    envoy_validate(out)
+
+
+def test_a_secret_without_the_access_log_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "als.secret"
+    secret.write_text("a" * 64 + "\n")
+    args = parser().parse_args(["envoy-config", "p.yaml", "--access-log-secret-file", str(secret)])
+    assert args.func(args) == 2
+    assert "--access-log-secret-file needs --access-log" in capsys.readouterr().err

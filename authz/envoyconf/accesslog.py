@@ -16,7 +16,12 @@ a log sink never holds a request up, so losing the feed never changes a decision
 from __future__ import annotations
 
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
-from envoy_data_plane.envoy.config.core.v3 import ApiVersion, GrpcService, GrpcServiceEnvoyGrpc
+from envoy_data_plane.envoy.config.core.v3 import (
+    ApiVersion,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HeaderValue,
+)
 from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
     CommonGrpcAccessLogConfig,
     HttpGrpcAccessLogConfig,
@@ -24,6 +29,7 @@ from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
 from envoy_data_plane.google.protobuf import Any
 
 from authz.envoyconf.common import ACCESS_LOG_CLUSTER, seconds
+from authz.transport.envoy_http import SECRET_HEADER
 
 #: Envoy's logger name, and the log name the service sees in the stream's identifier.
 HTTP_GRPC_LOGGER = "envoy.access_loggers.http_grpc"
@@ -34,14 +40,16 @@ FLUSH_INTERVAL = 0.25
 BUFFER_BYTES = 16384
 
 
-def grpc_access_log() -> AccessLog:
-    """The access logger that streams every entry to :data:`ACCESS_LOG_CLUSTER`."""
+def grpc_access_log(secret: str | None = None) -> AccessLog:
+    """The access logger that streams every entry to :data:`ACCESS_LOG_CLUSTER`; with
+    ``secret``, the stream carries it (``x-authz-transport-secret`` metadata)."""
+    service = GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=ACCESS_LOG_CLUSTER))
+    if secret is not None:
+        service.initial_metadata = [HeaderValue(key=SECRET_HEADER, value=secret)]
     config = HttpGrpcAccessLogConfig(
         common_config=CommonGrpcAccessLogConfig(
             log_name=LOG_NAME,
-            grpc_service=GrpcService(
-                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=ACCESS_LOG_CLUSTER)
-            ),
+            grpc_service=service,
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=seconds(FLUSH_INTERVAL),
             buffer_size_bytes=BUFFER_BYTES,

@@ -148,7 +148,11 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         stream_idle_timeout=seconds(300),
         access_log=[
             _access_log(options.transport),
-            *([grpc_access_log()] if options.access_log is not None else []),
+            *(
+                [grpc_access_log(options.access_log_secret)]
+                if options.access_log is not None
+                else []
+            ),
         ],
         use_remote_address=True,
         generate_request_id=True,

@@ -160,3 +160,59 @@ def test_a_stream_is_cut_when_the_server_closes() -> None:
             stop.set()
 
     asyncio.run(run())
+
+
+def test_with_a_secret_only_streams_that_carry_it_are_read() -> None:
+    from authz.transport.envoy_http import SECRET_HEADER
+
+    secret = "s" * 40
+
+    async def run() -> None:
+        shared = Shared()
+        feed = ResponseFeed.of(shared, to_observation)
+        server = AccessLogServer("127.0.0.1:0", feed, metrics=shared.metrics, secret=secret)
+        shared.runtimes.add(server)
+        await shared.runtimes.start()
+        address = f"127.0.0.1:{server.port}"
+        msgs = [m.SerializeToString() for m in batches([["a"]])]
+        try:
+            for metadata in ((), ((SECRET_HEADER, "wrong" * 8),)):
+                async with grpc.aio.insecure_channel(address) as channel:
+                    call = channel.stream_unary(METHOD, request_serializer=lambda b: b)
+
+                    async def send() -> AsyncIterator[bytes]:
+                        for m in msgs:
+                            yield m
+
+                    try:
+                        await call(send(), timeout=10, metadata=metadata)
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                    else:
+                        raise AssertionError("a stream without the secret was read")
+            assert shared.metrics.value("authz_feed_refused_streams_total") == 2
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = channel.stream_unary(METHOD, request_serializer=lambda b: b)
+
+                async def good() -> AsyncIterator[bytes]:
+                    for m in msgs:
+                        yield m
+
+                await call(good(), timeout=10, metadata=((SECRET_HEADER, secret),))
+            await wait_until(lambda: feed.counts["joined"] == 1)
+        finally:
+            await shared.runtimes.aclose()
+
+    asyncio.run(run())
+
+
+def test_exposure_needs_a_secret() -> None:
+    import pytest
+
+    from authz.transport.als_server import check_exposure
+
+    check_exposure("127.0.0.1:9194", None)
+    check_exposure("0.0.0.0:9194", "s" * 40)
+    check_exposure("0.0.0.0:9194", None, trust_network=True)
+    with pytest.raises(ValueError, match="--access-log-secret-file"):
+        check_exposure("0.0.0.0:9194", None)
