@@ -11,10 +11,10 @@
    transports (gRPC: the encoded CheckResponse; HTTP: the response headers), with
    the engine's decision itself: µs and the ratio.
 
-Best of ``--rounds`` for each figure, alternating, on the process CPU clock, with the
-load average beside it.
+Medians of ``--rounds`` rounds, each ratio from figures of one round (median and
+range), on the process CPU clock, with the load average beside them.
 
-    python bench/feed_cost.py [--entries 20000] [--rounds 5]
+    python bench/feed_cost.py [--entries 20000] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import statistics
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ def feed_round(wire: list[bytes], n: int) -> dict[str, float]:
     out["translate + join"] = _per(lambda: observations.extend(map(to_observation, entries)), n)
     hub = ResponseHub()
     hub.subscribe(Nothing())
+
     def publish() -> None:
         for o in observations:
             hub.publish(o)
@@ -131,16 +133,21 @@ async def decisions(path: Path, n: int) -> tuple[float, list[Decision]]:
     return (time.process_time() - t) / n * 1e6, out
 
 
-def answer_round(decided: list[Decision]) -> dict[str, float]:
+def answer_round(decided: list[Decision], repeat: int = 3) -> dict[str, float]:
+    """Each answer ``repeat`` times, with and without the id alternately; the least."""
     without = [
         dataclasses.replace(d, metadata={k: v for k, v in d.metadata.items() if k != "decision_id"})
         for d in decided
     ]
     n = len(decided)
-    out = {}
-    for label, batch in (("with id", decided), ("without id", without)):
-        out[f"gRPC answer {label}"] = _per(lambda b=batch: list(map(encode_check_response, b)), n)  # type: ignore[misc]
-        out[f"HTTP answer {label}"] = _per(lambda b=batch: list(map(envoy_http.to_response, b)), n)  # type: ignore[misc]
+    out: dict[str, float] = {}
+    encoders = (("gRPC", encode_check_response), ("HTTP", envoy_http.to_response))
+    for _ in range(repeat):
+        for t, encode in encoders:
+            for label, batch in (("with id", decided), ("without id", without)):
+                us = _per(lambda e=encode, b=batch: list(map(e, b)), n)  # type: ignore[misc]
+                key = f"{t} answer {label}"
+                out[key] = min(us, out.get(key, float("inf")))
     return out
 
 
@@ -149,42 +156,48 @@ def loadavg() -> str:
         return " ".join(fh.read().split()[:3])
 
 
+def _ratio(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     n = args.entries
     wire = messages(n)
     print(f"load average before: {loadavg()}")
-    best: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "p.yaml"
         path.write_text(POLICY)
-        for _ in range(args.rounds):
-            for name, us in feed_round(wire, n).items():
-                best[name] = min(us, best.get(name, float("inf")))
+        for _ in range(args.rounds):  # every ratio from figures of the same round
+            figures = feed_round(wire, n)
             decision_us, decided = asyncio.run(decisions(path, n))
-            best["decision (engine)"] = min(decision_us, best.get("decision (engine)", 1e9))
-            for name, us in answer_round(decided).items():
-                best[name] = min(us, best.get(name, float("inf")))
-    print(f"\nper access-log entry ({n} entries in messages of {BATCH}), best of {args.rounds}:")
+            figures["decision (engine)"] = decision_us
+            figures.update(answer_round(decided))
+            for name, us in figures.items():
+                runs.setdefault(name, []).append(us)
+            entry = figures["parse (gRPC message)"] + figures["feed: offer + drain (all)"]
+            ratios.setdefault("entry", []).append(entry / decision_us)
+            for t in ("gRPC", "HTTP"):
+                with_id = decision_us + figures[f"{t} answer with id"]
+                without = decision_us + figures[f"{t} answer without id"]
+                ratios.setdefault(t, []).append(with_id / without)
+    med = {name: statistics.median(values) for name, values in runs.items()}
+    print(f"\nper access-log entry ({n} in messages of {BATCH}), median of {args.rounds} rounds:")
     for name in ("parse (gRPC message)", "translate + join", "publish (1 listener)",
-                 "feed: offer + drain (all)"):  # fmt: skip
-        print(f"  {name:28} {best[name]:6.2f} µs")
-    decision = best["decision (engine)"]
-    entry = best["parse (gRPC message)"] + best["feed: offer + drain (all)"]
-    print(f"  {'decision (engine), for scale':28} {decision:6.2f} µs")
-    print(f"  entry (parse + feed) / decision: {entry / decision:.3f}")
+                 "feed: offer + drain (all)", "decision (engine)"):  # fmt: skip
+        print(f"  {name:28} {med[name]:6.2f} µs")
+    print(f"  entry (parse + feed) / decision: {_ratio(ratios['entry'])}")
     print("\nper decision, the ext_authz answer with and without the decision id:")
-    for transport in ("gRPC", "HTTP"):
-        with_id = best[f"{transport} answer with id"]
-        without = best[f"{transport} answer without id"]
+    for t in ("gRPC", "HTTP"):
+        with_id, without = med[f"{t} answer with id"], med[f"{t} answer without id"]
         print(
-            f"  {transport}: answer {with_id:5.2f} vs {without:5.2f} µs"
-            f" (+{with_id - without:4.2f});"
-            f" decision + answer {decision + with_id:6.2f} vs {decision + without:6.2f} µs,"
-            f" ratio {(decision + with_id) / (decision + without):.3f}"
+            f"  {t}: answer {with_id:5.2f} vs {without:5.2f} µs;"
+            f" (decision + answer) with / without: {_ratio(ratios[t])}"
         )
     print(f"\nload average after: {loadavg()}")
     return 0

@@ -26,9 +26,18 @@ from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
     CommonGrpcAccessLogConfig,
     HttpGrpcAccessLogConfig,
 )
+from envoy_data_plane.envoy.type.metadata.v3 import (
+    MetadataKey,
+    MetadataKeyPathSegment,
+    MetadataKind,
+    MetadataKindRequest,
+)
+from envoy_data_plane.envoy.type.tracing.v3 import CustomTag, CustomTagMetadata
 from envoy_data_plane.google.protobuf import Any
 
-from authz.envoyconf.common import ACCESS_LOG_CLUSTER, seconds
+from authz.envoyconf.common import ACCESS_LOG_CLUSTER, EXT_AUTHZ_FILTER, seconds
+from authz.envoyconf.extauthz import metadata_key
+from authz.transport.envoy_als import DECISION_ID_TAG
 from authz.transport.envoy_http import SECRET_HEADER
 
 #: Envoy's logger name, and the log name the service sees in the stream's identifier.
@@ -40,7 +49,23 @@ FLUSH_INTERVAL = 0.25
 BUFFER_BYTES = 16384
 
 
-def grpc_access_log(secret: str | None = None) -> AccessLog:
+def decision_id_tag(transport: str) -> CustomTag:
+    """The entry's tag holding the decision id, which Envoy fills from ext_authz's
+    dynamic metadata: the service reads it with one string lookup instead of walking the
+    metadata Struct (which Envoy sends too, and is read when the tag is absent)."""
+    return CustomTag(
+        tag=DECISION_ID_TAG,
+        metadata=CustomTagMetadata(
+            kind=MetadataKind(request=MetadataKindRequest()),
+            metadata_key=MetadataKey(
+                key=EXT_AUTHZ_FILTER,
+                path=[MetadataKeyPathSegment(key=metadata_key("decision_id", transport))],
+            ),
+        ),
+    )
+
+
+def grpc_access_log(transport: str = "grpc", secret: str | None = None) -> AccessLog:
     """The access logger that streams every entry to :data:`ACCESS_LOG_CLUSTER`; with
     ``secret``, the stream carries it (``x-authz-transport-secret`` metadata)."""
     service = GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=ACCESS_LOG_CLUSTER))
@@ -53,6 +78,7 @@ def grpc_access_log(secret: str | None = None) -> AccessLog:
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=seconds(FLUSH_INTERVAL),
             buffer_size_bytes=BUFFER_BYTES,
+            custom_tags=[decision_id_tag(transport)],
         )
     )
     return AccessLog(name=HTTP_GRPC_LOGGER, typed_config=Any.pack(config))

@@ -149,7 +149,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         access_log=[
             _access_log(options.transport),
             *(
-                [grpc_access_log(options.access_log_secret)]
+                [grpc_access_log(options.transport, options.access_log_secret)]
                 if options.access_log is not None
                 else []
             ),

@@ -41,6 +41,8 @@ ACCESS_LOG_SERVICE = als_pb2.DESCRIPTOR.services_by_name["AccessLogService"].ful
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 #: The decision id's key in that namespace: over gRPC, then over HTTP.
 DECISION_ID_KEYS = ("decision_id", envoy_http.metadata_header("decision_id"))
+#: The custom tag ``authz envoy-config --access-log`` fills with the decision id.
+DECISION_ID_TAG = "decision_id"
 #: Longest path kept from a log entry (a path that does not canonicalise is kept raw).
 MAX_PATH = 2048
 
@@ -93,7 +95,11 @@ def response_flags(flags: accesslog_pb2.ResponseFlags) -> str:
 
 
 def decision_id_of(common: accesslog_pb2.AccessLogCommon) -> str:
-    """The decision id the ext_authz answer left in the entry's metadata ("" if none)."""
+    """The decision id the ext_authz answer left in the entry ("" if none): the custom
+    tag the generated config asks Envoy for (one string lookup), else the metadata."""
+    tagged = common.custom_tags.get(DECISION_ID_TAG)
+    if tagged:
+        return str(tagged)
     if not common.HasField("metadata"):
         return ""
     namespace = common.metadata.filter_metadata.get(EXT_AUTHZ_NAMESPACE)
@@ -182,11 +188,14 @@ def build_http_entry(
     duration_ms: float = 1.0,
     upstream_ms: float | None = 0.5,
     flags: tuple[str, ...] = (),
+    tagged: bool = True,
 ) -> accesslog_pb2.HTTPAccessLogEntry:
     """An HTTP access-log entry shaped like the ones Envoy sends (tests, benchmarks).
 
     ``upstream_ms`` None: the request never reached an upstream (no upstream timings).
-    ``flags``: :data:`RESPONSE_FLAG_CODES` field names set to true."""
+    ``flags``: :data:`RESPONSE_FLAG_CODES` field names set to true. ``tagged``: the
+    decision id also in the custom tag the generated config asks for (metadata only
+    otherwise, as from a config of one's own)."""
     entry = accesslog_pb2.HTTPAccessLogEntry()
     entry.protocol_version = accesslog_pb2.HTTPAccessLogEntry.HTTP11
     common = entry.common_properties
@@ -213,6 +222,8 @@ def build_http_entry(
     if decision_id:
         fields = common.metadata.filter_metadata[EXT_AUTHZ_NAMESPACE].fields
         fields[metadata_key].string_value = decision_id
+        if tagged:
+            common.custom_tags[DECISION_ID_TAG] = decision_id
     request = entry.request
     request.request_method = _METHOD_ENUM.values_by_name[method].number  # type: ignore[assignment]
     request.scheme = "http"

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,10 @@ from authz.control.client import connect
 from authz.demo.stack import LocalStack
 from authz.demo.stack import http as send
 from authz.detect.events import RESPONSE_HUB, ResponseHub, ResponseObservation
+from authz.feedback.feed import ResponseFeed
 from authz.stages import Shared
 from authz.transport.als_server import AccessLogServer, serve_access_log
+from authz.transport.envoy_als import DECISION_ID_TAG, to_observation
 from authz.v1 import admin_pb2
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +56,8 @@ class InProcessAccessLog:
 
     def __init__(self) -> None:
         self.seen: list[ResponseObservation] = []
+        #: decision id -> the custom tag of its raw entry (what the config asked Envoy for)
+        self.tags: dict[str, str] = {}
         self.shared = Shared()
         self.server: AccessLogServer | None = None
         self._loop = asyncio.new_event_loop()
@@ -64,9 +69,17 @@ class InProcessAccessLog:
     def start(self) -> InProcessAccessLog:
         self._thread.start()
         self.shared.get(RESPONSE_HUB, ResponseHub).subscribe(self)
+        ResponseFeed.of(self.shared, self._translate)  # the one serve_access_log uses
         self.server = serve_access_log(self.shared, "127.0.0.1:0")
         self._run(self.shared.runtimes.start())
         return self
+
+    def _translate(self, entry: Any) -> ResponseObservation:
+        observation = to_observation(entry)
+        self.tags[observation.decision_id] = entry.common_properties.custom_tags.get(
+            DECISION_ID_TAG, ""
+        )
+        return observation
 
     def _run(self, coro: object) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)  # type: ignore[arg-type]
@@ -150,6 +163,8 @@ def test_every_request_comes_back_joined_to_its_decision(
             "", "health", 503, True,
         )  # fmt: skip
         assert "/healthz" not in decided  # never seen by ext_authz: only through the feed
+        # the generated config has Envoy log the id as a tag of its own (the fast path)
+        assert all(als.tags[i] == i for i in by_id) and als.tags[""] == ""
 
 
 def test_the_service_serves_the_feed_itself(tmp_path: Path) -> None:

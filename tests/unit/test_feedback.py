@@ -79,8 +79,18 @@ def test_translation_of_an_envoy_entry() -> None:
 def test_the_http_transport_key_joins_too() -> None:
     key = envoy_http.metadata_header("decision_id")
     assert key == "x-authz-meta-decision-id"
-    entry = build_http_entry(path="/v1/orders/1", decision_id="d-http", metadata_key=key)
+    entry = build_http_entry(
+        path="/v1/orders/1", decision_id="d-http", metadata_key=key, tagged=False
+    )
     assert to_observation(entry).decision_id == "d-http"
+
+
+def test_the_tag_the_generated_config_asks_for_is_read_first() -> None:
+    entry = build_http_entry(path="/v1/orders/1", decision_id="from-metadata", tagged=False)
+    entry.common_properties.custom_tags[envoy_als.DECISION_ID_TAG] = "from-tag"
+    assert to_observation(entry).decision_id == "from-tag"
+    entry.common_properties.custom_tags[envoy_als.DECISION_ID_TAG] = ""  # Envoy: no value
+    assert to_observation(entry).decision_id == "from-metadata"
 
 
 def test_a_public_route_has_no_decision_id() -> None:
