@@ -156,7 +156,7 @@ class LocalStack:
         self.upstream = EchoUpstream("127.0.0.1", self.upstream_port).start()
         self.upstream_port = self.upstream.port
         config = load_policy(self.policy)
-        secret_args = self._write_http_secret()
+        serve_args = self._write_http_secret()
         options = EnvoyOptions(
             listen=HostPort("127.0.0.1", self.listen_port),
             upstream=HostPort("127.0.0.1", self.upstream_port),
@@ -171,7 +171,7 @@ class LocalStack:
             ),
         )
         if self.access_log == "service":
-            secret_args += ["--access-log-grpc", self.access_log_address]
+            serve_args += ["--access-log-grpc", self.access_log_address]
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
         service = self._spawn(
@@ -179,7 +179,7 @@ class LocalStack:
             sys.executable, "-m", "authz", "serve", str(self.policy),
             f"--{self.transport}", self.authz_address, "--decision-log", str(self.decision_log),
             "--reload-interval", "0.2", "--control", f"127.0.0.1:{self.control_port}",
-            *secret_args, *self.extra_serve_args,
+            *serve_args, *self.extra_serve_args,
         )  # fmt: skip
         envoy = self._spawn(
             "envoy.log",
