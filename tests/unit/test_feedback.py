@@ -242,3 +242,21 @@ def test_the_drain_yields_between_batches() -> None:
 def test_rejects_a_feed_without_room() -> None:
     with pytest.raises(ValueError):
         ResponseFeed(ResponseHub(), to_observation, capacity=0)
+
+
+def test_only_the_transport_knows_protobuf() -> None:
+    """The feed and the shaper see plain tuples; the wire stays in authz/transport/."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "authz"
+    for module in ("feedback/feed.py", "feedback/__init__.py", "ratelimit/adaptive.py",
+                   "ratelimit/gradient.py"):  # fmt: skip
+        tree = ast.parse((root / module).read_text())
+        names = {
+            alias.name if isinstance(node, ast.Import) else (node.module or "")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert not {n for n in names if n.split(".")[0] in ("grpc", "google", "envoy")}, module
