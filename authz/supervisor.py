@@ -68,6 +68,12 @@ def supervise(options: ServeOptions) -> int:
         argv += ["--grpc", options.grpc]
     if options.http is not None:
         argv += ["--http", options.http, *http_argv(options)]
+    if options.access_log_grpc is not None:  # each worker binds it too (SO_REUSEPORT)
+        argv += ["--access-log-grpc", options.access_log_grpc]
+        if options.access_log_secret_file is not None:
+            argv += ["--access-log-secret-file", options.access_log_secret_file]
+        if options.access_log_trust_network:
+            argv.append("--access-log-insecure-trust-network")
     argv += [
         "--workers",
         "1",

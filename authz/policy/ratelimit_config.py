@@ -88,8 +88,10 @@ class AdaptiveConfig:
     #: Seconds the latency baseline (a slow moving average) spans; a shift that lasts
     #: much longer than this becomes the new normal.
     baseline: float = 60.0
-    #: Weight of a new limit against the old one, per window (0 < smoothing <= 1).
-    smoothing: float = 0.2
+    #: Weight of a new limit against the old one when latency is high, per window
+    #: (0 < smoothing <= 1): 1 takes it at once (Envoy's adaptive concurrency filter),
+    #: Netflix's Gradient2 uses 0.2; 0.5 halves the way each window.
+    smoothing: float = 0.5
     #: Bounds of the limit (upstream requests in flight), and where it starts.
     min_limit: float = 10.0
     max_limit: float = 10_000.0

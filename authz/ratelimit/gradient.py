@@ -29,7 +29,8 @@ concurrency the window saw:
 - no route had enough entries: ``L`` unchanged;
 - ``E > error_rate``: ``L <- L * backoff`` (multiplicative decrease);
 - ``G < 1``: ``L <- (1 - smoothing) * L + smoothing * (G * L + sqrt(L))`` (Gradient2: the
-  sqrt(L) term is the queue allowed at equilibrium);
+  sqrt(L) term is the queue allowed at equilibrium; ``smoothing`` 1 is Envoy's rule, the
+  default 0.5 halves the way per window, Gradient2's 0.2 is slower);
 - healthy (``G = 1``): ``L <- L + sqrt(L)`` unless ``D < L / headroom`` (the upstream was
   not busy enough for the window to prove more is safe), and never below
   ``headroom * D`` (what it just served at normal latency is safe);

@@ -207,3 +207,21 @@ def serve_access_log(
     )
     shared.runtimes.add(server)
     return server
+
+
+def access_log_runtime(shared: Any, options: Any) -> AccessLogServer:
+    """The access-log server ``authz serve`` options ask for (an
+    :class:`~authz.serve_options.ServeOptions`), registered in ``shared.runtimes``.
+    Raises TransportConfigError for a secret file that cannot be used."""
+    from authz.transport.envoy_http import read_secret_file
+    from authz.transport.http_wire import TransportConfigError
+
+    secret = None
+    if options.access_log_secret_file is not None:
+        try:
+            secret = read_secret_file(options.access_log_secret_file)
+        except ValueError as exc:
+            raise TransportConfigError(f"--access-log-secret-file {exc}") from None
+    return serve_access_log(
+        shared, options.access_log_grpc, reuse_port=options.reuse_port, secret=secret
+    )

@@ -70,7 +70,8 @@ def decide(address: str, key: str | None = KEY) -> tuple[bool, int]:
 
 
 def feed_counts(svc: ServiceProcess) -> dict[str, float]:
-    with connect(svc.control) as admin:
+    token = svc.runtime / f"control-{svc.control.rsplit(':', 1)[1]}.token"
+    with connect(svc.control, token_file=str(token)) as admin:
         reply = admin.call("GetCounters", admin_pb2.GetCountersRequest(prefix="authz_feed"))
     return {f"{s.name}:{s.labels[0].value}" if s.labels else s.name: s.value for s in reply.series}
 
