@@ -144,3 +144,15 @@ def test_a_bad_address_is_a_usage_error(policy: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--access-log-grpc" in proc.stderr
+
+
+def test_with_workers_the_access_log_port_is_served(
+    policy: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    als = f"127.0.0.1:{free_port()}"
+    svc = start_service(policy, "--workers", "2", "--access-log-grpc", als)
+    for i in range(8):  # new connections, spread over the workers by SO_REUSEPORT
+        stream(als, [message([f"w{i}"])])
+    # the control plane merges the workers' counters
+    wait_for(lambda: feed_counts(svc).get("authz_feed_entries_total:joined") == 8)
+    assert decide(svc.address) == (True, 0)
