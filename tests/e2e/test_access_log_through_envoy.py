@@ -250,3 +250,45 @@ def test_a_slow_upstream_sheds_lower_classes_and_critical_keeps_flowing(tmp_path
         assert set(critical) == {200}
         # the upstream is idle again: nothing is shed any more
         wait_for(lambda: send("GET", f"{base}/report", key)[0] == 200, timeout=20)
+
+
+SCRAPE_POLICY = f"""\
+mode: enforce
+providers:
+  keys:
+    type: api_key
+    header: x-api-key
+    keys:
+      - {{id: k, sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}, owner: feed, scopes: [r], expires: "2999-01-01"}}
+detection:
+  mode: enforce
+  warmup: 0s
+  detectors:
+    enumeration: {{response: block, target: address, ttl: 10m, not_found: 5}}
+routes:
+  - {{name: files, path: "/files/{{name}}", methods: [GET], public: true}}
+  - {{name: get-order, path: "/v1/orders/{{id}}", methods: [GET], providers: [keys], scopes: [r]}}
+"""
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_public_route_reaches_the_detectors_only_through_the_feed(
+    tmp_path: Path, transport: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(SCRAPE_POLICY)
+    with LocalStack(path, tmp_path / "state", transport=transport, access_log="service") as stack:
+        base, key = stack.base_url, {"x-api-key": API_KEY, "host": "api.local"}
+        assert send("GET", f"{base}/v1/orders/1", key)[0] == 200
+        # Envoy serves the public route without asking authz: no decision record; the
+        # upstream's 404s are seen only in the access log, and an enumerator collects them
+        missing = {"host": "api.local", "x-echo-status": "404"}
+        for i in range(8):
+            assert send("GET", f"{base}/files/f{i}", missing)[0] == 404
+
+        def blocked() -> bool:
+            status, _, body = send("GET", f"{base}/v1/orders/2", key)
+            return status == 403 and json.loads(body)["error"] == "caller_blocked"
+
+        wait_for(blocked, timeout=20)
+        assert not [r for r in records(stack) if str(r["path"]).startswith("/files/")]
