@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,8 +78,6 @@ class ResponseFeed:
         self._public = self._counters["public"]
         self._dropped = self._counters["dropped"]
         self._invalid = self._counters["invalid"]
-        #: unix time of the last entry offered (0: none yet)
-        self.last_entry = 0.0
 
     @classmethod
     def of(cls, shared: Any, translate: Translate, **kwargs: Any) -> ResponseFeed:
@@ -105,7 +102,6 @@ class ResponseFeed:
         n = len(entries)
         if not n:
             return 0
-        self.last_entry = time.time()
         free = self.capacity - len(self._queue)
         if n > free:
             self._dropped.inc(n - max(free, 0))
