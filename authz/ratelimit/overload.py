@@ -1,6 +1,6 @@
 """Overload: when to shed, by priority class.
 
-Two signals, the stronger wins:
+Three signals, the strongest wins:
 
 - **Decisions in flight** in this process (counted by the engine, see
   :attr:`authz.stages.Shared.in_flight`): above ``background_at`` the
