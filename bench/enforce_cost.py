@@ -12,8 +12,10 @@ the same policy file but for its ``enforcement:`` section:
 
 Rounds alternate between the engines (so drift on a shared machine hits all three
 alike); each figure is the best round's CPU time per decision (``time.process_time``),
-and the ratios are of those best rounds. Optionally (``--blocked``) the cost of a
-denied request (a blocked subject) is shown beside them.
+and the ratios are of those best rounds; the cost of a denied request (a blocked
+subject) is shown beside them, for scale. Then the table's memory: bytes an entry
+(tracemalloc) with ``--memory`` entries held, and after as many again were put
+through the full table (evictions; the expiry heap at its bound).
 
     python bench/enforce_cost.py [--calls 20000] [--rounds 7]
 """
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--memory", type=int, default=100_000)
     args = parser.parse_args()
 
     from authz.engine import CompiledPolicy, PolicyEngine
@@ -125,6 +128,33 @@ def main() -> None:
             "blocked": "a blocked subject (403 caller_blocked), for scale",
         }.get(name, f"{len(enforcer.table):,} entries in force, none matching")
         print(f"{name:<8} {value * 1e6:8.2f} µs  {value / base:5.3f}x  {note}")
+    held, churned, evicted = table_memory(args.memory)
+    print(f"table memory: {held:.0f} bytes an entry with {args.memory:,} held; "
+          f"{churned:.0f} at peak after {evicted:,} more were evicted through it")  # fmt: skip
+
+
+def table_memory(n: int) -> tuple[float, float, int]:
+    """Bytes an entry (tracemalloc): ``n`` held; peak after ``n`` more evicted."""
+    import tracemalloc
+
+    from authz.respond.table import Entry, Table
+
+    def entry(i: int, now: float) -> Entry:
+        target = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        return Entry("block", "address", target, now, now + 3600, "detector", "honeypot",
+                     (("path", "/.env"),))  # fmt: skip
+
+    now = time.time()
+    tracemalloc.start()
+    table = Table(n)
+    for i in range(n):
+        table.put(entry(i, now))
+    held = tracemalloc.get_traced_memory()[0] / n
+    for i in range(n, 2 * n):
+        table.put(entry(i + (1 << 24), now))
+    peak = tracemalloc.get_traced_memory()[1] / n
+    tracemalloc.stop()
+    return held, peak, table.evictions
 
 
 if __name__ == "__main__":
