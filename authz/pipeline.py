@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from authz.core_stages import AuthorizeStage, CanonicalPathStage, IdentityStage, RouteStage
+from authz.detect.stage import DetectStage
 from authz.inventory import InventoryStage
 from authz.policy.config import RouteConfig
 from authz.ratelimit.stage import RATE_LIMIT_STAGES
@@ -56,6 +57,7 @@ STAGES: tuple[StageFactory, ...] = (
     CORE_STAGES[3],
     ValidationStage(),
     InventoryStage(),
+    DetectStage(),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.detection_config import DetectionConfig
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
 
@@ -223,6 +224,8 @@ class PolicyConfig:
     documents: tuple[str, ...] = ()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    #: Behavioural detection (None: the policy has no ``detection:`` section).
+    detection: DetectionConfig | None = None
     #: Automatic responses (blocks, revocations, throttles, step-up); None: no section.
     enforcement: EnforcementConfig | None = None
 

@@ -39,6 +39,7 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.policy.contract import build_contract, defaults_from
+from authz.policy.detection_loader import load_detection
 from authz.policy.document import JsonPath, json_path, parse_duration, parse_yaml
 from authz.policy.enforcement_loader import EnforcementBuilder
 from authz.policy.ratelimit_config import RateLimitConfig
@@ -237,6 +238,7 @@ class _Builder:
             rate_limits=rate_limits,
             decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
             or DecisionLogConfig(),
+            detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
         )
 

@@ -75,6 +75,7 @@ async def test_an_allow_lists_every_stage_in_run_order(policy_file: Path) -> Non
         ("post", "ratelimit", "pass"),
         ("post", "validation", "abstain"),
         ("observe", "inventory", "skipped"),
+        ("observe", "detect", "skipped"),
     ]
     found = by_name(steps)
     assert found[("route", "route")].element == "list-orders"
