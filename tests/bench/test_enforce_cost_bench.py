@@ -21,5 +21,7 @@ def test_enforce_cost_prints_each_setup_and_its_ratio() -> None:
     for name in ("off", "empty", "400", "blocked"):
         assert re.search(rf"^{name} +[0-9.]+ µs +[0-9.]+x ", result.stdout, re.M), result.stdout
     assert "400 entries in force, none matching" in result.stdout
+    assert re.search(r"^stages alone, 400: enforce_address \d+ ns, enforce_identity \d+ ns",
+                     result.stdout, re.M), result.stdout  # fmt: skip
     assert re.search(r"^table memory: \d+ bytes an entry with 2,000 held; \d+ at peak after "
                      r"2,000 more were evicted", result.stdout, re.M), result.stdout  # fmt: skip
