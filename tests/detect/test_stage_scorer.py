@@ -11,12 +11,13 @@ import textwrap
 from pathlib import Path
 
 from authz.detect.events import ACTION_SINK, Observation, credential_digest
-from authz.detect.intake import LogOnlySink, observation_of
+from authz.detect.intake import observation_of
 from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.detect.stage import Detect
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
 from authz.policy.loader import load_policy
+from authz.respond.enforcer import Enforcer
 from authz.stages import Shared
 from authz.telemetry.metrics import MemoryMetrics
 
@@ -143,7 +144,10 @@ async def test_actions_go_to_the_sink_registered_when_acting(tmp_path: Path) -> 
     shared = Shared()
     engine(tmp_path, shared, POLICY + "  detectors: {honeypot: {paths: [/.env]}}\n")
     scorer = scorer_of(shared)
-    assert ACTION_SINK not in shared._objects  # the build looked nothing up
+    # the build registered the enforcer (the policy has a detection: section); the
+    # scorer looks it up only when it acts
+    enforcer = shared._objects[ACTION_SINK]
+    assert isinstance(enforcer, Enforcer)
     scorer.offer(
         Observation(
             1.0,
@@ -164,10 +168,11 @@ async def test_actions_go_to_the_sink_registered_when_acting(tmp_path: Path) -> 
         )
     )
     scorer.drain()
-    sink = shared.get(ACTION_SINK, LogOnlySink)
-    assert isinstance(sink, LogOnlySink)
-    [action] = sink.actions
-    assert action.monitor  # the section's default mode is monitor
+    [record] = enforcer.actions()
+    assert record.action.detector == "honeypot"
+    assert record.action.monitor  # the section's default mode is monitor
+    assert record.outcome == "monitor"  # listed, not enforced
+    assert [e.monitor for e in enforcer.entries()] == [True]  # kept, never enforced
 
 
 async def test_a_reload_without_detection_stops_scoring(tmp_path: Path) -> None:

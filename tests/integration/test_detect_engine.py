@@ -1,4 +1,5 @@
-"""Detection through the engine: a honeypot hit becomes an Action at ACTION_SINK."""
+"""Detection through the engine: a honeypot hit becomes an Action at ACTION_SINK (the
+enforcer the build registered), and the block is enforced on the caller's next request."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
 from authz.policy.loader import load_policy
+from authz.respond.enforcer import Enforcer
 from authz.stages import Shared
 
 KEY = "key-of-team-a"
@@ -40,12 +42,15 @@ detection:
 """
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.actions: list[Action] = []
+def _enforcer(shared: Shared) -> Enforcer:
+    """The action sink the build registered (the policy has a detection: section)."""
+    enforcer = shared.get(ACTION_SINK, lambda: None)
+    assert isinstance(enforcer, Enforcer)
+    return enforcer
 
-    def apply(self, action: Action) -> None:
-        self.actions.append(action)
+
+def _actions(enforcer: Enforcer) -> list[Action]:
+    return [record.action for record in reversed(enforcer.actions())]
 
 
 def _engine(tmp_path: Path, shared: Shared) -> PolicyEngine:
@@ -61,8 +66,7 @@ async def test_a_honeypot_hit_reaches_the_registered_sink(tmp_path: Path) -> Non
     assert isinstance(scorer, Scorer)
     assert scorer in shared.runtimes  # registered by the build ...
     assert not scorer.running  # ... and not started by it
-    sink = RecordingSink()
-    shared.get(ACTION_SINK, lambda: sink)  # what the enforcer does at build
+    enforcer = _enforcer(shared)
     await shared.runtimes.start()
     try:
         await engine.check(
@@ -73,13 +77,22 @@ async def test_a_honeypot_hit_reaches_the_registered_sink(tmp_path: Path) -> Non
         )
         assert decision.status == 404  # undeclared: the honeypot still sees it
         for _ in range(100):
-            if sink.actions:
+            if len(enforcer.actions()) >= 2:
                 break
             await asyncio.sleep(0.02)
+        # enforced: the address is refused on its next request, before routing
+        later = await engine.check(
+            Request("GET", "/v1/orders/8", source_address="10.1.2.3", headers={"x-api-key": KEY})
+        )
+        assert (later.status, later.reason) == (403, "caller_blocked")
+        other = await engine.check(
+            Request("GET", "/v1/orders/8", source_address="10.1.2.4", headers={"x-api-key": KEY})
+        )
+        assert other.allowed
     finally:
         await shared.runtimes.aclose()
     assert not scorer.running
-    by_kind = {a.target_kind: a for a in sink.actions}
+    by_kind = {a.target_kind: a for a in _actions(enforcer)}
     # the address, and the credential it carried (unverified on an undeclared path: its digest)
     assert set(by_kind) == {"address", "token"}
     block = by_kind["address"]
@@ -98,8 +111,7 @@ async def test_a_honeypot_hit_reaches_the_registered_sink(tmp_path: Path) -> Non
 async def test_the_feed_reaches_the_detectors_and_public_routes_count(tmp_path: Path) -> None:
     shared = Shared()
     _engine(tmp_path, shared)
-    sink = RecordingSink()
-    shared.get(ACTION_SINK, lambda: sink)
+    enforcer = _enforcer(shared)
     hub = shared.get(RESPONSE_HUB, ResponseHub)
     assert len(hub) == 1  # the scorer subscribed once
     _engine(tmp_path, shared)  # a reload does not subscribe it twice
@@ -111,5 +123,5 @@ async def test_the_feed_reaches_the_detectors_and_public_routes_count(tmp_path: 
         ResponseObservation(1.0, "", "", "GET", "/wp-login.php", "10.9.9.9", 404, 10, 1.0, 0.5)
     )
     scorer.drain()
-    assert [(a.detector, a.target) for a in sink.actions] == [("honeypot", "10.9.9.9")]
+    assert [(a.detector, a.target) for a in _actions(enforcer)] == [("honeypot", "10.9.9.9")]
     assert shared.metrics.value("authz_detect_observations_total", "request") == 1
