@@ -1,0 +1,123 @@
+"""Run the scenario against the real stack: Envoy -> ``authz serve`` -> an echo upstream.
+
+:func:`run_scenario` builds the population from the config's seed, writes the
+scenario policy (keys from a JWKS file, so no issuer process competes for the
+CPU), starts :class:`~authz.demo.stack.LocalStack`, drives the traffic, asks the
+control plane for the actions it took, and returns everything the table needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from authz import devissuer
+from authz.demo.stack import LocalStack
+from bench.scenario import policy as scenario_policy
+from bench.scenario.driver import Run, drive
+from bench.scenario.population import Population, ScenarioConfig, build
+from bench.scenario.report import Actioned, ActionRecord, analyse
+
+ISSUER = "https://issuer.scenario"
+
+
+@dataclass
+class Outcome:
+    population: Population
+    run: Run
+    #: None: the control plane lists no actions (not in this build, or it failed)
+    actions: list[ActionRecord] | None
+    actioned: dict[str, Actioned]
+    #: False: this build's loader refuses the detection/enforcement sections
+    detection: bool
+    note: str
+    loadavg_before: tuple[float, float, float]
+    loadavg_after: tuple[float, float, float]
+    policy: Path
+
+
+def _ask_control(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz", *args, "--control", f"127.0.0.1:{stack.control_port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def fetch_actions(stack: LocalStack) -> tuple[list[ActionRecord] | None, str]:
+    """The actions the service lists over its control plane (``authz actions --json``)."""
+    try:
+        done = _ask_control(stack, "actions", "--json")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"authz actions: {exc}"
+    if done.returncode != 0:
+        return None, f"authz actions: exit {done.returncode}: {done.stderr.strip()[:300]}"
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        return None, f"authz actions: not JSON: {done.stdout[:200]!r}"
+    rows = data.get("actions", data) if isinstance(data, dict) else data
+    actions = []
+    for row in rows:
+        actions.append(
+            ActionRecord(
+                time=float(row.get("time", 0.0)),
+                detector=str(row.get("detector", "")),
+                response=str(row.get("response", "")),
+                target_kind=str(row.get("target_kind", "")),
+                target=str(row.get("target", "")),
+                monitor=bool(row.get("monitor", False)),
+            )
+        )
+    return actions, ""
+
+
+def run_scenario(
+    config: ScenarioConfig,
+    work: Path | None = None,
+    *,
+    transport: str = "grpc",
+    sections: str | None = None,
+    warmup: str = "30s",
+    serve_args: tuple[str, ...] = (),
+) -> Outcome:
+    work = work or Path(tempfile.mkdtemp(prefix="authz-scenario-"))
+    key = devissuer.generate_key("ES256")
+    population = build(config, key, ISSUER)
+    path = scenario_policy.write(
+        population, work, issuer=ISSUER, jwks=devissuer.jwks([key]), sections=sections,
+        warmup=warmup,
+    )  # fmt: skip
+    detection, note = scenario_policy.supported(path)
+    if not detection:  # before detection lands: the same traffic, no detection
+        path = scenario_policy.write(
+            population, work, issuer=ISSUER, jwks=devissuer.jwks([key]), sections=""
+        )
+        note = f"this build refuses the detection/enforcement sections ({note.splitlines()[0]})"
+    stack = LocalStack(
+        policy=path, state_dir=work / "state", transport=transport, envoy_timeout=2.0,
+        extra_serve_args=serve_args,
+    )  # fmt: skip
+    before = os.getloadavg()
+    stack.start()
+    try:
+        run = asyncio.run(drive(population, "127.0.0.1", stack.listen_port))
+        after = os.getloadavg()
+        time.sleep(0.5)  # the scorer's last drain
+        actions, why = fetch_actions(stack) if detection else (None, "")
+        if why:
+            note = (note + "; " if note else "") + why
+    finally:
+        stack.stop()
+    return Outcome(
+        population, run, actions, analyse(population, run, actions), detection, note, before,
+        after, path,
+    )  # fmt: skip
