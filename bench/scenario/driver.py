@@ -37,6 +37,8 @@ class Result:
     #: the deny's reason code (the JSON body's ``error``), "" for an allow
     reason: str
     path: str
+    #: the request's tag ("stale": a legitimate client's request meant to fail)
+    tag: str = ""
 
     @property
     def upstream(self) -> bool:
@@ -129,7 +131,7 @@ class Lane:
             out.append(
                 Result(
                     self.client, self.source, event.at, sent - t0, now - sent, status, reason,
-                    event.request.path,
+                    event.request.path, event.request.tag,
                 )
             )  # fmt: skip
         self._close()

@@ -44,17 +44,19 @@ routes:
   - {{name: reports, path: /v1/reports, methods: [GET], providers: [keys], scopes: [orders:read]}}
 """
 
-#: Detection and enforcement for a three-minute run (warm-up 30 s, 60 s windows).
+#: Detection and enforcement for a three-minute run: everything enforced after a 30 s
+#: warm-up (the honeypot from the first request), thresholds at their defaults but the
+#: ones named here.
 DETECTION = """\
 detection:
   mode: enforce
   warmup: {warmup}
   detectors:
-    credential_stuffing: {{response: block, target: prefix, ttl: 15m, window: 60s, failures: 20, distinct_identities: 10}}
-    enumeration: {{response: throttle, ttl: 10m, distinct_ids: 50, window: 60s}}
-    token_sharing: {{response: revoke, addresses: 8, window: 10m}}
-    data_volume: {{response: log}}
     honeypot: {{response: block, target: address, ttl: 1h, paths: ["/.env", "/wp-login.php", "/admin/backup.zip", "/.git/**"]}}
+    credential_stuffing: {{response: block, target: address, ttl: 15m, window: 60s, failures: 20, prefix_failures: 40, distinct_identities: 10}}
+    enumeration: {{response: throttle, target: identity, ttl: 10m, window: 60s, distinct_ids: 50, sequential: 25}}
+    token_sharing: {{response: revoke, target: token, window: 10m, addresses: 8}}
+    data_volume: {{response: log}}
 enforcement:
   store: memory
   max_entries: 100000

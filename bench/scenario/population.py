@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -65,6 +66,13 @@ class ScenarioConfig:
     #: requests/s from each of the sharer's addresses
     sharer_rate: float = 0.25
     prober_rate: float = 0.5
+    #: share of JWT users who send from two addresses (home and a phone on a carrier NAT)
+    mobile_share: float = 0.15
+    #: share of JWT users who browse many distinct products
+    browser_share: float = 0.05
+    #: share of a normal identity's requests that fail authentication (expired token,
+    #: retired key): legitimate failures, spread over the population
+    stale_share: float = 0.02
 
     def with_(self, **changes: object) -> ScenarioConfig:
         from dataclasses import replace
@@ -97,6 +105,8 @@ class Request:
     path: str
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    #: "stale": a legitimate client's request that is meant to fail (an expired token)
+    tag: str = ""
 
     def encode(self, host: str = HOST) -> bytes:
         lines = [f"{self.method} {self.path} HTTP/1.1", f"host: {host}"]
@@ -164,9 +174,21 @@ class Population:
 # ----------------------------------------------------------------------------- addresses
 
 
+#: the first OFFICE normal identities work behind one office network (one /24)
+OFFICE = 40
+
+
 def normal_address(i: int) -> str:
-    """Eight normal identities per /24, as customers behind the same ISPs."""
-    return f"127.10.{i // 8}.{10 + i % 8}"
+    """An office /24 of ``OFFICE`` identities, then eight per /24 (home ISPs)."""
+    if i < OFFICE:
+        return f"127.10.0.{10 + i}"
+    j = i - OFFICE
+    return f"127.10.{1 + j // 8}.{10 + j % 8}"
+
+
+def mobile_address(k: int) -> str:
+    """A mobile carrier's CGNAT range: the k-th phone's address."""
+    return f"127.30.{k // 200}.{10 + k % 200}"
 
 
 HEAVY_ADDRESS = "127.20.0.2"
@@ -273,17 +295,32 @@ def _order_body(rng: random.Random) -> bytes:
     return json.dumps({"items": items}).encode()
 
 
+def _sku(rng: random.Random, wide: bool) -> str:
+    """A product: most shoppers look at the popular ones, a browser at anything."""
+    if wide:
+        return f"SKU-{rng.randrange(1000, 1400)}"
+    return f"SKU-{int(rng.paretovariate(1.2) * 1000) % 400 + 1000}"
+
+
 def shopper_request(
-    rng: random.Random, auth: tuple[tuple[str, str], ...], orders: list[int]
+    rng: random.Random,
+    auth: tuple[tuple[str, str], ...],
+    orders: list[int],
+    *,
+    wide: bool = False,
+    launch: bool = False,
 ) -> Request:
-    """A shopper's day: browse products, look at their own orders, now and then buy."""
+    """A shopper's day: browse products, look at their own orders, now and then buy.
+    ``wide``: a browser who looks at many products; ``launch``: the surge's new product."""
     r = rng.random()
+    if launch and r < 0.5:
+        if r < 0.35:
+            return Request("GET", "/v1/products/LAUNCH-1", auth)
+        return Request("POST", "/v1/orders", auth, _order_body(rng))
     if r < 0.30:
         return Request("GET", f"/v1/products?page={rng.randint(1, 5)}", auth)
-    if r < 0.55:
-        return Request(
-            "GET", f"/v1/products/SKU-{int(rng.paretovariate(1.2) * 1000) % 400 + 1000}", auth
-        )
+    if r < (0.70 if wide else 0.55):
+        return Request("GET", f"/v1/products/{_sku(rng, wide)}", auth)
     if r < 0.68:
         return Request("GET", "/v1/orders", auth)
     if r < 0.84:
@@ -294,7 +331,12 @@ def shopper_request(
 
 
 def integration_request(
-    rng: random.Random, auth: tuple[tuple[str, str], ...], orders: list[int]
+    rng: random.Random,
+    auth: tuple[tuple[str, str], ...],
+    orders: list[int],
+    *,
+    wide: bool = False,
+    launch: bool = False,
 ) -> Request:
     """A partner's integration: order status sync and reports."""
     r = rng.random()
@@ -343,10 +385,11 @@ def build(
     clients: list[Client] = []
     api_keys: list[tuple[str, str, str]] = []
 
-    def mint(subject: str, ttl: float = 3600) -> str:
+    def mint(subject: str, ttl: float = 3600, now: float | None = None) -> str:
         return devissuer.mint(
-            key, issuer=issuer, subject=subject, audience=AUDIENCE, scopes=SCOPES, ttl=ttl
-        )
+            key, issuer=issuer, subject=subject, audience=AUDIENCE, scopes=SCOPES, ttl=ttl,
+            now=now,
+        )  # fmt: skip
 
     def surge_of(factor: float) -> Callable[[float], float]:
         s0, s1 = config.surge_start, config.surge_start + config.surge_length
@@ -360,33 +403,43 @@ def build(
     n_keys = round(config.normals * config.api_key_share)
     key_users = set(rng.sample(range(config.normals), n_keys)) if n_keys else set()
     surgers = set(rng.sample(range(config.normals), round(config.normals * config.surge_share)))
+    s0, s1 = config.surge_start, config.surge_start + config.surge_length
+    phones = 0
     for i in range(config.normals):
         crng = random.Random(f"{config.seed}:normal:{i}")
         name = f"normal-{i:04d}"
         rate = config.normal_rate * math.exp(crng.gauss(0, 0.5) - 0.125)  # mean normal_rate
         factor = crng.choice((2.0, 3.0)) if i in surgers and config.surge_length > 0 else 1.0
+        addresses: tuple[str, ...] = (normal_address(i),)
+        wide = False
         if i in key_users:
+            subject = f"partner-{i:04d}"
             secret = f"sk-{name}-{crng.getrandbits(64):016x}"
-            api_keys.append((f"partner-{i:04d}", key_digest(secret), name))
-            auth, creds, subject = (
-                _key(secret),
-                credential_names(secret) | {f"partner-{i:04d}"},
-                f"partner-{i:04d}",
-            )
+            api_keys.append((subject, key_digest(secret), name))
+            auth, creds = _key(secret), credential_names(secret)
+            stale = _key(f"sk-{name}-retired-{crng.getrandbits(32):08x}")  # a rotated-out key
             make, orders = integration_request, _own_orders(crng, i, 12)
         else:
-            token = mint(f"user-{i:04d}")
-            auth, creds, subject = (
-                _bearer(token),
-                credential_names(token, _jti(token)),
-                f"user-{i:04d}",
-            )
+            subject = f"user-{i:04d}"
+            token = mint(subject)
+            auth, creds = _bearer(token), credential_names(token, _jti(token))
+            stale = _bearer(mint(subject, ttl=600, now=time.time() - 3600))  # expired
             make, orders = shopper_request, _own_orders(crng, i, 4)
-        client = Client(name, "normal", (normal_address(i),), subject, creds | {subject}, factor)
+            if crng.random() < config.mobile_share:  # home and phone
+                addresses = (*addresses, mobile_address(phones))
+                phones += 1
+            wide = crng.random() < config.browser_share
+        client = Client(name, "normal", addresses, subject, creds | {subject}, factor)
         for t in _arrivals(
             crng, 0.0, end, _normal_rate(rate, end, surge_of(factor)), rate * 1.3 * factor
         ):
-            client.events.append(Event(t, client.addresses[0], make(crng, auth, orders)))
+            source = addresses[0] if len(addresses) == 1 or crng.random() < 0.6 else addresses[1]
+            if crng.random() < config.stale_share:  # a refresh race, a retired key
+                request = Request("GET", "/v1/orders", stale, tag="stale")
+            else:
+                launch = factor > 1.0 and s0 <= t < s1
+                request = make(crng, auth, orders, wide=wide, launch=launch)
+            client.events.append(Event(t, source, request))
         clients.append(client)
 
     # -- the legitimate heavy user

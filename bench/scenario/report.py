@@ -112,8 +112,9 @@ def analyse(
 
 
 def _expected_deny(client: Client, r: Result) -> bool:
-    """Denies an attacker earns without any detection (bad credentials, decoy paths)."""
-    return client.kind in ("stuffer", "prober")
+    """Denies earned without any detection: an attacker's bad credentials and decoy
+    paths, a legitimate client's stale token or retired key."""
+    return client.kind in ("stuffer", "prober") or r.tag == "stale"
 
 
 def _pct(n: int, d: int) -> str:

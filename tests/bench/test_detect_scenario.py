@@ -62,6 +62,15 @@ def test_population_shape(full: Population) -> None:
     for name in ATTACKERS:
         for addr in full.client(name).addresses:
             assert all(ipaddress.ip_address(addr) not in n for n in normal_nets)
+    # an office network (one /24 of 40), phones on a carrier NAT, a little legitimate failure
+    nets = Counter(
+        str(ipaddress.ip_network(f"{a}/24", strict=False)) for c in normals for a in c.addresses
+    )
+    assert nets["127.10.0.0/24"] == 40
+    phones = [c for c in normals if len(c.addresses) == 2]
+    assert 15 < len(phones) < 45 and nets["127.30.0.0/24"] == len(phones)
+    stale = sum(1 for c in normals for e in c.events if e.request.tag == "stale")
+    assert 0.01 < stale / sum(len(c.events) for c in normals) < 0.03
     # the heavy user runs from the start at its rate; attackers start after the warm-up
     heavy = full.client("heavy-ci")
     assert heavy.start < 1.0
