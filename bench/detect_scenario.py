@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="the short scenario of the e2e test")
     p.add_argument("--normals", type=int, help="normal identities (default 200; smoke 12)")
     p.add_argument("--duration", type=float, help="seconds of traffic (default 180)")
+    p.add_argument(
+        "--stale-share", type=float, help="legitimate requests that fail auth (default 0.02)"
+    )
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     p.add_argument("--warmup", default="30s", help="detection.warmup in the policy")
     p.add_argument(
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_(normals=args.normals)
     if args.duration is not None:
         config = config.with_(duration=args.duration)
+    if args.stale_share is not None:
+        config = config.with_(stale_share=args.stale_share)
     sections = args.sections.read_text() if args.sections else None
     out = run_scenario(
         config, args.work, transport=args.transport, sections=sections,

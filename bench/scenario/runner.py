@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,8 @@ def fetch_actions(stack: LocalStack) -> tuple[list[ActionRecord] | None, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"authz actions: {exc}"
     if done.returncode != 0:
-        return None, f"authz actions: exit {done.returncode}: {done.stderr.strip()[:300]}"
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        return None, f"authz actions: exit {done.returncode}: {last[:200]}"
     try:
         data = json.loads(done.stdout)
     except ValueError:
@@ -78,6 +80,34 @@ def fetch_actions(stack: LocalStack) -> tuple[list[ActionRecord] | None, str]:
             )
         )
     return actions, ""
+
+
+_ACTION_LINE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) \w+ authz\.detect \[\d+\] "
+    r"action (?P<detector>\w+) (?P<response>\w+) (?P<kind>\w+)=(?P<target>\S+) "
+    r"ttl=\S+ \((?P<mode>\w+)\)"
+)
+
+
+def actions_from_log(path: Path) -> list[ActionRecord]:
+    """The actions the detectors logged (``authz.detect``: ``action DETECTOR RESPONSE
+    KIND=TARGET ttl=... (enforce|monitor)``), when the control plane cannot list them."""
+    out = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        m = _ACTION_LINE.match(line)
+        if m is None:
+            continue
+        when = time.mktime(time.strptime(m["date"], "%Y-%m-%d %H:%M:%S")) + int(m["ms"]) / 1000
+        out.append(
+            ActionRecord(
+                when, m["detector"], m["response"], m["kind"], m["target"], m["mode"] == "monitor"
+            )
+        )
+    return out
 
 
 def run_scenario(
@@ -113,10 +143,11 @@ def run_scenario(
         after = os.getloadavg()
         time.sleep(0.5)  # the scorer's last drain
         actions, why = fetch_actions(stack) if detection else (None, "")
-        if why:
-            note = (note + "; " if note else "") + why
     finally:
         stack.stop()
+    if detection and actions is None:
+        actions = actions_from_log(stack.state_dir / "authz.log")
+        note = (note + "; " if note else "") + f"actions from the service's log ({why})"
     return Outcome(
         population, run, actions, analyse(population, run, actions), detection, note, before,
         after, path,

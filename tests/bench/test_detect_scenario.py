@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from bench.scenario.population import (
     build,
 )
 from bench.scenario.report import ActionRecord, analyse, table, verdict
+from bench.scenario.runner import actions_from_log
 
 ISSUER = "https://issuer.test"
 
@@ -181,3 +183,21 @@ def test_false_actions_split_by_detector(key: devissuer.DevKey) -> None:
     assert "| surge (20-40 s) | legitimate |" in text
     _, notes = verdict(pop, out)
     assert f"{surger.name}: false action (enumeration:throttle)" in notes
+
+
+def test_actions_from_the_service_log(tmp_path: Path) -> None:
+    log = tmp_path / "authz.log"
+    log.write_text(
+        "2026-12-02 14:03:53,972 WARNING authz.detect [14467] action credential_stuffing block "
+        "prefix=127.66.6.0/24 ttl=900s (enforce) evidence={'feature': 'prefix_failures'}\n"
+        "2026-12-02 14:03:53,973 WARNING authz.respond [14467] action: block prefix 127.66.6.0/24\n"
+        "2026-12-02 14:04:03,869 WARNING authz.detect [14467] action honeypot block "
+        "address=127.88.0.9 ttl=3600s (monitor) evidence={'path': '/.env'}\n"
+    )
+    actions = actions_from_log(log)
+    assert [(a.detector, a.response, a.target_kind, a.target, a.monitor) for a in actions] == [
+        ("credential_stuffing", "block", "prefix", "127.66.6.0/24", False),
+        ("honeypot", "block", "address", "127.88.0.9", True),
+    ]
+    assert actions[1].time - actions[0].time == pytest.approx(9.897)
+    assert actions_from_log(tmp_path / "missing.log") == []
