@@ -73,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detection: off: {out.note}")
     elif out.note:
         print(f"note: {out.note}")
-    print(
-        f"actions listed by the control plane: {'n/a' if out.actions is None else len(out.actions)}"
-    )
+    listed = "n/a" if out.actions is None else str(len(out.actions))
+    print(f"actions listed: {listed} ({out.actions_source or 'none'})")
     print(f"other answers to legitimate clients: {other_answers(pop, out.actioned)}")
     late = sum(1 for r in run.results if r.sent - r.due > 1.0)
     print(f"requests sent more than 1 s late: {late} of {len(run.results)}")

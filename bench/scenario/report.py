@@ -51,7 +51,7 @@ def _matches(client: Client, action: ActionRecord) -> bool:
     return target in client.credentials  # token, api_key
 
 
-@dataclass
+@dataclass(eq=False)
 class Actioned:
     """What happened to one client."""
 
@@ -70,6 +70,8 @@ class Actioned:
     #: answers that are neither 200 nor an enforce deny (errors, other denies)
     other: Counter[str] = field(default_factory=Counter)
     results: list[Result] = field(default_factory=list)
+    #: (seconds after the run's start, "detector:response") of every action naming it
+    listed: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def since_start(self) -> float | None:
@@ -85,15 +87,16 @@ def analyse(
         results[r.client].append(r)
     for action in actions or ():
         when = action.time - run.wall_start
+        # log-only and monitor-mode actions are listed, never in force: not a first action
+        enforced = not action.monitor and action.response != "log"
+        label = f"{action.detector}:{action.response}" + (" (monitor)" if action.monitor else "")
         for client in population.clients:
             if not _matches(client, action):
                 continue
             a = out[client.name]
-            label = f"{action.detector}:{action.response}" + (
-                " (monitor)" if action.monitor else ""
-            )
             a.detectors[label] += 1
-            if not action.monitor and (a.first is None or when < a.first):
+            a.listed.append((when, label))
+            if enforced and (a.first is None or when < a.first):
                 a.first, a.by = when, label
     for name, rs in results.items():
         a = out[name]
@@ -126,9 +129,12 @@ def _group_row(label: str, kind: str, members: Sequence[Actioned], since: float 
     sent = [r for m in members for r in m.results if r.sent >= since]
     requests = len(sent)
     denied = sum(1 for r in sent if r.reason in ENFORCE_REASONS)
-    by: Counter[str] = Counter()
-    for m in hit:
-        by.update(m.detectors.keys() or [m.by])
+    by: Counter[str] = Counter()  # clients per detector:response (monitor/log ones too)
+    for m in members:
+        labels = {label for when, label in m.listed if when >= since}
+        if m.first is not None and m.first >= since and not labels:
+            labels = {m.by}  # a deny's reason, when no action was listed
+        by.update(labels)
     split = ", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "-"
     first = min((m.since_start for m in hit if m.since_start is not None), default=None)
     first_text = "-" if first is None else f"{first:.1f}"

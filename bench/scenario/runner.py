@@ -42,6 +42,8 @@ class Outcome:
     loadavg_before: tuple[float, float, float]
     loadavg_after: tuple[float, float, float]
     policy: Path
+    #: where the actions came from: "control plane", "service log" or ""
+    actions_source: str = ""
 
 
 def _ask_control(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -143,12 +145,13 @@ def run_scenario(
         after = os.getloadavg()
         time.sleep(0.5)  # the scorer's last drain
         actions, why = fetch_actions(stack) if detection else (None, "")
+        source = "control plane" if actions is not None else ""
     finally:
         stack.stop()
     if detection and actions is None:
-        actions = actions_from_log(stack.state_dir / "authz.log")
+        actions, source = actions_from_log(stack.state_dir / "authz.log"), "service log"
         note = (note + "; " if note else "") + f"actions from the service's log ({why})"
     return Outcome(
         population, run, actions, analyse(population, run, actions), detection, note, before,
-        after, path,
+        after, path, source,
     )  # fmt: skip
