@@ -149,6 +149,8 @@ def test_table_from_denies_and_listed_actions(key: devissuer.DevKey) -> None:
         ActionRecord(wall + 20, "credential_stuffing", "block", "prefix", "127.66.6.0/24"),
         # a monitor-mode action is listed, not counted as the first action
         ActionRecord(wall + 3, "enumeration", "throttle", "subject", "user-0002", monitor=True),
+        # so is a log-only one
+        ActionRecord(wall + 4, "data_volume", "log", "subject", "user-0003"),
     ]
     out = analyse(pop, Run(results, wall, 24.0), actions)
     assert out["prober"].since_start == pytest.approx(0.5)
@@ -160,10 +162,16 @@ def test_table_from_denies_and_listed_actions(key: devissuer.DevKey) -> None:
     assert out["normal-0001"].first is None
     assert out["normal-0002"].first is None  # monitor only
     assert out["normal-0002"].detectors == {"enumeration:throttle (monitor)": 1}
+    assert out["normal-0003"].first is None and out["normal-0003"].listed == [
+        (4.0, "data_volume:log")
+    ]
     text = table(pop, out)
     assert "| prober | attacker | 1 addr | 4 | yes | 0.5 | honeypot:block | 1/3 (33.3%) |" in text
     assert "| enumerator | attacker | 1 addr | 0 | no | never | - | - |" in text
-    assert "| normal identities | legitimate | 12 | 1 | 0 (0.0%) |" in text
+    assert (
+        "| normal identities | legitimate | 12 | 1 | 0 (0.0%) | - "
+        "| data_volume:log 1, enumeration:throttle (monitor) 1 | 0 denied (0.0%) |"
+    ) in text
     ok, notes = verdict(pop, out)
     assert not ok and notes == ["enumerator: never actioned"]
 
