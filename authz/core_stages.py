@@ -89,7 +89,7 @@ class Identify:
     """Asks the route's providers in plan order; the first that does not abstain decides.
 
     Reads the providers from ``ctx.plan`` (its ``providers``, ``exclusive`` and
-    ``answers``, see :func:`authz.engine.credential_plan`), so one object serves every
+    ``answers``, see :func:`authz.compiled.credential_plan`), so one object serves every
     route. Each provider is asked ``authenticate_now`` first
     (:mod:`authz.identity.base`); only a WAIT makes the rest a coroutine.
     """

@@ -8,8 +8,8 @@ Decision (status, the challenge the error names, JSON body), applies monitor mod
 and writes exactly one decision record. It has no branch for any stage.
 ``check`` never raises.
 
-A :class:`CompiledPolicy` holds everything prepared at load (route table,
-providers, per-route plans, header lists); swapping it is one assignment, so a
+A :class:`~authz.compiled.CompiledPolicy` holds everything prepared at load (route
+table, providers, per-route plans, header lists); swapping it is one assignment, so a
 reload is atomic for every request that starts after it.
 """
 
@@ -21,29 +21,21 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from authz import pipeline
 from authz import reasons as R
 from authz.audit.sink import DecisionSink, NullSink
-from authz.authorize import Authorizer
+from authz.compiled import IDENTITY_HEADER_CACHE_SIZE, identity_header_parts
+
+# CompiledPolicy is re-exported: most callers import it with PolicyEngine from here.
+from authz.compiled import CompiledPolicy as CompiledPolicy
 from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
 from authz.explain import Step
-from authz.identity.base import Answer, Clock, Fetcher, IdentityProvider, answer_now
-from authz.identity.registry import build_provider
+from authz.identity.base import Clock
 from authz.model import Decision, Identity, Request
 from authz.paths import path_shape
-from authz.policy.config import (
-    ApiKeyProviderConfig,
-    JwtProviderConfig,
-    PolicyConfig,
-    RouteConfig,
-)
 from authz.record import DecisionListener, make_record, trace_context
-from authz.routing import Router
-from authz.runtime import Runtimes, Together
-from authz.stages import Context, Load, Shared, Stage, StageFactory, step_of
-from authz.stages import Step as StageStep
+from authz.stages import Context, Stage, step_of
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.engine")
@@ -51,178 +43,6 @@ log = logging.getLogger("authz.engine")
 MAX_UNDECLARED_SHAPES = 10_000
 #: Reason codes whose counter handle the engine keeps bound (more than the registry has).
 MAX_REASON_HANDLES = 256
-
-
-#: Identities whose header block is kept per policy (see _identity_headers).
-IDENTITY_HEADER_CACHE_SIZE = 4096
-
-Headers = tuple[tuple[str, str], ...]
-
-
-def _identity_header_parts(
-    policy: CompiledPolicy, identity: Identity
-) -> tuple[Headers, Headers, tuple[str, ...]]:
-    """(headers before the decision id, headers after it, headers to remove)."""
-    names = policy.config.headers
-    if identity.kind == "anonymous":
-        return (), (), tuple(h for h in policy.identity_headers if h != names.decision_id)
-    before = (
-        (names.subject, _header_value(identity.subject)),
-        (names.identity_type, identity.kind),
-        (names.provider, identity.provider),
-    )
-    after = []
-    remove = [names.ratelimit]  # set by the rate-limit stage when a limit applies
-    if identity.issuer:
-        after.append((names.issuer, _header_value(identity.issuer)))
-    else:
-        remove.append(names.issuer)
-    if identity.scopes:
-        after.append((names.scopes, _header_value(" ".join(sorted(identity.scopes)))))
-    else:
-        remove.append(names.scopes)
-    return before, tuple(after), tuple(remove)
-
-
-def _header_value(value: str) -> str:
-    """A value safe to put in an HTTP header (control characters percent-encoded)."""
-    if value.isascii() and value.isprintable():
-        return value
-    return "".join(
-        c if (c.isascii() and c.isprintable()) else "".join(f"%{b:02X}" for b in c.encode())
-        for c in value
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
-    """What the engine needs for one route, prepared at load."""
-
-    route: RouteConfig
-    providers: tuple[IdentityProvider, ...]  # in the order they are asked
-    authorizer: Authorizer
-    monitor: bool
-    strip: tuple[str, ...]  # credential headers to remove upstream
-    #: The route's stages (phases pre, identity, authorize, post), in run order.
-    stages: tuple[Stage, ...] = ()
-    #: Their steps (:func:`authz.stages.step_of`, bound at load): what the hot path calls.
-    steps: tuple[StageStep, ...] = ()
-    #: Providers whose credentials must not be sent together (see credential_plan);
-    #: empty unless the route is exclusive with two or more request credentials.
-    exclusive: tuple[IdentityProvider, ...] = ()
-    #: (provider, its bound ``authenticate_now``) in ``providers`` order, made from
-    #: ``providers`` (so a replaced plan gets its own): what the identity stage asks.
-    answers: tuple[tuple[IdentityProvider, Callable[[Request], Answer]], ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        answers = tuple((p, answer_now(p)) for p in self.providers)
-        object.__setattr__(self, "answers", answers)
-
-
-def credential_plan(
-    route: RouteConfig, providers: tuple[IdentityProvider, ...]
-) -> tuple[tuple[IdentityProvider, ...], tuple[IdentityProvider, ...]]:
-    """(the order providers are asked in, the providers checked for two credentials).
-
-    ``first_match``: route order, nothing checked; the first provider whose
-    credential is present decides. ``exclusive``: a credential in the request
-    (header, query) decides, so it is never left unverified beside another; the
-    connection's own identity (mTLS) is asked after those, and only matters when
-    the request carries no credential. Only routes with two or more request
-    credential providers pay for the check.
-    """
-    if route.credentials == "first_match":
-        return providers, ()
-    in_request = tuple(p for p in providers if not p.connection_credential)
-    connection = tuple(p for p in providers if p.connection_credential)
-    return in_request + connection, in_request if len(in_request) > 1 else ()
-
-
-class CompiledPolicy:
-    """A loaded policy with its providers and stages; ``start`` makes it ready to serve.
-
-    Building starts nothing: the providers are registered in :attr:`runtimes` (started
-    by :meth:`start`, closed by :meth:`close`); process-wide state a stage needs is
-    registered in ``shared.runtimes``, which the service starts once the build succeeded.
-    ``stages`` replaces the registry (:data:`authz.pipeline.STAGES`); the core stages
-    (canonical path, route, identity, authorize) are added if it lacks them.
-    """
-
-    def __init__(
-        self,
-        config: PolicyConfig,
-        *,
-        clock: Clock = time.time,
-        fetcher: Fetcher | None = None,
-        shared: Shared | None = None,
-        stages: Sequence[StageFactory] | None = None,
-    ) -> None:
-        self.config = config
-        self.shared = shared if shared is not None else Shared()
-        factories = pipeline.ordered(stages)
-        self.version = config.version
-        self.router = Router(config.routes)
-        self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
-            for p in config.providers
-        }
-        #: the policy's own runtimes: its identity providers (JWKS caches), started together
-        self.runtimes = Runtimes()
-        self.runtimes.add(Together(self.providers.values(), name="identity providers"))
-        header_of = {
-            p.name: p.header
-            for p in config.providers
-            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
-        }
-        global_monitor = config.mode == "monitor"
-        self.plans: dict[str, RoutePlan] = {}
-        load = Load(config, self.shared, self.providers, self.router, self.plans)
-        for route in config.routes:
-            strip: tuple[str, ...] = ()
-            if route.strip_credential:
-                strip = tuple(sorted({header_of[n] for n in route.providers if n in header_of}))
-            order, exclusive = credential_plan(
-                route, tuple(self.providers[n] for n in route.providers)
-            )
-            route_stages = pipeline.build(factories, pipeline.ROUTE_PHASES, load, route)
-            self.plans[route.name] = RoutePlan(
-                route=route,
-                providers=order,
-                exclusive=exclusive,
-                authorizer=Authorizer(route),
-                monitor=global_monitor if route.mode is None else route.mode == "monitor",
-                strip=strip,
-                stages=route_stages,
-                steps=tuple(step_of(stage) for stage in route_stages),
-            )
-        #: canonical path, request-phase gates, route: before a route is known
-        self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
-        self.head_steps = tuple(step_of(stage) for stage in self.head)
-        self.observers = pipeline.build(factories, ("observe",), load, None)
-        self.observer_steps = tuple(step_of(stage) for stage in self.observers)
-        #: every factory's (name, phase), in run order: explain lists the ones that
-        #: have nothing to do on a route as "abstain"
-        self.registered = tuple((f.name, f.phase) for f in factories)
-        self.global_monitor = global_monitor
-        self.undeclared_monitor = global_monitor or config.undeclared_routes == "monitor"
-        names = config.headers
-        self.identity_headers = names.all()
-        self.decision_id_header = names.decision_id
-        #: id(identity) -> (identity, headers before/after the decision id, to remove)
-        self.identity_headers_cache: dict[
-            int, tuple[Identity, Headers, Headers, tuple[str, ...]]
-        ] = {}
-        self.realm = config.realm.replace('"', "")
-        self.log_fails_closed = config.decision_log.on_failure == "deny"
-
-    async def start(self) -> None:
-        await self.runtimes.start()
-
-    def ready(self) -> bool:
-        return all(p.ready() for p in self.providers.values())
-
-    async def close(self) -> None:
-        await self.runtimes.aclose()
 
 
 class PolicyEngine:
@@ -389,7 +209,7 @@ class PolicyEngine:
         cache = policy.identity_headers_cache
         entry = cache.get(id(identity))
         if entry is None or entry[0] is not identity:
-            entry = (identity, *_identity_header_parts(policy, identity))
+            entry = (identity, *identity_header_parts(policy, identity))
             if len(cache) >= IDENTITY_HEADER_CACHE_SIZE:
                 cache.clear()  # eviction: start over; refilling costs ~1 µs an identity
             cache[id(identity)] = entry

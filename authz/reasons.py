@@ -237,14 +237,14 @@ CREDENTIAL_REVOKED = _add(
     401,
     "enforce",
     "the token (`jti` or digest), the subject or the API key is revoked until it expires or "
-    "an operator lifts it (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
+    'an operator lifts it (`WWW-Authenticate: Bearer error="invalid_token"`)',
 )
 STEP_UP_REQUIRED = _add(
     "step_up_required",
     401,
     "enforce",
     "the caller must authenticate again more strongly (RFC 9470: `WWW-Authenticate: Bearer "
-    "error=\"insufficient_user_authentication\"` with `acr_values` / `max_age`)",
+    'error="insufficient_user_authentication"` with `acr_values` / `max_age`)',
 )
 CALLER_THROTTLED = _add(
     "caller_throttled",

@@ -1,10 +1,7 @@
 """The running service: load the policy, serve, reload, drain.
 
-- Health is NOT_SERVING until the policy is loaded and every provider is ready
-  (JWKS fetched), SERVING after, NOT_SERVING again while draining. Once serving,
-  a monitor re-checks readiness every second: a provider whose keys went stale
-  (issuer unreachable past ``jwks_stale_ttl``) turns health NOT_SERVING until its
-  keys are usable again; each transition is logged once.
+- Health (:mod:`authz.health`) is NOT_SERVING until the policy is loaded and every
+  provider is ready, SERVING after, NOT_SERVING again while draining.
 - A changed policy file or OpenAPI document it names (polled) or SIGHUP reloads:
   a valid policy whose providers become ready swaps in atomically; an invalid one is logged with
   every problem and the old one keeps serving. Changes are detected by content (a hash of
@@ -13,8 +10,8 @@
   new version opens up (:mod:`authz.policy.diff`) is logged, one line per finding.
 - SIGTERM/SIGINT drain: NOT_SERVING, in-flight calls finish (up to the drain
   timeout), then exit.
-- ``--workers N`` runs N processes on one port with SO_REUSEPORT; the parent
-  forwards signals and restarts a worker that dies.
+- ``--workers N`` runs N processes on one port with SO_REUSEPORT
+  (:mod:`authz.supervisor`); the parent forwards signals and restarts a worker that dies.
 - Transports: gRPC (``--grpc``), HTTP (``--http``), or both, sharing one engine.
   The HTTP transport's health is ``GET /healthz`` (200 only when ready).
 - Lifecycle (:mod:`authz.runtime`): state that outlives a policy (the decision log,
@@ -23,11 +20,6 @@
   a reload swaps it in); a build that fails or a policy that is refused leaves nothing
   running. ``stop`` closes the serving policy's providers, then every started runtime
   in reverse order of start (the decision log last).
-- The decision log's health is the gRPC health service ``authz.decision_log``:
-  NOT_SERVING while it drops records or cannot write. With the policy's
-  ``decision_log.on_failure: deny`` the overall health (and ``/healthz``) is
-  NOT_SERVING too, since this replica then denies what it cannot record; with
-  ``drop`` it stays SERVING.
 """
 
 from __future__ import annotations
@@ -38,62 +30,31 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from authz.audit.sink import DecisionSink, JsonLinesSink, NullSink
-from authz.control.options import CONTROL_OFF, ControlOptions
-from authz.engine import CompiledPolicy, PolicyEngine
+from authz.compiled import CompiledPolicy
+from authz.engine import PolicyEngine
 from authz.errors import PolicyError
-from authz.policy.config import PolicyConfig
-from authz.policy.diff import widenings
-from authz.policy.loader import load_policy
+from authz.health import DECISION_LOG_HEALTH, HealthReporting, wait_ready
+from authz.policy.diff import log_widenings
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
+from authz.serve_options import ServeOptions
 from authz.stages import Shared
+from authz.supervisor import supervise
 from authz.telemetry.metrics import Metrics
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
-from authz.transport.http_server import HttpLimits, HttpTransport, TransportConfigError
-from authz.units import parse_host_port
+from authz.transport.http_server import HttpTransport
+from authz.transport.http_wire import TransportConfigError
 
 log = logging.getLogger("authz.server")
-_MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
 
-#: The gRPC health service name that reports the decision log.
-DECISION_LOG_HEALTH = "authz.decision_log"
 #: A drain stops taking calls once none has arrived for this long (see _quiesce).
 DRAIN_QUIET = 0.1
-#: Seconds between health checks (key staleness, the decision log); each is O(1).
-HEALTH_INTERVAL = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    policy: str
-    grpc: str | None = "0.0.0.0:9191"  # None: no gRPC transport
-    http: str | None = None  # HOST:PORT of the HTTP ext_authz transport
-    # the HTTP transport's bounds, timeouts and connection cap
-    http_limits: HttpLimits = field(default_factory=HttpLimits)
-    http_secret_file: str | None = None  # checks must carry this file's secret
-    http_trust_network: bool = False  # no secret, yet bind beyond loopback
-    workers: int = 1
-    decision_log: str = "-"  # "-" stdout, "off", or a file path
-    reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
-    #: A changed policy is loaded once two reads this many seconds apart agree.
-    reload_settle: float = 0.5
-    ready_timeout: float = 10.0  # how long a reload waits for its providers
-    drain_timeout: float = 10.0
-    #: After SIGTERM, keep answering (health NOT_SERVING) until no call has arrived for
-    #: DRAIN_QUIET seconds or this long has passed; within drain_timeout.
-    drain_delay: float = 1.0
-    reuse_port: bool = False
-    #: the control plane (authz.control); off unless given (the CLI's default is on)
-    control: ControlOptions = CONTROL_OFF
 
 
 def make_sink(spec: str, metrics: Metrics | None = None) -> DecisionSink:
@@ -105,7 +66,7 @@ def make_sink(spec: str, metrics: Metrics | None = None) -> DecisionSink:
     return JsonLinesSink(path=spec, metrics=metrics)
 
 
-class Service:
+class Service(HealthReporting):
     def __init__(self, options: ServeOptions, *, sink: DecisionSink | None = None) -> None:
         self.options = options
         self.shared = Shared()  # state that outlives a policy (stores, inventories)
@@ -205,18 +166,6 @@ class Service:
             return False  # the loader reports it
         return time.time() - mtime < self.options.reload_settle
 
-    async def _wait_ready(self, policy: CompiledPolicy, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(policy.start(), timeout)
-        except Exception as exc:  # keys not fetched yet: keep polling ready()
-            log.warning("policy %s: providers not ready yet: %s", policy.version, exc)
-        deadline = time.monotonic() + timeout
-        while not policy.ready():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
-
     async def reload(self) -> bool:
         """Load the policy file again once it has settled; swap it in if valid and ready."""
         async with self._reload_lock:
@@ -239,7 +188,7 @@ class Service:
                 self.shared.runtimes.abandon()
                 await policy.close()
                 return True
-            ready = await self._wait_ready(policy, self.options.ready_timeout)
+            ready = await wait_ready(policy, self.options.ready_timeout)
             if ready:
                 try:  # what the new policy registered (a new store): before it serves
                     await self.shared.runtimes.start()
@@ -264,29 +213,11 @@ class Service:
             self._active_digest = digest
             self._reloaded.inc()
             log.info("policy %s active (was %s)", policy.version, old.version)
-            self._log_widenings(old.config, policy.config)
+            log_widenings(old.config, policy.config, log)
             # Calls that started on the old policy may still be using its providers.
             await asyncio.sleep(1.0)
             await old.close()
             return True
-
-    @staticmethod
-    def _log_widenings(old: PolicyConfig, new: PolicyConfig) -> None:
-        """One line per finding: every warning; info lines up to a bound (a policy that
-        adds a thousand routes should not write a thousand lines)."""
-        findings = widenings(old, new)
-        infos = [f for f in findings if f.level == "info"]
-        for f in findings:
-            if f.level == "warning":
-                log.warning("policy %s widens access: %s", new.version, f.message)
-        for f in infos[:_MAX_INFO_FINDINGS]:
-            log.info("policy %s widens access: %s", new.version, f.message)
-        if len(infos) > _MAX_INFO_FINDINGS:
-            log.info(
-                "policy %s widens access: %d more grants not listed",
-                new.version,
-                len(infos) - _MAX_INFO_FINDINGS,
-            )
 
     async def _watch_file(self) -> None:
         interval = self.options.reload_interval
@@ -373,71 +304,6 @@ class Service:
             await self.transport.set_health(DECISION_LOG_HEALTH, self.sink.healthy())
         self._tasks.append(asyncio.create_task(self._monitor_health()))
 
-    async def _become_ready(self, policy: CompiledPolicy) -> None:
-        while not self._stopping.is_set():
-            if await self._wait_ready(policy, self.options.ready_timeout):
-                self._ready = True
-                log.info("ready: policy %s, all providers ready", policy.version)
-                await self._publish_health()
-                return
-            log.warning("providers of policy %s not ready; retrying", policy.version)
-
-    def unhealthy(self) -> str | None:
-        """Why the service must not report SERVING now, or None when it may."""
-        if self.engine is None or not self._ready:
-            return "policy not ready yet"
-        policy = self.engine.policy
-        names = sorted(name for name, p in policy.providers.items() if not p.ready())
-        if names:
-            return f"providers not ready (no usable keys): {', '.join(names)}"
-        if policy.log_fails_closed and not self._log_healthy:
-            return "decision log cannot take records (decision_log.on_failure: deny)"
-        return None
-
-    async def _publish_health(self) -> None:
-        """Overall health ("" and the Authorization service, HTTP /healthz) and the
-        decision log's own health name; each change of either is logged once."""
-        problem = None if not self._stopping.is_set() else "draining"
-        problem = problem or self.unhealthy()
-        serving = problem is None
-        if serving != self.serving and self._served_once:
-            if serving:
-                assert self.engine is not None
-                log.warning("health SERVING again: policy %s ready", self.engine.policy.version)
-            else:
-                log.error("health NOT_SERVING: %s", problem)
-        if serving != self.serving or self._published_log_health != self._log_healthy:
-            self.serving = serving
-            self._served_once = self._served_once or serving
-            self._published_log_health = self._log_healthy
-            if self.transport is not None:
-                await self.transport.set_serving(serving)
-                await self.transport.set_health(DECISION_LOG_HEALTH, self._log_healthy)
-            if self.http is not None:
-                await self.http.set_serving(serving)
-
-    async def _monitor_health(self) -> None:
-        """Keep health true while running: keys go stale, the decision log fails."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), HEALTH_INTERVAL)
-            if self._stopping.is_set() or self.engine is None:
-                return
-            log_healthy = self.sink.healthy()
-            if log_healthy != self._log_healthy:
-                if log_healthy:
-                    log.warning("decision log healthy again")
-                else:
-                    log.error(
-                        "decision log unhealthy (%s)",
-                        "on_failure: deny: health NOT_SERVING; while it cannot take records, "
-                        "allows become 503 decision_log_unavailable"
-                        if self.engine.policy.log_fails_closed
-                        else "on_failure: drop: records are being dropped or delayed",
-                    )
-                self._log_healthy = log_healthy
-            await self._publish_health()
-
     async def stop(self) -> None:
         self._stopping.set()
         for task in self._tasks:
@@ -509,7 +375,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def run_service(options: ServeOptions) -> int:
     if options.workers > 1:
-        return _supervise(options)
+        return supervise(options)
     try:
         run_loop(Service(options).run())
     except PolicyError as exc:
@@ -524,107 +390,3 @@ def run_service(options: ServeOptions) -> int:
         print(f"authz serve: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _ignore_sighup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def _http_argv(options: ServeOptions) -> list[str]:
-    """The ``--http-*`` flags that give a worker the same HTTP transport."""
-    limits = options.http_limits
-    argv = [
-        "--http-max-target-bytes", str(limits.max_target),
-        "--http-max-head-bytes", str(limits.max_head),
-        "--http-header-timeout", repr(limits.header_timeout),
-        "--http-body-timeout", repr(limits.body_timeout),
-        "--http-idle-timeout", repr(limits.idle_timeout),
-        "--http-max-connections", str(limits.max_connections),
-    ]  # fmt: skip
-    if options.http_secret_file is not None:
-        argv += ["--http-secret-file", options.http_secret_file]
-    if options.http_trust_network:
-        argv.append("--http-insecure-trust-network")
-    return argv
-
-
-def _supervise(options: ServeOptions) -> int:
-    """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
-    try:
-        load_policy(options.policy)  # fail fast, once, with the located errors
-    except PolicyError as exc:
-        for location, message in exc.problems:
-            print(f"{location}: {message}", file=sys.stderr)
-        print("refusing to serve an invalid policy", file=sys.stderr)
-        return 1
-    addresses = [a for a in (options.grpc, options.http) if a is not None]
-    if any(parse_host_port(a, port_zero=True).port == 0 for a in addresses):
-        print("authz: --workers needs a fixed port", file=sys.stderr)
-        return 2
-    argv = [sys.executable, "-m", "authz", "serve", str(Path(options.policy))]
-    if options.grpc is not None:
-        argv += ["--grpc", options.grpc]
-    if options.http is not None:
-        argv += ["--http", options.http, *_http_argv(options)]
-    argv += [
-        "--workers",
-        "1",
-        "--reuse-port",
-        "--decision-log",
-        options.decision_log,
-        "--reload-interval",
-        str(options.reload_interval),
-        "--reload-settle",
-        str(options.reload_settle),
-        "--drain-timeout",
-        str(options.drain_timeout),
-        "--drain-delay",
-        str(options.drain_delay),
-    ]
-    from authz.control.workers import SupervisorControl
-
-    control = SupervisorControl(options.control, options.workers)  # merges the workers'
-    children: dict[int, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def spawn(index: int) -> None:
-        # The worker starts with SIGHUP ignored (inherited across exec): a reload
-        # forwarded while it is still importing must not kill it.
-        worker = [*argv, *control.worker_argv(index)]
-        children[index] = subprocess.Popen(worker, preexec_fn=_ignore_sighup)
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for child in children.values():
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for i in range(options.workers):
-        spawn(i)
-    try:
-        control.start()
-    except (OSError, TransportConfigError) as exc:
-        print(f"authz serve: error: {exc}", file=sys.stderr)
-        forward(signal.SIGTERM, None)
-        for child in children.values():
-            child.wait()
-        return 2
-    while True:
-        time.sleep(0.2)
-        for i, child in list(children.items()):
-            code = child.poll()
-            if code is None:
-                continue
-            if stopping:
-                children.pop(i)
-            else:
-                log.error("worker %d exited with %s; restarting", child.pid, code)
-                time.sleep(0.5)
-                spawn(i)
-        if stopping and not children:
-            control.close()
-            return 0

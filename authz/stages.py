@@ -55,7 +55,7 @@ class Context:
     path: str  # canonical
     query: str  # raw, without '?'
     route: RouteConfig | None = None
-    #: The compiled plan of ``route`` (an :class:`authz.engine.RoutePlan`), set by routing.
+    #: The compiled plan of ``route`` (an :class:`authz.compiled.RoutePlan`), set by routing.
     plan: Any = None
     identity: Identity = ANONYMOUS
     #: Extra headers to set on the request sent upstream (allow only).

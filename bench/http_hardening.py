@@ -255,6 +255,7 @@ def _in_process(
     from authz.engine import CompiledPolicy, PolicyEngine
     from authz.policy.loader import load_policy
     from authz.transport import http_server as after_module
+    from authz.transport.http_connection import HttpConnection
 
     before_module = _old_transport_module(rev)
     raw = (
@@ -296,7 +297,8 @@ def _in_process(
         for _ in range(rounds):
             for name, (server, module, data) in variants.items():
                 sink = _Sink()
-                conn = module._Connection(server)
+                connection: Any = getattr(module, "_Connection", HttpConnection)
+                conn = connection(server)
                 conn.connection_made(sink)
                 started = time.process_time()
                 for _ in range(calls):

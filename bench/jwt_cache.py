@@ -29,7 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authz import devissuer
-from authz.identity.jwt import JwtProvider, _query_has_access_token, parse_authorization
+from authz.identity.bearer import parse_authorization, query_has_access_token
+from authz.identity.jwt import JwtProvider
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 
@@ -51,7 +52,7 @@ class BeforeProvider(JwtProvider):
         if token is None:
             return None
         path = request.path
-        if "?" in path and _query_has_access_token(path):
+        if "?" in path and query_has_access_token(path):
             raise AssertionError("not benchmarked")
         entry = self._old.get(token)
         if entry is not None:

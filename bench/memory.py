@@ -43,12 +43,8 @@ from bench.common import rss_kib
 
 async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     from authz.audit.sink import JsonLinesSink
-    from authz.engine import (
-        IDENTITY_HEADER_CACHE_SIZE,
-        MAX_UNDECLARED_SHAPES,
-        CompiledPolicy,
-        PolicyEngine,
-    )
+    from authz.compiled import IDENTITY_HEADER_CACHE_SIZE, CompiledPolicy
+    from authz.engine import MAX_UNDECLARED_SHAPES, PolicyEngine
     from authz.identity import mtls
     from authz.identity.jwt import JwtProvider
     from authz.model import Request

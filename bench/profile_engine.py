@@ -48,7 +48,7 @@ def build(work: Path, decision_log: str) -> dict[str, Callable[[], Any]]:
     from authz.policy.loader import load_policy
     from authz.server import make_sink
     from authz.transport import envoy_grpc, envoy_http
-    from authz.transport.http_server import render
+    from authz.transport.http_wire import render
 
     fx = fixtures.make(work)
     policy = CompiledPolicy(load_policy(fx.policy))

@@ -74,7 +74,8 @@ import httptools
 import uvloop
 
 from authz import devissuer
-from authz.engine import IDENTITY_HEADER_CACHE_SIZE, MAX_UNDECLARED_SHAPES
+from authz.compiled import IDENTITY_HEADER_CACHE_SIZE
+from authz.engine import MAX_UNDECLARED_SHAPES
 from authz.inventory import DEFAULT_CAPACITY
 from bench import fixtures
 from bench import run as bench_run

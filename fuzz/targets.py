@@ -23,7 +23,7 @@ from authz.errors import (
     InvalidToken,
     MultipleCredentials,
 )
-from authz.identity.jwt import parse_authorization
+from authz.identity.bearer import parse_authorization
 from authz.model import Decision, Request
 from authz.paths import canonicalize
 from authz.policy.config import BodyLimits

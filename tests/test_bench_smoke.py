@@ -150,3 +150,10 @@ def test_soak_script_rejects_bad_arguments(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "--minutes and --interval must be > 0" in run.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_explain_cost_script() -> None:
+    run = _run("bench/explain_cost.py", "--calls", "200", "--rounds", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "explain off costs" in run.stdout
+    assert "% of check" in run.stdout

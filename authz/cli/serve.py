@@ -16,7 +16,8 @@ DEFAULT_GRPC = "0.0.0.0:9191"
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.control.options import options_from_args
-    from authz.server import ServeOptions, run_service
+    from authz.serve_options import ServeOptions
+    from authz.server import run_service
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -56,7 +57,7 @@ def http_options(args: argparse.Namespace) -> Any:
     """The HTTP transport's limits from the ``--http-*`` flags, after checking that
     they go together and that the transport may bind where ``--http`` says."""
     from authz.transport.envoy_http import is_loopback, read_secret_file
-    from authz.transport.http_server import HttpLimits
+    from authz.transport.http_wire import HttpLimits
 
     given = [
         f"--{name.replace('_', '-')}"

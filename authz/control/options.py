@@ -76,7 +76,7 @@ class ControlOptions:
         return out
 
 
-#: No control plane (what :class:`authz.server.ServeOptions` has unless given one).
+#: No control plane (what :class:`authz.serve_options.ServeOptions` has unless given one).
 CONTROL_OFF = ControlOptions(address=None)
 
 

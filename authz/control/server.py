@@ -35,7 +35,7 @@ from authz.control import auth
 from authz.control.options import ControlOptions
 from authz.control.servicer import ADMIN_SERVICE, AdminServicer, add_to_server
 from authz.transport.envoy_http import is_loopback
-from authz.transport.http_server import TransportConfigError
+from authz.transport.http_wire import TransportConfigError
 from authz.units import parse_host_port
 
 if TYPE_CHECKING:

@@ -24,14 +24,15 @@ import time
 from collections import OrderedDict
 from types import MappingProxyType
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from authz import reasons as R
 from authz.errors import InvalidToken, MultipleCredentials
 from authz.identity.base import WAIT, Answer, Clock, Fetcher
-from authz.identity.jwks import JwkKey, JwksCache, algorithm_family
+from authz.identity.bearer import bearer_presented, parse_authorization, query_has_access_token
+from authz.identity.jwk import JwkKey, algorithm_family
+from authz.identity.jwks import JwksCache
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 from authz.reasons import Reason
@@ -121,69 +122,6 @@ def _number(payload: dict[str, Any], claim: str) -> float | None:
     if not math.isfinite(number):
         _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
     return number
-
-
-def parse_authorization(value: str, *, dedicated: bool) -> str | None:
-    """The bearer token in a header value, None if it carries no bearer credential.
-
-    Envoy joins repeated headers with ``,``, and a JWT never contains one, so more
-    than one comma-separated credential, or extra words after the token, means
-    the client sent several: :class:`MultipleCredentials`. Another scheme
-    (``Basic``) abstains when the header is shared (``authorization``); on a
-    header dedicated to this provider it is a malformed token.
-    """
-    if "," in value:
-        parts = [p.split() for p in value.split(",") if p.strip()]
-        if len(parts) > 1:
-            if any(p[0].lower() == "bearer" for p in parts):
-                raise MultipleCredentials("more than one credential in the header")
-            _not_bearer(dedicated)
-            return None
-        words = parts[0] if parts else []
-    else:
-        words = value.split()  # the common case: one credential, no list to build
-    if not words:
-        return None
-    if words[0].lower() != "bearer":
-        _not_bearer(dedicated)
-        return None
-    if len(words) == 2:
-        return words[1]
-    if len(words) > 2:
-        raise MultipleCredentials("more than one token after 'Bearer'")
-    _fail(R.TOKEN_MALFORMED, "'Bearer' without a token")
-
-
-def bearer_presented(value: str, *, dedicated: bool) -> bool:
-    """Whether :func:`parse_authorization` would find a credential in ``value``
-    (return a token or raise) rather than abstain; parses nothing."""
-    if value.startswith(("Bearer ", "bearer ")) and "," not in value:
-        return True  # the common case, without copying the token
-    if "," not in value:
-        words = value.split(None, 1)
-        return bool(words) and (dedicated or words[0].lower() == "bearer")
-    parts = [p.split(None, 1) for p in value.split(",") if p.strip()]
-    if dedicated:
-        return bool(parts)
-    return any(p[0].lower() == "bearer" for p in parts)
-
-
-def _not_bearer(dedicated: bool) -> None:
-    # Another scheme in a header that only this provider reads is a bad credential.
-    if dedicated:
-        _fail(R.TOKEN_MALFORMED, "expected 'Bearer <token>'")
-
-
-def _query_has_access_token(path: str) -> bool:
-    query = path.partition("?")[2].partition("#")[0]
-    for pair in query.split("&"):
-        name = pair.partition("=")[0]
-        if "%" in name:
-            # A percent-encoded name (access%5Ftoken) must not slip past the check.
-            name = unquote(name)
-        if name == "access_token":
-            return True
-    return False
 
 
 class _Verified:
@@ -285,7 +223,7 @@ class JwtProvider:
         if value is not None and bearer_presented(value, dedicated=self._dedicated):
             return self._carrier
         path = request.path
-        if "?" in path and _query_has_access_token(path):
+        if "?" in path and query_has_access_token(path):
             return "query:access_token"
         return None
 
@@ -318,7 +256,7 @@ class JwtProvider:
         if token is None:
             return None
         path = request.path
-        if "?" in path and _query_has_access_token(path):
+        if "?" in path and query_has_access_token(path):
             raise MultipleCredentials("token in both the header and the query")
 
         entry = self._cache.get(token)

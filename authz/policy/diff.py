@@ -3,8 +3,8 @@
 :func:`widenings` is pure: it takes the active and the candidate
 :class:`~authz.policy.config.PolicyConfig` and returns one :class:`Finding` per
 change that lets more requests through. The server logs each finding as one line
-when it swaps a policy in (warnings for what a truncated or mistaken edit most
-often opens up, info for ordinary grants). It never refuses a reload: a widening
+(:func:`log_widenings`) when it swaps a policy in (warnings for what a truncated or
+mistaken edit most often opens up, info for ordinary grants). It never refuses a reload: a widening
 may be intended; the log line is there so that an unintended one is seen.
 
 Routes are compared by name. A removed route is not a widening: its requests
@@ -13,6 +13,7 @@ become undeclared, which the ``undeclared_routes`` comparison covers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from authz.policy.config import (
 from authz.policy.ratelimit_config import RuleConfig
 
 Level = Literal["warning", "info"]
+_MAX_INFO_FINDINGS = 20  # widening info lines logged per reload (warnings: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +201,21 @@ def _describe(rule: RuleConfig) -> str:
     if rule.concurrency:
         return f"concurrency {rule.burst}"
     return f"{rule.limit}/{rule.period:g}s burst {rule.burst}"
+
+
+def log_widenings(old: PolicyConfig, new: PolicyConfig, log: logging.Logger) -> None:
+    """One line per finding: every warning; info lines up to a bound (a policy that
+    adds a thousand routes should not write a thousand lines)."""
+    findings = widenings(old, new)
+    infos = [f for f in findings if f.level == "info"]
+    for f in findings:
+        if f.level == "warning":
+            log.warning("policy %s widens access: %s", new.version, f.message)
+    for f in infos[:_MAX_INFO_FINDINGS]:
+        log.info("policy %s widens access: %s", new.version, f.message)
+    if len(infos) > _MAX_INFO_FINDINGS:
+        log.info(
+            "policy %s widens access: %d more grants not listed",
+            new.version,
+            len(infos) - _MAX_INFO_FINDINGS,
+        )

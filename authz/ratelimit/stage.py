@@ -1,4 +1,6 @@
-"""The rate-limit and load-shedding stages, and the state they share across reloads.
+"""The rate-limit and load-shedding stages (their state across reloads:
+:mod:`authz.ratelimit.runtime`; the compiled rules and store groups:
+:mod:`authz.ratelimit.rules`).
 
 Where each rule runs (:func:`phase_of`), cheapest first:
 
@@ -25,37 +27,31 @@ for the upstream in ``x-authz-ratelimit`` (the ``headers.ratelimit`` name).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from authz.errors import ConcurrencyLimited, Overloaded, RateLimited, RateLimitUnavailable
 from authz.policy.config import RouteConfig
 from authz.policy.ratelimit_config import (
-    MEMORY_STORE,
     RateLimitConfig,
-    RedisStoreConfig,
     RuleConfig,
 )
-from authz.ratelimit.base import GCRA, LEASE, Item, Outcome, StoreUnavailable
-from authz.ratelimit.batched import BatchedItem, BatchedStore
-from authz.ratelimit.keys import MAX_KEY_LENGTH, SEPARATOR, KeyPart, digest, key_part
-from authz.ratelimit.memory import BYTES_PER_KEY, MemoryStore
-from authz.ratelimit.overload import RANK, OverloadMonitor
-from authz.ratelimit.redis_store import RedisStore
-from authz.runtime import Runtimes
-from authz.stages import Check, Context, Load, Phase, Shared
-from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
+from authz.ratelimit.base import LEASE, Outcome
+from authz.ratelimit.overload import RANK
+from authz.ratelimit.rules import (
+    BatchedGroup,
+    CompiledRule,
+    Group,
+    MemoryGroup,
+    RedisGroup,
+    compile_rule,
+)
+from authz.ratelimit.runtime import RateLimitRuntime
+from authz.stages import Check, Context, Load, Phase
 
 log = logging.getLogger("authz.ratelimit")
-
-SHARED_NAME = "ratelimit"
-STATS_LOG_INTERVAL = 60.0
 
 
 def phase_of(rule: RuleConfig) -> Phase:
@@ -65,325 +61,6 @@ def phase_of(rule: RuleConfig) -> Phase:
     if rule.route is not None or rule.needs_route:
         return "pre"
     return "request"
-
-
-# --------------------------------------------------------------------------- shared state
-
-
-#: Series of the rule counters: five per rule, rules are bounded by the policy file.
-MAX_RULE_SERIES = 5 * 2048
-#: What a rule counts, each a series of ``authz_ratelimit_rule_total{rule, outcome}``:
-#: admitted; limited; shadow_limited (a shadow rule would have denied); fell_back
-#: (decided by a local bucket: the shared store was down); unavailable (denied 503:
-#: the shared store was down and the rule fails closed).
-RULE_OUTCOMES = ("admitted", "limited", "shadow_limited", "fell_back", "unavailable")
-
-
-class RuleCounters:
-    """The pre-bound counters of one rule (in the metrics)."""
-
-    __slots__ = RULE_OUTCOMES
-
-    def __init__(self, metrics: Metrics, rule: str) -> None:
-        family = metrics.counter(
-            "authz_ratelimit_rule_total",
-            "rate-limit rule outcomes",
-            ("rule", "outcome"),
-            max_series=MAX_RULE_SERIES,
-        )
-        self.admitted: Counter = family.labels(rule, "admitted")
-        self.limited: Counter = family.labels(rule, "limited")
-        self.shadow_limited: Counter = family.labels(rule, "shadow_limited")
-        self.fell_back: Counter = family.labels(rule, "fell_back")
-        self.unavailable: Counter = family.labels(rule, "unavailable")
-
-    def values(self) -> dict[str, int]:
-        return {o: int(getattr(getattr(self, o), "value", 0)) for o in RULE_OUTCOMES}
-
-
-class RateLimitRuntime:
-    """Stores, counters and the overload monitor; one per process, kept across reloads.
-
-    A runtime (:mod:`authz.runtime`): building a policy registers it and the Redis and
-    batched stores its rules name in ``runtimes`` (the process's, ``Shared.runtimes``)
-    and starts nothing; ``start`` begins the minutely stats line, and each store is
-    started and closed by the registry (a batched store after, so before, its Redis).
-    """
-
-    name = "ratelimit"
-
-    def __init__(self, metrics: Metrics | None = None, runtimes: Runtimes | None = None) -> None:
-        self.metrics = metrics if metrics is not None else MemoryMetrics()
-        #: where the stores are registered (a private registry when none is given)
-        self.runtimes = runtimes if runtimes is not None else Runtimes()
-        self.memory = MemoryStore(metrics=self.metrics)
-        self.redis: dict[RedisStoreConfig, RedisStore] = {}
-        self.batched: dict[RedisStoreConfig, BatchedStore] = {}
-        self.overload = OverloadMonitor(metrics=self.metrics)
-        self.counters: dict[str, RuleCounters] = {}
-        self.config: RateLimitConfig | None = None
-        self._stats_task: asyncio.Task[None] | None = None
-        self._last_logged = ""
-
-    @staticmethod
-    def of(shared: Shared) -> RateLimitRuntime:
-        return shared.runtime(
-            SHARED_NAME, lambda: RateLimitRuntime(shared.metrics, shared.runtimes)
-        )
-
-    def configure(self, config: RateLimitConfig) -> None:
-        """Apply a (re)loaded policy's bound on in-process keys."""
-        if config is self.config:
-            return
-        self.config = config
-        self.memory.max_keys = config.max_keys
-        for batched in self.batched.values():
-            batched.max_keys = config.max_keys
-        # (called only by stages that have limits or shedding to apply)
-        log.info(
-            "ratelimit: in-process buckets bounded at %d keys (about %.0f MB) per table; "
-            "stores: %s",
-            config.max_keys,
-            config.max_keys * BYTES_PER_KEY / 1e6,
-            ", ".join([MEMORY_STORE, *(f"{s.name} (redis)" for s in config.stores)]),
-        )
-
-    def counter(self, rule: str) -> RuleCounters:
-        found = self.counters.get(rule)
-        if found is None:
-            found = self.counters[rule] = RuleCounters(self.metrics, rule)
-        return found
-
-    def redis_store(self, config: RedisStoreConfig) -> RedisStore:
-        found = self.redis.get(config)
-        if found is None:
-            found = self.redis[config] = RedisStore(config, metrics=self.metrics)
-        self.runtimes.add(found)  # again for every policy that names it: once
-        return found
-
-    def batched_store(self, config: RedisStoreConfig) -> BatchedStore:
-        found = self.batched.get(config)
-        if found is None:
-            max_keys = self.config.max_keys if self.config else 100_000
-            redis = self.redis_store(config)
-            found = BatchedStore(redis, max_keys=max_keys, metrics=self.metrics)
-            self.batched[config] = found
-        else:
-            self.redis_store(config)  # registered before it: closed after it
-        self.runtimes.add(found)
-        return found
-
-    def stats(self) -> dict[str, Any]:
-        """Everything counted, as plain data (logged every minute when it changes)."""
-        return {
-            "memory": self.memory.stats(),
-            "redis": {cfg.name: store.stats() for cfg, store in self.redis.items()},
-            "batched": {cfg.name: store.stats() for cfg, store in self.batched.items()},
-            "overload": self.overload.stats(),
-            "rules": {name: c.values() for name, c in sorted(self.counters.items())},
-        }
-
-    async def start(self) -> None:
-        """Log the stats every minute (when they changed)."""
-        if self._stats_task is None or self._stats_task.done():
-            self._stats_task = asyncio.get_running_loop().create_task(
-                self._log_stats(), name="ratelimit-stats"
-            )
-
-    async def _log_stats(self) -> None:
-        while True:
-            await asyncio.sleep(STATS_LOG_INTERVAL)
-            self.log_stats()
-
-    def log_stats(self) -> None:
-        text = json.dumps(self.stats(), sort_keys=True, separators=(",", ":"))
-        if text != self._last_logged:
-            self._last_logged = text
-            log.info("ratelimit stats %s", text)
-
-    async def aclose(self) -> None:
-        """Stop the stats line and log it once more (the stores are the registry's)."""
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stats_task
-            self._stats_task = None
-        self.log_stats()
-
-
-# --------------------------------------------------------------------------- compiled rules
-
-
-@dataclass(slots=True)
-class CompiledRule:
-    config: RuleConfig
-    parts: tuple[KeyPart, ...]
-    counters: RuleCounters
-    policy_item: str  # this rule's member of RateLimit-Policy
-    mode: int = GCRA
-    interval: float = 0.0
-    capacity: int = 0
-    redis_prefix: str = ""
-    name: str = ""
-    shadow: bool = False
-    state_prefix: str = ""  # '"name";r='
-
-    def values(self, ctx: Context) -> str:
-        parts = self.parts
-        if len(parts) == 1:
-            return parts[0](ctx)
-        return SEPARATOR.join([part(ctx) for part in parts])
-
-    def memory_item(self, values: str, prefix: str = "") -> Item:
-        key = f"{prefix}{self.name}{SEPARATOR}{values}"
-        if len(key) > MAX_KEY_LENGTH:
-            key = f"{prefix}{self.name}#{digest(values)}"
-        return Item(key, self.mode, self.interval, self.capacity, self.shadow)
-
-    def redis_item(self, values: str) -> Item:
-        key = f"{self.redis_prefix}{self.name}:{digest(values)}"
-        return Item(key, self.mode, self.interval, self.capacity, self.shadow)
-
-
-def compile_rule(
-    rule: RuleConfig, config: RateLimitConfig, runtime: RateLimitRuntime
-) -> CompiledRule:
-    parts = tuple(
-        key_part(p, trusted_hops=config.trusted_hops, ipv6_prefix=config.ipv6_prefix)
-        for p in rule.key
-    )
-    if rule.concurrency:
-        mode, interval, window = LEASE, rule.lease, rule.lease
-    else:
-        mode, interval = GCRA, rule.interval
-        window = rule.burst * interval  # the time to refill the whole burst
-    store = config.store(rule.store)
-    return CompiledRule(
-        config=rule,
-        parts=parts,
-        counters=runtime.counter(rule.name),
-        policy_item=f'"{rule.name}";q={rule.burst};w={max(math.ceil(window - 1e-9), 1)}',
-        mode=mode,
-        interval=interval,
-        capacity=rule.burst,
-        redis_prefix=store.key_prefix if store is not None else "",
-        name=rule.name,
-        shadow=rule.shadow,
-        state_prefix=f'"{rule.name}";r=',
-    )
-
-
-# --------------------------------------------------------------------------- groups
-
-
-class _Group:
-    """The rules of one phase that live in one store.
-
-    ``decide`` returns the outcomes and the items it charged; ``undo`` gives
-    those back when a later group denies the request.
-    """
-
-    local = False  # True: decided in this process, no I/O (``decide_local``)
-
-    def __init__(self, rules: list[CompiledRule], runtime: RateLimitRuntime) -> None:
-        self.rules = rules
-        self.runtime = runtime
-
-    def values(self, ctx: Context) -> list[str]:
-        return [rule.values(ctx) for rule in self.rules]
-
-    def decide_local(self, ctx: Context) -> tuple[list[Outcome], Any]:
-        raise NotImplementedError
-
-    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
-        raise NotImplementedError
-
-    async def undo(self, charged: Any) -> None:
-        raise NotImplementedError
-
-    def fallback(self, values: Sequence[str], exc: StoreUnavailable) -> tuple[list[Outcome], Any]:
-        """The shared store failed: fail closed (503) or limit in this process, per rule."""
-        closed = [r for r in self.rules if not r.shadow and r.config.on_store_error == "deny"]
-        if closed:
-            for rule in closed:
-                rule.counters.unavailable.inc()
-            seconds = str(max(math.ceil(exc.retry_after), 1))
-            raise RateLimitUnavailable(str(exc), headers=(("retry-after", seconds),))
-        for rule in self.rules:
-            rule.counters.fell_back.inc()
-        items = [
-            rule.memory_item(v, prefix="fallback" + SEPARATOR)
-            for rule, v in zip(self.rules, values, strict=True)
-        ]
-        return self.runtime.memory.decide(items), ("fallback", items)
-
-
-class _MemoryGroup(_Group):
-    local = True
-
-    def decide_local(self, ctx: Context) -> tuple[list[Outcome], Any]:
-        rules = self.rules
-        if len(rules) == 1:
-            rule = rules[0]
-            items = [rule.memory_item(rule.values(ctx))]
-        else:
-            items = [rule.memory_item(rule.values(ctx)) for rule in rules]
-        return self.runtime.memory.decide(items), items
-
-    async def undo(self, charged: Any) -> None:
-        self.runtime.memory.refund(charged)
-
-
-class _RedisGroup(_Group):
-    def __init__(
-        self, rules: list[CompiledRule], runtime: RateLimitRuntime, store: RedisStore
-    ) -> None:
-        super().__init__(rules, runtime)
-        self.store = store
-
-    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
-        values = self.values(ctx)
-        items = [rule.redis_item(v) for rule, v in zip(self.rules, values, strict=True)]
-        try:
-            return await self.store.acquire(items), items
-        except StoreUnavailable as exc:
-            return self.fallback(values, exc)
-
-    async def undo(self, charged: Any) -> None:
-        if isinstance(charged, tuple):  # decided locally: the store was down
-            self.runtime.memory.refund(charged[1])
-            return
-        with contextlib.suppress(StoreUnavailable):
-            await self.store.release(charged)
-
-
-class _BatchedGroup(_Group):
-    def __init__(
-        self, rules: list[CompiledRule], runtime: RateLimitRuntime, store: BatchedStore
-    ) -> None:
-        super().__init__(rules, runtime)
-        self.store = store
-
-    async def decide(self, ctx: Context) -> tuple[list[Outcome], Any]:
-        values = self.values(ctx)
-        items = [
-            BatchedItem(rule.redis_item(v), rule.config.batch, rule.config.sync_interval)
-            for rule, v in zip(self.rules, values, strict=True)
-        ]
-        try:
-            outcomes, views = await self.store.acquire_on_views(items)
-        except StoreUnavailable as exc:
-            return self.fallback(values, exc)
-        return outcomes, [v for v, o in zip(views, outcomes, strict=True) if o.allowed]
-
-    async def undo(self, charged: Any) -> None:
-        if isinstance(charged, tuple):
-            self.runtime.memory.refund(charged[1])
-            return
-        self.store.refund_batched(charged)
-
-
-# --------------------------------------------------------------------------- the check
 
 
 def _merge_header(headers: list[tuple[str, str]], name: str, value: str) -> None:
@@ -412,22 +89,22 @@ class RateLimitCheck:
         for rule in rules:
             kind = "batched" if rule.config.batch else "exact"
             by_store.setdefault((kind, rule.config.store), []).append(rule)
-        groups: list[tuple[int, _Group]] = []
+        groups: list[tuple[int, Group]] = []
         for (kind, store_name), members in by_store.items():
             store = config.store(store_name)
             if store is None:
-                groups.append((0, _MemoryGroup(members, runtime)))
+                groups.append((0, MemoryGroup(members, runtime)))
             elif kind == "batched":
-                groups.append((1, _BatchedGroup(members, runtime, runtime.batched_store(store))))
+                groups.append((1, BatchedGroup(members, runtime, runtime.batched_store(store))))
             else:
-                groups.append((2, _RedisGroup(members, runtime, runtime.redis_store(store))))
+                groups.append((2, RedisGroup(members, runtime, runtime.redis_store(store))))
         # cheapest first: a local denial spares the round trip
         self.groups = [g for _, g in sorted(groups, key=lambda pair: pair[0])]
         enforced = [r for r in rules if not r.shadow]
         self.policy_header = ", ".join(r.policy_item for r in enforced)
 
     async def __call__(self, ctx: Context) -> None:
-        charged: list[tuple[_Group, Any]] = []
+        charged: list[tuple[Group, Any]] = []
         decided: list[tuple[CompiledRule, Outcome]] = []
         for group in self.groups:
             if group.local:
@@ -505,7 +182,7 @@ def _seconds(value: float) -> int:
     return max(math.ceil(value - 1e-9), 0)
 
 
-async def _undo(charged: list[tuple[_Group, Any]]) -> None:
+async def _undo(charged: list[tuple[Group, Any]]) -> None:
     for group, items in reversed(charged):
         await group.undo(items)
 

@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from authz.errors import InvalidToken
-from authz.identity.jwt import parse_authorization
+from authz.identity.bearer import parse_authorization
 from fuzz import targets
 from fuzz.fixtures import world
 from tests.fuzz.profiles import DataChooser, budget

@@ -18,8 +18,10 @@ import pytest
 from authz import devissuer
 from authz.devissuer import DevIssuerServer, DevKey
 from authz.errors import DependencyError, InvalidToken
-from authz.identity import jwks as jwks_module
-from authz.identity.jwks import JwksCache, fetch_url, parse_jwks
+from authz.identity import jwks_fetch
+from authz.identity.jwk import parse_jwks
+from authz.identity.jwks import JwksCache
+from authz.identity.jwks_fetch import fetch_url
 from authz.policy.config import JwtProviderConfig
 
 
@@ -439,7 +441,7 @@ async def test_default_fetcher_limits_response_size(
     server: DevIssuerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert json.loads(await fetch_url(server.jwks_uri, 2.0))["keys"]
-    monkeypatch.setattr(jwks_module, "MAX_DOCUMENT_BYTES", 50)
+    monkeypatch.setattr(jwks_fetch, "MAX_DOCUMENT_BYTES", 50)
     with pytest.raises(OSError, match="larger than"):
         await fetch_url(server.jwks_uri, 2.0)
 

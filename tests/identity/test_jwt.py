@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from authz import devissuer
 from authz.devissuer import DevIssuerServer, DevKey
 from authz.errors import AuthzError, DependencyError, InvalidToken, MultipleCredentials
-from authz.identity.jwt import JwtProvider, parse_authorization
+from authz.identity.bearer import parse_authorization
+from authz.identity.jwt import JwtProvider
 from authz.model import Request
 from authz.policy.config import JwtProviderConfig
 

@@ -26,7 +26,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from authz import devissuer
 from authz.devissuer import DevKey
 from authz.errors import AuthzError, DependencyError, PolicyError
-from authz.identity.jwks import KeyRequirements, parse_key_set
+from authz.identity.jwk import KeyRequirements, parse_key_set
 from authz.identity.jwt import JwtProvider
 from authz.model import Request
 from authz.policy.config import JwtProviderConfig

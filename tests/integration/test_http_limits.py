@@ -19,7 +19,8 @@ from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Decision, Request
 from authz.policy.loader import load_policy
 from authz.transport.envoy_http import SECRET_HEADER
-from authz.transport.http_server import HttpLimits, HttpTransport, UntrustedBindError
+from authz.transport.http_server import HttpTransport
+from authz.transport.http_wire import HttpLimits, UntrustedBindError
 
 POLICY = """\
 mode: enforce

@@ -15,7 +15,7 @@ from authz.audit.sink import MemorySink
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Decision, Request
 from authz.policy.loader import load_policy
-from authz.transport import http_server
+from authz.transport import http_wire
 from authz.transport.http_server import HttpTransport
 
 KEY = "http-key-0123456789abcdef"
@@ -146,7 +146,7 @@ async def test_malformed_request_is_400_and_closes(server: Server) -> None:
 
 
 async def test_oversized_headers_are_refused(server: Server) -> None:
-    big = "x-big: " + "a" * (http_server.MAX_HEADER_BYTES + 10)
+    big = "x-big: " + "a" * (http_wire.MAX_HEADER_BYTES + 10)
     [(status, _, _)] = await server.exchange(get("/check/v1/orders/1", big))
     assert status == 431
 
@@ -243,7 +243,7 @@ async def test_pipelining_behind_a_waiting_check_is_bounded(
     slow = _Slow(server)
     monkeypatch.setattr(server.engine, "check", slow.check)
     reader, writer = await server.open()
-    many = get("/check/v1/orders/2") * (http_server.MAX_PIPELINED + 5)
+    many = get("/check/v1/orders/2") * (http_wire.MAX_PIPELINED + 5)
     writer.write(get("/check/v1/orders/slow") + many)
     await writer.drain()
     status, headers, _ = await read_response(reader)

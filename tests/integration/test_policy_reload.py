@@ -15,8 +15,8 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from authz.policy.diff import log_widenings
 from authz.policy.loader import load_policy_bytes, policy_version
-from authz.server import Service
 from authz.transport.envoy_grpc import build_check_request
 from tests.support import ServiceProcess, wait_for
 
@@ -271,7 +271,7 @@ def test_widening_lines_are_bounded_but_every_warning_is_logged(
     )
     grown = load_policy_bytes((CUT + added).encode(), source="p.yaml", base_dir=Path("."))
     with caplog.at_level(logging.INFO, logger="authz.server"):
-        Service._log_widenings(base, grown)
+        log_widenings(base, grown, logging.getLogger("authz.server"))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 + 20 + 1
     assert caplog.records[0].levelno == logging.WARNING

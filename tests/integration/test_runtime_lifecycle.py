@@ -16,8 +16,9 @@ from authz.engine import CompiledPolicy
 from authz.model import Request
 from authz.policy.config import RouteConfig
 from authz.policy.loader import load_policy
-from authz.ratelimit.stage import RateLimitRuntime
-from authz.server import ServeOptions, Service
+from authz.ratelimit.runtime import RateLimitRuntime
+from authz.serve_options import ServeOptions
+from authz.server import Service
 from authz.stages import Load, Shared
 from tests.redis_server import RedisServer
 

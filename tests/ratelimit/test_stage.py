@@ -16,7 +16,8 @@ from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Decision, Request
 from authz.policy.config import RouteConfig
 from authz.policy.loader import load_policy
-from authz.ratelimit.stage import RATE_LIMIT_STAGES, RateLimitRuntime
+from authz.ratelimit.runtime import RateLimitRuntime
+from authz.ratelimit.stage import RATE_LIMIT_STAGES
 from authz.stages import Check, Context, Load, Shared
 
 KEY_A = "key-a-0123456789abcdef"

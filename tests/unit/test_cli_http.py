@@ -9,7 +9,7 @@ import pytest
 
 from authz.cli import build_parser, main
 from authz.cli.serve import http_options as _http_options
-from authz.transport.http_server import HttpLimits
+from authz.transport.http_wire import HttpLimits
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -134,7 +134,8 @@ def test_target_bound_above_head_bound_is_refused(capsys: pytest.CaptureFixture[
 
 
 def test_workers_get_the_same_http_transport(tmp_path: Path) -> None:
-    from authz.server import ServeOptions, _http_argv
+    from authz.serve_options import ServeOptions
+    from authz.supervisor import http_argv
 
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
@@ -143,11 +144,11 @@ def test_workers_get_the_same_http_transport(tmp_path: Path) -> None:
         policy="policy.yaml", http="0.0.0.0:9192", http_limits=limits,
         http_secret_file=str(secret),
     )  # fmt: skip
-    args = _parse("--http", "0.0.0.0:9192", *_http_argv(options))
+    args = _parse("--http", "0.0.0.0:9192", *http_argv(options))
     assert _http_options(args) == limits
     assert args.http_secret_file == str(secret)  # type: ignore[attr-defined]
     trusting = ServeOptions(policy="p", http="0.0.0.0:1", http_trust_network=True)
-    assert "--http-insecure-trust-network" in _http_argv(trusting)
+    assert "--http-insecure-trust-network" in http_argv(trusting)
 
 
 @pytest.mark.parametrize("ending", ["", "\n", "\r\n"])

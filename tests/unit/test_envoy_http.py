@@ -26,7 +26,7 @@ from authz.transport.envoy_http import (
     to_request,
     to_response,
 )
-from authz.transport.http_server import render
+from authz.transport.http_wire import render
 from tests.unit.test_engine_golden import CASES, ID_HEADERS, make_engine, run
 
 

@@ -1,0 +1,132 @@
+"""``--workers N``: N ``authz serve`` processes on one port (SO_REUSEPORT).
+
+The parent checks the policy once (located errors, exit 1), starts each worker with
+the same flags plus ``--workers 1 --reuse-port``, forwards SIGTERM/SIGINT/SIGHUP to
+them, and restarts a worker that dies (until it is stopping). The control plane's
+fan-out over the workers is :mod:`authz.control.workers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from authz.errors import PolicyError
+from authz.policy.loader import load_policy
+from authz.transport.http_wire import TransportConfigError
+from authz.units import parse_host_port
+
+if TYPE_CHECKING:
+    from authz.serve_options import ServeOptions
+
+log = logging.getLogger("authz.server")
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def http_argv(options: ServeOptions) -> list[str]:
+    """The ``--http-*`` flags that give a worker the same HTTP transport."""
+    limits = options.http_limits
+    argv = [
+        "--http-max-target-bytes", str(limits.max_target),
+        "--http-max-head-bytes", str(limits.max_head),
+        "--http-header-timeout", repr(limits.header_timeout),
+        "--http-body-timeout", repr(limits.body_timeout),
+        "--http-idle-timeout", repr(limits.idle_timeout),
+        "--http-max-connections", str(limits.max_connections),
+    ]  # fmt: skip
+    if options.http_secret_file is not None:
+        argv += ["--http-secret-file", options.http_secret_file]
+    if options.http_trust_network:
+        argv.append("--http-insecure-trust-network")
+    return argv
+
+
+def supervise(options: ServeOptions) -> int:
+    """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
+    try:
+        load_policy(options.policy)  # fail fast, once, with the located errors
+    except PolicyError as exc:
+        for location, message in exc.problems:
+            print(f"{location}: {message}", file=sys.stderr)
+        print("refusing to serve an invalid policy", file=sys.stderr)
+        return 1
+    addresses = [a for a in (options.grpc, options.http) if a is not None]
+    if any(parse_host_port(a, port_zero=True).port == 0 for a in addresses):
+        print("authz: --workers needs a fixed port", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "authz", "serve", str(Path(options.policy))]
+    if options.grpc is not None:
+        argv += ["--grpc", options.grpc]
+    if options.http is not None:
+        argv += ["--http", options.http, *http_argv(options)]
+    argv += [
+        "--workers",
+        "1",
+        "--reuse-port",
+        "--decision-log",
+        options.decision_log,
+        "--reload-interval",
+        str(options.reload_interval),
+        "--reload-settle",
+        str(options.reload_settle),
+        "--drain-timeout",
+        str(options.drain_timeout),
+        "--drain-delay",
+        str(options.drain_delay),
+    ]
+    from authz.control.workers import SupervisorControl
+
+    control = SupervisorControl(options.control, options.workers)  # merges the workers'
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        # The worker starts with SIGHUP ignored (inherited across exec): a reload
+        # forwarded while it is still importing must not kill it.
+        worker = [*argv, *control.worker_argv(index)]
+        children[index] = subprocess.Popen(worker, preexec_fn=_ignore_sighup)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for child in children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for i in range(options.workers):
+        spawn(i)
+    try:
+        control.start()
+    except (OSError, TransportConfigError) as exc:
+        print(f"authz serve: error: {exc}", file=sys.stderr)
+        forward(signal.SIGTERM, None)
+        for child in children.values():
+            child.wait()
+        return 2
+    while True:
+        time.sleep(0.2)
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            if stopping:
+                children.pop(i)
+            else:
+                log.error("worker %d exited with %s; restarting", child.pid, code)
+                time.sleep(0.5)
+                spawn(i)
+        if stopping and not children:
+            control.close()
+            return 0
