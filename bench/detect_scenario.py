@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scenario.population import SMOKE, ScenarioConfig
+from bench.scenario.model import SMOKE, ScenarioConfig
 from bench.scenario.report import other_answers, table, verdict
 from bench.scenario.runner import run_scenario
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.scenario.population import HOST, Event, Population
+from bench.scenario.model import HOST, Event, Population
 
 #: what a deny of an automatic action carries (authz/reasons.py, phase enforce)
 ENFORCE_REASONS = frozenset(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.scenario.population import AUDIENCE, Population
+from bench.scenario.model import AUDIENCE, Population
 
 ROUTES = """\
 version: 1

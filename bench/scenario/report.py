@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bench.scenario.driver import ENFORCE_REASONS, Result, Run
-from bench.scenario.population import ATTACKERS, Client, Population
+from bench.scenario.model import ATTACKERS, Client, Population
 
 #: within this many seconds of its start, an attacker counts as caught in time
 TARGET_SECONDS = 30.0

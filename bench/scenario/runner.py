@@ -23,7 +23,8 @@ from authz import devissuer
 from authz.demo.stack import LocalStack
 from bench.scenario import policy as scenario_policy
 from bench.scenario.driver import Run, drive
-from bench.scenario.population import Population, ScenarioConfig, build
+from bench.scenario.model import Population, ScenarioConfig
+from bench.scenario.population import build
 from bench.scenario.report import Actioned, ActionRecord, analyse
 
 ISSUER = "https://issuer.scenario"

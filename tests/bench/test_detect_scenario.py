@@ -15,14 +15,8 @@ import pytest
 
 from authz import devissuer
 from bench.scenario.driver import Result, Run
-from bench.scenario.population import (
-    ATTACKERS,
-    PROBES,
-    SMOKE,
-    Population,
-    ScenarioConfig,
-    build,
-)
+from bench.scenario.model import ATTACKERS, PROBES, SMOKE, Population, ScenarioConfig
+from bench.scenario.population import build
 from bench.scenario.report import ActionRecord, analyse, table, verdict
 from bench.scenario.runner import actions_from_log
 
