@@ -34,6 +34,16 @@ class ActionRecord:
     target_kind: str
     target: str
     monitor: bool = False
+    #: what the enforcer did: enforced | monitor | logged | kept (one already in force) |
+    #: rejected; "" when unknown (from the service's log)
+    outcome: str = ""
+
+    @property
+    def in_force(self) -> bool:
+        """It acts on requests (not monitor mode, not log-only, not rejected)."""
+        if self.outcome:
+            return self.outcome in ("enforced", "kept")
+        return not self.monitor and self.response != "log"
 
 
 def _matches(client: Client, action: ActionRecord) -> bool:
@@ -87,9 +97,11 @@ def analyse(
         results[r.client].append(r)
     for action in actions or ():
         when = action.time - run.wall_start
-        # log-only and monitor-mode actions are listed, never in force: not a first action
-        enforced = not action.monitor and action.response != "log"
-        label = f"{action.detector}:{action.response}" + (" (monitor)" if action.monitor else "")
+        # log-only, monitor-mode and rejected actions are listed, never a first action
+        enforced = action.in_force
+        label = f"{action.detector}:{action.response}" + (
+            "" if enforced or action.response == "log" else f" ({action.outcome or 'monitor'})"
+        )
         for client in population.clients:
             if not _matches(client, action):
                 continue

@@ -59,30 +59,34 @@ def _ask_control(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[s
 def fetch_actions(stack: LocalStack) -> tuple[list[ActionRecord] | None, str]:
     """The actions the service lists over its control plane (``authz actions --json``)."""
     try:
-        done = _ask_control(stack, "actions", "--json")
+        done = _ask_control(stack, "actions", "--json", "--limit", "100000")
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"authz actions: {exc}"
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [""])[-1]
         return None, f"authz actions: exit {done.returncode}: {last[:200]}"
     try:
-        data = json.loads(done.stdout)
-    except ValueError:
-        return None, f"authz actions: not JSON: {done.stdout[:200]!r}"
-    rows = data.get("actions", data) if isinstance(data, dict) else data
-    actions = []
-    for row in rows:
-        actions.append(
-            ActionRecord(
-                time=float(row.get("time", 0.0)),
-                detector=str(row.get("detector", "")),
-                response=str(row.get("response", "")),
-                target_kind=str(row.get("target_kind", "")),
-                target=str(row.get("target", "")),
-                monitor=bool(row.get("monitor", False)),
-            )
+        return parse_actions(done.stdout), ""
+    except (ValueError, TypeError, AttributeError):
+        return None, f"authz actions: not its JSON: {done.stdout[:200]!r}"
+
+
+def parse_actions(text: str) -> list[ActionRecord]:
+    """``authz actions --json`` (``{"actions": [{"time", "detector", ...}], "workers"}``)."""
+    data = json.loads(text)
+    rows = data["actions"] if isinstance(data, dict) else data
+    return [
+        ActionRecord(
+            time=float(row.get("time", 0.0)),
+            detector=str(row.get("detector", "")),
+            response=str(row.get("response", "")),
+            target_kind=str(row.get("target_kind", "")),
+            target=str(row.get("target", "")),
+            monitor=bool(row.get("monitor", False)),
+            outcome=str(row.get("outcome", "")),
         )
-    return actions, ""
+        for row in rows
+    ]
 
 
 _ACTION_LINE = re.compile(

@@ -8,6 +8,7 @@ runs the smoke scenario through a real Envoy.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bench.scenario.driver import Result, Run
 from bench.scenario.model import ATTACKERS, PROBES, SMOKE, Population, ScenarioConfig
 from bench.scenario.population import build
 from bench.scenario.report import ActionRecord, analyse, table, verdict
-from bench.scenario.runner import actions_from_log
+from bench.scenario.runner import actions_from_log, parse_actions
 
 ISSUER = "https://issuer.test"
 
@@ -203,3 +204,34 @@ def test_actions_from_the_service_log(tmp_path: Path) -> None:
     ]
     assert actions[1].time - actions[0].time == pytest.approx(9.897)
     assert actions_from_log(tmp_path / "missing.log") == []
+
+
+def test_actions_from_the_control_plane() -> None:
+    text = json.dumps(
+        {
+            "actions": [
+                {"time": 1796220233.972, "detector": "credential_stuffing", "response": "block",
+                 "target_kind": "prefix", "target": "127.66.6.0/24", "ttl": 900.0,
+                 "reason": "caller_blocked", "evidence": {"feature": "prefix_failures"},
+                 "monitor": False, "outcome": "enforced", "detail": ""},
+                {"time": 1796220234.0, "detector": "enumeration", "response": "throttle",
+                 "target_kind": "token", "target": "abc", "ttl": 600.0, "reason": "caller_throttled",
+                 "evidence": {}, "monitor": True, "outcome": "monitor", "detail": ""},
+                {"time": 1796220235.0, "detector": "data_volume", "response": "log",
+                 "target_kind": "subject", "target": "u", "ttl": 600.0, "reason": "",
+                 "evidence": {}, "monitor": False, "outcome": "logged", "detail": ""},
+                {"time": 1796220236.0, "detector": "honeypot", "response": "block",
+                 "target_kind": "address", "target": "127.88.0.9", "ttl": 3600.0,
+                 "reason": "caller_blocked", "evidence": {}, "monitor": False, "outcome": "kept",
+                 "detail": ""},
+            ],
+            "workers": 1,
+        }
+    )  # fmt: skip
+    actions = parse_actions(text)
+    assert [(a.detector, a.outcome, a.in_force) for a in actions] == [
+        ("credential_stuffing", "enforced", True),
+        ("enumeration", "monitor", False),
+        ("data_volume", "logged", False),
+        ("honeypot", "kept", True),
+    ]
