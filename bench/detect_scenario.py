@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stale-share", type=float, help="legitimate requests that fail auth (default 0.02)"
     )
+    p.add_argument(
+        "--no-feed", action="store_true", help="without Envoy's access-log feed to the service"
+    )
     p.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     p.add_argument("--warmup", default="30s", help="detection.warmup in the policy")
     p.add_argument(
@@ -59,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     out = run_scenario(
         config, args.work, transport=args.transport, sections=sections,
         warmup="1s" if args.smoke and args.warmup == "30s" else args.warmup,
+        feed=not args.no_feed,
     )  # fmt: skip
     pop, run = out.population, out.run
     print(
         f"## Detection scenario: seed {config.seed}, {config.normals} normal identities, "
         f"{len(pop.clients)} clients, {pop.events()} requests in {run.seconds:.0f} s "
-        f"({args.transport}; schedule {pop.fingerprint()})\n"
+        f"({args.transport}, access-log feed {'on' if out.feed else 'off'}; "
+        f"schedule {pop.fingerprint()})\n"
     )
     print(table(pop, out.actioned))
     ok, notes = verdict(pop, out.actioned)

@@ -9,6 +9,7 @@ control plane for the actions it took, and returns everything the table needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from authz import devissuer
 from authz.demo.stack import LocalStack
@@ -45,6 +47,8 @@ class Outcome:
     policy: Path
     #: where the actions came from: "control plane", "service log" or ""
     actions_source: str = ""
+    #: Envoy's access-log feed reached the service (False: not in this build, or off)
+    feed: bool = False
 
 
 def _ask_control(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -125,6 +129,7 @@ def run_scenario(
     sections: str | None = None,
     warmup: str = "30s",
     serve_args: tuple[str, ...] = (),
+    feed: bool = True,
 ) -> Outcome:
     work = work or Path(tempfile.mkdtemp(prefix="authz-scenario-"))
     key = devissuer.generate_key("ES256")
@@ -139,9 +144,12 @@ def run_scenario(
             population, work, issuer=ISSUER, jwks=devissuer.jwks([key]), sections=""
         )
         note = f"this build refuses the detection/enforcement sections ({note.splitlines()[0]})"
+    extra: dict[str, Any] = {}
+    if feed and "access_log" in {f.name for f in dataclasses.fields(LocalStack)}:
+        extra["access_log"] = "service"  # Envoy's access-log feed to the service
     stack = LocalStack(
         policy=path, state_dir=work / "state", transport=transport, envoy_timeout=2.0,
-        extra_serve_args=serve_args,
+        extra_serve_args=serve_args, **extra,
     )  # fmt: skip
     before = os.getloadavg()
     stack.start()
@@ -158,5 +166,5 @@ def run_scenario(
         note = (note + "; " if note else "") + f"actions from the service's log ({why})"
     return Outcome(
         population, run, actions, analyse(population, run, actions), detection, note, before,
-        after, path, source,
+        after, path, source, bool(extra),
     )  # fmt: skip
