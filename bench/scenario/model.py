@@ -115,6 +115,9 @@ class Client:
     #: surge factor (1.0: does not take part)
     surge: float = 1.0
     events: list[Event] = field(default_factory=list)
+    #: a normal identity's network: office (a /24 of its own addresses), nat (one
+    #: address shared with others), home; "+phone" when it also sends from a phone
+    group: str = ""
 
     @property
     def start(self) -> float:

@@ -49,6 +49,7 @@ from bench.scenario.traffic import (
     bearer,
     ci_request,
     credential_names,
+    group_of,
     integration_request,
     jti_of,
     key_digest,
@@ -124,7 +125,8 @@ def build(
                 addresses = (*addresses, mobile_address(phones))
                 phones += 1
             wide = crng.random() < config.browser_share
-        client = Client(name, "normal", addresses, subject, creds | {subject}, factor)
+        group = group_of(i) + ("+phone" if len(addresses) > 1 else "")
+        client = Client(name, "normal", addresses, subject, creds | {subject}, factor, group=group)
         for t in arrivals(
             crng, 0.0, end, normal_rate_of(rate, end, surge_of(factor)), rate * 1.3 * factor
         ):

@@ -157,6 +157,14 @@ def _group_row(label: str, kind: str, members: Sequence[Actioned], since: float 
     )
 
 
+#: sub-rows of the normal population: (group prefix, label)
+GROUPS = (
+    ("office", "in the office /24"),
+    ("nat", "behind one NAT address"),
+    ("+phone", "also on a phone (carrier NAT /24)"),
+)
+
+
 def table(population: Population, actioned: dict[str, Actioned]) -> str:
     cfg = population.config
     lines = [
@@ -179,6 +187,12 @@ def table(population: Population, actioned: dict[str, Actioned]) -> str:
         )
     normals = [actioned[c.name] for c in population.by_kind("normal")]
     lines.append(_group_row("normal identities", "legitimate", normals))
+    for group, label in GROUPS:
+        members = [
+            a for a in normals if a.client.group.startswith(group) or group in a.client.group
+        ]
+        if members:
+            lines.append(_group_row(f"- of which {label}", "legitimate", members))
     lines.append(_group_row("heavy user (CI)", "legitimate", [actioned["heavy-ci"]]))
     if cfg.surge_length > 0:
         surgers = [a for a in normals if a.client.surge > 1.0]

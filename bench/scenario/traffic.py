@@ -3,8 +3,10 @@ names an action may give their credentials, arrival processes, route mixes.
 
 Linux routes all of 127/8 to loopback, so each client binds its own 127.x.y.z
 address and Envoy sees that many client addresses. The normal population: an
-office /24 of ``OFFICE`` identities, then eight per /24 (home ISPs), some with a
-second address on a carrier NAT (their phone); attackers live in /24s of their own.
+office /24 of ``OFFICE`` identities (one address each), ``NAT`` identities behind
+one shared egress address (a company's NAT), then eight per /24 (home ISPs); some
+have a second address on a carrier NAT (their phone). Attackers live in /24s of
+their own.
 """
 
 from __future__ import annotations
@@ -21,16 +23,26 @@ from bench.scenario.model import Request
 # ----------------------------------------------------------------------------- addresses
 
 
-#: the first OFFICE normal identities work behind one office network (one /24)
+#: the first OFFICE normal identities work in one office network (one /24) ...
 OFFICE = 40
+#: ... the next NAT ones share one address (a company's NAT egress)
+NAT = 12
+NAT_ADDRESS = "127.12.0.1"
 
 
 def normal_address(i: int) -> str:
-    """An office /24 of ``OFFICE`` identities, then eight per /24 (home ISPs)."""
+    """The office /24, the shared NAT address, then eight per /24 (home ISPs)."""
     if i < OFFICE:
         return f"127.10.0.{10 + i}"
-    j = i - OFFICE
+    if i < OFFICE + NAT:
+        return NAT_ADDRESS
+    j = i - OFFICE - NAT
     return f"127.10.{1 + j // 8}.{10 + j % 8}"
+
+
+def group_of(i: int) -> str:
+    """Where normal identity ``i`` sends from: office, nat or home."""
+    return "office" if i < OFFICE else "nat" if i < OFFICE + NAT else "home"
 
 
 def mobile_address(k: int) -> str:

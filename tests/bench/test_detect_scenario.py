@@ -20,6 +20,7 @@ from bench.scenario.model import ATTACKERS, PROBES, SMOKE, Population, ScenarioC
 from bench.scenario.population import build
 from bench.scenario.report import ActionRecord, analyse, table, verdict
 from bench.scenario.runner import actions_from_log, parse_actions
+from bench.scenario.traffic import NAT, NAT_ADDRESS
 
 ISSUER = "https://issuer.test"
 
@@ -46,14 +47,18 @@ def test_population_shape(full: Population) -> None:
     cfg = full.config
     kinds = Counter(c.kind for c in full.clients)
     assert kinds == {"normal": 200, "heavy": 1, **dict.fromkeys(ATTACKERS, 1)}
-    # every normal identity has its own subject, credential and address
+    # every normal identity has its own subject and credential; all but the 12 behind
+    # one NAT address their own address
     normals = full.by_kind("normal")
     assert len({c.subject for c in normals}) == 200
-    assert len({c.addresses[0] for c in normals}) == 200
+    assert len({c.addresses[0] for c in normals}) == 200 - NAT + 1
+    assert sum(1 for c in normals if c.addresses[0] == NAT_ADDRESS) == NAT
+    assert Counter(c.group.split("+")[0] for c in normals) == {"office": 40, "nat": 12, "home": 148}
     assert sum(1 for c in normals if c.subject.startswith("partner-")) == 20  # API keys
     assert len(full.api_keys) == 21  # and the CI pipeline's
     # no address is shared between two clients, and attackers are outside the normals' /24s
     seen: Counter[str] = Counter(a for c in full.clients for a in c.addresses)
+    del seen[NAT_ADDRESS]
     assert max(seen.values()) == 1
     normal_nets = {ipaddress.ip_network(f"{c.addresses[0]}/24", strict=False) for c in normals}
     for name in ATTACKERS:
@@ -66,6 +71,7 @@ def test_population_shape(full: Population) -> None:
     assert nets["127.10.0.0/24"] == 40
     phones = [c for c in normals if len(c.addresses) == 2]
     assert 15 < len(phones) < 45 and nets["127.30.0.0/24"] == len(phones)
+    assert all(c.group.endswith("+phone") for c in phones)
     stale = sum(1 for c in normals for e in c.events if e.request.tag == "stale")
     assert 0.01 < stale / sum(len(c.events) for c in normals) < 0.03
     # the heavy user runs from the start at its rate; attackers start after the warm-up
