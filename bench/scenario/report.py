@@ -148,8 +148,9 @@ def _group_row(label: str, kind: str, members: Sequence[Actioned], since: float 
             labels = {m.by}  # a deny's reason, when no action was listed
         by.update(labels)
     split = ", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "-"
-    first = min((m.since_start for m in hit if m.since_start is not None), default=None)
-    first_text = "-" if first is None else f"{first:.1f}"
+    # a group's start is the run's: its first action in run time
+    first = min((m.first for m in hit if m.first is not None), default=None)
+    first_text = "-" if first is None else f"{first:.1f} (run time)"
     share = _pct(len(hit), len(members))
     return (
         f"| {label} | {kind} | {len(members)} | {requests} | {len(hit)} ({share}) "
