@@ -42,6 +42,14 @@ a stage sees a PyJWT or jsonschema exception.
     │   └── DecisionLogUnavailable 503   decision_log_unavailable  (the decision log cannot take
     │                                    records and its policy is on_failure: deny)
     ├── Overloaded                503    overloaded            load shed by priority class
+    ├── EnforcementError                 an automatic response in force (authz.respond);
+    │   │                                ``element`` names the action (detector or operator)
+    │   ├── CallerBlocked         403    caller_blocked        address, /24 or /64, identity
+    │   ├── CredentialRevoked     401    credential_revoked    (error="invalid_token")
+    │   ├── StepUpRequired        401    step_up_required      (RFC 9470: error=
+    │   │                                "insufficient_user_authentication", acr_values, max_age)
+    │   ├── CallerThrottled       429    caller_throttled      (Retry-After)
+    │   └── EnforcementUnavailable 503   enforcement_unavailable  (shared store down, fails closed)
     └── InternalError             500    internal_error
 """
 
@@ -260,3 +268,47 @@ class Overloaded(AuthzError, reason=R.OVERLOADED):
 class InternalError(AuthzError, reason=R.INTERNAL_ERROR):
     monitorable = False
     monitorable_unrouted = False
+
+
+class EnforcementError(AuthzError, reason=R.CALLER_BLOCKED):
+    """A request refused by an automatic response in force (:mod:`authz.respond`)."""
+
+
+class CallerBlocked(EnforcementError, reason=R.CALLER_BLOCKED):
+    pass
+
+
+class CredentialRevoked(EnforcementError, reason=R.CREDENTIAL_REVOKED):
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        return (("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),)
+
+
+class StepUpRequired(EnforcementError, reason=R.STEP_UP_REQUIRED):
+    """RFC 9470: the caller must authenticate again, with one of ``acr_values`` (when
+    any) and no longer ago than ``max_age`` seconds."""
+
+    def __init__(self, acr_values: tuple[str, ...], max_age: int, detail: str = "") -> None:
+        super().__init__(detail or "step-up authentication required")
+        self.acr_values = acr_values
+        self.max_age = max_age
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        value = (
+            f'Bearer realm="{realm}", error="insufficient_user_authentication", '
+            'error_description="A different authentication level is required"'
+        )
+        if self.acr_values:
+            value += f', acr_values="{" ".join(self.acr_values)}"'
+        value += f", max_age={self.max_age}"
+        return (("www-authenticate", value),)
+
+
+class CallerThrottled(EnforcementError, reason=R.CALLER_THROTTLED):
+    pass
+
+
+class EnforcementUnavailable(EnforcementError, reason=R.ENFORCEMENT_UNAVAILABLE):
+    """The shared block and revocation store is unreachable and the policy says
+    ``on_error: deny``."""
+
+    headers = (("retry-after", "1"),)

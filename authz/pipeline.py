@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from authz.core_stages import AuthorizeStage, CanonicalPathStage, IdentityStage, RouteStage
+from authz.detect.stage import DetectStage
 from authz.inventory import InventoryStage
 from authz.policy.config import RouteConfig
 from authz.ratelimit.stage import RATE_LIMIT_STAGES
+from authz.respond.stage import ENFORCE_ADDRESS, ENFORCE_IDENTITY
 from authz.stages import FunctionStage, Load, Phase, Stage, StageFactory
 from authz.validation.stage import ValidationStage
 
@@ -47,12 +49,15 @@ CORE_STAGES: tuple[StageFactory, ...] = (
 #: its quota never costs a body parse.
 STAGES: tuple[StageFactory, ...] = (
     CORE_STAGES[0],
+    ENFORCE_ADDRESS,  # blocked addresses: before any limit is charged, undeclared paths too
     *RATE_LIMIT_STAGES,
     CORE_STAGES[1],
     CORE_STAGES[2],
+    ENFORCE_IDENTITY,  # revoked credentials: 401 before a scope check's 403
     CORE_STAGES[3],
     ValidationStage(),
     InventoryStage(),
+    DetectStage(),
 )
 
 

@@ -31,3 +31,7 @@ class ServeOptions:
     reuse_port: bool = False
     #: the control plane (authz.control); off unless given (the CLI's default is on)
     control: ControlOptions = CONTROL_OFF
+    #: Envoy's gRPC access log (authz.transport.als_server): HOST:PORT, or None (off)
+    access_log_grpc: str | None = None
+    access_log_secret_file: str | None = None  # streams must carry this file's secret
+    access_log_trust_network: bool = False  # no secret, yet bind beyond loopback

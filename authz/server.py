@@ -72,6 +72,10 @@ class Service(HealthReporting):
         self.shared = Shared()  # state that outlives a policy (stores, inventories)
         self.sink = sink or make_sink(options.decision_log, self.shared.metrics)
         self.shared.runtimes.add(self.sink)  # first: started first, closed last
+        if options.access_log_grpc is not None:  # Envoy's access log -> the response hub
+            from authz.transport.als_server import access_log_runtime
+
+            access_log_runtime(self.shared, options)
         self.engine: PolicyEngine | None = None
         self.transport: GrpcTransport | None = None
         self.http: HttpTransport | None = None

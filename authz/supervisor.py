@@ -50,6 +50,18 @@ def http_argv(options: ServeOptions) -> list[str]:
     return argv
 
 
+def access_log_argv(options: ServeOptions) -> list[str]:
+    """The ``--access-log-*`` flags that give a worker the same access-log port."""
+    if options.access_log_grpc is None:
+        return []
+    argv = ["--access-log-grpc", options.access_log_grpc]
+    if options.access_log_secret_file is not None:
+        argv += ["--access-log-secret-file", options.access_log_secret_file]
+    if options.access_log_trust_network:
+        argv.append("--access-log-insecure-trust-network")
+    return argv
+
+
 def supervise(options: ServeOptions) -> int:
     """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
     try:
@@ -68,6 +80,7 @@ def supervise(options: ServeOptions) -> int:
         argv += ["--grpc", options.grpc]
     if options.http is not None:
         argv += ["--http", options.http, *http_argv(options)]
+    argv += access_log_argv(options)  # each worker binds it too (SO_REUSEPORT)
     argv += [
         "--workers",
         "1",

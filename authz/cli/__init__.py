@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         token,
         validate,
     )
+    from authz.control import enforcement_commands
     from authz.control.commands import add_inventory_parser
 
     parser = Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     reasons.register(sub)
     explain.register(sub)
+    enforcement_commands.register(sub)
     return parser
 
 

@@ -105,6 +105,17 @@ def register(subparsers: argparse._SubParsersAction[AnyType]) -> None:
         help="with --transport http: Envoy sends this file's secret on every check (the "
         "file `authz serve --http-secret-file` reads); the config then holds the secret",
     )  # fmt: skip
+    p.add_argument(
+        "--access-log", type=hp, default=None, metavar="HOST:PORT",
+        help="also stream every request's access log (public routes included) to the "
+        "service's access-log port (`authz serve --access-log-grpc HOST:PORT`): the "
+        "upstream's status, size and latency, joined to each decision by its id",
+    )  # fmt: skip
+    p.add_argument(
+        "--access-log-secret-file", type=readable, metavar="FILE",
+        help="with --access-log: Envoy sends this file's secret on its access-log stream "
+        "(the file `authz serve --access-log-secret-file` reads); the config then holds it",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -154,7 +165,21 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         tls=_tls_from_args(args),
         transport=getattr(args, "transport", _DEFAULTS.transport),
         http_secret=_secret_from_args(args),
+        access_log=getattr(args, "access_log", None),
+        access_log_secret=_access_log_secret(args),
     )
+
+
+def _access_log_secret(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "access_log_secret_file", None)
+    if path is None:
+        return None
+    if getattr(args, "access_log", None) is None:
+        raise EnvoyConfigError("--access-log-secret-file needs --access-log")
+    try:
+        return envoy_http.read_secret_file(path)
+    except ValueError as exc:
+        raise EnvoyConfigError(f"--access-log-secret-file {exc}") from None
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -171,6 +196,10 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--transport", opts.transport]
     if opts.http_secret is not None:
         parts += ["--http-secret-file", args.http_secret_file]
+    if opts.access_log is not None:
+        parts += ["--access-log", str(opts.access_log)]
+    if opts.access_log_secret is not None:
+        parts += ["--access-log-secret-file", args.access_log_secret_file]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:
@@ -193,6 +222,8 @@ def generate(policy: PolicyConfig, args: argparse.Namespace) -> str:
     )
     if options.http_secret is not None:
         header += "It holds the HTTP transport secret: keep it as private as that file.\n"
+    if options.access_log_secret is not None:
+        header += "It holds the access-log secret: keep it as private as that file.\n"
     return render_yaml(build_bootstrap(policy, options), header=header)
 
 
@@ -230,7 +261,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         tmp = out.with_name(f".{out.name}.tmp")
         # A config holding the transport secret is readable by its owner only.
-        mode = 0o600 if getattr(args, "http_secret_file", None) else 0o644
+        secret = getattr(args, "http_secret_file", None) or getattr(
+            args, "access_log_secret_file", None
+        )
+        mode = 0o600 if secret else 0o644
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

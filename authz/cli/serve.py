@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         limits = http_options(args)
         control = options_from_args(args)
+        access_log_options(args)
     except ValueError as exc:
         print(f"authz serve: error: {exc}", file=sys.stderr)
         return 2
@@ -49,6 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             drain_delay=args.drain_delay,
             reuse_port=args.reuse_port or args.workers > 1,
             control=control,
+            access_log_grpc=args.access_log_grpc,
+            access_log_secret_file=args.access_log_secret_file,
+            access_log_trust_network=args.access_log_insecure_trust_network,
         )
     )
 
@@ -99,6 +103,25 @@ def http_options(args: argparse.Namespace) -> Any:
         idle_timeout=_pick(args.http_idle_timeout, defaults.idle_timeout),
         max_connections=_pick(args.http_max_connections, defaults.max_connections),
     )
+
+
+def access_log_options(args: argparse.Namespace) -> None:
+    """Check the ``--access-log-*`` flags go together and may bind where they say
+    (ValueError saying what is wrong)."""
+    from authz.transport.als_server import check_exposure
+    from authz.transport.envoy_http import read_secret_file
+
+    if args.access_log_grpc is None:
+        for flag in ("access_log_secret_file", "access_log_insecure_trust_network"):
+            if getattr(args, flag) not in (None, False):
+                raise ValueError(f"--{flag.replace('_', '-')} needs --access-log-grpc")
+        return
+    secret = None
+    if args.access_log_secret_file is not None:
+        secret = read_secret_file(args.access_log_secret_file)  # fail now, saying why
+        if args.access_log_insecure_trust_network:
+            raise ValueError("--access-log-insecure-trust-network makes no sense with a secret")
+    check_exposure(args.access_log_grpc, secret, args.access_log_insecure_trust_network)
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -176,6 +199,27 @@ def register(sub: Any) -> None:
         "--http-max-connections", type=A.whole(1, 1_000_000), metavar="N",
         help="open connections; new ones beyond are closed at once, with a log line "
         "(default 4096)",
+    )  # fmt: skip
+    a = p.add_argument_group(
+        "Envoy's access log",
+        "Response feedback: the upstream's status, size and latency of every request "
+        "(public routes too), joined to its decision by id, for detection and adaptive "
+        "shedding. Give the same address to `authz envoy-config --access-log`.",
+    )
+    a.add_argument(
+        "--access-log-grpc", type=A.address, default=None, metavar="HOST:PORT",
+        help="serve envoy.service.accesslog.v3.AccessLogService here (off by default); "
+        "beyond loopback it needs --access-log-secret-file",
+    )  # fmt: skip
+    a.add_argument(
+        "--access-log-secret-file", metavar="FILE",
+        help="refuse access-log streams without this file's secret (Envoy sends it when "
+        "given `authz envoy-config --access-log-secret-file` with the same file)",
+    )  # fmt: skip
+    a.add_argument(
+        "--access-log-insecure-trust-network", action="store_true",
+        help="bind a non-loopback --access-log-grpc address without a secret: only if "
+        "nothing but Envoy can reach it (forged entries would feed the detectors)",
     )  # fmt: skip
     p.add_argument("--workers", type=A.workers, default=1, help="processes on one port")
     p.add_argument(

@@ -31,6 +31,7 @@ import os
 import secrets
 import stat
 import tempfile
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,11 @@ from authz.transport.envoy_http import read_secret_file
 
 #: Metadata key of the bearer token (gRPC lower-cases it).
 AUTHORIZATION = "authorization"
+#: Who makes the control-plane call being served (set by the server's gate for the
+#: servicer: "token:1a2b3c4d", a certificate's identity, or "worker-socket").
+CALLER: ContextVar[str] = ContextVar("authz_control_caller", default="")
+#: The caller of a worker's socket: the supervisor, which says who called it.
+WORKER_SOCKET = "worker-socket"
 
 
 def runtime_dir(*, create: bool = False) -> Path:

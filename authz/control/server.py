@@ -111,6 +111,7 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(self, method: str, behaviour: Any) -> Any:
         async def call(request: Any, context: Any) -> Any:
             who = await self._admit(method, context)
+            auth.CALLER.set(who)  # for the servicer: changes are logged with their caller
             started = time.perf_counter()
             try:
                 response = await behaviour(request, context)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from authz.control.enforcement import EnforcementServicer
 from authz.explain import Step
 from authz.inventory import InventoryView, shared_inventory
 from authz.model import Decision
@@ -143,8 +144,8 @@ def request_of(message: Any) -> Any:
     )
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    """Answers for this process's engine."""
+class AdminServicer(EnforcementServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    """Answers for this process's engine (blocks and revocations: EnforcementServicer)."""
 
     def __init__(self, engine: PolicyEngine) -> None:
         self._engine = engine

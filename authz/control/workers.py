@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from authz.control.enforcement import EnforcementFanOut
 from authz.control.merge import merge_counters, merge_inventories
 from authz.control.options import ControlOptions
 from authz.control.server import ControlServer
@@ -35,8 +36,9 @@ log = logging.getLogger("authz.control")
 WORKER_TIMEOUT = 5.0
 
 
-class FanOutAdmin(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    """Answers for every worker: asks each one's socket and merges."""
+class FanOutAdmin(EnforcementFanOut, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    """Answers for every worker: asks each one's socket and merges (blocks and
+    revocations: EnforcementFanOut, a change goes to every worker)."""
 
     def __init__(self, sockets: Sequence[str], *, timeout: float = WORKER_TIMEOUT) -> None:
         self._sockets = tuple(sockets)

@@ -92,10 +92,19 @@ class LocalStack:
     #: directory), as a deployment where the port is not loopback must.
     use_http_secret: bool = True
     http_secret: str | None = None  # set by start() when a secret is used
+    #: Envoy's gRPC access log (``envoy-config --access-log``): ``"service"`` (the
+    #: service serves it, ``serve --access-log-grpc``, on ``access_log_port``),
+    #: ``"external"`` (Envoy logs to ``access_log_port``, the caller serves it), or None.
+    access_log: str | None = None
+    access_log_port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     upstream: EchoUpstream | None = None
 
     def __post_init__(self) -> None:
+        if self.access_log not in (None, "service", "external"):
+            raise ValueError(f"access_log {self.access_log!r}: service, external or None")
+        if self.access_log is not None:
+            self.access_log_port = self.access_log_port or free_port()
         self.listen_port = self.listen_port or free_port()
         self.authz_port = self.authz_port or free_port()
         self.admin_port = self.admin_port or free_port()
@@ -110,6 +119,10 @@ class LocalStack:
     @property
     def authz_address(self) -> str:
         return f"127.0.0.1:{self.authz_port}"
+
+    @property
+    def access_log_address(self) -> str:
+        return f"127.0.0.1:{self.access_log_port}"
 
     @property
     def decision_log(self) -> Path:
@@ -143,7 +156,7 @@ class LocalStack:
         self.upstream = EchoUpstream("127.0.0.1", self.upstream_port).start()
         self.upstream_port = self.upstream.port
         config = load_policy(self.policy)
-        secret_args = self._write_http_secret()
+        serve_args = self._write_http_secret()
         options = EnvoyOptions(
             listen=HostPort("127.0.0.1", self.listen_port),
             upstream=HostPort("127.0.0.1", self.upstream_port),
@@ -153,7 +166,12 @@ class LocalStack:
             tls=self.tls,
             transport=self.transport,
             http_secret=self.http_secret,
+            access_log=(
+                HostPort("127.0.0.1", self.access_log_port) if self.access_log is not None else None
+            ),
         )
+        if self.access_log == "service":
+            serve_args += ["--access-log-grpc", self.access_log_address]
         envoy_yaml = self.state_dir / "envoy.yaml"
         envoy_yaml.write_text(render_yaml(build_bootstrap(config, options)))
         service = self._spawn(
@@ -161,7 +179,7 @@ class LocalStack:
             sys.executable, "-m", "authz", "serve", str(self.policy),
             f"--{self.transport}", self.authz_address, "--decision-log", str(self.decision_log),
             "--reload-interval", "0.2", "--control", f"127.0.0.1:{self.control_port}",
-            *secret_args, *self.extra_serve_args,
+            *serve_args, *self.extra_serve_args,
         )  # fmt: skip
         envoy = self._spawn(
             "envoy.log",

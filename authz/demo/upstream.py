@@ -2,7 +2,10 @@
 
 Answers every request with 200 and a JSON echo of what it received (method,
 path, headers, body length), so a test can see exactly which headers Envoy
-forwarded after the authz decision.
+forwarded after the authz decision. A request may ask for another status
+(``x-echo-status: 404``) or a slower answer (``x-echo-delay-ms: 50``, at most 5 s):
+the access-log feed's tests need an upstream whose status and latency are not
+authz's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
@@ -33,7 +37,10 @@ class _Handler(BaseHTTPRequestHandler):
             },
             indent=2,
         ).encode()
-        self.send_response(200)
+        delay = _int(self.headers.get("x-echo-delay-ms"), 0, 5000)
+        if delay:
+            time.sleep(delay / 1000)
+        self.send_response(_int(self.headers.get("x-echo-status"), 200, 599, default=200))
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -44,6 +51,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
+
+
+def _int(text: str | None, low: int, high: int, default: int = 0) -> int:
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        return default
+    return value if low <= value <= high else default
 
 
 class EchoUpstream:

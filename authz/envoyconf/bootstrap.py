@@ -58,7 +58,9 @@ from envoy_data_plane.envoy.type.matcher.v3 import (
 )
 from envoy_data_plane.google.protobuf import Any, Struct
 
+from authz.envoyconf.accesslog import grpc_access_log
 from authz.envoyconf.common import (
+    ACCESS_LOG_CLUSTER,
     AUTHZ_CLUSTER,
     AUTHZ_HTTP_IDLE_TIMEOUT,
     EXT_AUTHZ_FILTER,
@@ -144,7 +146,14 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         ),
         request_headers_timeout=seconds(10),
         stream_idle_timeout=seconds(300),
-        access_log=[_access_log(options.transport)],
+        access_log=[
+            _access_log(options.transport),
+            *(
+                [grpc_access_log(options.transport, options.access_log_secret)]
+                if options.access_log is not None
+                else []
+            ),
+        ],
         use_remote_address=True,
         generate_request_id=True,
         preserve_external_request_id=False,
@@ -197,9 +206,12 @@ def _upstream_protocol(options: UpstreamHttpProtocolOptions) -> dict[str, Any]:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(options)}
 
 
-def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) -> Cluster:
-    """A static (or DNS) cluster; ``grpc``: HTTP/2 with gRPC health checks; ``authz``
-    without ``grpc``: the HTTP transport, health-checked with ``GET /healthz``."""
+def _cluster(
+    name: str, target: HostPort, *, grpc: bool, authz: bool = False, health: bool = True
+) -> Cluster:
+    """A static (or DNS) cluster; ``grpc``: HTTP/2 with gRPC health checks (unless not
+    ``health``); ``authz`` without ``grpc``: the HTTP transport, health-checked with
+    ``GET /healthz``."""
     cluster = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if target.is_ip else ClusterDiscoveryType.STRICT_DNS,
@@ -223,7 +235,8 @@ def _cluster(name: str, target: HostPort, *, grpc: bool, authz: bool = False) ->
             )
         )
         # grpc.health.v1 with the empty service name: the server's overall health.
-        cluster.health_checks = _health_checks(grpc_health_check=HealthCheckGrpcHealthCheck())
+        if health:
+            cluster.health_checks = _health_checks(grpc_health_check=HealthCheckGrpcHealthCheck())
     elif authz:
         # Envoy closes its idle connections to the service (30 s) before the service
         # would (its --http-idle-timeout, 75 s by default): a check is then never sent
@@ -285,6 +298,12 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
                     AUTHZ_CLUSTER, options.authz, grpc=options.transport == "grpc", authz=True
                 ),
                 _cluster(UPSTREAM_CLUSTER, options.upstream, grpc=False),
+                # (no health checks: a log sink that is down only loses entries)
+                *(
+                    [_cluster(ACCESS_LOG_CLUSTER, options.access_log, grpc=True, health=False)]
+                    if options.access_log is not None
+                    else []
+                ),
             ],
         ),
         admin=Admin(address=socket_address(options.admin)),

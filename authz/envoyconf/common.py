@@ -33,6 +33,10 @@ AUTHZ_CLUSTER = "authz"
 UPSTREAM_CLUSTER = "upstream"
 
 
+#: The cluster of the service's access-log port (``authz serve --access-log-grpc``).
+ACCESS_LOG_CLUSTER = "authz_access_log"
+
+
 CATCH_ALL_ROUTE = "undeclared"
 
 

@@ -64,6 +64,12 @@ class EnvoyOptions:
     #: Over HTTP: the transport secret Envoy adds to every check (the value of the
     #: service's ``--http-secret-file``); None: none is sent.
     http_secret: str | None = field(default=None, repr=False)
+    #: Envoy's gRPC access log (``envoy.access_loggers.http_grpc``) to the service's
+    #: access-log port (``authz serve --access-log-grpc``); None: stdout only.
+    access_log: HostPort | None = None
+    #: The secret Envoy sends on its access-log stream (the service's
+    #: ``--access-log-secret-file``); None: none.
+    access_log_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -72,3 +78,5 @@ class EnvoyOptions:
             )
         if self.http_secret is not None and self.transport != "http":
             raise EnvoyConfigError("a transport secret is for --transport http only")
+        if self.access_log_secret is not None and self.access_log is None:
+            raise EnvoyConfigError("an access-log secret needs --access-log")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.detection_config import DetectionConfig
+from authz.policy.enforcement_config import EnforcementConfig
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
 
 MODES = ("enforce", "monitor")
@@ -222,6 +224,10 @@ class PolicyConfig:
     documents: tuple[str, ...] = ()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    #: Behavioural detection (None: the policy has no ``detection:`` section).
+    detection: DetectionConfig | None = None
+    #: Automatic responses (blocks, revocations, throttles, step-up); None: no section.
+    enforcement: EnforcementConfig | None = None
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

@@ -60,6 +60,15 @@ def widenings(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
                 "undeclared_routes deny -> monitor: requests to undeclared routes are allowed",
             )
         )
+    if _enforces(old) and not _enforces(new):
+        out.append(
+            Finding(
+                "warning",
+                "enforcement_removed",
+                "no enforcement: or detection: section any more: the blocks, revocations, "
+                "throttles and step-ups in force are no longer checked",
+            )
+        )
     out.extend(_rules("policy", None, old.rate_limits.rules, new.rate_limits.rules))
     out.extend(_providers(old, new))
     before = {r.name: r for r in old.routes}
@@ -78,6 +87,11 @@ def widenings(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
             continue
         out.extend(_route(old, new, prior, route))
     return out
+
+
+def _enforces(config: PolicyConfig) -> bool:
+    """Whether a policy checks automatic responses (authz.respond.stage.enforcement_of)."""
+    return config.enforcement is not None or getattr(config, "detection", None) is not None
 
 
 def _providers(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:

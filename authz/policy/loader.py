@@ -39,7 +39,9 @@ from authz.policy.config import (
     RouteConfig,
 )
 from authz.policy.contract import build_contract, defaults_from
+from authz.policy.detection_loader import load_detection
 from authz.policy.document import JsonPath, json_path, parse_duration, parse_yaml
+from authz.policy.enforcement_loader import EnforcementBuilder
 from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
 
@@ -182,6 +184,7 @@ class _Builder:
         self.document_bytes: list[bytes] = []
         self.contract_defaults = defaults_from(self.doc.get("validation"))
         self.limits = RateLimitBuilder(self, self.doc)
+        self.enforcement = EnforcementBuilder(self, self.doc)
 
     def guarded(self, fn: Any, *args: Any) -> Any:
         if not self.tolerant:
@@ -235,6 +238,8 @@ class _Builder:
             rate_limits=rate_limits,
             decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
             or DecisionLogConfig(),
+            detection=self.guarded(load_detection, doc, self, routes),
+            enforcement=self.guarded(self.enforcement.config),
         )
 
     def openapi(

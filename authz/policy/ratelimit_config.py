@@ -75,6 +75,44 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptiveConfig:
+    """Adaptive shedding from the upstream's health (``rate_limits.overload.adaptive``):
+    a gradient concurrency limit from Envoy's access-log feed, see
+    :mod:`authz.ratelimit.adaptive` for the algorithm. Defaults are documented there
+    and in the README."""
+
+    #: Seconds per measurement window; the limit is recomputed at the end of each.
+    interval: float = 1.0
+    #: A route's latency may reach this many times its baseline before the limit falls.
+    tolerance: float = 1.5
+    #: Seconds the latency baseline (a slow moving average) spans; a shift that lasts
+    #: much longer than this becomes the new normal.
+    baseline: float = 60.0
+    #: Weight of a new limit against the old one when latency is high, per window
+    #: (0 < smoothing <= 1): 1 takes it at once (Envoy's adaptive concurrency filter),
+    #: Netflix's Gradient2 uses 0.2; 0.5 halves the way each window.
+    smoothing: float = 0.5
+    #: Bounds of the limit (upstream requests in flight), and where it starts.
+    min_limit: float = 10.0
+    max_limit: float = 10_000.0
+    initial_limit: float = 100.0
+    #: Healthy windows raise the limit to at least this many times the concurrency seen.
+    headroom: float = 2.0
+    #: A route's upstream 5xx share (per window) above which the limit backs off ...
+    error_rate: float = 0.1
+    #: ... by this factor per window (multiplicative decrease, as AIMD).
+    backoff: float = 0.9
+    #: Entries a route needs in a window to count (fewer: it says nothing this window).
+    min_samples: int = 5
+    #: Demand above the limit sheds ``background``; above this many times it, ``normal`` too.
+    normal_above: float = 1.5
+    #: No entry from the feed for this long: adaptive shedding pauses (level 0).
+    stale_after: float = 5.0
+    #: Routes tracked at most (more share one bucket).
+    max_routes: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class OverloadConfig:
     """When to shed lower-priority routes (503 ``overloaded`` with Retry-After)."""
 
@@ -86,6 +124,8 @@ class OverloadConfig:
     #: or ``normal`` (normal and background).
     signal_file: str | None = None
     retry_after: float = 5.0
+    #: Adaptive shedding from the access-log feed; None: off.
+    adaptive: AdaptiveConfig | None = None
 
     @property
     def enabled(self) -> bool:
@@ -93,6 +133,7 @@ class OverloadConfig:
             self.background_at is not None
             or self.normal_at is not None
             or self.signal_file is not None
+            or self.adaptive is not None
         )
 
 

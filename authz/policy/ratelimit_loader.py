@@ -15,6 +15,7 @@ from authz.policy.document import JsonPath, parse_duration
 from authz.policy.ratelimit_config import (
     MEMORY_STORE,
     PRIORITIES,
+    AdaptiveConfig,
     OverloadConfig,
     RateLimitConfig,
     RedisStoreConfig,
@@ -122,6 +123,55 @@ class RateLimitBuilder:
             normal_at=normal,
             signal_file=signal_file,
             retry_after=retry_after,
+            adaptive=self.adaptive(spec.get("adaptive"), (*at, "adaptive")),
+        )
+
+    def adaptive(self, spec: Any, at: JsonPath) -> AdaptiveConfig | None:
+        """``overload.adaptive``: its settings (``{}``: the defaults); absent: off."""
+        if not isinstance(spec, dict):
+            return None
+        d = AdaptiveConfig()
+        report = self.reporter.problem
+        durations = {}
+        for name in ("interval", "baseline", "stale_after"):
+            durations[name] = parse_duration(spec.get(name, getattr(d, name)))
+        interval = durations["interval"]
+        if interval < 0.05:
+            report((*at, "interval"), "must be at least 50ms (the limit is recomputed each)")
+            interval = d.interval
+        for name in ("baseline", "stale_after"):
+            if durations[name] < interval:
+                report((*at, name), f"must be at least the interval ({interval:g}s)")
+        numbers = {
+            name: float(spec.get(name, getattr(d, name))) for name in ("min_limit", "max_limit")
+        }
+        low, high = numbers["min_limit"], numbers["max_limit"]
+        # Not given: the default, within the bounds given.
+        numbers["initial_limit"] = float(
+            spec.get("initial_limit", min(max(d.initial_limit, low), high))
+        )
+        if high < low:
+            report((*at, "max_limit"), f"is below min_limit ({low:g})")
+        elif not low <= numbers["initial_limit"] <= high:
+            report(
+                (*at, "initial_limit"),
+                f"{numbers['initial_limit']:g} is outside [min_limit {low:g}, max_limit {high:g}]",
+            )
+        return AdaptiveConfig(
+            interval=interval,
+            tolerance=float(spec.get("tolerance", d.tolerance)),
+            baseline=durations["baseline"],
+            smoothing=float(spec.get("smoothing", d.smoothing)),
+            min_limit=numbers["min_limit"],
+            max_limit=numbers["max_limit"],
+            initial_limit=numbers["initial_limit"],
+            headroom=float(spec.get("headroom", d.headroom)),
+            error_rate=float(spec.get("error_rate", d.error_rate)),
+            backoff=float(spec.get("backoff", d.backoff)),
+            min_samples=int(spec.get("min_samples", d.min_samples)),
+            normal_above=float(spec.get("normal_above", d.normal_above)),
+            stale_after=durations["stale_after"],
+            max_routes=int(spec.get("max_routes", d.max_routes)),
         )
 
     def priority(self, spec: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Overload: when to shed, by priority class.
 
-Two signals, the stronger wins:
+Three signals, the strongest wins:
 
 - **Decisions in flight** in this process (counted by the engine, see
   :attr:`authz.stages.Shared.in_flight`): above ``background_at`` the
@@ -14,6 +14,10 @@ Two signals, the stronger wins:
   per interval, not per request; works for every worker and replica that sees
   the file (a shared volume or a ConfigMap).
 
+- **Adaptive** (``adaptive:``): the upstream's health from Envoy's access-log feed
+  and the decisions in flight, through a gradient concurrency limit
+  (:mod:`authz.ratelimit.adaptive`).
+
 ``critical`` routes are never shed.
 """
 
@@ -22,9 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from authz.policy.ratelimit_config import OverloadConfig
 from authz.telemetry.metrics import Counter, MemoryMetrics, Metrics
+
+if TYPE_CHECKING:
+    from authz.ratelimit.adaptive import AdaptiveShaper
 
 log = logging.getLogger("authz.ratelimit")
 
@@ -49,6 +57,8 @@ class OverloadMonitor:
             "authz_shed_total", "requests shed under overload (503 overloaded)", ("priority",)
         )
         self._shed: dict[str, Counter] = {p: family.labels(p) for p in SHEDDABLE}
+        #: the adaptive level's source, set when a policy asks for it (``adaptive:``)
+        self.adaptive: AdaptiveShaper | None = None
 
     def counter(self, priority: str) -> Counter:
         """The pre-bound counter of requests shed on ``priority`` routes."""
@@ -71,6 +81,8 @@ class OverloadMonitor:
             level = 1
         if config.signal_file is not None:
             level = max(level, self._signal(config.signal_file))
+        if config.adaptive is not None and self.adaptive is not None and level < 2:
+            level = max(level, self.adaptive.level(in_flight, config.adaptive))
         return level
 
     def _signal(self, path: str) -> int:

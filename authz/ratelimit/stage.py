@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from authz.policy.ratelimit_config import (
     RateLimitConfig,
     RuleConfig,
 )
+from authz.ratelimit.adaptive import AdaptiveShaper
 from authz.ratelimit.base import LEASE, Outcome
 from authz.ratelimit.overload import RANK
 from authz.ratelimit.rules import (
@@ -232,10 +234,18 @@ class ShedStage:
         priority = route.priority
         shed_counter = monitor.counter(priority)
         headers = (("retry-after", str(max(math.ceil(overload.retry_after), 1))),)
+        note_shed: Callable[[str], None] | None = None
+        if overload.adaptive is not None:
+            shaper = AdaptiveShaper.of(shared, overload.adaptive)
+            monitor.adaptive = shaper
+            note_shed = shaper.note_shed
+        route_name = route.name
 
         async def shed(ctx: Context) -> None:
             if monitor.level(shared.in_flight, overload) >= rank:
                 shed_counter.inc()
+                if note_shed is not None:
+                    note_shed(route_name)  # adaptive: what shedding holds back
                 raise Overloaded(f"shedding {priority} routes", headers=headers)
 
         return shed

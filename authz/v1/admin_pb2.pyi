@@ -174,3 +174,137 @@ class Counters(_message.Message):
     series: _containers.RepeatedCompositeFieldContainer[Series]
     workers: int
     def __init__(self, series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class ListEnforcementsRequest(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, responses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Enforcement(_message.Message):
+    __slots__ = ("response", "target_kind", "target", "created", "expires", "source", "by", "evidence", "monitor", "note")
+    class EvidenceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    response: str
+    target_kind: str
+    target: str
+    created: float
+    expires: float
+    source: str
+    by: str
+    evidence: _containers.ScalarMap[str, str]
+    monitor: bool
+    note: str
+    def __init__(self, response: _Optional[str] = ..., target_kind: _Optional[str] = ..., target: _Optional[str] = ..., created: _Optional[float] = ..., expires: _Optional[float] = ..., source: _Optional[str] = ..., by: _Optional[str] = ..., evidence: _Optional[_Mapping[str, str]] = ..., monitor: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+
+class Enforcements(_message.Message):
+    __slots__ = ("enforcements", "workers", "store")
+    ENFORCEMENTS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    enforcements: _containers.RepeatedCompositeFieldContainer[Enforcement]
+    workers: int
+    store: str
+    def __init__(self, enforcements: _Optional[_Iterable[_Union[Enforcement, _Mapping]]] = ..., workers: _Optional[int] = ..., store: _Optional[str] = ...) -> None: ...
+
+class AddEnforcementRequest(_message.Message):
+    __slots__ = ("response", "target_kind", "target", "ttl_seconds", "note", "operator")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    response: str
+    target_kind: str
+    target: str
+    ttl_seconds: float
+    note: str
+    operator: str
+    def __init__(self, response: _Optional[str] = ..., target_kind: _Optional[str] = ..., target: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., note: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class LiftEnforcementRequest(_message.Message):
+    __slots__ = ("response", "target_kind", "target", "operator")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    response: str
+    target_kind: str
+    target: str
+    operator: str
+    def __init__(self, response: _Optional[str] = ..., target_kind: _Optional[str] = ..., target: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class LiftEnforcementResponse(_message.Message):
+    __slots__ = ("lifted", "enforcement", "workers")
+    LIFTED_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    lifted: bool
+    enforcement: Enforcement
+    workers: int
+    def __init__(self, lifted: _Optional[bool] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class ListActionsRequest(_message.Message):
+    __slots__ = ("limit", "detector")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    detector: str
+    def __init__(self, limit: _Optional[int] = ..., detector: _Optional[str] = ...) -> None: ...
+
+class ActionEntry(_message.Message):
+    __slots__ = ("time", "detector", "response", "target_kind", "target", "ttl", "reason", "evidence", "monitor", "outcome", "detail")
+    class EvidenceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    detector: str
+    response: str
+    target_kind: str
+    target: str
+    ttl: float
+    reason: str
+    evidence: _containers.ScalarMap[str, str]
+    monitor: bool
+    outcome: str
+    detail: str
+    def __init__(self, time: _Optional[float] = ..., detector: _Optional[str] = ..., response: _Optional[str] = ..., target_kind: _Optional[str] = ..., target: _Optional[str] = ..., ttl: _Optional[float] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Mapping[str, str]] = ..., monitor: _Optional[bool] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Actions(_message.Message):
+    __slots__ = ("actions", "workers")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[ActionEntry]
+    workers: int
+    def __init__(self, actions: _Optional[_Iterable[_Union[ActionEntry, _Mapping]]] = ..., workers: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,26 @@ class AdminStub:
                 request_serializer=authz_dot_v1_dot_admin__pb2.GetCountersRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_admin__pb2.Counters.FromString,
                 _registered_method=True)
+        self.ListEnforcements = channel.unary_unary(
+                '/authz.v1.Admin/ListEnforcements',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ListEnforcementsRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.Enforcements.FromString,
+                _registered_method=True)
+        self.AddEnforcement = channel.unary_unary(
+                '/authz.v1.Admin/AddEnforcement',
+                request_serializer=authz_dot_v1_dot_admin__pb2.AddEnforcementRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.Enforcement.FromString,
+                _registered_method=True)
+        self.LiftEnforcement = channel.unary_unary(
+                '/authz.v1.Admin/LiftEnforcement',
+                request_serializer=authz_dot_v1_dot_admin__pb2.LiftEnforcementRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.LiftEnforcementResponse.FromString,
+                _registered_method=True)
+        self.ListActions = channel.unary_unary(
+                '/authz.v1.Admin/ListActions',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ListActionsRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.Actions.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -78,6 +98,35 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEnforcements(self, request, context):
+        """Blocks, revocations, throttles and step-ups in force (monitor-mode ones marked),
+        from detectors' actions and operators' changes (issue 10; authz.respond).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddEnforcement(self, request, context):
+        """Add one as the authenticated caller (logged on authz.control with the caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftEnforcement(self, request, context):
+        """Lift one (logged on authz.control with the caller); everywhere with a shared store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActions(self, request, context):
+        """The detectors' recent actions, newest first, with their evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +144,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCounters,
                     request_deserializer=authz_dot_v1_dot_admin__pb2.GetCountersRequest.FromString,
                     response_serializer=authz_dot_v1_dot_admin__pb2.Counters.SerializeToString,
+            ),
+            'ListEnforcements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnforcements,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ListEnforcementsRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.Enforcements.SerializeToString,
+            ),
+            'AddEnforcement': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddEnforcement,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.AddEnforcementRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.Enforcement.SerializeToString,
+            ),
+            'LiftEnforcement': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftEnforcement,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.LiftEnforcementRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.LiftEnforcementResponse.SerializeToString,
+            ),
+            'ListActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActions,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ListActionsRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.Actions.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +247,114 @@ class Admin:
             '/authz.v1.Admin/GetCounters',
             authz_dot_v1_dot_admin__pb2.GetCountersRequest.SerializeToString,
             authz_dot_v1_dot_admin__pb2.Counters.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnforcements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/ListEnforcements',
+            authz_dot_v1_dot_admin__pb2.ListEnforcementsRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.Enforcements.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddEnforcement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/AddEnforcement',
+            authz_dot_v1_dot_admin__pb2.AddEnforcementRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.Enforcement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftEnforcement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/LiftEnforcement',
+            authz_dot_v1_dot_admin__pb2.LiftEnforcementRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.LiftEnforcementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/ListActions',
+            authz_dot_v1_dot_admin__pb2.ListActionsRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.Actions.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,15 +64,18 @@ async def test_an_allow_lists_every_stage_in_run_order(policy_file: Path) -> Non
     assert decision.allowed and decision.reason == "allowed"
     assert [(s.phase, s.name, s.outcome) for s in steps] == [
         ("canonical", "canonical_path", "pass"),
+        ("request", "enforce_address", "abstain"),
         ("request", "ratelimit", "abstain"),
         ("route", "route", "pass"),
         ("pre", "shed", "abstain"),
         ("pre", "ratelimit", "abstain"),
         ("identity", "identity", "pass"),
+        ("authorize", "enforce_identity", "abstain"),
         ("authorize", "authorize", "pass"),
         ("post", "ratelimit", "pass"),
         ("post", "validation", "abstain"),
         ("observe", "inventory", "skipped"),
+        ("observe", "detect", "skipped"),
     ]
     found = by_name(steps)
     assert found[("route", "route")].element == "list-orders"

@@ -1,0 +1,80 @@
+"""What reaches the scorer, and where actions go when no enforcer is registered.
+
+- :data:`Pending`: what the ``detect`` stage queues per decision (strings and
+  numbers only) and :func:`observation_of`, which makes its
+  :class:`~authz.detect.events.Observation` in the background;
+- :func:`param_pattern`: a route template's ``{param}`` segments as regex groups
+  (object ids are read from the path in the background, never on the request path);
+- :class:`LogOnlySink`: the :class:`~authz.detect.events.ActionSink` used when none
+  is registered at :data:`~authz.detect.events.ACTION_SINK`.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+from authz.detect.events import Action, Observation
+from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
+from authz.record import DecisionRecord
+
+_new = tuple.__new__
+
+#: what the ``detect`` stage queues: (record, route template, credential name, body
+#: size, the epoch of the policy section it was built with)
+Pending = tuple[DecisionRecord, str, str, int, int]
+
+
+def observation_of(item: Pending) -> Observation:
+    """The Observation of a decision the ``detect`` stage queued (in the background)."""
+    record, shape, credential, size, _ = item
+    return _new(
+        Observation,
+        (
+            record.time,
+            record.decision_id,
+            record.route,
+            record.method,
+            shape,
+            record.path,
+            record.client_address,
+            record.identity_type,
+            record.subject,
+            credential,
+            (),
+            record.decision != "deny",
+            record.status,
+            record.reason,
+            size,
+        ),
+    )
+
+
+class LogOnlySink:
+    """The sink when no enforcer is registered: actions are only logged (by the
+    scorer) and the last few kept here."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.actions: collections.deque[Action] = collections.deque(maxlen=keep)
+
+    def apply(self, action: Action) -> None:
+        self.actions.append(action)
+
+
+def param_pattern(template: str) -> re.Pattern[str] | None:
+    """A regex capturing a template's ``{param}`` segments (None: it has none)."""
+    try:
+        parsed = parse_template(template)
+    except TemplateError:
+        return None
+    if not any(kind == PARAM for kind, _ in parsed.segments):
+        return None
+    parts = []
+    for kind, text in parsed.segments:
+        if kind == LITERAL:
+            parts.append("/" + re.escape(text))
+        elif kind == PARAM:
+            parts.append("/([^/]+)")
+        else:
+            parts.append("/.+")
+    return re.compile("".join(parts) + "/?")
