@@ -71,7 +71,9 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def requests(fx: Any, callers: int, calls: int, seed: int) -> list[tuple[str, str, dict[str, str], str]]:
+def requests(
+    fx: Any, callers: int, calls: int, seed: int
+) -> list[tuple[str, str, dict[str, str], str]]:
     """(method, path, headers, address) per decision: a seeded mix."""
     from bench import fixtures
 
@@ -110,7 +112,9 @@ def requests(fx: Any, callers: int, calls: int, seed: int) -> list[tuple[str, st
     return out
 
 
-def paths(work: Path, text: str, mix: list[Any], tag: str) -> tuple[dict[str, Callable[[int], Any]], Any]:
+def paths(
+    work: Path, text: str, mix: list[Any], tag: str
+) -> tuple[dict[str, Callable[[int], Any]], Any]:
     """Per transport, a function deciding request ``i`` of the mix; and the scorer."""
     from authz.engine import CompiledPolicy, PolicyEngine
     from authz.policy.loader import load_policy_bytes
@@ -138,9 +142,7 @@ def paths(work: Path, text: str, mix: list[Any], tag: str) -> tuple[dict[str, Ca
         for m, p, h, a in mix
     ]
     source = getattr(envoy_http, "SOURCE_ADDRESS_HEADER", "x-authz-source-address")
-    https = [
-        (m, envoy_http.CHECK_PREFIX + p, {**h, source: a}) for m, p, h, a in mix
-    ]
+    https = [(m, envoy_http.CHECK_PREFIX + p, {**h, source: a}) for m, p, h, a in mix]
     encode = getattr(envoy_grpc, "encode_check_response", None)
     if encode is None:
 
@@ -214,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             drain()
         return time.process_time() - started
 
-    arms: list[tuple[str, dict[str, Callable[[int], Any]], Callable[[Callable[[int], Any]], float]]] = [
+    arms: list[
+        tuple[str, dict[str, Callable[[int], Any]], Callable[[Callable[[int], Any]], float]]
+    ] = [
         ("without", plain, run_plain),
         ("stage", stage, run_stage),
         ("stage+scoring", scored, run_scored),

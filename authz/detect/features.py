@@ -100,9 +100,17 @@ class Window:
 
     def add(self, now: float, amount: float = 1.0) -> float:
         """Count ``amount``; the window's value after it."""
-        self._roll(now)
+        if now - self.start >= self.length:
+            self._roll(now)
+        current = self.current = self.current + amount
+        left = 1.0 - (now - self.start) / self.length
+        return current + self.previous * left if left > 0.0 else current
+
+    def count(self, now: float, amount: float = 1.0) -> None:
+        """Count ``amount`` (:meth:`add` without computing the value)."""
+        if now - self.start >= self.length:
+            self._roll(now)
         self.current += amount
-        return self.value(now)
 
     def value(self, now: float) -> float:
         self._roll(now)
@@ -175,8 +183,11 @@ class CallerFeatures:
         self.endpoints.add(obs.route or obs.shape)
         self.addresses.add(obs.client_address)
         self.bytes += obs.body_bytes
-        for value in obs.object_ids:
-            self.ids.add(value)
+        ids = obs.object_ids
+        if ids:
+            add = self.ids.add
+            for value in ids:
+                add(value)
 
     def evidence(self) -> dict[str, float | str]:
         """The current window, for an action's evidence."""
@@ -234,8 +245,9 @@ class RouteFeatures:
         self.baseline = Ewma(alpha)
 
     def add(self, now: float, caller: str, amount: float = 1.0) -> None:
-        self._roll(now)
-        self.requests.add(now, amount)
+        if now - self.started >= self.requests.length:
+            self._roll(now)
+        self.requests.count(now, amount)
         self.callers.add(caller)
 
     def _roll(self, now: float) -> None:
@@ -280,19 +292,40 @@ class FeatureStore:
         self.routes: LruTable[RouteFeatures] = LruTable("routes", routes, metrics)
         #: the caller window the last observation closed (see :meth:`observe`)
         self.finished: tuple[float, ...] | None = None
+        # the route last asked for (the most recent entry of ``routes``, so asking for
+        # it again needs no lookup: the scorer and the detectors ask per observation)
+        self._route_name: str | None = None
+        self._route: RouteFeatures | None = None
 
     def route(self, name: str, now: float) -> RouteFeatures:
-        return self.routes.get(name, lambda: RouteFeatures(self.window, now, self.alpha))
+        route = self._route
+        if name == self._route_name and route is not None:
+            return route  # already the most recent entry: nothing else touches the table
+        routes = self.routes
+        route = routes.touch(name)
+        if route is None:
+            route = routes.add(name, RouteFeatures(self.window, now, self.alpha))
+        self._route_name, self._route = name, route
+        return route
 
     def caller(self, key: str, now: float) -> CallerFeatures:
-        return self.callers.get(key, lambda: CallerFeatures(self.window, now))
+        callers = self.callers
+        found = callers.touch(key)
+        return found if found is not None else callers.add(key, CallerFeatures(self.window, now))
 
     def observe(self, obs: Observation, key: str) -> None:
         """Count ``obs`` in its caller's window; :attr:`finished` is the vector of the
         window it closed (None if it closed none)."""
         now = obs.time
-        caller = self.callers.get(key, lambda: CallerFeatures(self.window, now))
-        self.finished = caller.roll(now)
+        callers = self.callers
+        caller = callers.touch(key)
+        if caller is None:
+            caller = callers.add(key, CallerFeatures(self.window, now))
+            self.finished = None
+        elif now - caller.started >= caller.window:
+            self.finished = caller.roll(now)
+        else:
+            self.finished = None
         caller.add(obs)
 
 

@@ -48,7 +48,7 @@ from authz.detect.events import (
     ResponseObservation,
 )
 from authz.detect.features import FeatureStore, identity_key
-from authz.detect.intake import LogOnlySink, Pending, observation_of, param_pattern
+from authz.detect.intake import LogOnlySink, Pending, param_pattern
 from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
@@ -247,16 +247,18 @@ class Scorer:
     def drain(self, limit: int | None = None) -> int:
         """Score up to ``limit`` queued items (all when None); how many were scored."""
         queue = self.queue
+        popleft = queue.popleft
+        observation = self._observation
         done = 0
         while queue and (limit is None or done < limit):
-            item = queue.popleft()
+            item = popleft()
             done += 1
             try:
                 if type(item) is tuple:  # from the detect stage
                     epoch: int = item[4]  # type: ignore[assignment]
                     if epoch != self._epoch:  # its policy serves now: its section
                         self._apply(epoch)
-                    self._observation(observation_of(item))  # type: ignore[arg-type]
+                    observation(self._observation_of(item))  # type: ignore[arg-type]
                 elif isinstance(item, ResponseObservation):
                     self._response(item)
                 else:
@@ -266,26 +268,65 @@ class Scorer:
                 log.exception("scoring failed")
         return done
 
+    def _observation_of(self, item: Pending) -> Observation:
+        """:func:`observation_of`, with the object ids and the shape filled in: one
+        tuple per observation."""
+        record, template, credential, size, _ = item
+        route = record.route
+        path = record.path
+        ids: tuple[str, ...] = ()
+        if route:
+            pattern = self._params.get(route)
+            if pattern is not None:
+                m = pattern.match(path)
+                if m is not None:
+                    ids = m.groups()
+        elif not template:
+            template = path_shape(path) if path else ""
+        return _new(
+            Observation,
+            (
+                record.time,
+                record.decision_id,
+                route,
+                record.method,
+                template,
+                path,
+                record.client_address,
+                record.identity_type,
+                record.subject,
+                credential,
+                ids,
+                record.decision != "deny",
+                record.status,
+                record.reason,
+                size,
+            ),
+        )
+
     def _observation(self, obs: Observation) -> None:
         store = self.store
         if store is None:
             return
         self._seen_request()
-        if not obs.object_ids and obs.route:
-            pattern = self._params.get(obs.route)
-            if pattern is not None:
-                m = pattern.match(obs.path)
-                if m is not None:  # (tuple.__new__: a fifth of _replace's cost)
-                    obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
-        if not obs.route and not obs.shape:
+        route = obs.route
+        if route:
+            if not obs.object_ids:
+                pattern = self._params.get(route)
+                if pattern is not None:
+                    m = pattern.match(obs.path)
+                    if m is not None:  # (tuple.__new__: a fifth of _replace's cost)
+                        obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
+        elif not obs.shape:
             obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
-        if self._first is None:
-            self._first = obs.time
-        if obs.decision_id and self._feed:  # only once the access-log feed is live
-            self._joins.put(obs.decision_id, obs)
-        key = identity_key(obs)
         now = obs.time
-        store.route(obs.route or f"?{obs.shape}", now).add(now, key)
+        if self._first is None:
+            self._first = now
+        if self._feed and obs.decision_id:  # only once the access-log feed is live
+            self._joins.put(obs.decision_id, obs)
+        subject = obs.subject
+        key = f"{obs.identity_kind}:{subject}" if subject else f"addr:{obs.client_address}"
+        store.route(route or f"?{obs.shape}", now).add(now, key)
         store.observe(obs, key)
         for detector in self.detectors:
             found = detector.observe(obs, store)

@@ -50,6 +50,25 @@ class LruTable(Generic[V]):
         made = entries[key] = factory()
         return made
 
+    def touch(self, key: str) -> V | None:
+        """The entry for ``key``, now most recent (None if absent: :meth:`add` it).
+
+        ``touch`` then ``add`` is :meth:`get` without a factory closure per call."""
+        entries = self._entries
+        found = entries.get(key)
+        if found is not None:
+            entries.move_to_end(key)
+        return found
+
+    def add(self, key: str, value: V) -> V:
+        """Add ``value`` for an absent ``key`` (evicting the least recent if full)."""
+        entries = self._entries
+        if len(entries) >= self.capacity:
+            entries.popitem(last=False)
+            self._evicted.inc()
+        entries[key] = value
+        return value
+
     def put(self, key: str, value: V) -> None:
         """Set ``key`` to ``value``, now most recent (evicting the least recent if full)."""
         entries = self._entries

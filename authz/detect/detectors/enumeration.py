@@ -70,13 +70,12 @@ class Enumeration:
         caller = identity_key(obs)
         bucket, alpha = self.bucket, self.alpha
         floor = config.min_requests * bucket / window
-        # a new caller's baseline starts at the population's per-caller rate
-        state = self.states.get(
-            f"{caller}|{route_key}",
-            lambda: _State(
-                window, bucket, alpha, now, route.per_caller(now) * bucket / window, floor
-            ),
-        )
+        key = f"{caller}|{route_key}"
+        states = self.states
+        state = states.touch(key)
+        if state is None:  # a new caller's baseline starts at the population's rate
+            seed = route.per_caller(now) * bucket / window
+            state = states.add(key, _State(window, bucket, alpha, now, seed, floor))
         requests = state.rate.add(now)
         state.base.add(now)
         findings: list[Finding] = []
@@ -86,8 +85,9 @@ class Enumeration:
                 state.ids_base.add(float(len(state.ids)))
                 state.ids.clear()
                 state.ids_started = now - (now % window)
+            add = state.ids.add
             for value in ids:
-                state.ids.add(value)
+                add(value)
             run = state.sequence.add(ids[-1])
             distinct = len(state.ids)
             own_ids = state.ids_base.mean

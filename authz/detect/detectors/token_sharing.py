@@ -37,7 +37,9 @@ class TokenSharing:
 
     def _count(self, table: LruTable[_Spread], key: str, obs: Observation) -> int:
         now = obs.time
-        spread = table.get(key, lambda: _Spread(now))
+        spread = table.touch(key)
+        if spread is None:
+            spread = table.add(key, _Spread(now))
         if now - spread.started >= self.config.window:
             spread.addresses.clear()
             spread.started = now
