@@ -158,6 +158,8 @@ class CallerFeatures:
         "endpoints",
         "failures",
         "ids",
+        "last_address",
+        "last_endpoint",
         "requests",
         "started",
         "window",
@@ -173,6 +175,8 @@ class CallerFeatures:
         self.endpoints = Distinct()
         self.ids = Distinct()
         self.addresses = Distinct()
+        # the last endpoint and address counted (the same again changes no count)
+        self.last_endpoint = self.last_address = ""
 
     def add(self, obs: Observation) -> None:
         self.requests += 1
@@ -180,8 +184,14 @@ class CallerFeatures:
             self.denies += 1
         if obs.reason in AUTH_FAILURES:
             self.failures += 1
-        self.endpoints.add(obs.route or obs.shape)
-        self.addresses.add(obs.client_address)
+        endpoint = obs.route or obs.shape
+        if endpoint != self.last_endpoint or not endpoint:
+            self.endpoints.add(endpoint)
+            self.last_endpoint = endpoint
+        address = obs.client_address
+        if address != self.last_address or not address:
+            self.addresses.add(address)
+            self.last_address = address
         self.bytes += obs.body_bytes
         ids = obs.object_ids
         if ids:
@@ -203,6 +213,7 @@ class CallerFeatures:
         self.endpoints.clear()
         self.ids.clear()
         self.addresses.clear()
+        self.last_endpoint = self.last_address = ""
         return vector
 
     def vector(self) -> tuple[float, ...]:
@@ -292,6 +303,9 @@ class FeatureStore:
         self.routes: LruTable[RouteFeatures] = LruTable("routes", routes, metrics)
         #: the caller window the last observation closed (see :meth:`observe`)
         self.finished: tuple[float, ...] | None = None
+        #: the observation being scored, its caller's key and its route's key (set by
+        #: the scorer before the detectors run: they need not work them out again)
+        self.current: tuple[Observation, str, str] | None = None
         # the route last asked for (the most recent entry of ``routes``, so asking for
         # it again needs no lookup: the scorer and the detectors ask per observation)
         self._route_name: str | None = None
@@ -302,8 +316,10 @@ class FeatureStore:
         if name == self._route_name and route is not None:
             return route  # already the most recent entry: nothing else touches the table
         routes = self.routes
-        route = routes.touch(name)
-        if route is None:
+        route = routes.peek(name)
+        if route is not None:
+            routes.bump(name)
+        else:
             route = routes.add(name, RouteFeatures(self.window, now, self.alpha))
         self._route_name, self._route = name, route
         return route
@@ -318,13 +334,15 @@ class FeatureStore:
         window it closed (None if it closed none)."""
         now = obs.time
         callers = self.callers
-        caller = callers.touch(key)
-        if caller is None:
-            caller = callers.add(key, CallerFeatures(self.window, now))
-            self.finished = None
-        elif now - caller.started >= caller.window:
-            self.finished = caller.roll(now)
+        caller = callers.peek(key)
+        if caller is not None:
+            callers.bump(key)
+            if now - caller.started >= caller.window:
+                self.finished = caller.roll(now)
+            else:
+                self.finished = None
         else:
+            caller = callers.add(key, CallerFeatures(self.window, now))
             self.finished = None
         caller.add(obs)
 

@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -54,12 +55,32 @@ from authz.detect.tables import LruTable
 from authz.paths import path_shape
 from authz.policy.config import RouteConfig
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
+from authz.record import DecisionRecord
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
 
 SHARED_NAME = "detect"
 _new = tuple.__new__
+#: the record's fields an observation takes, in one call (not ten attribute reads)
+_pick = operator.itemgetter(
+    *(
+        DecisionRecord._fields.index(f)
+        for f in (
+            "time",
+            "decision_id",
+            "route",
+            "method",
+            "path",
+            "identity_type",
+            "subject",
+            "decision",
+            "status",
+            "reason",
+            "client_address",
+        )
+    )
+)
 #: items processed between two yields to the event loop
 SLICE = 1024
 #: recent observations kept for joining the access-log feed's entries to them
@@ -272,8 +293,8 @@ class Scorer:
         """:func:`observation_of`, with the object ids and the shape filled in: one
         tuple per observation."""
         record, template, credential, size, _ = item
-        route = record.route
-        path = record.path
+        (when, decision_id, route, method, path, kind, subject, decision, status, reason,
+         address) = _pick(record)  # fmt: skip
         ids: tuple[str, ...] = ()
         if route:
             pattern = self._params.get(route)
@@ -286,20 +307,20 @@ class Scorer:
         return _new(
             Observation,
             (
-                record.time,
-                record.decision_id,
+                when,
+                decision_id,
                 route,
-                record.method,
+                method,
                 template,
                 path,
-                record.client_address,
-                record.identity_type,
-                record.subject,
+                address,
+                kind,
+                subject,
                 credential,
                 ids,
-                record.decision != "deny",
-                record.status,
-                record.reason,
+                decision != "deny",
+                status,
+                reason,
                 size,
             ),
         )
@@ -326,8 +347,10 @@ class Scorer:
             self._joins.put(obs.decision_id, obs)
         subject = obs.subject
         key = f"{obs.identity_kind}:{subject}" if subject else f"addr:{obs.client_address}"
-        store.route(route or f"?{obs.shape}", now).add(now, key)
+        route_key = route or f"?{obs.shape}"
+        store.route(route_key, now).add(now, key)
         store.observe(obs, key)
+        store.current = (obs, key, route_key)  # the detectors need not work them out again
         for detector in self.detectors:
             found = detector.observe(obs, store)
             if found:

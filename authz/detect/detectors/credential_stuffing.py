@@ -76,15 +76,19 @@ class CredentialStuffing:
         counts: _Prefix | None = None
         if prefix:
             prefixes = self.prefixes
-            counts = prefixes.touch(prefix)
-            if counts is None:
+            counts = prefixes.peek(prefix)
+            if counts is not None:
+                prefixes.bump(prefix)
+            else:
                 counts = prefixes.add(prefix, _Prefix(window, now))
             counts.requests.count(now)
         if not failed:
             return None
         addresses = self.addresses
-        state = addresses.touch(address)
-        if state is None:
+        state = addresses.peek(address)
+        if state is not None:
+            addresses.bump(address)
+        else:
             state = addresses.add(address, _Address(window, now))
         if now - state.started >= window:  # a tumbling window for the distinct count
             state.identities.clear()

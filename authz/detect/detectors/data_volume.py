@@ -57,8 +57,10 @@ class DataVolume:
         bucket, alpha = self.bucket, self.alpha
         floor = config.min_bytes * bucket / window
         states = self.states
-        state = states.touch(key)
-        if state is None:
+        state = states.peek(key)
+        if state is not None:
+            states.bump(key)
+        else:
             seed = route.bytes_per_caller(now) * bucket / window
             state = states.add(key, _State(window, bucket, alpha, now, seed, floor))
         total = state.bytes.add(now, amount)
