@@ -269,7 +269,7 @@ class Scorer:
         """Score up to ``limit`` queued items (all when None); how many were scored."""
         queue = self.queue
         popleft = queue.popleft
-        observation = self._observation
+        score = self._score
         done = 0
         while queue and (limit is None or done < limit):
             item = popleft()
@@ -279,7 +279,8 @@ class Scorer:
                     epoch: int = item[4]  # type: ignore[assignment]
                     if epoch != self._epoch:  # its policy serves now: its section
                         self._apply(epoch)
-                    observation(self._observation_of(item))  # type: ignore[arg-type]
+                    if self.store is not None:
+                        score(self._observation_of(item))  # type: ignore[arg-type]
                 elif isinstance(item, ResponseObservation):
                     self._response(item)
                 else:
@@ -329,7 +330,6 @@ class Scorer:
         store = self.store
         if store is None:
             return
-        self._seen_request()
         route = obs.route
         if route:
             if not obs.object_ids:
@@ -340,6 +340,14 @@ class Scorer:
                         obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
         elif not obs.shape:
             obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
+        self._score(obs)
+
+    def _score(self, obs: Observation) -> None:
+        """Score an observation whose object ids and shape are filled in."""
+        store = self.store
+        assert store is not None
+        self._seen_request()
+        route = obs.route
         now = obs.time
         if self._first is None:
             self._first = now
