@@ -207,14 +207,22 @@ def main(argv: list[str] | None = None) -> int:
         scorer_a.queue.clear()  # not draining: emptied untimed
         return took
 
+    drained: dict[str, list[float]] = {}
+
     def run_scored(fn: Callable[[int], Any]) -> float:
         drain = scorer_b.drain
-        started = time.process_time()
+        clock = time.process_time
+        scoring = 0.0
+        started = clock()
         for start in range(0, n, chunk):
             for i in range(start, min(n, start + chunk)):
                 fn(i)
+            began = clock()
             drain()
-        return time.process_time() - started
+            scoring += clock() - began
+        took = clock() - started
+        drained.setdefault(fn.__name__, []).append(scoring / n * 1e6)
+        return took
 
     arms: list[
         tuple[str, dict[str, Callable[[int], Any]], Callable[[Callable[[int], Any]], float]]
@@ -243,15 +251,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{chunk}; per decision, process CPU µs (median; ratio to without; fastest round)"
     )
     for transport in ("grpc", "http"):
-        base = statistics.median(results[(transport, "without")])
-        fastest = min(results[(transport, "without")])
+        without = results[(transport, "without")]
+        base, fastest = statistics.median(without), min(without)
         for name, _, _ in arms:
             values = results[(transport, name)]
             med = statistics.median(values)
+            # a round's arms run back to back: their ratio is the least disturbed figure
+            paired = statistics.median(v / w for v, w in zip(values, without, strict=True))
             print(
                 f"{transport:4} {name:14} {med:7.2f} µs/decision  ratio {med / base:.3f}  "
+                f"per-round ratio {paired:.3f}  "
                 f"(fastest {min(values):6.2f}, ratio {min(values) / fastest:.3f})"
             )
+        scoring = drained[f"{transport}_path"]
+        print(
+            f"{transport:4} the scorer's drains alone (within stage+scoring): "
+            f"{statistics.median(scoring):.2f} µs/decision (fastest {min(scoring):.2f})"
+        )
     print(f"loadavg {loadavg()} at end")
     return 0
 
