@@ -256,9 +256,12 @@ class RouteFeatures:
         self.baseline = Ewma(alpha)
 
     def add(self, now: float, caller: str, amount: float = 1.0) -> None:
-        if now - self.started >= self.requests.length:
+        requests = self.requests
+        if now - self.started >= requests.length:
             self._roll(now)
-        self.requests.count(now, amount)
+        if now - requests.start >= requests.length:  # (Window.count, inlined)
+            requests._roll(now)
+        requests.current += amount
         self.callers.add(caller)
 
     def _roll(self, now: float) -> None:
