@@ -38,6 +38,7 @@ from authz.detect.intake import LogOnlySink
 from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, RouteConfig
+from authz.ratelimit.keys import client_address
 from authz.record import DecisionRecord
 from authz.stages import Context, Load, Phase, Shared
 
@@ -95,6 +96,10 @@ class Detect:
             if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
         )
         self._names: dict[int, tuple[Identity, str]] = {}
+        #: the client address as rate limits and the enforcer read it (behind
+        #: ``rate_limits.trusted_hops`` proxies: from X-Forwarded-For), so that an action
+        #: on an address lands on the client, not on the proxy in front of it
+        self._hops = load.config.rate_limits.trusted_hops
 
     def element(self, ctx: Context) -> str:
         return "detection"
@@ -133,6 +138,12 @@ class Detect:
             length = request.headers.get("content-length")
             if length and length.isdigit():
                 size = int(length)
+        if self._hops:
+            address = client_address(
+                record.client_address, request.headers.get("x-forwarded-for"), self._hops
+            )
+            if address != record.client_address:
+                record = record._replace(client_address=address)
         route = ctx.route
         # only strings and numbers: the garbage collector stops tracking the tuple
         queue.append(

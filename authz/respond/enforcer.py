@@ -61,8 +61,8 @@ SWEEP_INTERVAL = 1.0
 MAX_ACTION_SERIES = 512
 #: An operator's note, at most (characters).
 MAX_NOTE = 500
-#: A hit is a dict of (response -> entry) for one target of the request.
-Hit = Mapping[str, Entry]
+#: A hit: the entries in force on one target of the request.
+Hit = tuple[Entry, ...]
 
 
 class Enforcer:
@@ -330,8 +330,10 @@ class Enforcer:
         throttle: Entry | None = None
         for response in responses:
             for hit in hits:
-                entry = hit.get(response)
-                if entry is None or entry.expires <= now:
+                for entry in hit:
+                    if entry.response == response and entry.expires > now:
+                        break
+                else:
                     continue
                 if response == "throttle":
                     throttle = throttle or entry

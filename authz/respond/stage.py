@@ -185,7 +185,9 @@ class EnforceIdentity:
                 by_credential = keys.get(key_id) or keys.get(self.key_digests.get(key_id, ""))
         by_address: tuple[Hit, ...] = ()
         if enforcer.address_step_ups:
-            by_address = tuple(h for h in self.address.hits(ctx) if "step_up" in h)
+            by_address = tuple(
+                h for h in self.address.hits(ctx) if any(e.response == "step_up" for e in h)
+            )
         if by_subject is None and by_credential is None and not by_address:
             return None
         hits = tuple(h for h in (by_subject, by_credential) if h is not None) + by_address

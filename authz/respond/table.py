@@ -4,8 +4,8 @@ One :class:`Entry` per (response, target kind, target), with its expiry and wher
 came from (a detector's action and its evidence, or the operator who added it).
 :class:`Table` keeps them in one insertion-ordered dict (bounded: ``max_entries``;
 when full, the expired go first, then the oldest, each eviction counted) and, for
-the request path, one index per target kind: ``target -> {response: entry}`` of the
-entries *enforced* (monitor-mode entries are listed, never indexed). A request
+the request path, one index per target kind: ``target -> (entry, ...)`` of the entries
+*enforced* (monitor-mode entries are listed, never indexed). A request
 matches with one dict lookup per target kind it has; an empty kind costs nothing.
 
 Expired entries are dropped by :meth:`Table.sweep` (a heap of expiries: O(log n)
@@ -108,7 +108,8 @@ def entry_key(response: str, target_kind: str, target: str) -> str:
     return f"{response}{SEPARATOR}{target_kind}{SEPARATOR}{target}"
 
 
-Index = dict[str, dict[str, Entry]]
+#: target -> its entries in force (a tuple: usually one; at most one per response)
+Index = dict[str, tuple[Entry, ...]]
 
 
 class Table:
@@ -126,7 +127,7 @@ class Table:
         self.clock = clock
         self._lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
-        #: target kind -> target -> response -> entry (enforced entries only)
+        #: target kind -> target -> its entries (enforced entries only)
         self.index: dict[str, Index] = {kind: {} for kind in TARGET_KINDS}
         self._expiries: list[tuple[float, str]] = []
         self._on_change = on_change
@@ -169,11 +170,13 @@ class Table:
             self.entries[key] = entry
             self._counts[entry.response] = self._counts.get(entry.response, 0) + 1
             if not entry.monitor:
-                self.index[entry.target_kind].setdefault(entry.target, {})[entry.response] = entry
+                index = self.index[entry.target_kind]
+                held = index.get(entry.target, ())
+                index[entry.target] = (*(e for e in held if e.response != entry.response), entry)
                 kind = (entry.response, entry.target_kind)
                 self.enforced[kind] = self.enforced.get(kind, 0) + 1
             heapq.heappush(self._expiries, (entry.expires, key))
-            if len(self._expiries) > 4 * max(len(self.entries), 1024):
+            if len(self._expiries) > 2 * max(len(self.entries), 1024):
                 self._rebuild_heap()
         self._changed()
         return old
@@ -236,12 +239,12 @@ class Table:
         self.enforced[kind] = self.enforced.get(kind, 1) - 1
         index = self.index[entry.target_kind]
         found = index.get(entry.target)
-        if found is not None and found.get(entry.response) is entry:
-            if len(found) == 1:
+        if found is not None:
+            rest = tuple(e for e in found if e is not entry)
+            if not rest:
                 del index[entry.target]
-            else:
-                # a copy: a reader holding the old dict never sees it change
-                index[entry.target] = {r: e for r, e in found.items() if r != entry.response}
+            elif len(rest) != len(found):
+                index[entry.target] = rest
 
     def _make_room(self) -> None:
         now = self.clock()

@@ -125,3 +125,37 @@ async def test_the_feed_reaches_the_detectors_and_public_routes_count(tmp_path: 
     scorer.drain()
     assert [(a.detector, a.target) for a in _actions(enforcer)] == [("honeypot", "10.9.9.9")]
     assert shared.metrics.value("authz_detect_observations_total", "request") == 1
+
+
+async def test_behind_a_trusted_proxy_the_client_is_actioned_not_the_proxy(
+    tmp_path: Path,
+) -> None:
+    shared = Shared()
+    path = tmp_path / "policy.yaml"
+    path.write_text(textwrap.dedent(POLICY) + "rate_limits:\n  trusted_hops: 1\n")
+    engine = PolicyEngine(CompiledPolicy(load_policy(path), shared=shared))
+    enforcer = _enforcer(shared)
+    proxy = "10.0.0.1"  # the load balancer in front of Envoy: every request comes from it
+
+    def via_proxy(client: str, target: str) -> Request:
+        return Request(
+            "GET",
+            target,
+            source_address=proxy,
+            headers={"x-api-key": KEY, "x-forwarded-for": client},
+        )
+
+    await shared.runtimes.start()
+    try:
+        await engine.check(via_proxy("203.0.113.9", "/.env"))
+        for _ in range(100):
+            if enforcer.actions():
+                break
+            await asyncio.sleep(0.02)
+        blocked = await engine.check(via_proxy("203.0.113.9", "/v1/orders/1"))
+        assert (blocked.status, blocked.reason) == (403, "caller_blocked")
+        assert (await engine.check(via_proxy("198.51.100.7", "/v1/orders/1"))).allowed
+    finally:
+        await shared.runtimes.aclose()
+    targets = {a.target for a in _actions(enforcer) if a.target_kind == "address"}
+    assert targets == {"203.0.113.9"}  # never the proxy's address
