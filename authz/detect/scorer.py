@@ -34,7 +34,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import operator
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -49,38 +48,18 @@ from authz.detect.events import (
     ResponseObservation,
 )
 from authz.detect.features import FeatureStore, identity_key
-from authz.detect.intake import LogOnlySink, Pending, param_pattern
+from authz.detect.intake import LogOnlySink, Pending, param_pattern, scored_observation
 from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
 from authz.policy.config import RouteConfig
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
-from authz.record import DecisionRecord
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
 
 SHARED_NAME = "detect"
 _new = tuple.__new__
-#: the record's fields an observation takes, in one call (not ten attribute reads)
-_pick = operator.itemgetter(
-    *(
-        DecisionRecord._fields.index(f)
-        for f in (
-            "time",
-            "decision_id",
-            "route",
-            "method",
-            "path",
-            "identity_type",
-            "subject",
-            "decision",
-            "status",
-            "reason",
-            "client_address",
-        )
-    )
-)
 #: items processed between two yields to the event loop
 SLICE = 1024
 #: recent observations kept for joining the access-log feed's entries to them
@@ -280,7 +259,7 @@ class Scorer:
                     if epoch != self._epoch:  # its policy serves now: its section
                         self._apply(epoch)
                     if self.store is not None:
-                        score(self._observation_of(item))  # type: ignore[arg-type]
+                        score(scored_observation(item, self._params))  # type: ignore[arg-type]
                 elif isinstance(item, ResponseObservation):
                     self._response(item)
                 else:
@@ -289,42 +268,6 @@ class Scorer:
                 self._errors.inc()
                 log.exception("scoring failed")
         return done
-
-    def _observation_of(self, item: Pending) -> Observation:
-        """:func:`observation_of`, with the object ids and the shape filled in: one
-        tuple per observation."""
-        record, template, credential, size, _ = item
-        (when, decision_id, route, method, path, kind, subject, decision, status, reason,
-         address) = _pick(record)  # fmt: skip
-        ids: tuple[str, ...] = ()
-        if route:
-            pattern = self._params.get(route)
-            if pattern is not None:
-                m = pattern.match(path)
-                if m is not None:
-                    ids = m.groups()
-        elif not template:
-            template = path_shape(path) if path else ""
-        return _new(
-            Observation,
-            (
-                when,
-                decision_id,
-                route,
-                method,
-                template,
-                path,
-                address,
-                kind,
-                subject,
-                credential,
-                ids,
-                decision != "deny",
-                status,
-                reason,
-                size,
-            ),
-        )
 
     def _observation(self, obs: Observation) -> None:
         store = self.store
