@@ -43,6 +43,15 @@ def test_detect_cpu_both_transports_three_arms() -> None:
     assert "loadavg" in out
 
 
+def test_detect_cpu_before_and_after() -> None:
+    out = run(
+        "bench/detect_cpu.py", "--before", "HEAD", "--calls", "100", "--rounds", "1",
+        "--callers", "20",
+    )  # fmt: skip
+    assert "== before (HEAD)" in out and "== after (this tree)" in out
+    assert out.count("grpc stage+scoring ") == 2 and out.count("http stage+scoring ") == 2
+
+
 @pytest.mark.parametrize("seed", ["7"])
 def test_detect_compare_catches_every_attacker_and_no_normal(seed: str) -> None:
     out = run("bench/detect_compare.py", "--seed", seed, "--normals", "40", "--minutes", "9")
