@@ -73,7 +73,8 @@ class BucketedEwma:
         self.ewma.samples = 1  # the prior counts as a sample
 
     def add(self, now: float, amount: float = 1.0) -> None:
-        self.roll(now)
+        if now - self.start >= self.bucket:
+            self.roll(now)
         self.count += amount
 
     def roll(self, now: float) -> None:

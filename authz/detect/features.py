@@ -100,9 +100,17 @@ class Window:
 
     def add(self, now: float, amount: float = 1.0) -> float:
         """Count ``amount``; the window's value after it."""
-        self._roll(now)
+        if now - self.start >= self.length:
+            self._roll(now)
+        current = self.current = self.current + amount
+        left = 1.0 - (now - self.start) / self.length
+        return current + self.previous * left if left > 0.0 else current
+
+    def count(self, now: float, amount: float = 1.0) -> None:
+        """Count ``amount`` (:meth:`add` without computing the value)."""
+        if now - self.start >= self.length:
+            self._roll(now)
         self.current += amount
-        return self.value(now)
 
     def value(self, now: float) -> float:
         self._roll(now)
@@ -150,6 +158,8 @@ class CallerFeatures:
         "endpoints",
         "failures",
         "ids",
+        "last_address",
+        "last_endpoint",
         "requests",
         "started",
         "window",
@@ -165,6 +175,8 @@ class CallerFeatures:
         self.endpoints = Distinct()
         self.ids = Distinct()
         self.addresses = Distinct()
+        # the last endpoint and address counted (the same again changes no count)
+        self.last_endpoint = self.last_address = ""
 
     def add(self, obs: Observation) -> None:
         self.requests += 1
@@ -172,11 +184,20 @@ class CallerFeatures:
             self.denies += 1
         if obs.reason in AUTH_FAILURES:
             self.failures += 1
-        self.endpoints.add(obs.route or obs.shape)
-        self.addresses.add(obs.client_address)
+        endpoint = obs.route or obs.shape
+        if endpoint != self.last_endpoint or not endpoint:
+            self.endpoints.add(endpoint)
+            self.last_endpoint = endpoint
+        address = obs.client_address
+        if address != self.last_address or not address:
+            self.addresses.add(address)
+            self.last_address = address
         self.bytes += obs.body_bytes
-        for value in obs.object_ids:
-            self.ids.add(value)
+        ids = obs.object_ids
+        if ids:
+            add = self.ids.add
+            for value in ids:
+                add(value)
 
     def evidence(self) -> dict[str, float | str]:
         """The current window, for an action's evidence."""
@@ -192,6 +213,7 @@ class CallerFeatures:
         self.endpoints.clear()
         self.ids.clear()
         self.addresses.clear()
+        self.last_endpoint = self.last_address = ""
         return vector
 
     def vector(self) -> tuple[float, ...]:
@@ -234,8 +256,12 @@ class RouteFeatures:
         self.baseline = Ewma(alpha)
 
     def add(self, now: float, caller: str, amount: float = 1.0) -> None:
-        self._roll(now)
-        self.requests.add(now, amount)
+        requests = self.requests
+        if now - self.started >= requests.length:
+            self._roll(now)
+        if now - requests.start >= requests.length:  # (Window.count, inlined)
+            requests._roll(now)
+        requests.current += amount
         self.callers.add(caller)
 
     def _roll(self, now: float) -> None:
@@ -280,19 +306,47 @@ class FeatureStore:
         self.routes: LruTable[RouteFeatures] = LruTable("routes", routes, metrics)
         #: the caller window the last observation closed (see :meth:`observe`)
         self.finished: tuple[float, ...] | None = None
+        #: the observation being scored, its caller's key and its route's key (set by
+        #: the scorer before the detectors run: they need not work them out again)
+        self.current: tuple[Observation, str, str] | None = None
+        # the route last asked for (the most recent entry of ``routes``, so asking for
+        # it again needs no lookup: the scorer and the detectors ask per observation)
+        self._route_name: str | None = None
+        self._route: RouteFeatures | None = None
 
     def route(self, name: str, now: float) -> RouteFeatures:
-        return self.routes.get(name, lambda: RouteFeatures(self.window, now, self.alpha))
+        route = self._route
+        if name == self._route_name and route is not None:
+            return route  # already the most recent entry: nothing else touches the table
+        routes = self.routes
+        route = routes.peek(name)
+        if route is not None:
+            routes.bump(name)
+        else:
+            route = routes.add(name, RouteFeatures(self.window, now, self.alpha))
+        self._route_name, self._route = name, route
+        return route
 
     def caller(self, key: str, now: float) -> CallerFeatures:
-        return self.callers.get(key, lambda: CallerFeatures(self.window, now))
+        callers = self.callers
+        found = callers.touch(key)
+        return found if found is not None else callers.add(key, CallerFeatures(self.window, now))
 
     def observe(self, obs: Observation, key: str) -> None:
         """Count ``obs`` in its caller's window; :attr:`finished` is the vector of the
         window it closed (None if it closed none)."""
         now = obs.time
-        caller = self.callers.get(key, lambda: CallerFeatures(self.window, now))
-        self.finished = caller.roll(now)
+        callers = self.callers
+        caller = callers.peek(key)
+        if caller is not None:
+            callers.bump(key)
+            if now - caller.started >= caller.window:
+                self.finished = caller.roll(now)
+            else:
+                self.finished = None
+        else:
+            caller = callers.add(key, CallerFeatures(self.window, now))
+            self.finished = None
         caller.add(obs)
 
 

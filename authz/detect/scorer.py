@@ -48,7 +48,7 @@ from authz.detect.events import (
     ResponseObservation,
 )
 from authz.detect.features import FeatureStore, identity_key
-from authz.detect.intake import LogOnlySink, Pending, observation_of, param_pattern
+from authz.detect.intake import LogOnlySink, Pending, param_pattern, scored_observation
 from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
@@ -247,16 +247,19 @@ class Scorer:
     def drain(self, limit: int | None = None) -> int:
         """Score up to ``limit`` queued items (all when None); how many were scored."""
         queue = self.queue
+        popleft = queue.popleft
+        score = self._score
         done = 0
         while queue and (limit is None or done < limit):
-            item = queue.popleft()
+            item = popleft()
             done += 1
             try:
                 if type(item) is tuple:  # from the detect stage
                     epoch: int = item[4]  # type: ignore[assignment]
                     if epoch != self._epoch:  # its policy serves now: its section
                         self._apply(epoch)
-                    self._observation(observation_of(item))  # type: ignore[arg-type]
+                    if self.store is not None:
+                        score(scored_observation(item, self._params))  # type: ignore[arg-type]
                 elif isinstance(item, ResponseObservation):
                     self._response(item)
                 else:
@@ -270,23 +273,35 @@ class Scorer:
         store = self.store
         if store is None:
             return
-        self._seen_request()
-        if not obs.object_ids and obs.route:
-            pattern = self._params.get(obs.route)
-            if pattern is not None:
-                m = pattern.match(obs.path)
-                if m is not None:  # (tuple.__new__: a fifth of _replace's cost)
-                    obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
-        if not obs.route and not obs.shape:
+        route = obs.route
+        if route:
+            if not obs.object_ids:
+                pattern = self._params.get(route)
+                if pattern is not None:
+                    m = pattern.match(obs.path)
+                    if m is not None:  # (tuple.__new__: a fifth of _replace's cost)
+                        obs = _new(Observation, (*obs[:10], m.groups(), *obs[11:]))
+        elif not obs.shape:
             obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
-        if self._first is None:
-            self._first = obs.time
-        if obs.decision_id and self._feed:  # only once the access-log feed is live
-            self._joins.put(obs.decision_id, obs)
-        key = identity_key(obs)
+        self._score(obs)
+
+    def _score(self, obs: Observation) -> None:
+        """Score an observation whose object ids and shape are filled in."""
+        store = self.store
+        assert store is not None
+        self._seen_request()
+        route = obs.route
         now = obs.time
-        store.route(obs.route or f"?{obs.shape}", now).add(now, key)
+        if self._first is None:
+            self._first = now
+        if self._feed and obs.decision_id:  # only once the access-log feed is live
+            self._joins.put(obs.decision_id, obs)
+        subject = obs.subject
+        key = f"{obs.identity_kind}:{subject}" if subject else f"addr:{obs.client_address}"
+        route_key = route or f"?{obs.shape}"
+        store.route(route_key, now).add(now, key)
         store.observe(obs, key)
+        store.current = (obs, key, route_key)  # the detectors need not work them out again
         for detector in self.detectors:
             found = detector.observe(obs, store)
             if found:

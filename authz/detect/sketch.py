@@ -116,7 +116,19 @@ class Distinct:
             return True
         hll = self._hll
         assert hll is not None
-        return hll.add_hash(h)
+        # HyperLogLog.add_hash, inlined (a busy route's callers: every observation)
+        p = hll._p
+        rank = (64 - p) - (h & ((1 << (64 - p)) - 1)).bit_length() + 1
+        registers = hll.registers
+        index = h >> (64 - p)
+        old = registers[index]
+        if rank <= old:
+            return False
+        registers[index] = rank
+        hll._sum += _POW[rank] - _POW[old]
+        if not old:
+            hll._zeros -= 1
+        return True
 
     def __len__(self) -> int:
         items = self._items

@@ -23,7 +23,7 @@ V = TypeVar("V")
 class LruTable(Generic[V]):
     """At most ``capacity`` entries, least recently used evicted first."""
 
-    __slots__ = ("_entries", "_evicted", "capacity", "name")
+    __slots__ = ("_entries", "_evicted", "bump", "capacity", "name", "peek")
 
     def __init__(self, name: str, capacity: int, metrics: Metrics) -> None:
         if capacity < 1:
@@ -31,6 +31,11 @@ class LruTable(Generic[V]):
         self.name = name
         self.capacity = capacity
         self._entries: OrderedDict[str, V] = OrderedDict()
+        #: the entry without touching its recency (None if absent); the hot callers
+        #: ``peek`` and then ``bump`` (make it most recent) or :meth:`add`: two calls
+        #: straight into the dictionary, no Python frame
+        self.peek: Callable[[str], V | None] = self._entries.get
+        self.bump: Callable[[str], None] = self._entries.move_to_end
         self._evicted: Counter = metrics.counter(
             "authz_detect_evicted_total",
             "detection table entries evicted (table full, least recently used)",
@@ -50,6 +55,25 @@ class LruTable(Generic[V]):
         made = entries[key] = factory()
         return made
 
+    def touch(self, key: str) -> V | None:
+        """The entry for ``key``, now most recent (None if absent: :meth:`add` it).
+
+        ``touch`` then ``add`` is :meth:`get` without a factory closure per call."""
+        entries = self._entries
+        found = entries.get(key)
+        if found is not None:
+            entries.move_to_end(key)
+        return found
+
+    def add(self, key: str, value: V) -> V:
+        """Add ``value`` for an absent ``key`` (evicting the least recent if full)."""
+        entries = self._entries
+        if len(entries) >= self.capacity:
+            entries.popitem(last=False)
+            self._evicted.inc()
+        entries[key] = value
+        return value
+
     def put(self, key: str, value: V) -> None:
         """Set ``key`` to ``value``, now most recent (evicting the least recent if full)."""
         entries = self._entries
@@ -59,10 +83,6 @@ class LruTable(Generic[V]):
             entries.popitem(last=False)
             self._evicted.inc()
         entries[key] = value
-
-    def peek(self, key: str) -> V | None:
-        """The entry without touching its recency (None if absent)."""
-        return self._entries.get(key)
 
     def resize(self, capacity: int) -> None:
         """A new bound (a reload); a smaller one evicts the least recent now."""

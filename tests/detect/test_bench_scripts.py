@@ -35,6 +35,23 @@ def test_detect_cost() -> None:
     assert "the stage alone" in out and "ratio" in out
 
 
+def test_detect_cpu_both_transports_three_arms() -> None:
+    out = run("bench/detect_cpu.py", "--calls", "200", "--rounds", "1", "--callers", "50")
+    for transport in ("grpc", "http"):
+        for arm in ("without", "stage", "stage+scoring"):
+            assert f"{transport:4} {arm:14}" in out, out
+    assert "loadavg" in out
+
+
+def test_detect_cpu_before_and_after() -> None:
+    out = run(
+        "bench/detect_cpu.py", "--before", "HEAD", "--calls", "100", "--rounds", "1",
+        "--callers", "20",
+    )  # fmt: skip
+    assert "== before (HEAD)" in out and "== after (this tree)" in out
+    assert out.count("grpc stage+scoring ") == 2 and out.count("http stage+scoring ") == 2
+
+
 @pytest.mark.parametrize("seed", ["7"])
 def test_detect_compare_catches_every_attacker_and_no_normal(seed: str) -> None:
     out = run("bench/detect_compare.py", "--seed", seed, "--normals", "40", "--minutes", "9")

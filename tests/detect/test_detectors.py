@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from authz.detect.events import Observation
 from authz.detect.scorer import Scorer
 
 from .helpers import Sink, normal_traffic, obs, scorer
@@ -404,3 +405,24 @@ def test_many_users_behind_one_nat_address_and_an_office_prefix_are_not_stuffers
         )
     s.drain()
     assert sink.actions == []
+
+
+def test_caller_window_counts_a_repeated_address_and_endpoint_once() -> None:
+    from authz.detect.features import CallerFeatures
+
+    caller = CallerFeatures(60.0, 0.0)
+    for i, address in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.1", ""]):
+        caller.add(_obs_for_caller(float(i), address, "r1" if i < 3 else "r2"))
+    assert caller.vector()[1] == 2.0  # endpoints r1, r2
+    assert caller.vector()[6] == 3.0  # addresses .1, .2 and ""
+    assert caller.roll(61.0) is not None
+    caller.add(_obs_for_caller(61.0, "10.0.0.1", "r1"))  # a new window counts them again
+    assert caller.vector()[1] == 1.0 and caller.vector()[6] == 1.0
+
+
+def _obs_for_caller(now: float, address: str, route: str) -> Observation:
+    return Observation(
+        time=now, decision_id="", route=route, method="GET", shape=route, path="/x",
+        client_address=address, identity_kind="jwt", subject="s", credential="c",
+        object_ids=(), allowed=True, status=200, reason="allowed", body_bytes=0,
+    )  # fmt: skip

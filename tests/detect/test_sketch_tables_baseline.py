@@ -96,3 +96,37 @@ def test_sequence_runs_and_prefixes() -> None:
     assert prefix_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert prefix_of("::ffff:10.1.2.3") == "10.1.2.0/24"
     assert prefix_of("") == "" and prefix_of("nonsense::x") == ""
+
+
+def test_peek_bump_add_is_get_without_a_factory() -> None:
+    metrics = MemoryMetrics()
+    table: LruTable[int] = LruTable("t", 2, metrics)
+    assert table.peek("a") is None
+    table.add("a", 1)
+    table.add("b", 2)
+    assert table.peek("a") == 1
+    table.bump("a")  # now most recent: "b" goes first
+    table.add("c", 3)
+    assert "b" not in table and table.peek("a") == 1 and table.peek("c") == 3
+    assert len(table) == 2
+    assert metrics.value("authz_detect_evicted_total", "t") == 1
+
+
+def test_window_count_is_add_without_the_value() -> None:
+    a, b = Window(10.0, 100.0), Window(10.0, 100.0)
+    for now in (100.0, 101.0, 109.5, 112.0, 125.0, 125.5):
+        a.add(now, 2.0)
+        b.count(now, 2.0)
+        assert a.value(now) == b.value(now)
+
+
+def test_the_same_item_again_leaves_the_hyperloglog_as_it_was() -> None:
+    d = Distinct()
+    for i in range(EXACT + 200):
+        d.add(f"item-{i}")
+    before = len(d)
+    assert not d.add("item-3") and len(d) == before
+    reference = HyperLogLog()
+    for i in range(EXACT + 200):
+        reference.add(f"item-{i}")
+    assert before == max(reference.estimate(), EXACT + 1)

@@ -27,6 +27,8 @@ from authz.telemetry.metrics import Metrics
 __all__ = ["AUTH_FAILURES", "CredentialStuffing"]
 #: a prefix is actioned only when refusals are at least this share of its requests
 PREFIX_SHARE = 0.5
+#: addresses whose prefix is remembered (then the memo starts over)
+PREFIX_CACHE = 4096
 
 
 class _Address:
@@ -57,6 +59,7 @@ class CredentialStuffing:
         self.prefixes: LruTable[_Prefix] = LruTable(
             "credential_stuffing.prefixes", max(1, capacity // 4), metrics
         )
+        self._prefix_of: dict[str, str] = {}
 
     def observe(self, obs: Observation, store: FeatureStore) -> Findings:
         config = self.config
@@ -64,13 +67,29 @@ class CredentialStuffing:
         window = config.window
         address = obs.client_address
         failed = obs.reason in AUTH_FAILURES
-        prefix = prefix_of(address)
-        counts = self.prefixes.get(prefix, lambda: _Prefix(window, now)) if prefix else None
-        if counts is not None:
-            counts.requests.add(now)
+        cache = self._prefix_of
+        prefix = cache.get(address)
+        if prefix is None:
+            if len(cache) >= PREFIX_CACHE:
+                cache.clear()
+            prefix = cache[address] = prefix_of(address)
+        counts: _Prefix | None = None
+        if prefix:
+            prefixes = self.prefixes
+            counts = prefixes.peek(prefix)
+            if counts is not None:
+                prefixes.bump(prefix)
+            else:
+                counts = prefixes.add(prefix, _Prefix(window, now))
+            counts.requests.count(now)
         if not failed:
             return None
-        state = self.addresses.get(address, lambda: _Address(window, now))
+        addresses = self.addresses
+        state = addresses.peek(address)
+        if state is not None:
+            addresses.bump(address)
+        else:
+            state = addresses.add(address, _Address(window, now))
         if now - state.started >= window:  # a tumbling window for the distinct count
             state.identities.clear()
             state.started = now
@@ -97,7 +116,7 @@ class CredentialStuffing:
                 }
                 findings.append(Finding(self.name, "prefix", prefix, evidence))
         elif counts is not None:
-            counts.failures.add(now)
+            counts.failures.count(now)
         return findings or None
 
     def _finding(self, obs: Observation, feature: str, value: float) -> Finding:

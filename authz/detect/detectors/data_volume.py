@@ -51,17 +51,18 @@ class DataVolume:
         now = obs.time
         route_key = obs.route or f"?{obs.shape}"
         route = store.route(route_key, now)
-        route.bytes.add(now, amount)
+        route.bytes.count(now, amount)
         window = config.window
         key = f"{identity_key(obs)}|{route_key}"
         bucket, alpha = self.bucket, self.alpha
         floor = config.min_bytes * bucket / window
-        state = self.states.get(
-            key,
-            lambda: _State(
-                window, bucket, alpha, now, route.bytes_per_caller(now) * bucket / window, floor
-            ),
-        )
+        states = self.states
+        state = states.peek(key)
+        if state is not None:
+            states.bump(key)
+        else:
+            seed = route.bytes_per_caller(now) * bucket / window
+            state = states.add(key, _State(window, bucket, alpha, now, seed, floor))
         total = state.bytes.add(now, amount)
         state.base.add(now, amount)
         if total < config.min_bytes:

@@ -64,82 +64,81 @@ class Enumeration:
     def observe(self, obs: Observation, store: FeatureStore) -> Findings:
         config = self.config
         now = obs.time
-        route_key = obs.route or f"?{obs.shape}"
+        current = store.current
+        if current is not None and current[0] is obs:  # the scorer worked them out
+            caller, route_key = current[1], current[2]
+        else:
+            caller, route_key = identity_key(obs), obs.route or f"?{obs.shape}"
         route = store.route(route_key, now)
         window = config.window
-        caller = identity_key(obs)
-        bucket, alpha = self.bucket, self.alpha
-        floor = config.min_requests * bucket / window
-        # a new caller's baseline starts at the population's per-caller rate
-        state = self.states.get(
-            f"{caller}|{route_key}",
-            lambda: _State(
-                window, bucket, alpha, now, route.per_caller(now) * bucket / window, floor
-            ),
-        )
+        key = f"{caller}|{route_key}"
+        states = self.states
+        state = states.peek(key)
+        if state is not None:
+            states.bump(key)
+        else:  # a new caller's baseline starts at the population's rate
+            bucket, alpha = self.bucket, self.alpha
+            floor = config.min_requests * bucket / window
+            seed = route.per_caller(now) * bucket / window
+            state = states.add(key, _State(window, bucket, alpha, now, seed, floor))
         requests = state.rate.add(now)
         state.base.add(now)
-        findings: list[Finding] = []
+        finding: Finding | None = None
         ids = obs.object_ids
         if ids:
             if now - state.ids_started >= window:
                 state.ids_base.add(float(len(state.ids)))
                 state.ids.clear()
                 state.ids_started = now - (now % window)
+            add = state.ids.add
             for value in ids:
-                state.ids.add(value)
+                add(value)
             run = state.sequence.add(ids[-1])
             distinct = len(state.ids)
             own_ids = state.ids_base.mean
             if distinct >= config.distinct_ids and distinct >= config.ids_factor * own_ids:
-                findings.append(
-                    self._finding(
-                        obs,
-                        {
-                            "feature": "distinct_ids",
-                            "distinct_ids": float(distinct),
-                            "baseline_ids": own_ids,
-                            "threshold": float(config.distinct_ids),
-                            "window_s": window,
-                        },
-                    )
+                finding = self._finding(
+                    obs,
+                    {
+                        "feature": "distinct_ids",
+                        "distinct_ids": float(distinct),
+                        "baseline_ids": own_ids,
+                        "threshold": float(config.distinct_ids),
+                        "window_s": window,
+                    },
                 )
             elif run >= config.sequential:
-                findings.append(
-                    self._finding(
-                        obs,
-                        {
-                            "feature": "sequential",
-                            "sequential_run": float(run),
-                            "distinct_ids": float(distinct),
-                            "threshold": float(config.sequential),
-                        },
-                    )
+                finding = self._finding(
+                    obs,
+                    {
+                        "feature": "sequential",
+                        "sequential_run": float(run),
+                        "distinct_ids": float(distinct),
+                        "threshold": float(config.sequential),
+                    },
                 )
-        if requests >= config.min_requests and not findings:
+        if finding is None and requests >= config.min_requests:
             own = state.base.per(window)
             population = route.per_caller(now, exclude=requests)
             if requests >= config.rate_factor * own and requests >= (
                 config.population_factor * population
             ):
-                findings.append(
-                    self._finding(
-                        obs,
-                        {
-                            "feature": "volume",
-                            "requests": requests,
-                            "baseline": own,
-                            "baseline_std": state.base.std_per(window),
-                            "population": population,
-                            "population_baseline": route.baseline.mean,
-                            "threshold": max(
-                                config.rate_factor * own, config.population_factor * population
-                            ),
-                            "window_s": window,
-                        },
-                    )
+                finding = self._finding(
+                    obs,
+                    {
+                        "feature": "volume",
+                        "requests": requests,
+                        "baseline": own,
+                        "baseline_std": state.base.std_per(window),
+                        "population": population,
+                        "population_baseline": route.baseline.mean,
+                        "threshold": max(
+                            config.rate_factor * own, config.population_factor * population
+                        ),
+                        "window_s": window,
+                    },
                 )
-        return findings or None
+        return [finding] if finding is not None else None
 
     def _finding(self, obs: Observation, evidence: dict[str, float | str]) -> Finding:
         kind, target = target_of(obs, self.config.target)

@@ -26,10 +26,14 @@ class Honeypot:
         self.config = config
         patterns = [honeypot_pattern(p).pattern for p in config.paths]
         self._match = re.compile("|".join(f"(?:{p})" for p in patterns)).match if patterns else None
+        #: the literal text each pattern starts with: a path starting with none of them
+        #: matches none (one ``startswith`` rather than the regex, for most requests)
+        self._starts = tuple(p.partition("*")[0] for p in config.paths)
 
     def observe(self, obs: Observation, store: FeatureStore) -> Findings:
         match = self._match
-        if match is None or match(obs.path) is None:
+        path = obs.path
+        if match is None or not path.startswith(self._starts) or match(path) is None:
             return None
         evidence: dict[str, float | str] = {
             "path": obs.path[:256],

@@ -18,11 +18,13 @@ from authz.telemetry.metrics import Metrics
 
 
 class _Spread:
-    __slots__ = ("addresses", "started")
+    __slots__ = ("addresses", "last", "started")
 
     def __init__(self, now: float) -> None:
         self.addresses = Distinct()
         self.started = now
+        #: the last address counted (the same again changes no count)
+        self.last = ""
 
 
 class TokenSharing:
@@ -37,12 +39,22 @@ class TokenSharing:
 
     def _count(self, table: LruTable[_Spread], key: str, obs: Observation) -> int:
         now = obs.time
-        spread = table.get(key, lambda: _Spread(now))
+        spread = table.peek(key)
+        if spread is not None:
+            table.bump(key)
+        else:
+            spread = table.add(key, _Spread(now))
         if now - spread.started >= self.config.window:
             spread.addresses.clear()
             spread.started = now
-        before = len(spread.addresses)
-        if not spread.addresses.add(obs.client_address):
+            spread.last = ""
+        address = obs.client_address
+        if address == spread.last and address:
+            return 0  # the address counted last: the count did not change
+        spread.last = address
+        addresses = spread.addresses
+        before = len(addresses)
+        if not addresses.add(address):
             return 0  # an address seen already: the count did not change
         return before + 1
 
