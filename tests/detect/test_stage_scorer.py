@@ -17,6 +17,7 @@ from authz.detect.stage import Detect
 from authz.engine import CompiledPolicy, PolicyEngine
 from authz.model import Request
 from authz.policy.loader import load_policy
+from authz.policy.ratelimit_config import RateLimitConfig
 from authz.respond.enforcer import Enforcer
 from authz.stages import Shared
 from authz.telemetry.metrics import MemoryMetrics
@@ -109,6 +110,7 @@ async def test_a_jwt_is_named_by_jti_or_by_its_header_and_payload() -> None:
         class config:
             providers = ()
             detection = None
+            rate_limits = RateLimitConfig()
 
     scorer = Scorer(MemoryMetrics())
     stage = Detect(scorer, Load())  # type: ignore[arg-type]
