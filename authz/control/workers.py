@@ -60,24 +60,11 @@ class FanOutAdmin(EnforcementFanOut, admin_pb2_grpc.AdminServicer):  # type: ign
         self._channels.clear()
         self._stubs.clear()
 
-    async def _all(self, name: str, request: Any, context: Any) -> list[Any]:
-        calls = [
-            getattr(self._stub(s), name)(request, timeout=self._timeout) for s in self._sockets
-        ]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-        good = [a for a in answers if not isinstance(a, BaseException)]
-        for socket, answer in zip(self._sockets, answers, strict=True):
-            if isinstance(answer, BaseException):
-                log.warning("control plane: worker %s did not answer %s: %s", socket, name, answer)
-        if not good:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker answered")
-        return good
-
     async def GetInventory(self, request: Any, context: Any) -> Any:
-        return merge_inventories(await self._all("GetInventory", request, context))
+        return merge_inventories(await self._every("GetInventory", request, context))
 
     async def GetCounters(self, request: Any, context: Any) -> Any:
-        return merge_counters(await self._all("GetCounters", request, context))
+        return merge_counters(await self._every("GetCounters", request, context))
 
     async def Explain(self, request: Any, context: Any) -> Any:
         last: grpc.RpcError | None = None
