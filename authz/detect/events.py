@@ -39,6 +39,18 @@ def credential_digest(credential: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def token_part(value: str) -> str:
+    """What names a presented bearer token (an ``Authorization`` value or a bare token):
+    its ``header.payload`` (the signature may vary), or the stripped value when it has no
+    ``.``. The detectors and the enforcer both name a JWT without ``jti`` by
+    ``credential_digest(token_part(value))``, so a detector's action on a token matches
+    the enforcer's check of it."""
+    scheme, _, token = value.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else value.strip()
+    head, dot, rest = token.partition(".")
+    return f"{head}.{rest.partition('.')[0]}" if dot else token
+
+
 class Observation(NamedTuple):
     """One request, as the detectors see it."""
 

@@ -12,10 +12,11 @@ bounded queue (full: dropped and counted); the scorer turns it into the decision
 is never kept (its headers hold the credential, its body may be large). A
 credential is named without hashing when it can be: a JWT's ``jti``, an API key's
 id; a JWT without ``jti`` is
-named by the digest of its header.payload (:func:`credential_digest`, at most
-:data:`MAX_CREDENTIAL` characters), computed once per verified identity (the JWT
-provider hands out one Identity per cached token); a refused credential's digest
-is computed only when one was presented.
+named by the digest of its header.payload (:func:`credential_digest` of
+:func:`token_part`, as the enforcer names it), computed once per verified identity
+(the JWT provider hands out one Identity per cached token); a refused credential's
+digest is computed only when one was presented (of at most :data:`MAX_CREDENTIAL`
+characters).
 
 Building the stage proposes the policy's section to the process's scorer (in
 Shared, registered as a runtime: the service starts it), which applies it once
@@ -32,6 +33,7 @@ from authz.detect.events import (
     RESPONSE_HUB,
     ResponseHub,
     credential_digest,
+    token_part,
 )
 from authz.detect.features import AUTH_FAILURES
 from authz.detect.intake import LogOnlySink
@@ -61,14 +63,6 @@ def shared_scorer(shared: Shared) -> Scorer:
 def _sink_of(shared: Shared) -> Any:
     # looked up when acting: the enforcer registers itself while a policy is built
     return lambda: shared.get(ACTION_SINK, LogOnlySink)
-
-
-def _token_part(value: str) -> str:
-    """A bearer token's header.payload (what names it: the signature may vary)."""
-    scheme, _, token = value.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else value.strip()
-    head, dot, rest = token[:MAX_CREDENTIAL].partition(".")
-    return f"{head}.{rest.partition('.')[0]}" if dot else token
 
 
 class Detect:
@@ -160,7 +154,7 @@ class Detect:
             return found[1]
         header = self._jwt_header.get(identity.provider, "authorization")
         value = headers.get(header)
-        name = credential_digest(_token_part(value)) if value else ""
+        name = credential_digest(token_part(value)) if value else ""
         if len(names) >= CACHE_SIZE:
             names.clear()
         names[id(identity)] = (identity, name)
@@ -171,7 +165,8 @@ class Detect:
         for header, is_jwt in self._presented:
             value = headers.get(header)
             if value:
-                text = _token_part(value) if is_jwt else value.strip()[:MAX_CREDENTIAL]
+                value = value[:MAX_CREDENTIAL]  # refused: whatever the client sent, bounded
+                text = token_part(value) if is_jwt else value.strip()
                 return credential_digest(text)
         return ""
 

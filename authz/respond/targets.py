@@ -22,7 +22,7 @@ import ipaddress
 import json
 from functools import lru_cache
 
-from authz.detect.events import TARGET_KINDS, credential_digest
+from authz.detect.events import TARGET_KINDS, credential_digest, token_part
 from authz.model import Identity, Request
 
 #: The prefix lengths a block may name (one lookup each per request).
@@ -110,9 +110,5 @@ def request_token_id(identity: Identity, request: Request, header: str) -> str:
     jti = identity.claims.get("jti")
     if isinstance(jti, str) and jti:
         return jti
-    value = request.headers.get(header, "")
-    scheme, _, token = value.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else value.strip()
-    head, dot, rest = token.partition(".")
-    payload = rest.partition(".")[0]
-    return credential_digest(f"{head}.{payload}") if dot else ""
+    part = token_part(request.headers.get(header, ""))
+    return credential_digest(part) if "." in part else ""

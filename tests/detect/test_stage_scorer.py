@@ -123,6 +123,30 @@ async def test_a_jwt_is_named_by_jti_or_by_its_header_and_payload() -> None:
     assert stage._digest(bob, {}) == name
 
 
+async def test_the_detector_and_the_enforcer_name_a_long_token_alike() -> None:
+    # a token_sharing revoke on a JWT without jti must match the enforcer's check of it,
+    # however long the token (the detector once cut it at 4096 characters first)
+    from authz.model import Identity
+    from authz.respond.targets import request_token_id
+
+    class Load:
+        class config:
+            providers = ()
+            detection = None
+            rate_limits = RateLimitConfig()
+
+    stage = Detect(Scorer(MemoryMetrics()), Load())  # type: ignore[arg-type]
+    claims = {"sub": "bob", "groups": ["g" * 40] * 200}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    token = f"eyJhbGciOiJFUzI1NiJ9.{payload}.sig"
+    assert len(token) > 8000
+    bob = Identity("jwt", "bob", provider="idp", claims={"sub": "bob"})
+    headers = {"authorization": f"Bearer {token}"}
+    named = stage._digest(bob, headers)
+    assert named == request_token_id(bob, Request("GET", "/", headers=headers), "authorization")
+    assert named == credential_digest(f"eyJhbGciOiJFUzI1NiJ9.{payload}")
+
+
 async def test_no_task_before_start_and_aclose_stops_it(tmp_path: Path) -> None:
     shared = Shared()
     e = engine(tmp_path, shared)
