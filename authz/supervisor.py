@@ -2,7 +2,9 @@
 
 The parent checks the policy once (located errors, exit 1), starts each worker with
 the same flags plus ``--workers 1 --reuse-port``, forwards SIGTERM/SIGINT/SIGHUP to
-them, and restarts a worker that dies (until it is stopping). The control plane's
+them, and restarts a worker that dies (until it is stopping). When the policy scores
+detection in a process, the parent also runs one scoring process for all workers
+(:class:`SharedScorer`), so that detection sees the replica's traffic as one. The control plane's
 fan-out over the workers is :mod:`authz.control.workers`.
 """
 
@@ -10,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,7 +70,7 @@ def access_log_argv(options: ServeOptions) -> list[str]:
 def supervise(options: ServeOptions) -> int:
     """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
     try:
-        load_policy(options.policy)  # fail fast, once, with the located errors
+        config = load_policy(options.policy)  # fail fast, once, with the located errors
     except PolicyError as exc:
         for location, message in exc.problems:
             print(f"{location}: {message}", file=sys.stderr)
@@ -101,12 +106,15 @@ def supervise(options: ServeOptions) -> int:
     control = SupervisorControl(options.control, options.workers)  # merges the workers'
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
+    detection = config.detection
+    scorer = SharedScorer() if detection is not None and detection.scorer == "process" else None
+    env = scorer.env() if scorer is not None else None
 
     def spawn(index: int) -> None:
         # The worker starts with SIGHUP ignored (inherited across exec): a reload
         # forwarded while it is still importing must not kill it.
         worker = [*argv, *control.worker_argv(index)]
-        children[index] = subprocess.Popen(worker, preexec_fn=_ignore_sighup)
+        children[index] = subprocess.Popen(worker, preexec_fn=_ignore_sighup, env=env)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -118,6 +126,8 @@ def supervise(options: ServeOptions) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    if scorer is not None:
+        scorer.start()  # before the workers: they connect as they come up
     for i in range(options.workers):
         spawn(i)
     try:
@@ -127,9 +137,13 @@ def supervise(options: ServeOptions) -> int:
         forward(signal.SIGTERM, None)
         for child in children.values():
             child.wait()
+        if scorer is not None:
+            scorer.stop()
         return 2
     while True:
         time.sleep(0.2)
+        if scorer is not None and not stopping:
+            scorer.keep()
         for i, child in list(children.items()):
             code = child.poll()
             if code is None:
@@ -142,4 +156,56 @@ def supervise(options: ServeOptions) -> int:
                 spawn(i)
         if stopping and not children:
             control.close()
+            if scorer is not None:
+                scorer.stop()  # last: the workers sent it what they had queued
             return 0
+
+
+class SharedScorer:
+    """The replica's one scoring process for every worker (``python -m
+    authz.detect.child --listen PATH``, see :mod:`authz.detect.child`): started before
+    the workers, restarted when it dies, stopped after the last worker."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="authz-detect-")
+        self.path = os.path.join(self.dir, "scorer.sock")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._next_start = 0.0
+        self._delay = 1.0
+
+    def env(self) -> dict[str, str]:
+        from authz.detect.remote import SHARED_SOCKET
+
+        return {**os.environ, SHARED_SOCKET: self.path}
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "authz.detect.child", "--listen", self.path]
+        root = str(Path(__file__).resolve().parents[1])  # this package, not the cwd's
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+        self.process = subprocess.Popen(command, preexec_fn=_ignore_sighup, cwd=root, env=env)
+
+    def keep(self) -> None:
+        """Restart it if it died (1 s, doubling to 30 s, between attempts)."""
+        process = self.process
+        if process is None or process.poll() is None:
+            return
+        now = time.monotonic()
+        if not self._next_start:
+            log.error("the scoring process exited with %s; restarting", process.returncode)
+            self._next_start = now + self._delay
+            self._delay = min(30.0, self._delay * 2)
+        if now >= self._next_start:
+            self._next_start = 0.0
+            self.start()
+
+    def stop(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

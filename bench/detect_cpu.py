@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             drain()
             await asyncio.sleep(0)  # the loop writes the batch and reads answers: timed
         took = clock() - began
+        waited = time.monotonic()
         while scorer_c.answered < scorer_c.batches:  # untimed: the child catches up
+            if time.monotonic() - waited > 30:
+                raise SystemExit("the scoring child did not answer every batch in 30 s")
             await asyncio.sleep(0.001)
         child_cpu.setdefault(fn.__name__, []).append(
             (metrics.value(child_metric) - before) / n * 1e6

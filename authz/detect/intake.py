@@ -15,8 +15,9 @@ from __future__ import annotations
 import collections
 import operator
 import re
+from typing import Protocol
 
-from authz.detect.events import Action, Observation
+from authz.detect.events import Action, Observation, ResponseObservation
 from authz.paths import path_shape
 from authz.pathtemplate import LITERAL, PARAM, TemplateError, parse_template
 from authz.record import DecisionRecord
@@ -110,6 +111,26 @@ def scored_observation(item: Pending, params: dict[str, re.Pattern[str]]) -> Obs
             size,
         ),
     )
+
+
+class NamedRoute(Protocol):
+    """What the scorer reads of a route: its name and its path template."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+
+def feed_observation(response: ResponseObservation, client: str) -> Observation:
+    """The observation of a request only the access-log feed saw (a public route the
+    generated Envoy config does not check): anonymous, allowed, from ``client``."""
+    return _new(
+        Observation,
+        (response.time, "", response.route, response.method, "", response.path, client,
+         "anonymous", "", "", (), True, response.status, "", 0),
+    )  # fmt: skip
 
 
 class LogOnlySink:

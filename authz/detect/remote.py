@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from authz.detect.events import Action, ActionSink, Observation, ResponseObservation
-from authz.detect.scorer import SLICE, NamedRoute, Scorer
+from authz.detect.intake import NamedRoute
+from authz.detect.scorer import SLICE, Scorer
 from authz.policy.detection_config import DetectionConfig
 from authz.telemetry.metrics import Metrics
 
@@ -54,6 +55,8 @@ log = logging.getLogger("authz.detect")
 
 #: bytes the serving process buffers for a child that is not reading (then: drop)
 MAX_BUFFERED = 8 << 20
+#: the environment variable naming a shared child's socket (set by the supervisor)
+SHARED_SOCKET = "AUTHZ_DETECT_SOCKET"
 #: the longest frame either side accepts
 MAX_FRAME = 64 << 20
 #: restart back-off after the child dies (seconds): first and longest
@@ -103,9 +106,13 @@ class ProcessScorer(Scorer):
         sink: Callable[[], ActionSink] | None = None,
         clock: Callable[[], float] = time.time,
         command: tuple[str, ...] | None = None,
+        connect: str | None = None,
     ) -> None:
         super().__init__(metrics, sink=sink, clock=clock)
         self._command = command or (sys.executable, "-m", "authz.detect.child")
+        #: a shared child's Unix socket (the ``--workers`` supervisor's), instead of
+        #: a child of this process's own
+        self.connect = connect if connect is not None else os.environ.get(SHARED_SOCKET)
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -219,6 +226,12 @@ class ProcessScorer(Scorer):
                 await supervisor
 
     @property
+    def connected(self) -> bool:
+        """Whether a child (its own, or the shared one) can take batches now."""
+        writer = self._writer
+        return writer is not None and not writer.is_closing()
+
+    @property
     def child_pid(self) -> int | None:
         """The child's pid once it can take batches (None before, and after a stop)."""
         process = self._process
@@ -230,8 +243,12 @@ class ProcessScorer(Scorer):
         delay = RESTART_FIRST
         while not self._closing:
             began = time.monotonic()
+            self._reader_task = None
             try:
                 await self._spawn()
+            except OSError as exc:
+                where = self.connect or "a child process"
+                log.warning("detection: cannot reach the scoring process (%s): %s", where, exc)
             except Exception:
                 log.exception("detection: could not start the scoring process")
             finally:
@@ -246,12 +263,17 @@ class ProcessScorer(Scorer):
             self._writer = None
             if time.monotonic() - began > 60.0:
                 delay = RESTART_FIRST  # it ran for a while: start over quickly
-            log.warning("detection: the scoring process stopped; restarting in %.0f s", delay)
+            again = "reconnecting" if self.connect else "restarting"
+            log.warning("detection: the scoring process stopped; %s in %.0f s", again, delay)
             await asyncio.sleep(delay)
             delay = min(RESTART_MAX, delay * 2)
             self.restarts += 1
 
     async def _spawn(self) -> None:
+        if self.connect:
+            reader, writer = await asyncio.open_unix_connection(self.connect, limit=MAX_FRAME)
+            self._started(reader, writer)
+            return
         ours, theirs = socket.socketpair()
         try:
             env = dict(os.environ)
@@ -264,10 +286,14 @@ class ProcessScorer(Scorer):
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
+                cwd=root,  # (python -m puts the working directory first on the path)
             )
         finally:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours, limit=MAX_FRAME)
+        self._started(reader, writer)
+
+    def _started(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self.answered = self.batches  # what a dead child was sent is not coming back
         if self._enabled:  # (no await in between: the sections precede every batch)
@@ -296,16 +322,35 @@ class ProcessScorer(Scorer):
                     log.error("detection: a bad frame from the scoring process (%d bytes)", size)
                     return
                 body = await reader.readexactly(size)
-                if body[:1] == b"A":
+                if body[:1] != b"A":
+                    continue
+                try:
                     self._replies(pickle.loads(body[1:]))
+                except Exception:  # one bad answer: say so, keep reading the next
+                    self._errors.inc()
+                    log.exception("detection: an answer of the scoring process failed")
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the child closed (stopped or died): the supervisor decides
 
-    def _replies(self, message: tuple[list[tuple[Any, ...]], list[MetricChange]]) -> None:
-        actions, changes = message
-        self.answered += 1
+    def _replies(
+        self, message: tuple[list[tuple[Any, ...]], list[MetricChange], bool, bool]
+    ) -> None:
+        """A child's answer: the actions it found (for a shared child, in any worker's
+        batch), its metric changes, whether this process counts and logs them (one
+        worker does), and whether it answers one of this process's batches."""
+        actions, changes, counts, answer = message
+        if answer:
+            self.answered += 1
         for fields in actions:
-            self._emit(Action(*fields))
+            action = Action(*fields)
+            if counts:
+                self._emit(action)
+            else:  # another worker logs and counts it; this one enforces it too
+                try:
+                    self._sink().apply(action)
+                except Exception:
+                    self._errors.inc()
+                    log.exception("action sink failed")
         merge_metrics(self.metrics, changes)
 
 
@@ -328,9 +373,10 @@ def merge_metrics(metrics: Metrics, changes: Iterable[MetricChange]) -> None:
             log.debug("detection: metric %s not merged", name, exc_info=True)
 
 
-def decode_items(payload: bytes) -> list[Any]:
+def decode_items(payload: bytes, epochs: dict[int, int] | None = None) -> list[Any]:
     """The child's side of :func:`encode_items`: the stage's 5-tuples (their record
-    rebuilt) and the feed's entries, in queue order."""
+    rebuilt, their epoch mapped through ``epochs``: the serving process's section
+    numbers onto the child's) and the feed's entries, in queue order."""
     from authz.record import DecisionRecord
 
     new = tuple.__new__
@@ -338,7 +384,10 @@ def decode_items(payload: bytes) -> list[Any]:
     append = out.append
     for item in marshal.loads(payload):
         if len(item) == 5:
-            append((new(DecisionRecord, item[0]), *item[1:]))
+            fields, template, credential, size, epoch = item
+            if epochs is not None:
+                epoch = epochs.get(epoch, 0)  # 0: none known, the scorer's current one
+            append((new(DecisionRecord, fields), template, credential, size, epoch))
         elif item[0] == RESPONSE:
             append(new(ResponseObservation, item[1]))
         else:

@@ -37,7 +37,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from authz.detect.detectors import Detector, Finding
 from authz.detect.events import (
@@ -49,7 +48,14 @@ from authz.detect.events import (
     ResponseObservation,
 )
 from authz.detect.features import FeatureStore, identity_key
-from authz.detect.intake import LogOnlySink, Pending, param_pattern, scored_observation
+from authz.detect.intake import (
+    LogOnlySink,
+    NamedRoute,
+    Pending,
+    feed_observation,
+    param_pattern,
+    scored_observation,
+)
 from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
@@ -69,16 +75,6 @@ JOIN_CAPACITY = 65_536
 MIN_IN_FORCE = 60.0
 #: proposed sections kept (a reload built but not yet serving)
 MAX_EPOCHS = 4
-
-
-class NamedRoute(Protocol):
-    """What the scorer reads of a route: its name and its path template."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def path(self) -> str: ...
 
 
 class Scorer:
@@ -330,23 +326,7 @@ class Scorer:
                 self._unjoined.inc()
                 return
         else:  # a public route the check never saw: a request of its own
-            obs = Observation(
-                time=response.time,
-                decision_id="",
-                route=response.route,
-                method=response.method,
-                shape="",
-                path=response.path,
-                client_address=self._client_of(response),
-                identity_kind="anonymous",
-                subject="",
-                credential="",
-                object_ids=(),
-                allowed=True,
-                status=response.status,
-                reason="",
-                body_bytes=0,
-            )
+            obs = feed_observation(response, self._client_of(response))
             self._observation(obs)
             if not obs.route:
                 obs = obs._replace(shape=path_shape(obs.path) if obs.path else "")
