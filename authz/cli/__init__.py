@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         demo,
         envoy_config,
         explain,
+        policy_test,
         reasons,
         serve,
         token,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     reasons.register(sub)
     explain.register(sub)
     enforcement_commands.register(sub)
+    policy_test.register(sub)
     return parser
 
 
