@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from authz.cli import (
         check,
         demo,
+        diff,
         envoy_config,
         explain,
         policy_test,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.register(sub)
     enforcement_commands.register(sub)
     policy_test.register(sub)
+    diff.register(sub)
     return parser
 
 
