@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         token,
         validate,
     )
-    from authz.control import enforcement_commands
+    from authz.control import enforcement_commands, policy_commands
     from authz.control.commands import add_inventory_parser
 
     parser = Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     enforcement_commands.register(sub)
     policy_test.register(sub)
     diff.register(sub)
+    policy_commands.register(sub)
     return parser
 
 
