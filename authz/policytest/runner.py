@@ -181,6 +181,12 @@ def compare(expect: Expectation, decision: Decision) -> list[Mismatch]:
     for name in expect.headers_absent:
         if name in got:
             out.append(Mismatch(f"{where} {name}", "(absent)", got[name]))
+    to_client: dict[str, str] = {}
+    for name, value in decision.response_headers:
+        to_client.setdefault(name.lower(), value)
+    for name, value in expect.response_headers:
+        if to_client.get(name) != value:
+            out.append(Mismatch(f"response header {name}", value, to_client.get(name, "(absent)")))
     removed = {h.lower() for h in decision.remove_upstream_headers}
     for name in expect.removed_headers:
         if name not in removed:

@@ -75,6 +75,7 @@ class Expectation:
     route: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     headers_absent: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()  # the client's, allow or deny
     removed_headers: tuple[str, ...] = ()
     body: tuple[tuple[str, Any], ...] | None = None  # members the deny body must have
     body_absent: bool | None = None
@@ -305,6 +306,7 @@ class _Reader:
             route=raw.get("route"),
             headers=_headers(raw.get("headers")),
             headers_absent=tuple(h.lower() for h in raw.get("headers_absent", ())),
+            response_headers=_headers(raw.get("response_headers")),
             removed_headers=tuple(h.lower() for h in raw.get("removed_headers", ())),
             body=tuple(body.items()) if body is not None else None,
             body_absent=raw.get("body_absent"),
