@@ -1,7 +1,8 @@
 """Policy versions of a running service: list, roll back, reload (the control plane's
 ``ListPolicies``, ``RollbackPolicy``, ``ReloadPolicy``).
 
-:class:`PolicyLifecycle` works on an :class:`authz.server.Service`: its
+:class:`PolicyLifecycle` works on an :class:`authz.server.Service` (seen through the
+:class:`Service` protocol): its
 :class:`~authz.policy.history.PolicyHistory`, its reload lock and its swap (a
 rollback builds the kept compiled config again, waits for its providers and swaps
 it in like a reload, so the decisions, the widening log and the reload counters
@@ -17,14 +18,30 @@ file to it too; every answer says whether the file and the active version differ
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from authz.compiled import CompiledPolicy
-from authz.policy.history import PolicyVersion, VersionNotFound
+from authz.engine import PolicyEngine
+from authz.policy.history import PolicyHistory, PolicyVersion, VersionNotFound
+from authz.serve_options import ServeOptions
+from authz.stages import Shared
 
-if TYPE_CHECKING:
-    from authz.server import Service
+
+class Service(Protocol):
+    """What a rollback needs of :class:`authz.server.Service`."""
+
+    options: ServeOptions
+    shared: Shared
+    engine: PolicyEngine | None
+    history: PolicyHistory
+    disk_version: str
+    reload_lock: asyncio.Lock
+
+    async def swap_in(self, policy: CompiledPolicy, origin: str, by: str) -> bool: ...
+
+    async def reload(self, *, force: bool = False, by: str = "file") -> bool: ...
 
 
 class LifecycleError(Exception):
@@ -80,7 +97,7 @@ class PolicyLifecycle:
     async def rollback(self, wanted: str, by: str) -> Outcome:
         """Make the kept version ``wanted`` active (raises LifecycleError)."""
         service = self._service
-        async with service._reload_lock:
+        async with service.reload_lock:
             try:
                 entry = service.history.find(wanted)
             except VersionNotFound as exc:

@@ -83,7 +83,7 @@ class Service(HealthReporting):
         self.http: HttpTransport | None = None
         self.control: Any = None  # authz.control.server.ControlPlane when enabled
         self._stopping = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
+        self.reload_lock = asyncio.Lock()  # held by a reload or a rollback
         self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
         self._active_digest = ""  # content hash of the files of the policy in use
         self._rejected_digest = ""  # ... of the last content refused (not reparsed)
@@ -179,7 +179,7 @@ class Service(HealthReporting):
     async def reload(self, *, force: bool = False, by: str = "file") -> bool:
         """Load the policy file once settled (``force``: even if unchanged); swap it in if
         valid and ready."""
-        async with self._reload_lock:
+        async with self.reload_lock:
             assert self.engine is not None
             try:
                 compiled = await self._compile(self.options.reload_settle, force=force)

@@ -54,6 +54,7 @@ def test_rollback_over_the_control_plane(
     policy = tmp_path / "policy.yaml"
     policy.write_text(V1)
     svc = start_service(policy, "--policy-history", "3")
+    first_port = svc.port
     run = lambda *a: cli(svc.env, svc.control, *a)  # noqa: E731
     assert status(svc.address, "/reports") == 200
     v1 = versions(run)["versions"][0]["version"]  # type: ignore[index]
@@ -95,16 +96,38 @@ def test_rollback_over_the_control_plane(
     assert reloaded.stdout.strip() == f"reloaded: {v1} -> {v2}"
     assert status(svc.address, "/reports") == 401
 
-    # after another rollback, a change of the file is loaded (the file wins again)
+    # after another rollback, restoring the file keeps it: nothing swapped, no warning
     assert run("policy", "rollback", str(v1)).returncode == 0
     assert status(svc.address, "/reports") == 200
+    replace(policy, V1)
+    wait_for(lambda: versions(run)["on_disk"] == v1, timeout=20)
+    kept = run("policy", "rollback", str(v1))
+    assert kept.stdout.strip() == f"{v1} is already active", kept.stdout
+    assert versions(run)["versions"][0]["origin"] == "rollback"  # type: ignore[index]
+    # a change of the file is loaded (the file wins again)
+    replace(policy, V2)
+    wait_for(lambda: status(svc.address, "/reports") == 401, timeout=20)
+    assert run("policy", "rollback", str(v1)).returncode == 0
     replace(policy, V3)
     wait_for(lambda: status(svc.address, "/extra") == 200, timeout=20)
     listed = versions(run)
     assert len(listed["versions"]) == 3  # type: ignore[arg-type]
     assert listed["versions"][0]["origin"] == "reload"  # type: ignore[index]
 
-    log = svc.log()
+    # a reload of a file that does not load: refused, the version in use stays
+    replace(policy, "routes: 3\n")
+    refused = run("policy", "reload")
+    assert refused.returncode == 3
+    assert "FAILED_PRECONDITION: the policy file was not loaded" in refused.stderr
+    assert status(svc.address, "/extra") == 200
+    replace(policy, V3)
+    # a restart loads the file, whatever was rolled back
+    assert run("policy", "rollback", str(v1)).returncode == 0
+    assert status(svc.address, "/extra") == 404
+    svc.stop()
+    svc = start_service(policy)
+    assert status(svc.address, "/extra") == 200
+    log = (tmp_path / f"serve-{first_port}.log").read_text()
     assert re.search(rf"policy rollback by token:[0-9a-f]{{8}}: {v2} -> {v1}", log)
     assert re.search(rf"policy reload by token:[0-9a-f]{{8}}: {v1} -> {v2}", log)
     assert re.search(rf"policy {v1} active \(was {v2}; rollback by token:[0-9a-f]{{8}}\)", log)
