@@ -53,6 +53,10 @@ routes:
   - {name: old, path: /v0/legacy, methods: [GET], providers: [idp]}
 enforcement:
   throttle: {requests: 3, per: 10s}
+detection:
+  mode: monitor
+  detectors:
+    credential_stuffing: {failures: 20}
 """
 
 NEW = """\
@@ -93,6 +97,10 @@ routes:
   - {name: refunds, path: /v1/refunds, methods: [POST], providers: [idp], scopes: [refunds:write]}
 enforcement:
   throttle: {requests: 5, per: 10s}
+detection:
+  mode: enforce
+  detectors:
+    credential_stuffing: {failures: 50}
 """
 
 
@@ -130,6 +138,8 @@ def test_every_kind_of_change(files: tuple[str, str]) -> None:
     assert policy["undeclared_routes"] == ("deny", "monitor")
     assert policy["rate_limits.rules[per-address].burst"] == (200, 400)
     assert policy["enforcement.throttle.requests"] == (3, 5)
+    assert policy["detection.mode"] == ("monitor", "enforce")
+    assert policy["detection.credential_stuffing.failures"] == (20, 50)
     [idp] = diff.providers
     assert (idp.name, [c.field for c in idp.changes]) == ("idp", ["audiences"])
     # the reload's widening findings, attached to their routes
@@ -152,6 +162,7 @@ def test_text_is_grouped_per_route(
     assert "route old (removed)  GET /v0/legacy\n" in out
     assert "route refunds (added)  POST /v1/refunds\n" in out
     assert "policy\n  undeclared_routes: deny -> monitor\n" in out
+    assert "  detection.credential_stuffing.failures: 20 -> 50\n" in out
     assert (
         out.rstrip().splitlines()[-1].startswith("6 route(s) differ: 4 changed, 1 added, 1 removed")
     )
