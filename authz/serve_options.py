@@ -24,6 +24,7 @@ class ServeOptions:
     #: A changed policy is loaded once two reads this many seconds apart agree.
     reload_settle: float = 0.5
     ready_timeout: float = 10.0  # how long a reload waits for its providers
+    policy_history: int = 5  # policy versions kept for rollbacks (authz.policy.history)
     drain_timeout: float = 10.0
     #: After SIGTERM, keep answering (health NOT_SERVING) until no call has arrived for
     #: authz.server.DRAIN_QUIET seconds or this long has passed; within drain_timeout.

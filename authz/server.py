@@ -20,6 +20,7 @@
   a reload swaps it in); a build that fails or a policy that is refused leaves nothing
   running. ``stop`` closes the serving policy's providers, then every started runtime
   in reverse order of start (the decision log last).
+- The last ``--policy-history`` versions are kept, for rollbacks (:mod:`authz.lifecycle`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from authz.engine import PolicyEngine
 from authz.errors import PolicyError
 from authz.health import DECISION_LOG_HEALTH, HealthReporting, wait_ready
 from authz.policy.diff import log_widenings
+from authz.policy.history import PolicyHistory
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
 from authz.serve_options import ServeOptions
 from authz.stages import Shared
@@ -81,10 +83,12 @@ class Service(HealthReporting):
         self.http: HttpTransport | None = None
         self.control: Any = None  # authz.control.server.ControlPlane when enabled
         self._stopping = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
+        self.reload_lock = asyncio.Lock()  # held by a reload or a rollback
         self._documents: tuple[str, ...] = ()  # files the policy names (OpenAPI)
         self._active_digest = ""  # content hash of the files of the policy in use
         self._rejected_digest = ""  # ... of the last content refused (not reparsed)
+        self.history = PolicyHistory(options.policy_history)
+        self.disk_version = ""  # the version the file held when last loaded
         self._tasks: list[asyncio.Task[None]] = []
         self.serving = False  # what health reports (before draining)
         reloads = self.shared.metrics.counter(
@@ -134,7 +138,9 @@ class Service(HealthReporting):
             snap = again
         return snap
 
-    async def _compile(self, settle: float) -> tuple[str, CompiledPolicy | None] | None:
+    async def _compile(
+        self, settle: float, *, force: bool = False
+    ) -> tuple[str, CompiledPolicy | None] | None:
         """The settled content's digest and its compiled policy, None for the policy when
         the content is the active one (nothing reparsed); None if stopping.
 
@@ -144,7 +150,7 @@ class Service(HealthReporting):
             snap = await self._settled(settle)
             if snap is None:
                 return None
-            if snap.digest == self._active_digest:
+            if snap.digest == self._active_digest and not force:
                 return snap.digest, None
             # Parsing takes a while (~0.2 s for the example policy): off the event loop.
             result = await asyncio.to_thread(load_snapshot, snap)
@@ -170,12 +176,13 @@ class Service(HealthReporting):
             return False  # the loader reports it
         return time.time() - mtime < self.options.reload_settle
 
-    async def reload(self) -> bool:
-        """Load the policy file again once it has settled; swap it in if valid and ready."""
-        async with self._reload_lock:
+    async def reload(self, *, force: bool = False, by: str = "file") -> bool:
+        """Load the policy file once settled (``force``: even if unchanged); swap it in if
+        valid and ready."""
+        async with self.reload_lock:
             assert self.engine is not None
             try:
-                compiled = await self._compile(self.options.reload_settle)
+                compiled = await self._compile(self.options.reload_settle, force=force)
             except PolicyError as exc:
                 self._rejected.inc()
                 for location, message in exc.problems:
@@ -188,40 +195,50 @@ class Service(HealthReporting):
             if policy is None:
                 return True  # the content in use
             if policy.version == self.engine.policy.version:
-                self._active_digest = digest
+                self._active_digest, self.disk_version = digest, policy.version
                 self.shared.runtimes.abandon()
                 await policy.close()
                 return True
-            ready = await wait_ready(policy, self.options.ready_timeout)
-            if ready:
-                try:  # what the new policy registered (a new store): before it serves
-                    await self.shared.runtimes.start()
-                except Exception:
-                    log.exception(
-                        "policy reload rejected: %s: a runtime failed to start", policy.version
-                    )
-                    ready = False
-            if not ready:
-                self.shared.runtimes.abandon()
+            if not await self.swap_in(policy, "reload", by):
                 self._rejected_digest = digest  # retried when the files change again
-                self._rejected.inc()
-                log.error(
-                    "policy reload rejected: %s: providers not ready within %.0fs; keeping %s",
-                    policy.version,
-                    self.options.ready_timeout,
-                    self.engine.policy.version,
-                )
-                await policy.close()
                 return False
-            old = self.engine.swap(policy)
-            self._active_digest = digest
-            self._reloaded.inc()
-            log.info("policy %s active (was %s)", policy.version, old.version)
-            log_widenings(old.config, policy.config, log)
-            # Calls that started on the old policy may still be using its providers.
-            await asyncio.sleep(1.0)
-            await old.close()
+            self._active_digest, self.disk_version = digest, policy.version
             return True
+
+    async def swap_in(self, policy: CompiledPolicy, origin: str, by: str) -> bool:
+        """Make a built policy active once its providers are ready (the reload lock is
+        held); ``origin`` (reload, rollback) and ``by`` go to the history and the log."""
+        assert self.engine is not None
+        ready = await wait_ready(policy, self.options.ready_timeout)
+        if ready:
+            try:  # what the new policy registered (a new store): before it serves
+                await self.shared.runtimes.start()
+            except Exception:
+                log.exception(
+                    "policy %s rejected: %s: a runtime failed to start", origin, policy.version
+                )
+                ready = False
+        if not ready:
+            self.shared.runtimes.abandon()
+            self._rejected.inc()
+            log.error(
+                "policy %s rejected: %s: providers not ready within %.0fs; keeping %s",
+                origin,
+                policy.version,
+                self.options.ready_timeout,
+                self.engine.policy.version,
+            )
+            await policy.close()
+            return False
+        old = self.engine.swap(policy)
+        self._reloaded.inc()
+        self.history.record(policy.config, origin, by)
+        log.info("policy %s active (was %s; %s by %s)", policy.version, old.version, origin, by)
+        log_widenings(old.config, policy.config, log)
+        # Calls that started on the old policy may still be using its providers.
+        await asyncio.sleep(1.0)
+        await old.close()
+        return True
 
     async def _watch_file(self) -> None:
         interval = self.options.reload_interval
@@ -252,6 +269,8 @@ class Service(HealthReporting):
             raise PolicyError([(self.options.policy, "stopped before the policy settled")])
         self._active_digest, policy = compiled
         assert policy is not None  # nothing was active
+        self.history.record(policy.config, "start", "start")
+        self.disk_version = policy.version
         # The decision log and what the policy registered (stores, inventory): running
         # before the first request. The policy's providers start in _become_ready.
         await self.shared.runtimes.start()
@@ -288,8 +307,9 @@ class Service(HealthReporting):
             ports.append(f"HTTP port {self.http.port}")
         if self.options.control.enabled:
             from authz.control.server import ControlPlane
+            from authz.lifecycle import PolicyLifecycle
 
-            self.control = ControlPlane(self.options.control, engine)
+            self.control = ControlPlane(self.options.control, engine, PolicyLifecycle(self))
             await self.control.start()
         log.info(
             "authz serving policy %s on %s (pid %d)",

@@ -96,6 +96,8 @@ def supervise(options: ServeOptions) -> int:
         str(options.reload_interval),
         "--reload-settle",
         str(options.reload_settle),
+        "--policy-history",
+        str(options.policy_history),
         "--drain-timeout",
         str(options.drain_timeout),
         "--drain-delay",

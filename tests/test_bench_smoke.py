@@ -157,3 +157,10 @@ def test_explain_cost_script() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "explain off costs" in run.stdout
     assert "% of check" in run.stdout
+
+
+def test_policy_lifecycle_script() -> None:
+    run = _run("bench/policy_lifecycle.py", "--calls", "100", "--rounds", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "authz test: a case" in run.stdout and "authz diff: compare" in run.stdout
+    assert "rollback: rebuilding the kept config" in run.stdout

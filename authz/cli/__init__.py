@@ -22,14 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     from authz.cli import (
         check,
         demo,
+        diff,
         envoy_config,
         explain,
+        policy_test,
         reasons,
         serve,
         token,
         validate,
     )
-    from authz.control import enforcement_commands
+    from authz.control import enforcement_commands, policy_commands
     from authz.control.commands import add_inventory_parser
 
     parser = Parser(prog="authz", description="API security gateway for Envoy (ext_authz).")
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     reasons.register(sub)
     explain.register(sub)
     enforcement_commands.register(sub)
+    policy_test.register(sub)
+    diff.register(sub)
+    policy_commands.register(sub)
     return parser
 
 

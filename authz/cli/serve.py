@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             decision_log=args.decision_log,
             reload_interval=args.reload_interval,
             reload_settle=args.reload_settle,
+            policy_history=args.policy_history,
             drain_timeout=args.drain_timeout,
             drain_delay=args.drain_delay,
             reuse_port=args.reuse_port or args.workers > 1,
@@ -242,6 +243,10 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="load a changed policy only once two reads this far apart agree (default 0.5)",
     )
+    p.add_argument(
+        "--policy-history", type=_history, default=5, metavar="K",
+        help="policy versions kept for `authz policy rollback` (1 to 100, default 5)",
+    )  # fmt: skip
     p.add_argument("--drain-timeout", type=A.positive, default=10.0, metavar="SECONDS")
     p.add_argument(
         "--drain-delay",
@@ -257,3 +262,15 @@ def register(sub: Any) -> None:
 
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _history(value: str) -> int:
+    from authz.policy.history import MAX_CAPACITY
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if not 1 <= number <= MAX_CAPACITY:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_CAPACITY}, got {value!r}")
+    return number

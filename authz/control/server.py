@@ -40,6 +40,7 @@ from authz.units import parse_host_port
 
 if TYPE_CHECKING:
     from authz.engine import PolicyEngine
+    from authz.lifecycle import PolicyLifecycle
 
 log = logging.getLogger("authz.control")
 
@@ -258,8 +259,10 @@ def _server_credentials(options: ControlOptions) -> Any:
 class ControlPlane:
     """The control plane of one ``authz serve`` process (``start``/``aclose``)."""
 
-    def __init__(self, options: ControlOptions, engine: PolicyEngine) -> None:
-        self.server = ControlServer(options, AdminServicer(engine))
+    def __init__(
+        self, options: ControlOptions, engine: PolicyEngine, policies: PolicyLifecycle | None = None
+    ) -> None:
+        self.server = ControlServer(options, AdminServicer(engine, policies))
 
     @property
     def port(self) -> int:

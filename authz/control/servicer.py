@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from authz.control.enforcement import EnforcementServicer
+from authz.control.policies import PolicyServicer
 from authz.explain import Step
 from authz.inventory import InventoryView, shared_inventory
 from authz.model import Decision
@@ -19,6 +20,7 @@ from authz.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
     from authz.engine import PolicyEngine
+    from authz.lifecycle import PolicyLifecycle
 
 ADMIN_SERVICE: str = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
@@ -144,11 +146,13 @@ def request_of(message: Any) -> Any:
     )
 
 
-class AdminServicer(EnforcementServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    """Answers for this process's engine (blocks and revocations: EnforcementServicer)."""
+class AdminServicer(EnforcementServicer, PolicyServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    """Answers for this process's engine (blocks and revocations: EnforcementServicer;
+    policy versions: PolicyServicer, with the service's lifecycle)."""
 
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: PolicyEngine, policies: PolicyLifecycle | None = None) -> None:
         self._engine = engine
+        self._policies = policies
 
     async def GetInventory(self, request: Any, context: Any) -> Any:
         policy = self._engine.policy

@@ -27,6 +27,7 @@ import grpc
 from authz.control.enforcement import EnforcementFanOut
 from authz.control.merge import merge_counters, merge_inventories
 from authz.control.options import ControlOptions
+from authz.control.policies import PolicyFanOut
 from authz.control.server import ControlServer
 from authz.v1 import admin_pb2_grpc
 
@@ -36,9 +37,10 @@ log = logging.getLogger("authz.control")
 WORKER_TIMEOUT = 5.0
 
 
-class FanOutAdmin(EnforcementFanOut, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+class FanOutAdmin(EnforcementFanOut, PolicyFanOut, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     """Answers for every worker: asks each one's socket and merges (blocks and
-    revocations: EnforcementFanOut, a change goes to every worker)."""
+    revocations: EnforcementFanOut, a change goes to every worker; policy versions,
+    rollbacks and reloads: PolicyFanOut, to every worker)."""
 
     def __init__(self, sockets: Sequence[str], *, timeout: float = WORKER_TIMEOUT) -> None:
         self._sockets = tuple(sockets)

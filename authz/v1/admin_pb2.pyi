@@ -308,3 +308,73 @@ class Actions(_message.Message):
     actions: _containers.RepeatedCompositeFieldContainer[ActionEntry]
     workers: int
     def __init__(self, actions: _Optional[_Iterable[_Union[ActionEntry, _Mapping]]] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class ListPoliciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicyVersion(_message.Message):
+    __slots__ = ("version", "source", "loaded", "activated", "origin", "by", "active", "routes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    source: str
+    loaded: float
+    activated: float
+    origin: str
+    by: str
+    active: bool
+    routes: int
+    def __init__(self, version: _Optional[str] = ..., source: _Optional[str] = ..., loaded: _Optional[float] = ..., activated: _Optional[float] = ..., origin: _Optional[str] = ..., by: _Optional[str] = ..., active: _Optional[bool] = ..., routes: _Optional[int] = ...) -> None: ...
+
+class PolicyVersions(_message.Message):
+    __slots__ = ("versions", "capacity", "on_disk", "workers", "active")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ON_DISK_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[PolicyVersion]
+    capacity: int
+    on_disk: str
+    workers: int
+    active: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, versions: _Optional[_Iterable[_Union[PolicyVersion, _Mapping]]] = ..., capacity: _Optional[int] = ..., on_disk: _Optional[str] = ..., workers: _Optional[int] = ..., active: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RollbackPolicyRequest(_message.Message):
+    __slots__ = ("version", "operator")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    operator: str
+    def __init__(self, version: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ("operator",)
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    def __init__(self, operator: _Optional[str] = ...) -> None: ...
+
+class PolicyChange(_message.Message):
+    __slots__ = ("changed", "previous", "active", "on_disk", "warning", "workers", "errors")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ON_DISK_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    previous: str
+    active: str
+    on_disk: str
+    warning: str
+    workers: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, changed: _Optional[bool] = ..., previous: _Optional[str] = ..., active: _Optional[str] = ..., on_disk: _Optional[str] = ..., warning: _Optional[str] = ..., workers: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -69,6 +69,21 @@ class AdminStub:
                 request_serializer=authz_dot_v1_dot_admin__pb2.ListActionsRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_admin__pb2.Actions.FromString,
                 _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/authz.v1.Admin/ListPolicies',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.PolicyVersions.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/authz.v1.Admin/RollbackPolicy',
+                request_serializer=authz_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.PolicyChange.FromString,
+                _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/authz.v1.Admin/ReloadPolicy',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.PolicyChange.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -127,6 +142,28 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPolicies(self, request, context):
+        """The policy versions this service keeps (the last K loaded, the active one first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Make a kept version active again (logged with the caller). It lasts until the
+        policy file changes, a ReloadPolicy, or a restart: restore the file to keep it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadPolicy(self, request, context):
+        """Load the policy file now, even when unchanged (undoes a rollback).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +201,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListActions,
                     request_deserializer=authz_dot_v1_dot_admin__pb2.ListActionsRequest.FromString,
                     response_serializer=authz_dot_v1_dot_admin__pb2.Actions.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.PolicyVersions.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.PolicyChange.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.PolicyChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +407,87 @@ class Admin:
             '/authz.v1.Admin/ListActions',
             authz_dot_v1_dot_admin__pb2.ListActionsRequest.SerializeToString,
             authz_dot_v1_dot_admin__pb2.Actions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/ListPolicies',
+            authz_dot_v1_dot_admin__pb2.ListPoliciesRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.PolicyVersions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/RollbackPolicy',
+            authz_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.PolicyChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Admin/ReloadPolicy',
+            authz_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.PolicyChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,6 +112,9 @@ def test_every_readme_command_runs(demo: subprocess.Popen[bytes]) -> None:
         elif words[:2] == ["authz", "check"]:
             assert result.returncode in (0, 1), (line, result.stderr)
             assert result.stdout.startswith(("ALLOW", "DENY", "{")), result.stdout
+        elif words[:2] == ["authz", "diff"]:  # exit 1: the files differ, as diff(1)
+            assert result.returncode == 1, (line, result.stdout, result.stderr)
+            assert result.stdout.startswith(("---", "{")), result.stdout
         else:
             assert result.returncode == 0, (line, result.stdout, result.stderr)
     assert curl_statuses == CURL_STATUSES
