@@ -316,16 +316,20 @@ RULES: tuple[Rule, ...] = (
 
 
 def check_route(route: RouteConfig, controls: Controls) -> list[Finding]:
-    """Every control the route's class needs and the route lacks, in :data:`RULES` order."""
-    findings = []
+    """Every control the route's class needs and the route lacks, in :data:`RULES` order;
+    one finding per place (the first rule's), as the loader reports one problem per
+    place: an API-key provider is reported as such, not also as not sender-constrained,
+    and a public route with a pii field as misclassified, not also as lacking audit."""
+    findings: dict[JsonPath, Finding] = {}
     source = _source(route)
     for rule in RULES:
         if route.data_class not in rule.classes:
             continue
         for field, values in rule.check(route, controls):
-            message = rule.message.format(cls=route.data_class, source=source, **values)
-            findings.append(Finding(rule.name, field, message))
-    return findings
+            if field not in findings:
+                message = rule.message.format(cls=route.data_class, source=source, **values)
+                findings[field] = Finding(rule.name, field, message)
+    return list(findings.values())
 
 
 def _source(route: RouteConfig) -> str:

@@ -21,6 +21,7 @@ from authz.policy.classification import (
 )
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    JwtProviderConfig,
     MtlsProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -348,12 +349,17 @@ def test_regulated_also_needs_the_pii_controls(tmp_path: Path) -> None:
         ),
     )
     found = problems(path)
+    # one problem per place: the API key is reported as such, not also as not
+    # sender-constrained
     assert sorted(m.split(": ", 1)[0] for _, m in found) == [
         "$.routes[0].data_class",  # audit
-        "$.routes[0].providers[0]",  # an API key ...
-        "$.routes[0].providers[0]",  # ... is not sender-constrained either
+        "$.routes[0].providers[0]",
         "$.routes[0].rate_limits",
     ]
+    assert (
+        "takes no API-key provider ('keys')"
+        in dict((m.split(": ", 1) for _, m in found))["$.routes[0].providers[0]"]
+    )
 
 
 def test_confidential_and_internal_need_no_extra_controls(tmp_path: Path) -> None:
@@ -482,6 +488,7 @@ def test_the_example_policy_is_classified() -> None:
 
 MESH = MtlsProviderConfig(name="mesh", trust_domains=("td.local",))
 KEYS = ApiKeyProviderConfig(name="keys")
+DEV = JwtProviderConfig(name="dev", issuer="https://issuer.example", audiences=("api",))
 BY_SUBJECT = RuleConfig(name="r", key=("subject",), limit=1, period=1.0, burst=1)
 
 
@@ -513,13 +520,13 @@ BY_SUBJECT = RuleConfig(name="r", key=("subject",), limit=1, period=1.0, burst=1
         ),
         (
             "sender_constrained",
-            RouteConfig("a", "/a", ("GET",), providers=("keys",), data_class="regulated"),
-            RouteConfig("a", "/a", ("GET",), providers=("keys",), data_class="pii"),
+            RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated"),
+            RouteConfig("a", "/a", ("GET",), providers=("mesh",), data_class="regulated"),
         ),
     ],
 )  # fmt: skip
 def test_each_rule_of_the_table(rule: str, bad: RouteConfig, good: RouteConfig) -> None:
-    controls = Controls((MESH, KEYS), (), audit=False)
+    controls = Controls((MESH, KEYS, DEV), (), audit=False)
     assert rule in {f.rule for f in check_route(bad, controls)}
     assert rule not in {f.rule for f in check_route(good, controls)}
 

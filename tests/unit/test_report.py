@@ -351,4 +351,4 @@ def test_an_invalid_policy_exits_1_with_its_problems(
     assert main(["report", str(path)]) == 1
     err = capsys.readouterr().err
     assert "$.routes[0].data_class: a public route (public: true)" in err
-    assert err.endswith(f"{path}: invalid (2 problems)\n")  # and audit_on
+    assert err.endswith(f"{path}: invalid (1 problem)\n")
