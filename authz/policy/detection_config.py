@@ -154,6 +154,10 @@ class DetectionConfig:
     warmup: float = 60.0
     #: the bounded observation queue (full: the observation is dropped and counted)
     queue: int = 65_536
+    #: where the detectors score: ``process`` (a child process of each serving process,
+    #: fed in batches: the request path's process pays the stage and the hand-off only)
+    #: or ``inline`` (an asyncio task in the serving process, sharing its GIL)
+    scorer: str = "process"
     #: how often the background scorer drains the queue, seconds
     interval: float = 0.2
     #: the baselines' bucket (one EWMA sample per caller and route per bucket)

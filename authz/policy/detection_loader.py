@@ -77,7 +77,7 @@ def load_detection(
     for key in ("warmup", "interval", "bucket"):
         if key in spec:
             values[key] = parse_duration(spec[key])
-    for key in ("mode", "queue", "alpha"):
+    for key in ("mode", "queue", "alpha", "scorer"):
         if key in spec:
             values[key] = spec[key]
     if values.get("interval", defaults.interval) <= 0:
