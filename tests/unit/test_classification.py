@@ -17,6 +17,7 @@ from authz.policy.classification import (
     audit_enabled,
     check_route,
     effective_class,
+    field_classes,
     highest,
 )
 from authz.policy.config import (
@@ -539,3 +540,26 @@ def test_the_table_is_what_the_cases_cover() -> None:
         "audit_on",
         "sender_constrained",
     ]
+
+
+def test_recursive_schemas_are_walked_once() -> None:
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "x-data-class": "pii"},
+            "children": {"type": "array", "items": {"$ref": "#"}},
+            "parent": {"$ref": "#/$defs/Node"},
+        },
+        "$defs": {"Node": {"$ref": "#", "x-data-class": "confidential"}},
+    }
+    got = field_classes(schema, ("body",), lambda at, message: found.append((at, message)))
+    # each reference is followed once along a path: a recursive schema ends
+    assert got == (
+        ("/children/*/name", "pii"),
+        ("/children/*/parent", "confidential"),
+        ("/name", "pii"),
+        ("/parent", "confidential"),
+        ("/parent/name", "pii"),
+    )
+    assert found == []
