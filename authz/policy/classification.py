@@ -24,8 +24,9 @@ validate`` prints each with its place in the file):
 - a ``public: true`` route carries public data only;
 - ``pii`` and ``regulated`` routes take no API-key provider (a static key names no
   person and is not bound to its sender), need a rate limit per identity (a rate
-  rule, not shadow, on the route or global, keyed by ``subject``, ``spiffe_id``,
-  ``api_key`` or ``claim:NAME``), and need the audit trail on;
+  rule, not shadow, on the route or global, whose key tells apart the callers of
+  every provider of the route: ``subject`` does for all, ``spiffe_id`` for mTLS
+  callers, ``claim:NAME`` for JWT callers), and need the audit trail on;
 - ``regulated`` routes also need every credential bound to its sender: mTLS today
   (:func:`sender_constrained` is the hook for sender-constrained tokens, DPoP or
   certificate-bound, when a provider offers them).
@@ -50,9 +51,15 @@ CLASSES = ("public", "internal", "confidential", "pii", "regulated")
 RANK = {name: i for i, name in enumerate(CLASSES)}
 DEFAULT_CLASS = "internal"
 ANNOTATION = "x-data-class"
-#: Key parts that tell one caller from another (``claim:NAME`` counts too: the
-#: operator names the claim that identifies the caller, e.g. ``claim:client_id``).
-PER_IDENTITY_PARTS = ("subject", "spiffe_id", "api_key")
+#: Key part -> the provider types whose callers it tells apart (see
+#: :mod:`authz.ratelimit.keys`: ``spiffe_id`` of a JWT caller is the connection's
+#: peer, ``api_key`` of anyone else is ""). ``claim:NAME`` tells JWT callers apart: the
+#: operator names the claim that identifies one, e.g. ``claim:client_id``.
+IDENTIFIES = {
+    "subject": ("jwt", "mtls", "api_key"),
+    "spiffe_id": ("mtls",),
+    "api_key": ("api_key",),
+}
 
 Problem = Callable[[JsonPath, str], None]
 
@@ -204,11 +211,15 @@ def sender_constrained(provider: ProviderConfig) -> bool:
     return provider.type == "mtls"
 
 
-def per_identity(rule: RuleConfig) -> bool:
-    """A rate rule (not a concurrency cap, not shadow) with a key that tells callers apart."""
-    if rule.concurrency or rule.shadow:
+def per_identity(rule: RuleConfig, kinds: frozenset[str]) -> bool:
+    """A rate rule (not a concurrency cap, not shadow) whose key tells apart the callers
+    of every provider type in ``kinds``."""
+    if rule.concurrency or rule.shadow or not kinds:
         return False
-    return any(p in PER_IDENTITY_PARTS or p.startswith("claim:") for p in rule.key)
+    told: set[str] = set()
+    for part in rule.key:
+        told.update(("jwt",) if part.startswith("claim:") else IDENTIFIES.get(part, ()))
+    return kinds <= told
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +264,9 @@ def _api_key_providers(
 def _rate_limit(
     route: RouteConfig, controls: Controls
 ) -> Iterator[tuple[JsonPath, dict[str, str]]]:
+    kinds = frozenset(p.type for n in route.providers if (p := controls.provider(n)))
     if not route.public and not any(
-        per_identity(r) for r in (*route.rate_limits, *controls.global_rules)
+        per_identity(r, kinds) for r in (*route.rate_limits, *controls.global_rules)
     ):
         yield ("rate_limits",), {}
 
@@ -294,7 +306,8 @@ RULES: tuple[Rule, ...] = (
         ("pii", "regulated"),
         _rate_limit,
         "a {cls} route{source} needs a rate limit per identity (a rate rule on the route "
-        "or global, not shadow, keyed by subject, spiffe_id, api_key or claim:NAME), so "
+        "or global, not shadow, keyed by subject, or spiffe_id for mtls and claim:NAME "
+        "for jwt callers), so "
         "that no one caller reads it in bulk",
     ),
     Rule(

@@ -243,17 +243,18 @@ def test_pii_takes_no_api_key_provider(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "limits",
+    ("providers", "key"),
     [
-        "    rate_limits: [{name: r, rate: 10/s, key: [subject]}]\n",
-        "    rate_limits: [{name: r, rate: 10/s, key: [route, spiffe_id]}]\n",
-        "    rate_limits: [{name: r, rate: 10/s, key: ['claim:client_id']}]\n",
+        ("dev, mesh", "subject"),  # tells every caller apart
+        ("mesh", "route, spiffe_id"),  # an mTLS caller is its SPIFFE ID
+        ("dev", "'claim:client_id'"),  # the claim the operator names
+        ("dev, mesh", "spiffe_id, 'claim:client_id'"),  # each kind by its own part
     ],
 )
-def test_pii_with_a_rate_limit_per_identity_loads(tmp_path: Path, limits: str) -> None:
+def test_pii_with_a_rate_limit_per_identity_loads(tmp_path: Path, providers: str, key: str) -> None:
     text = route(
-        "  - name: a\n    path: /a\n    methods: [GET]\n    providers: [dev]\n"
-        "    data_class: pii\n" + limits
+        f"  - name: a\n    path: /a\n    methods: [GET]\n    providers: [{providers}]\n"
+        f"    data_class: pii\n    rate_limits: [{{name: r, rate: 10/s, key: [{key}]}}]\n"
     )
     assert load_policy(write(tmp_path, text)).routes[0].data_class == "pii"
 
@@ -274,6 +275,9 @@ def test_a_global_rule_per_identity_counts(tmp_path: Path) -> None:
         "    rate_limits: [{name: r, rate: 10/s, key: [subject], shadow: true}]\n",  # limits nothing
         "    rate_limits: [{name: r, concurrency: 2, key: [subject]}]\n",  # a cap, not a rate
         "    rate_limits: [{name: r, rate: 10/s, key: [issuer]}]\n",  # one bucket per issuer
+        # a JWT caller's spiffe_id is the connection's peer; its api_key is ""
+        "    rate_limits: [{name: r, rate: 10/s, key: [spiffe_id]}]\n",
+        "    rate_limits: [{name: r, rate: 10/s, key: [api_key]}]\n",
     ],
 )
 def test_pii_without_a_rate_limit_per_identity_is_located(tmp_path: Path, limits: str) -> None:
@@ -329,7 +333,7 @@ def test_regulated_needs_every_credential_bound_to_its_sender(tmp_path: Path) ->
         tmp_path,
         route(
             "  - name: a\n    path: /a\n    methods: [POST]\n    providers: [mesh, dev]\n"
-            "    data_class: regulated\n" + spiffe_limit
+            "    data_class: regulated\n" + SUBJECT_LIMIT
         ),
     )
     [(where, message)] = problems(path)
@@ -471,8 +475,9 @@ def test_validate_prints_the_located_error(
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"{at(path, '{name: a')}: $.routes[1].rate_limits: a pii route needs a rate limit per "
-        "identity (a rate rule on the route or global, not shadow, keyed by subject, "
-        "spiffe_id, api_key or claim:NAME), so that no one caller reads it in bulk",
+        "identity (a rate rule on the route or global, not shadow, keyed by subject, or "
+        "spiffe_id for mtls and claim:NAME for jwt callers), so that no one caller reads "
+        "it in bulk",
         f"{path}: invalid (1 problem)",
     ]
 
@@ -563,3 +568,17 @@ def test_recursive_schemas_are_walked_once() -> None:
         ("/parent/name", "pii"),
     )
     assert found == []
+
+
+def test_a_key_must_tell_apart_the_callers_of_every_provider(tmp_path: Path) -> None:
+    # spiffe_id tells mTLS callers apart, not the JWT callers of the same route
+    path = write(
+        tmp_path,
+        route(
+            "  - name: a\n    path: /a\n    methods: [GET]\n    providers: [mesh, dev]\n"
+            "    data_class: pii\n"
+            "    rate_limits: [{name: r, rate: 10/s, key: [spiffe_id]}]\n"
+        ),
+    )
+    [(_, message)] = problems(path)
+    assert message.startswith("$.routes[0].rate_limits: a pii route needs a rate limit")
