@@ -5,8 +5,10 @@ A record is a decision unless it has a ``kind`` other than ``decision`` (checkpo
 and control-plane records are skipped). A decision record gives at least ``time``
 (RFC 3339 or unix seconds), ``route``, ``data_class``, ``identity_type``, ``subject``,
 ``issuer``, ``token_digest`` (a short digest, never the credential) and, for a JWT,
-``token_iat`` and ``token_exp`` (unix seconds; either may be absent). A record with
-no ``data_class`` takes its route's class from the policy.
+``token_iat`` and ``token_exp`` (unix seconds; either may be absent). The identity
+fields may also sit in an ``identity`` object, as the audit trail writes them
+(:mod:`authz.audit`). A record with no ``data_class`` takes its route's class from
+the policy.
 
 - **long-lived**: ``token_exp - token_iat`` above a threshold (default 1 h);
 - **rarely used**: seen fewer than N times (default 3), or not seen in the last D days
@@ -163,11 +165,13 @@ def scan(
             if len(tokens) >= MAX_TOKENS:
                 usage.untracked += 1
                 continue
+            nested = record.get("identity")
+            who = nested if isinstance(nested, dict) else record
             token = tokens[digest] = Token(
                 digest=digest,
-                subject=str(record.get("subject") or ""),
-                issuer=str(record.get("issuer") or ""),
-                identity_type=str(record.get("identity_type") or ""),
+                subject=str(who.get("subject") or record.get("subject") or ""),
+                issuer=str(who.get("issuer") or record.get("issuer") or ""),
+                identity_type=str(who.get("identity_type") or record.get("identity_type") or ""),
             )
         token.uses += 1
         token.first_seen = min(token.first_seen, when)

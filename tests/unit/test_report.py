@@ -352,3 +352,22 @@ def test_an_invalid_policy_exits_1_with_its_problems(
     err = capsys.readouterr().err
     assert "$.routes[0].data_class: a public route (public: true)" in err
     assert err.endswith(f"{path}: invalid (1 problem)\n")
+
+
+def test_identity_fields_nested_as_the_audit_trail_writes_them(tmp_path: Path) -> None:
+    d = tmp_path / "audit"
+    d.mkdir()
+    line = {
+        "kind": "decision", "seq": 1, "prev": "0" * 64, "time": NOW - 10, "route": "people",
+        "data_class": "pii", "token_digest": "1234567890abcdef", "token_iat": NOW - 90000,
+        "token_exp": NOW, "identity": {"identity_type": "jwt", "subject": "dora",
+                                       "issuer": "https://corp.example"},
+    }  # fmt: skip
+    first = {"kind": "file", "seq": 0, "chain": "w0", "time": NOW - 20}
+    (d / "audit-w0-000000.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(line) + "\n")
+    usage = scan(d, now=NOW, class_of={})
+    [token] = usage.long_lived
+    assert (token.subject, token.issuer, token.identity_type) == (
+        "dora", "https://corp.example", "jwt",
+    )  # fmt: skip
+    assert usage.skipped == 1 and usage.by_class["pii"].long_lived == 1
