@@ -36,6 +36,7 @@ from authz.model import Decision, Identity, Request
 from authz.paths import path_shape
 from authz.record import DecisionListener, make_record, trace_context
 from authz.stages import Context, Stage, step_of
+from authz.telemetry.classes import class_counters, no_count
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.engine")
@@ -82,6 +83,8 @@ class PolicyEngine:
         self._count_allow = outcomes.labels("allow").inc
         self._count_deny = outcomes.labels("deny").inc
         self._count_monitor = outcomes.labels("monitor").inc
+        #: (outcome, data class) -> its counter's bound ``inc`` (all bound here)
+        self._by_class = class_counters(self.metrics)
         self._undeclared_total = self.metrics.counter(
             "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
         ).labels()
@@ -345,6 +348,9 @@ class PolicyEngine:
             if len(self._by_reason) < MAX_REASON_HANDLES:
                 self._by_reason[decision.reason] = count
         count()
+        route = ctx.route
+        data_class = route.data_class if route is not None else ""
+        self._by_class.get((outcome, data_class), no_count)()
         identity = decision.identity
         traceparent = request.headers.get("traceparent")  # one lookup; parsed if present
         trace, trace_id = trace_context(traceparent) if traceparent else _NO_TRACE
@@ -367,6 +373,7 @@ class PolicyEngine:
                 request.source_address,
                 trace,
                 trace_id,
+                data_class,
             )
         )
         ctx.record = record

@@ -1,7 +1,7 @@
 """The ``authz`` command line, one module per command.
 
-``serve`` runs the service; ``validate``, ``explain``, ``reasons`` and ``envoy-config``
-work on a policy file; ``check`` and ``inventory`` talk to a running service;
+``serve`` runs the service; ``validate``, ``explain``, ``reasons``, ``report`` and
+``envoy-config`` work on a policy file; ``check`` and ``inventory`` talk to a running service;
 ``token`` and ``demo`` are for development. Each module has ``register(subparsers)``
 that adds its parser and sets ``func`` (``args -> exit code``); :mod:`.args` holds
 the argument types they share.
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain,
         policy_test,
         reasons,
+        report,
         serve,
         token,
         validate,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     reasons.register(sub)
     explain.register(sub)
+    report.register(sub)
     enforcement_commands.register(sub)
     policy_test.register(sub)
     diff.register(sub)

@@ -73,6 +73,7 @@ class ApiKey:
     owner: str
     scopes: tuple[str, ...] = ()
     expires_at: float | None = None  # unix time
+    created_at: float | None = None  # unix time; None: not declared (the report says so)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,13 @@ class RouteConfig:
     priority: str = "normal"  # critical | normal | background (load shedding order)
     rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
     credentials: str = "exclusive"  # one of CREDENTIAL_MODES
+    #: The route's effective data class (:mod:`authz.policy.classification`): the
+    #: highest of its declared class (default: internal, public for a public route) and
+    #: its body fields' ``x-data-class``; set by the loader.
+    data_class: str = "internal"
+    declared_data_class: str = ""  # as written ("": not given, the default applied)
+    #: (JSON pointer of a body field, its class) for each annotated field
+    field_data_classes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,13 @@ from jsonschema import Draft202012Validator
 
 from authz.errors import PolicyError
 from authz.pathtemplate import TemplateError, parse_template
+from authz.policy.classification import (
+    Controls,
+    audit_enabled,
+    check_route,
+    effective_class,
+    field_classes,
+)
 from authz.policy.config import (
     HMAC_ALGORITHMS,
     ApiKey,
@@ -215,15 +222,17 @@ class _Builder:
         by_name = {p.name: p for p in providers}
         self.guarded(self.limits.load)
         route_specs = doc.get("routes")
-        routes = tuple(
-            r
+        written = [
+            (i, r)
             for i, spec in enumerate(route_specs if isinstance(route_specs, list) else ())
             if (r := self.guarded(self.route, i, spec, by_name)) is not None
-        )
+        ]
+        routes = tuple(r for _, r in written)
         openapi_specs = doc.get("openapi")
         for i, spec in enumerate(openapi_specs if isinstance(openapi_specs, list) else ()):
             routes += tuple(self.guarded(self.openapi, i, spec, by_name) or ())
         self.guarded(self.check_route_set, routes)
+        self.guarded(self.check_classes, written, routes[len(written) :], providers)
         rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
         return PolicyConfig(
             version=version,
@@ -336,6 +345,14 @@ class _Builder:
             except ValueError:
                 self.problem((*kat, "expires"), "not an RFC 3339 date or date-time")
                 expires_at = 0.0
+            created_at = None
+            if "created" in k:
+                try:
+                    created_at = parse_expiry(k["created"])
+                except ValueError:
+                    self.problem((*kat, "created"), "not an RFC 3339 date or date-time")
+                if created_at is not None and expires_at and created_at > expires_at:
+                    self.problem((*kat, "created"), "a key cannot be created after it expires")
             keys.append(
                 ApiKey(
                     id=k["id"],
@@ -343,6 +360,7 @@ class _Builder:
                     owner=k["owner"],
                     scopes=tuple(k.get("scopes", ())),
                     expires_at=expires_at,
+                    created_at=created_at,
                 )
             )
         return ApiKeyProviderConfig(
@@ -393,6 +411,9 @@ class _Builder:
                 template_params,
             )
         priority, rate_limits = self.limits.route_limits(i, spec, spec["name"], public)
+        body = spec.get("contract", {}).get("body")
+        fields = field_classes(body, (*at, "contract", "body"), self.problem) if body else ()
+        declared = spec.get("data_class", "")
         return RouteConfig(
             name=spec["name"],
             path=spec["path"],
@@ -411,7 +432,25 @@ class _Builder:
             priority=priority,
             rate_limits=rate_limits,
             credentials=spec.get("credentials", "exclusive"),
+            data_class=effective_class(declared, public, fields),
+            declared_data_class=declared,
+            field_data_classes=fields,
         )
+
+    def check_classes(
+        self,
+        written: list[tuple[int, RouteConfig]],
+        imported: tuple[RouteConfig, ...],
+        providers: tuple[ProviderConfig, ...],
+    ) -> None:
+        """The minimum controls of each route's data class (:mod:`.classification`)."""
+        controls = Controls(providers, self.limits.global_rules, audit_enabled(self.doc))
+        for i, route in written:
+            for found in check_route(route, controls):
+                self.problem(("routes", i, *found.field), found.message)
+        for route in imported:  # from OpenAPI: placed at the operation
+            for found in check_route(route, controls):
+                self.problems.append((route.location, f"operation {route.name}: {found.message}"))
 
     def check_route_set(self, routes: tuple[RouteConfig, ...]) -> None:
         names: dict[str, int] = {}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.pathtemplate import TemplateError, parse_template
+from authz.policy.classification import ANNOTATION, CLASSES, effective_class, field_classes
 from authz.policy.config import (
     JSON_MEDIA_TYPE,
     BodyLimits,
@@ -473,11 +474,17 @@ class _Importer:
         )
         raw_body, body_at, kinds, required = self._body(op, at)
         body = None
+        fields: tuple[tuple[str, str], ...] = ()
         if raw_body is not None and body_at is not None:
             converted_body = self._schema(raw_body, body_at)
             body = make_schema(
                 converted_body, body_at, self.d.problem, self.d.where, locate=self._locate(body_at)
             )
+            fields = field_classes(raw_body, body_at, self.d.problem, root=self.d.doc)
+        declared = op.get(ANNOTATION, "")
+        if declared not in ("", *CLASSES):
+            self.d.problem((*at, ANNOTATION), f"must be one of {', '.join(CLASSES)}")
+            declared = ""
         if security is None or len(self.d.problems) != before:
             return None
         public, providers, scopes = security
@@ -511,6 +518,9 @@ class _Importer:
             credentials=self.entry.get("credentials", "exclusive"),
             location=self.d.where(at),
             contract=contract,
+            data_class=effective_class(declared, public, fields),
+            declared_data_class=declared,
+            field_data_classes=fields,
         )
 
     def _param_problem(

@@ -68,6 +68,9 @@ EXPECTED: list[tuple[str, tuple[str, ...], float]] = [
     ("authz_decision_outcomes_total", ("allow",), 1),
     ("authz_decision_outcomes_total", ("deny",), 1),
     ("authz_undeclared_total", (), 1),
+    ("authz_class_decisions_total", ("internal", "allow"), 1),  # browse: the default class
+    ("authz_class_decisions_total", ("internal", "deny"), 1),  # rate_limited
+    ("authz_class_decisions_total", ("", "deny"), 1),  # undeclared: no route, no class
     ("authz_ratelimit_rule_total", ("per-address", "admitted"), 1),
     ("authz_ratelimit_rule_total", ("per-address", "limited"), 1),
     ("authz_ratelimit_rule_total", ("remote", "fell_back"), 3),

@@ -99,5 +99,38 @@ async def test_the_log_line_is_the_record_formatted_and_the_record_unchanged(
     assert list(line) == [
         "time", "request_id", "decision_id", "route", "method", "path", "identity_type",
         "subject", "issuer", "decision", "status", "reason", "policy_version", "latency_ms",
-        "client_address", "traceparent", "trace_id",
+        "client_address", "traceparent", "trace_id", "data_class",
     ]  # fmt: skip
+    assert line["data_class"] == "public"  # the route's (public: true, so public)
+
+
+CLASSED = """\
+providers:
+  dev: {type: jwt, issuer: "https://issuer.example", audiences: [api], discovery: true}
+routes:
+  - {name: ping, path: /ping, methods: [GET], public: true}
+  - {name: notes, path: /notes, methods: [GET], providers: [dev], data_class: confidential}
+"""
+
+
+async def test_the_record_carries_the_route_data_class(tmp_path: Path) -> None:
+    sink, listener = MemorySink(), Listener()
+    (tmp_path / "p.yaml").write_text(CLASSED)
+    eng = PolicyEngine(
+        CompiledPolicy(load_policy(tmp_path / "p.yaml")),
+        sink=sink,
+        listeners=[listener],  # type: ignore[list-item]
+    )
+    await eng.check(Request(method="GET", path="/ping"))
+    await eng.check(Request(method="GET", path="/notes"))  # no token: denied, still routed
+    await eng.check(Request(method="GET", path="/elsewhere"))  # undeclared: no route
+    got = [(r.route, r.data_class, r.decision) for r in listener.records]
+    assert got == [("ping", "public", "allow"), ("notes", "confidential", "deny"),
+                   ("", "", "deny")]  # fmt: skip
+    assert DecisionRecord._fields[-1] == "data_class"  # the last field
+    assert [r["data_class"] for r in sink.records] == ["public", "confidential", ""]
+    counts = eng.metrics.value  # type: ignore[attr-defined]
+    assert counts("authz_class_decisions_total", "public", "allow") == 1
+    assert counts("authz_class_decisions_total", "confidential", "deny") == 1
+    assert counts("authz_class_decisions_total", "", "deny") == 1
+    assert counts("authz_class_decisions_total", "confidential", "allow") == 0
