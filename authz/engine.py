@@ -29,7 +29,7 @@ from authz.compiled import IDENTITY_HEADER_CACHE_SIZE, identity_header_parts
 
 # CompiledPolicy is re-exported: most callers import it with PolicyEngine from here.
 from authz.compiled import CompiledPolicy as CompiledPolicy
-from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
+from authz.errors import AuditUnavailable, AuthzError, DecisionLogUnavailable, InternalError
 from authz.explain import Step
 from authz.identity.base import Clock
 from authz.model import Decision, Identity, Request
@@ -105,6 +105,8 @@ class PolicyEngine:
 
     def _configure_sink(self, policy: CompiledPolicy) -> None:
         """The decision log's bound and wait come from the policy (its decision_log)."""
+        if policy.audit is not None:
+            policy.audit.apply()
         settings = policy.config.decision_log
         self._sink.configure(
             max_queue=settings.max_queue,
@@ -330,6 +332,9 @@ class PolicyEngine:
         sink = self._sink
         if decision.allowed and policy.log_fails_closed and not sink.ready():
             decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
+        audit = policy.audit
+        if audit is not None and not audit.ready() and decision.allowed:
+            decision = self._deny(policy, decision.decision_id, AuditUnavailable(), ctx)
         if decision.monitored:
             outcome = "monitor"
             self._count_monitor()
@@ -367,6 +372,8 @@ class PolicyEngine:
                 request.source_address,
                 trace,
                 trace_id,
+                request,
+                identity,
             )
         )
         ctx.record = record
@@ -374,6 +381,8 @@ class PolicyEngine:
             sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        if audit is not None:
+            audit.on_decision(record)  # never raises: a tuple appended to a deque
         for listener in self._listeners:
             try:
                 listener(record)

@@ -20,6 +20,7 @@ from authz.cli.args import Parser
 def build_parser() -> argparse.ArgumentParser:
     from authz import __version__
     from authz.cli import (
+        audit,
         check,
         demo,
         envoy_config,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     reasons.register(sub)
     explain.register(sub)
     enforcement_commands.register(sub)
+    audit.register(sub)
     return parser
 
 
