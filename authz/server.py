@@ -170,8 +170,22 @@ class Service(HealthReporting):
             return False  # the loader reports it
         return time.time() - mtime < self.options.reload_settle
 
-    async def reload(self) -> bool:
-        """Load the policy file again once it has settled; swap it in if valid and ready."""
+    async def reload(self, trigger: str = "SIGHUP") -> bool:
+        """Load the policy file again once it has settled; swap it in if valid and ready.
+        Audited (when the policy keeps an audit trail) with its trigger and outcome."""
+        assert self.engine is not None
+        before = self.engine.policy.version
+        applied = await self._reload()
+        gate = self.engine.policy.audit
+        if gate is not None:
+            after = self.engine.policy.version
+            gate.writer.record_control(
+                "reload", trigger, "", "applied" if applied else "rejected",
+                {"from_version": before, "to_version": after, "changed": after != before},
+            )  # fmt: skip
+        return applied
+
+    async def _reload(self) -> bool:
         async with self._reload_lock:
             assert self.engine is not None
             try:
@@ -238,7 +252,7 @@ class Service(HealthReporting):
                 continue
             log.info("policy file changed; reloading")
             try:
-                await self.reload()
+                await self.reload("policy file change")
             except Exception:  # a bug must not end reloads for the life of the process
                 log.exception("policy reload failed; keeping the current policy")
 

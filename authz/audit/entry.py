@@ -182,3 +182,29 @@ def control_entry(
         "outcome": outcome,
         "detail": {k: _scalar(v) for k, v in detail.items()},
     }
+
+
+#: request fields of a control-plane call never kept in its audit record
+SECRET_FIELDS = frozenset({"body", "certificate", "token", "password", "secret"})
+
+
+def message_detail(message: Any) -> dict[str, Any]:
+    """The fields of a control-plane request (a protobuf message) worth auditing: its
+    scalar fields, a URL with credential-like query values redacted, the names (not
+    values) of any headers; never a body, certificate or token."""
+    detail: dict[str, Any] = {}
+    list_fields = getattr(message, "ListFields", None)
+    if list_fields is None:
+        return detail
+    for descriptor, value in list_fields():
+        name = descriptor.name
+        if name in SECRET_FIELDS:
+            detail[name] = f"<{len(value)} bytes>" if isinstance(value, bytes | str) else "<set>"
+        elif name == "headers":
+            detail[name] = sorted({str(getattr(h, "name", "")) for h in value})
+        elif name == "url" and isinstance(value, str) and "?" in value:
+            base, _, query = value.partition("?")
+            detail[name] = f"{base}?{redact_query(query)}"
+        elif isinstance(value, str | int | float | bool):
+            detail[name] = value
+    return detail
