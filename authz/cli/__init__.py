@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         envoy_config,
         explain,
         reasons,
+        replay,
         serve,
         token,
         validate,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.register(sub)
     enforcement_commands.register(sub)
     audit.register(sub)
+    replay.register(sub)
     return parser
 
 
