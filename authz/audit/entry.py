@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 from authz.detect.events import credential_digest, token_part
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, PolicyConfig
@@ -75,12 +75,18 @@ def rfc3339(when: float) -> str:
 
 
 def redact_query(query: str) -> str:
-    """The query with the values of credential-like parameters replaced."""
+    """The query as sent, but the values of credential-like parameters replaced (the
+    names are decoded to be compared; nothing else is re-encoded)."""
     if not query:
         return ""
-    pairs = parse_qsl(query[:MAX_QUERY], keep_blank_values=True)
-    kept = [(k, REDACTED if k.lower() in SECRET_PARAMETERS else v) for k, v in pairs]
-    return urlencode(kept, safe="[]")
+    parts = query[:MAX_QUERY].split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if eq and name.lower() in SECRET_PARAMETERS:
+            parts[i] = part[: part.index("=")] + "=" + REDACTED
+    return "&".join(parts)
 
 
 def _scalar(value: Any) -> Any:
@@ -93,8 +99,11 @@ def _scalar(value: Any) -> Any:
     return str(value)[:MAX_CLAIM]
 
 
-def decision_entry(record: DecisionRecord, view: AuditView | None) -> dict[str, Any]:
-    """The audit fields of one decision (without ``seq``/``prev``: the chain adds them)."""
+def decision_entry(
+    record: DecisionRecord, view: AuditView | None, at: Any = None
+) -> dict[str, Any]:
+    """The audit fields of one decision (without ``seq``/``prev``: the chain adds them);
+    ``at`` formats a unix time as RFC 3339 (the writer's cached formatter)."""
     request = record.request
     identity = record.identity
     query = ""
@@ -144,7 +153,7 @@ def decision_entry(record: DecisionRecord, view: AuditView | None) -> dict[str, 
     return {
         "kind": "decision",
         "time": record.time,
-        "at": rfc3339(record.time),
+        "at": (at or rfc3339)(record.time),
         "request_id": record.request_id,
         "decision_id": record.decision_id,
         "trace_id": record.trace_id,

@@ -233,7 +233,7 @@ class AuditWriter(JsonLinesSink):
         for item in batch:
             try:
                 if isinstance(item, tuple) and isinstance(item[0], DecisionRecord):
-                    entry = decision_entry(item[0], item[1])
+                    entry = decision_entry(item[0], item[1], self._time)
                 else:
                     entry = dict(item)
                 lines.append(self._line(entry))
