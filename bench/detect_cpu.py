@@ -18,7 +18,12 @@ path, a request without a credential). Three arms, the same requests:
   the round): what the request path pays;
 - ``stage+scoring``: the same with the scorer draining the queue every ``--chunk``
   decisions, as it does every ~200 ms, its work *timed with the decisions*: what
-  the process pays per decision, in the same process, same GIL.
+  the process pays per decision, in the same process, same GIL (``scorer: inline``);
+- ``process``: ``scorer: process`` (the default): the stage, and the batches shipped
+  every ``--chunk`` decisions to the scoring child, timed with the decisions: what the
+  serving process pays. The child's own CPU (it reports it in every answer, read
+  once it has answered every batch, untimed) is printed beside it, and the sum of
+  both against ``without``: what the machine pays.
 
 Per decision, process CPU (``time.process_time``: every thread, the decision log's
 writer included), over ``--rounds`` rounds of ``--calls`` decisions, the arms in
@@ -51,10 +56,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DETECTION = """\
 detection:
+  scorer: inline
   mode: monitor
   detectors:
     honeypot: {paths: ["/.env", "/wp-login.php", "/admin/backup.zip", "/.git/**"]}
 """
+
+
+#: the same section, scored in a child process (the default)
+PROCESS = DETECTION.replace("scorer: inline", "scorer: process")
 
 
 def _sync(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -114,8 +124,9 @@ def requests(
 
 def paths(
     work: Path, text: str, mix: list[Any], tag: str
-) -> tuple[dict[str, Callable[[int], Any]], Any]:
-    """Per transport, a function deciding request ``i`` of the mix; and the scorer."""
+) -> tuple[dict[str, Callable[[int], Any]], Any, Any]:
+    """Per transport, a function deciding request ``i`` of the mix; the scorer; the
+    compiled policy (its runtimes started, unless its scorer is a process)."""
     from authz.engine import CompiledPolicy, PolicyEngine
     from authz.policy.loader import load_policy_bytes
     from authz.server import make_sink
@@ -127,7 +138,8 @@ def paths(
     shared = Shared()
     config = load_policy_bytes(text.encode(), source="bench.yaml", base_dir=work)
     policy = CompiledPolicy(config, shared=shared)
-    asyncio.run(policy.start())
+    if "scorer: process" not in text:  # a process scorer starts in the measuring loop
+        asyncio.run(policy.start())
     engine = PolicyEngine(policy, sink=make_sink(str(work / f"decisions-{tag}.log")))
     check = engine.check
     wires = [
@@ -162,7 +174,7 @@ def paths(
         return render(status, out, body, close=False)
 
     scorer = shared.get("detect", lambda: None)
-    return {"grpc": grpc_path, "http": http_path}, scorer
+    return {"grpc": grpc_path, "http": http_path}, scorer, policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,10 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     fx = fixtures.make(work)
     mix = requests(fx, args.callers, args.calls, args.seed)
     text = fx.policy.read_text()
-    plain, _ = paths(work, text, mix, "plain")
-    stage, scorer_a = paths(work, text + DETECTION, mix, "stage")
-    scored, scorer_b = paths(work, text + DETECTION, mix, "scored")
-    assert scorer_a is not None and scorer_b is not None
+    from authz.policy.detection_config import DetectionConfig
+
+    # a tree from before ``detection.scorer`` (--before) scores inline only
+    has_process = "scorer" in DetectionConfig.__dataclass_fields__
+    inline = DETECTION if has_process else DETECTION.replace("  scorer: inline\n", "")
+    plain, _, _ = paths(work, text, mix, "plain")
+    stage, scorer_a, _ = paths(work, text + inline, mix, "stage")
+    scored, scorer_b, _ = paths(work, text + inline, mix, "scored")
+    remote, scorer_c, remote_policy = paths(
+        work, text + (PROCESS if has_process else inline), mix, "process"
+    )
+    assert scorer_a is not None and scorer_b is not None and scorer_c is not None
     n = len(mix)
     chunk = args.chunk
 
@@ -224,25 +244,62 @@ def main(argv: list[str] | None = None) -> int:
         drained.setdefault(fn.__name__, []).append(scoring / n * 1e6)
         return took
 
-    arms: list[
-        tuple[str, dict[str, Callable[[int], Any]], Callable[[Callable[[int], Any]], float]]
-    ] = [
+    child_cpu: dict[str, list[float]] = {}
+    child_metric = "authz_detect_scorer_cpu_seconds_total"
+
+    async def run_process(fn: Callable[[int], Any]) -> float:
+        """The serving process's CPU (the stage, and the batches shipped to the child,
+        whose CPU is read separately: it reports its own in every answer)."""
+        drain = scorer_c.drain
+        metrics = remote_policy.shared.metrics
+        before = metrics.value(child_metric)
+        clock = time.process_time
+        began = clock()
+        for start in range(0, n, chunk):
+            for i in range(start, min(n, start + chunk)):
+                fn(i)
+            drain()
+            await asyncio.sleep(0)  # the loop writes the batch and reads answers: timed
+        took = clock() - began
+        while scorer_c.answered < scorer_c.batches:  # untimed: the child catches up
+            await asyncio.sleep(0.001)
+        child_cpu.setdefault(fn.__name__, []).append(
+            (metrics.value(child_metric) - before) / n * 1e6
+        )
+        return took
+
+    arms: list[tuple[str, dict[str, Callable[[int], Any]], Callable[[Callable[[int], Any]], Any]]]
+    arms = [
         ("without", plain, run_plain),
         ("stage", stage, run_stage),
         ("stage+scoring", scored, run_scored),
     ]
+    if has_process:
+        arms.append(("process", remote, run_process))
 
     async def measure() -> dict[tuple[str, str], list[float]]:
+        if has_process:
+            await remote_policy.start()
+            await remote_policy.shared.runtimes.start()  # the child starts in this loop
         results: dict[tuple[str, str], list[float]] = {}
-        for _, built, runner in arms:  # warm: every token verified and cached
-            for transport in ("grpc", "http"):
-                runner(built[transport])
-        for r in range(args.rounds):
-            order = arms[r % 3 :] + arms[: r % 3]
-            for transport in ("grpc", "http"):
-                for name, built, runner in order:
-                    took = runner(built[transport])
-                    results.setdefault((transport, name), []).append(took / n * 1e6)
+        try:
+            for _, built, runner in arms:  # warm: every token verified and cached
+                for transport in ("grpc", "http"):
+                    done = runner(built[transport])
+                    if asyncio.iscoroutine(done):
+                        await done
+            child_cpu.clear()
+            for r in range(args.rounds):
+                order = arms[r % len(arms) :] + arms[: r % len(arms)]
+                for transport in ("grpc", "http"):
+                    for name, built, runner in order:
+                        took = runner(built[transport])
+                        if asyncio.iscoroutine(took):
+                            took = await took
+                        results.setdefault((transport, name), []).append(took / n * 1e6)
+        finally:
+            await remote_policy.shared.runtimes.aclose()
+            await remote_policy.close()
         return results
 
     results = asyncio.run(measure())
@@ -267,6 +324,23 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{transport:4} the scorer's drains alone (within stage+scoring): "
             f"{statistics.median(scoring):.2f} µs/decision (fastest {min(scoring):.2f})"
+        )
+        if not has_process:
+            continue
+        child = child_cpu[f"{transport}_path"]
+        total = [
+            (v + c) / w
+            for v, c, w in zip(results[(transport, "process")], child, without, strict=True)
+        ]
+        print(
+            f"{transport:4} process: the child's scoring {statistics.median(child):.2f} "
+            f"µs/decision beside it (on another core); serving + child per-round ratio "
+            f"{statistics.median(total):.3f}"
+        )
+    if has_process:
+        print(
+            f"the process scorer shipped {scorer_c.batches} batches, "
+            f"{scorer_c.answered} answered; {scorer_c.restarts} restarts"
         )
     print(f"loadavg {loadavg()} at end")
     return 0

@@ -37,6 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from authz.detect.detectors import Detector, Finding
 from authz.detect.events import (
@@ -52,8 +53,8 @@ from authz.detect.intake import LogOnlySink, Pending, param_pattern, scored_obse
 from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
-from authz.policy.config import RouteConfig
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
+from authz.ratelimit.keys import client_address
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
@@ -68,6 +69,16 @@ JOIN_CAPACITY = 65_536
 MIN_IN_FORCE = 60.0
 #: proposed sections kept (a reload built but not yet serving)
 MAX_EPOCHS = 4
+
+
+class NamedRoute(Protocol):
+    """What the scorer reads of a route: its name and its path template."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
 
 
 class Scorer:
@@ -100,7 +111,7 @@ class Scorer:
         self._in_force: LruTable[tuple[float, int]] = LruTable("in_force", 100_000, metrics)
         self._first: float | None = None
         #: epoch -> (section, routes) proposed by a build; the one applied
-        self._epochs: dict[int, tuple[DetectionConfig, tuple[RouteConfig, ...]]] = {}
+        self._epochs: dict[int, tuple[DetectionConfig, tuple[NamedRoute, ...]]] = {}
         self._epoch = 0
         self._next_epoch = 0
         #: whether the access-log feed has sent anything (until then nothing is joined)
@@ -133,7 +144,7 @@ class Scorer:
 
     # -- configuration (at policy build: nothing starts) -------------------------
 
-    def propose(self, config: DetectionConfig, routes: Iterable[RouteConfig] = ()) -> int:
+    def propose(self, config: DetectionConfig, routes: Iterable[NamedRoute] = ()) -> int:
         """A policy being built brings its section: returns the epoch its stage tags its
         observations with. The first is applied at once; a later one only when an
         observation of its epoch arrives, that is once its policy serves: a reload
@@ -159,7 +170,7 @@ class Scorer:
         self._epoch = epoch
         self.configure(*found)
 
-    def configure(self, config: DetectionConfig, routes: Iterable[RouteConfig] = ()) -> None:
+    def configure(self, config: DetectionConfig, routes: Iterable[NamedRoute] = ()) -> None:
         """Take a policy's thresholds and route templates. Tables survive a reload
         when their bounds do not change (a new bound resizes them)."""
         metrics = self.metrics
@@ -326,7 +337,7 @@ class Scorer:
                 method=response.method,
                 shape="",
                 path=response.path,
-                client_address=response.client_address,
+                client_address=self._client_of(response),
                 identity_kind="anonymous",
                 subject="",
                 credential="",
@@ -343,6 +354,14 @@ class Scorer:
             found = detector.respond(obs, response, store)
             if found:
                 self._act(found, obs)
+
+    def _client_of(self, response: ResponseObservation) -> str:
+        """The client of a request only the feed saw, read as the check reads it."""
+        config = self.config
+        hops = config.trusted_hops if config is not None else 0
+        if not hops or not response.forwarded_for:
+            return response.client_address
+        return client_address(response.client_address, response.forwarded_for, hops)
 
     def _evidence(self, finding: Finding, obs: Observation) -> dict[str, float | str]:
         """What the detector saw, and the caller's current window beside it."""
@@ -385,23 +404,28 @@ class Scorer:
                 evidence=self._evidence(finding, obs),
                 monitor=monitor,
             )
-            mode = "monitor" if monitor else "enforce"
-            self._actions.labels(finding.detector, response, mode).inc()
-            log.warning(
-                "action %s %s %s=%s ttl=%gs (%s) evidence=%s",
-                finding.detector,
-                response,
-                finding.target_kind,
-                finding.target,
-                ttl,
-                mode,
-                action.evidence,
-            )
-            try:
-                self._sink().apply(action)
-            except Exception:
-                self._errors.inc()
-                log.exception("action sink failed")
+            self._emit(action)
+
+    def _emit(self, action: Action) -> None:
+        """Count, log and apply one action (the process scorer's child sends it to the
+        serving process instead, which then emits it there)."""
+        mode = "monitor" if action.monitor else "enforce"
+        self._actions.labels(action.detector, action.response, mode).inc()
+        log.warning(
+            "action %s %s %s=%s ttl=%gs (%s) evidence=%s",
+            action.detector,
+            action.response,
+            action.target_kind,
+            action.target,
+            action.ttl,
+            mode,
+            action.evidence,
+        )
+        try:
+            self._sink().apply(action)
+        except Exception:
+            self._errors.inc()
+            log.exception("action sink failed")
 
 
 #: how strong a response is: a stronger one passes an action in force on its target

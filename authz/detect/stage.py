@@ -26,6 +26,7 @@ the scorer once to the access-log feed's :class:`~authz.detect.events.ResponseHu
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from authz.detect.events import (
@@ -44,6 +45,8 @@ from authz.ratelimit.keys import client_address
 from authz.record import DecisionRecord
 from authz.stages import Context, Load, Phase, Shared
 
+log = logging.getLogger("authz.detect")
+
 #: the longest credential text hashed on the request path
 MAX_CREDENTIAL = 4096
 #: verified identities whose credential name is kept (then the cache starts over)
@@ -55,9 +58,28 @@ _UNDECLARED = frozenset({"undeclared_route", "method_not_allowed"})
 _REASON = DecisionRecord._fields.index("reason")
 
 
-def shared_scorer(shared: Shared) -> Scorer:
-    """The process's scorer (made and registered on first use; not started)."""
-    return shared.runtime(SHARED_NAME, lambda: Scorer(shared.metrics, sink=_sink_of(shared)))
+def shared_scorer(shared: Shared, where: str = "inline") -> Scorer:
+    """The process's scorer (made and registered on first use; not started): a
+    :class:`~authz.detect.remote.ProcessScorer` when ``where`` is ``process``. Where
+    it scores is fixed for the process's life: a reload that changes
+    ``detection.scorer`` is logged and takes effect at the next start."""
+
+    def make() -> Scorer:
+        if where == "process":
+            from authz.detect.remote import ProcessScorer
+
+            return ProcessScorer(shared.metrics, sink=_sink_of(shared))
+        return Scorer(shared.metrics, sink=_sink_of(shared))
+
+    scorer = shared.runtime(SHARED_NAME, make)
+    remote = type(scorer).__name__ == "ProcessScorer"
+    if remote != (where == "process"):
+        log.warning(
+            "detection.scorer: %s takes effect at the next start (scoring stays %s)",
+            where,
+            "in a child process" if remote else "inline",
+        )
+    return scorer
 
 
 def _sink_of(shared: Shared) -> Any:
@@ -188,7 +210,7 @@ class DetectStage:
                 existing.disable()
                 load.shared.get(RESPONSE_HUB, ResponseHub).unsubscribe(existing)
             return None
-        scorer = shared_scorer(load.shared)
+        scorer = shared_scorer(load.shared, config.scorer)
         epoch = scorer.propose(config, load.config.routes)
         load.shared.get(RESPONSE_HUB, ResponseHub).subscribe(scorer)
         return Detect(scorer, load, epoch)

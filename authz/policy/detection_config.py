@@ -154,6 +154,10 @@ class DetectionConfig:
     warmup: float = 60.0
     #: the bounded observation queue (full: the observation is dropped and counted)
     queue: int = 65_536
+    #: where the detectors score: ``process`` (a child process of each serving process,
+    #: fed in batches: the request path's process pays the stage and the hand-off only)
+    #: or ``inline`` (an asyncio task in the serving process, sharing its GIL)
+    scorer: str = "process"
     #: how often the background scorer drains the queue, seconds
     interval: float = 0.2
     #: the baselines' bucket (one EWMA sample per caller and route per bucket)
@@ -161,6 +165,9 @@ class DetectionConfig:
     #: EWMA weight of a new bucket (0..1)
     alpha: float = 0.1
     tables: TablesConfig = field(default_factory=TablesConfig)
+    #: ``rate_limits.trusted_hops``, copied by the loader: a request only the access-log
+    #: feed saw (a public route) is given the client address the check would read
+    trusted_hops: int = 0
     honeypot: HoneypotConfig = field(default_factory=HoneypotConfig)
     credential_stuffing: CredentialStuffingConfig = field(default_factory=CredentialStuffingConfig)
     enumeration: EnumerationConfig = field(default_factory=EnumerationConfig)

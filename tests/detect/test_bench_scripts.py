@@ -35,12 +35,23 @@ def test_detect_cost() -> None:
     assert "the stage alone" in out and "ratio" in out
 
 
-def test_detect_cpu_both_transports_three_arms() -> None:
+def test_detect_cpu_both_transports_four_arms() -> None:
     out = run("bench/detect_cpu.py", "--calls", "200", "--rounds", "1", "--callers", "50")
     for transport in ("grpc", "http"):
-        for arm in ("without", "stage", "stage+scoring"):
+        for arm in ("without", "stage", "stage+scoring", "process"):
             assert f"{transport:4} {arm:14}" in out, out
+        assert f"{transport:4} process: the child's scoring" in out
+    assert "answered; 0 restarts" in out  # every batch the child was sent, it answered
     assert "loadavg" in out
+
+
+def test_detect_service_both_transports() -> None:
+    out = run("bench/detect_service.py", "--runs", "1", "--duration", "0.5", "--warmup", "0.2")
+    for transport in ("grpc", "http"):
+        section = out.split(f"{transport}: per request", 1)[1]
+        for arm in ("without", "process", "inline"):
+            assert f"  {arm:8} serving" in section, out
+    assert "errors 0" in out and "errors 1" not in out
 
 
 def test_detect_cpu_before_and_after() -> None:

@@ -33,6 +33,7 @@ routes:
   - {{name: health, path: /healthz, methods: [GET], public: true}}
   - {{name: get-order, path: "/v1/orders/{{id}}", methods: [GET], providers: [keys], scopes: [r]}}
 detection:
+  scorer: inline
   queue: 4
 """
 

@@ -35,6 +35,7 @@ routes:
   - {{name: health, path: /healthz, methods: [GET], public: true}}
   - {{name: get-order, path: "/v1/orders/{{id}}", methods: [GET], providers: [keys], scopes: [r]}}
 detection:
+  scorer: inline
   mode: enforce
   warmup: 60s
   detectors:
