@@ -55,8 +55,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     private, public = keygen()
     out = Path(args.out)
     pub = Path(args.public or f"{out}.pub")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(out, flags, 0o600)
+        os.fchmod(fd, 0o600)
     except OSError as exc:
         print(f"authz audit keygen: {out}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -78,4 +80,5 @@ def register(sub: Any) -> None:
     k = commands.add_parser("keygen", help="write an Ed25519 key pair (PEM)")
     k.add_argument("out", help="private key file to create (mode 0600)")
     k.add_argument("--public", metavar="FILE", help="public key file (default OUT.pub)")
+    k.add_argument("--force", action="store_true", help="replace OUT if it exists")
     k.set_defaults(func=cmd_keygen)
