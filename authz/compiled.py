@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from authz import pipeline
 from authz.authorize import Authorizer
@@ -192,6 +193,15 @@ class CompiledPolicy:
         ] = {}
         self.realm = config.realm.replace('"', "")
         self.log_fails_closed = config.decision_log.on_failure == "deny"
+        #: the audit trail's door for this policy (None: no ``audit:`` section)
+        self.audit: Any = None
+        if config.audit is not None:
+            from authz.audit.entry import audit_view
+            from authz.audit.writer import AuditGate, AuditWriter
+
+            section = config.audit
+            writer = self.shared.runtime("audit", lambda: AuditWriter(section, self.shared.metrics))
+            self.audit = AuditGate(writer, audit_view(config), section)
 
     async def start(self) -> None:
         await self.runtimes.start()

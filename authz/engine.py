@@ -11,6 +11,10 @@ and writes exactly one decision record. It has no branch for any stage.
 A :class:`~authz.compiled.CompiledPolicy` holds everything prepared at load (route
 table, providers, per-route plans, header lists); swapping it is one assignment, so a
 reload is atomic for every request that starts after it.
+
+Over 400 lines for now: the check loop, the record build (one positional tuple of
+every field, audit and classification included) and the explain loop read the same
+compiled plan; the record build is the next to move out.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from authz.compiled import IDENTITY_HEADER_CACHE_SIZE, identity_header_parts
 
 # CompiledPolicy is re-exported: most callers import it with PolicyEngine from here.
 from authz.compiled import CompiledPolicy as CompiledPolicy
-from authz.errors import AuthzError, DecisionLogUnavailable, InternalError
+from authz.errors import AuditUnavailable, AuthzError, DecisionLogUnavailable, InternalError
 from authz.explain import Step
 from authz.identity.base import Clock
 from authz.model import Decision, Identity, Request
@@ -108,6 +112,8 @@ class PolicyEngine:
 
     def _configure_sink(self, policy: CompiledPolicy) -> None:
         """The decision log's bound and wait come from the policy (its decision_log)."""
+        if policy.audit is not None:
+            policy.audit.apply()
         settings = policy.config.decision_log
         self._sink.configure(
             max_queue=settings.max_queue,
@@ -333,6 +339,9 @@ class PolicyEngine:
         sink = self._sink
         if decision.allowed and policy.log_fails_closed and not sink.ready():
             decision = self._deny(policy, decision.decision_id, DecisionLogUnavailable(), ctx)
+        audit = policy.audit
+        if audit is not None and not audit.ready() and decision.allowed:
+            decision = self._deny(policy, decision.decision_id, AuditUnavailable(), ctx)
         if decision.monitored:
             outcome = "monitor"
             self._count_monitor()
@@ -373,6 +382,8 @@ class PolicyEngine:
                 request.source_address,
                 trace,
                 trace_id,
+                request,
+                identity,
                 data_class,
             )
         )
@@ -381,6 +392,8 @@ class PolicyEngine:
             sink.emit(record)
         except Exception:  # a broken sink must not break decisions
             log.exception("decision sink failed")
+        if audit is not None:
+            audit.on_decision(record)  # never raises: a tuple appended to a deque
         for listener in self._listeners:
             try:
                 listener(record)

@@ -39,8 +39,9 @@ a stage sees a PyJWT or jsonschema exception.
     │   └── ConcurrencyLimited    429    concurrency_limited   a concurrency cap is full
     ├── DependencyError           503    jwks_unavailable
     │   ├── RateLimitUnavailable  503    rate_limit_unavailable  (Redis down, rule fails closed)
-    │   └── DecisionLogUnavailable 503   decision_log_unavailable  (the decision log cannot take
-    │                                    records and its policy is on_failure: deny)
+    │   ├── DecisionLogUnavailable 503   decision_log_unavailable  (the decision log cannot take
+    │   │                                records and its policy is on_failure: deny)
+    │   └── AuditUnavailable      503    audit_unavailable  (the audit trail cannot take records)
     ├── Overloaded                503    overloaded            load shed by priority class
     ├── EnforcementError                 an automatic response in force (authz.respond);
     │   │                                ``element`` names the action (detector or operator)
@@ -256,6 +257,14 @@ class DecisionLogUnavailable(DependencyError, reason=R.DECISION_LOG_UNAVAILABLE)
     """The decision log cannot take the record (queue full or writes failing) and the
     policy says ``decision_log.on_failure: deny``: a decision that cannot be recorded is
     not allowed. Never turned into an allow by monitor mode."""
+
+    headers = (("retry-after", "1"),)
+    monitorable = False
+
+
+class AuditUnavailable(DependencyError, reason=R.AUDIT_UNAVAILABLE):
+    """The audit trail cannot take the record (:mod:`authz.audit.writer`): a decision that
+    cannot be audited is not allowed. Never turned into an allow by monitor mode."""
 
     headers = (("retry-after", "1"),)
     monitorable = False

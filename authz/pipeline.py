@@ -63,10 +63,15 @@ STAGES: tuple[StageFactory, ...] = (
 
 def ordered(stages: Sequence[StageFactory] | None = None) -> tuple[StageFactory, ...]:
     """``stages`` (default: the registry) plus any core stage it lacks, in run order:
-    by phase, and within a phase in the order given (the sort is stable)."""
+    by phase, and within a phase in the order given (the sort is stable). A factory
+    with a core stage's name and phase replaces it (replay's recorded identity)."""
     if stages is None:
         stages = STAGES
-    missing = [core for core in CORE_STAGES if not any(s is core for s in stages)]
+    missing = [
+        core
+        for core in CORE_STAGES
+        if not any(s is core or (s.name, s.phase) == (core.name, core.phase) for s in stages)
+    ]
     rank = {phase: i for i, phase in enumerate(PHASES)}
     return tuple(sorted([*missing, *stages], key=lambda s: rank[s.phase]))
 

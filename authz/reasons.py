@@ -222,6 +222,14 @@ DECISION_LOG_UNAVAILABLE = _add(
     "`decision_log.on_failure: deny` and the decision log cannot take the record (its "
     "queue is full or its writes fail): `Retry-After: 1`; never let through by monitor mode",
 )
+AUDIT_UNAVAILABLE = _add(
+    "audit_unavailable",
+    503,
+    "decision",
+    "the policy's `audit:` trail cannot take the record (its queue stayed full past "
+    "`block_ms`, or `on_full: deny` and it is full or its writes fail): `Retry-After: 1`; "
+    "never let through by monitor mode",
+)
 # Automatic responses (issue 10): a detector's action, or an operator's, in force for
 # this caller. The deny body carries only the code; the action and its evidence are in
 # the decision record, ``authz explain`` and the control plane.

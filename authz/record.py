@@ -50,13 +50,29 @@ class DecisionRecord(NamedTuple):
     #: the W3C ``traceparent`` Envoy forwarded, and its trace id ("" when absent/invalid)
     traceparent: str = ""
     trace_id: str = ""
+    #: The :class:`~authz.model.Request` decided and the :class:`~authz.model.Identity`
+    #: proven (references, not copies: O(1) on the request path). For listeners that
+    #: derive more (the audit trail: host, query, scopes, a token digest) in their own
+    #: thread; never serialised as they are (:data:`OBJECT_FIELDS`), since the request
+    #: holds credentials.
+    request: Any = None
+    identity: Any = None
     #: the route's data class (:mod:`authz.policy.classification`); "" before a route
     #: is known (undeclared, invalid path, request-phase denials)
     data_class: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields as given (unix time, float latency): a fresh dict."""
-        return dict(zip(self._fields, self, strict=True))
+        """The values as given (unix time, float latency), without the objects of
+        :data:`OBJECT_FIELDS`: a fresh dict."""
+        fields = dict(zip(self._fields, self, strict=True))
+        for name in OBJECT_FIELDS:
+            del fields[name]
+        return fields
+
+
+#: Fields that refer to objects (the request, the identity), not values: the decision
+#: log and :meth:`DecisionRecord.as_dict` leave them out.
+OBJECT_FIELDS = ("request", "identity")
 
 
 #: A record from all its values, in field order: ``tuple.__new__`` without the
@@ -95,6 +111,8 @@ def log_fields(record: DecisionRecord | dict[str, Any], rfc3339: Any) -> dict[st
     fields: dict[str, Any]
     if isinstance(record, DecisionRecord):  # every field is there: no lookups
         fields = dict(zip(_FIELDS, record, strict=True))
+        for name in OBJECT_FIELDS:
+            del fields[name]
         stamp: Any = record[0]
         took: Any = record[_LATENCY]
         if isinstance(stamp, float | int):
@@ -103,6 +121,8 @@ def log_fields(record: DecisionRecord | dict[str, Any], rfc3339: Any) -> dict[st
             fields["latency_ms"] = round(took, 3)
         return fields
     fields = dict(record)
+    for name in OBJECT_FIELDS:
+        fields.pop(name, None)
     when = fields.get("time")
     if isinstance(when, float | int):
         fields["time"] = rfc3339(when)

@@ -21,6 +21,9 @@
   running. ``stop`` closes the serving policy's providers, then every started runtime
   in reverse order of start (the decision log last).
 - The last ``--policy-history`` versions are kept, for rollbacks (:mod:`authz.lifecycle`).
+
+Over 400 lines for now: load, reload (audited), rollback's swap-in and drain share
+the reload lock and the active digest; the transports' start-up is the next to move out.
 """
 
 from __future__ import annotations
@@ -178,7 +181,21 @@ class Service(HealthReporting):
 
     async def reload(self, *, force: bool = False, by: str = "file") -> bool:
         """Load the policy file once settled (``force``: even if unchanged); swap it in if
-        valid and ready."""
+        valid and ready. Audited (when the policy keeps an audit trail) with who or what
+        asked (``by``) and the outcome."""
+        assert self.engine is not None
+        before = self.engine.policy.version
+        applied = await self._reload(force=force, by=by)
+        gate = self.engine.policy.audit
+        if gate is not None:
+            after = self.engine.policy.version
+            gate.writer.record_control(
+                "reload", by, "", "applied" if applied else "rejected",
+                {"from_version": before, "to_version": after, "changed": after != before},
+            )  # fmt: skip
+        return applied
+
+    async def _reload(self, *, force: bool, by: str) -> bool:
         async with self.reload_lock:
             assert self.engine is not None
             try:
@@ -255,7 +272,7 @@ class Service(HealthReporting):
                 continue
             log.info("policy file changed; reloading")
             try:
-                await self.reload()
+                await self.reload(by="policy file change")
             except Exception:  # a bug must not end reloads for the life of the process
                 log.exception("policy reload failed; keeping the current policy")
 
@@ -378,7 +395,8 @@ class Service(HealthReporting):
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await self.start()
         # Only now: a SIGHUP during start-up (ignored since cmd_serve) has nothing to reload.
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        reload = lambda: asyncio.ensure_future(self.reload(by="SIGHUP"))  # noqa: E731
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         await self.stop()
 

@@ -164,3 +164,12 @@ def test_policy_lifecycle_script() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "authz test: a case" in run.stdout and "authz diff: compare" in run.stdout
     assert "rollback: rebuilding the kept config" in run.stdout
+
+
+def test_audit_cost_script(tmp_path: Path) -> None:
+    run = _run("bench/audit_cost.py", "--calls", "100", "--rounds", "1", "--dir", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()[2:]}
+    assert set(rows) == {"off", "never", "interval", "always"}
+    assert rows["off"][2] == "1.00"  # the ratios are to the arm without audit
+    assert not list(tmp_path.iterdir())  # its trails are removed

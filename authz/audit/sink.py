@@ -230,13 +230,18 @@ class JsonLinesSink:
         stall_after: float = 1.0,
         close_timeout: float = 10.0,
         metrics: Metrics | None = None,
+        label: str = "decision log",
+        metric_prefix: str = "authz_decision_log",
+        lazy: bool = False,
     ) -> None:
-        self._owned = path is not None
+        self._owned = path is not None or lazy
         self._stream: IO[str] | None = None
         self._fd: int | None = None
-        if path is not None:
+        if lazy:  # a subclass opens its own files (the audit trail: at start)
+            self._name = label
+        elif path is not None:
             self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            self._name = path
+            self._name = f"{label} {path}"
         else:
             self._stream = stream or sys.stdout
             try:
@@ -244,7 +249,7 @@ class JsonLinesSink:
             except (OSError, ValueError, io.UnsupportedOperation):
                 self._fd = None  # an in-memory stream: write() it
             name = getattr(self._stream, "name", None)
-            self._name = name if isinstance(name, str) else f"fd {self._fd}"
+            self._name = f"{label} " + (name if isinstance(name, str) else f"fd {self._fd}")
         self._regular = False
         if self._fd is not None:
             st = os.fstat(self._fd)
@@ -272,15 +277,15 @@ class JsonLinesSink:
         m = metrics if metrics is not None else MemoryMetrics()
         self._taken = 0  # records the writer took from the queue (writer)
         self._emitted = m.counter(
-            "authz_decision_log_emitted_total",
+            f"{metric_prefix}_emitted_total",
             "records handed to the decision log (counted as the writer takes them)",
         ).labels()  # writer, then close
         self._emitted_counted = 0
         self._written = m.counter(
-            "authz_decision_log_written_total", "records written completely"
+            f"{metric_prefix}_written_total", "records written completely"
         ).labels()  # writer
         dropped = m.counter(
-            "authz_decision_log_dropped_total",
+            f"{metric_prefix}_dropped_total",
             "records not written: queue full, not serialisable, or left unwritten at close",
             ("cause",),
         )
@@ -288,13 +293,13 @@ class JsonLinesSink:
         self._unwritable = dropped.labels("unserialisable")  # writer
         self._left_at_close = dropped.labels("unwritten_at_close")  # close
         self._write_failures = m.counter(
-            "authz_decision_log_write_failures_total", "write calls that failed"
+            f"{metric_prefix}_write_failures_total", "write calls that failed"
         ).labels()  # writer
         self._depth = m.gauge(
-            "authz_decision_log_queue_depth", "records held: queued plus the batch in flight"
+            f"{metric_prefix}_queue_depth", "records held: queued plus the batch in flight"
         ).labels()  # writer
         self._high_water_gauge = m.gauge(
-            "authz_decision_log_queue_high_water", "the largest queue depth seen"
+            f"{metric_prefix}_queue_high_water", "the largest queue depth seen"
         ).labels()
         self._high_water = 0
         # overflow episode state (emit's thread starts one, the writer ends it)
@@ -367,8 +372,7 @@ class JsonLinesSink:
         self._dropped_reported = _value(self._dropped_full)
         self._high_water = max(self._high_water, self._max)
         log.error(
-            "decision log %s: queue full (%d records) after waiting %.0f ms; %s until the "
-            "writer catches up",
+            "%s: queue full (%d records) after waiting %.0f ms; %s until the writer catches up",
             self._name,
             self._max,
             self._block * 1000,
@@ -393,7 +397,7 @@ class JsonLinesSink:
         since = full - self._dropped_reported
         self._dropped_reported = full
         log.error(
-            "decision log %s: %d records dropped since the last report (%d in all); queue %s",
+            "%s: %d records dropped since the last report (%d in all); queue %s",
             self._name,
             since,
             full + _value(self._unwritable),
@@ -453,7 +457,7 @@ class JsonLinesSink:
             try:
                 self._drain(final=stopping)
             except Exception:  # pragma: no cover - the writer must outlive a bug
-                log.exception("decision log writer failed")
+                log.exception("%s: the writer failed", self._name)
             if stopping:
                 return
 
@@ -470,34 +474,47 @@ class JsonLinesSink:
                 return
             if not self._flush():
                 return
-        rfc3339 = self._time
         while queue:
             n = min(len(queue), BATCH, self._max)
             self._limit = self._max - n  # claim the room before taking: the bound holds
             pop = queue.popleft
-            lines = []
-            for _ in range(n):
-                rec = pop()
-                try:
-                    lines.append(_ENCODE(log_fields(rec, rfc3339)))
-                except (TypeError, ValueError):  # pragma: no cover - records are flat
-                    self._unwritable.inc()
-                    log.error("decision log: a record could not be serialised; dropped")
+            batch = [pop() for _ in range(n)]
             self._taken += n
-            self._pending = ("\n".join(lines) + "\n").encode() if lines else b""
+            self._pending, self._pending_count = self._serialise(batch)
             self._pending_at = 0
-            self._pending_count = len(lines)
             if not self._flush():
                 return
         if self._overflowing and len(queue) <= self._max // 2:
             self._end_overflow()
+        self._idle(final)
+
+    def _serialise(self, batch: list[Record]) -> tuple[bytes, int]:
+        """Whole lines for ``batch`` and how many records they hold (the writer thread).
+        Subclasses format their own lines (the audit trail chains and seals them)."""
+        rfc3339 = self._time
+        lines = []
+        for rec in batch:
+            try:
+                lines.append(_ENCODE(log_fields(rec, rfc3339)))
+            except (TypeError, ValueError):  # pragma: no cover - records are flat
+                self._unwritable.inc()
+                log.error("%s: a record could not be serialised; dropped", self._name)
+        return (("\n".join(lines) + "\n").encode() if lines else b""), len(lines)
+
+    def _idle(self, final: bool) -> None:
+        """Called by the writer once the queue is written (``final``: at close). A hook:
+        the audit trail writes its timed and closing checkpoints here."""
+
+    def _written_batch(self) -> None:
+        """Called by the writer after each batch is written completely. A hook: the
+        audit trail fsyncs and rotates here."""
 
     def _end_overflow(self) -> None:
         self._overflowing = False
         dropped = _value(self._dropped_full) - self._overflow_dropped_at_start
         self._report_drops("has room again")
         log.warning(
-            "decision log %s: recovered; %d records dropped in %.1f s of overflow",
+            "%s: recovered; %d records dropped in %.1f s of overflow",
             self._name,
             dropped,
             time.monotonic() - self._overflow_started,
@@ -516,7 +533,7 @@ class JsonLinesSink:
                 self._writable = False
                 self._failing_since = time.monotonic()
                 log.error(
-                    "cannot write the decision log %s (%s); records are kept (up to %d) and "
+                    "cannot write the %s (%s); records are kept (up to %d) and "
                     "retried every %.2f s%s",
                     self._name,
                     _describe(exc),
@@ -526,6 +543,7 @@ class JsonLinesSink:
                 )
             return False
         self._written.inc(self._pending_count)
+        self._written_batch()
         self._pending = b""
         self._pending_at = 0
         self._pending_count = 0
@@ -533,7 +551,7 @@ class JsonLinesSink:
         if not self._writable:
             self._writable = True
             log.warning(
-                "decision log %s writable again after %.1f s (%d failed writes)",
+                "%s writable again after %.1f s (%d failed writes)",
                 self._name,
                 time.monotonic() - self._failing_since,
                 self._failures_in_episode,
@@ -583,12 +601,12 @@ class JsonLinesSink:
         try:
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if os.fstat(fd).st_size != end:  # someone appended after us: leave it be
-                log.error("decision log %s: cannot remove a partial line", self._name)
+                log.error("%s: cannot remove a partial line", self._name)
                 return
             os.ftruncate(fd, end - count)
             os.lseek(fd, end - count, os.SEEK_SET)
         except OSError as exc:
-            log.error("decision log %s: cannot remove a partial line: %s", self._name, exc)
+            log.error("%s: cannot remove a partial line: %s", self._name, exc)
 
     def _terminate_last_line(self, size: int) -> None:
         """A file left with a cut line (a crash mid-write) gets its newline first, so the
@@ -619,7 +637,7 @@ class JsonLinesSink:
             self._depth.set(len(self._queue) + self._pending_count)
         s = self.stats()
         (log.warning if s.dropped or stuck else log.info)(
-            "decision log %s closed: %d records emitted, %d written, %d dropped "
+            "%s closed: %d records emitted, %d written, %d dropped "
             "(%d queue full, %d unwritten at close), %d failed writes, queue high-water %d "
             "of %d%s",
             self._name,

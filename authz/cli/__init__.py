@@ -20,6 +20,7 @@ from authz.cli.args import Parser
 def build_parser() -> argparse.ArgumentParser:
     from authz import __version__
     from authz.cli import (
+        audit,
         check,
         demo,
         diff,
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain,
         policy_test,
         reasons,
+        replay,
         report,
         serve,
         token,
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy_test.register(sub)
     diff.register(sub)
     policy_commands.register(sub)
+    audit.register(sub)
+    replay.register(sub)
     return parser
 
 

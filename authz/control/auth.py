@@ -44,6 +44,15 @@ AUTHORIZATION = "authorization"
 CALLER: ContextVar[str] = ContextVar("authz_control_caller", default="")
 #: The caller of a worker's socket: the supervisor, which says who called it.
 WORKER_SOCKET = "worker-socket"
+#: the metadata key by which the supervisor tells a worker whom it authenticated (for the
+#: worker's audit record of the call; the worker trusts it: only the supervisor connects)
+CALLER_METADATA = "x-authz-caller"
+
+
+def caller_metadata() -> tuple[tuple[str, str], ...]:
+    """The metadata of a fan-out call to a worker: the caller being served."""
+    caller = CALLER.get()
+    return ((CALLER_METADATA, caller),) if caller else ()
 
 
 def runtime_dir(*, create: bool = False) -> Path:

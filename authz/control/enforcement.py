@@ -175,7 +175,10 @@ class EnforcementFanOut:
     async def _every(self, name: str, request: Any, context: Any) -> list[Any]:
         """Every worker's answer; the workers' own error when none answered."""
         calls = [
-            getattr(self._stub(s), name)(request, timeout=self._timeout) for s in self._sockets
+            getattr(self._stub(s), name)(
+                request, timeout=self._timeout, metadata=auth.caller_metadata()
+            )
+            for s in self._sockets
         ]
         answers = await asyncio.gather(*calls, return_exceptions=True)
         good = [a for a in answers if not isinstance(a, BaseException)]

@@ -31,6 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from authz.audit.entry import message_detail
 from authz.control import auth
 from authz.control.options import ControlOptions
 from authz.control.servicer import ADMIN_SERVICE, AdminServicer, add_to_server
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from authz.lifecycle import PolicyLifecycle
 
 log = logging.getLogger("authz.control")
+
+#: (method, caller, peer, outcome, request detail): writes one audit record
+AuditHook = Callable[[str, str, str, str, dict[str, Any]], None]
 
 _HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 
@@ -57,9 +61,13 @@ class ControlConfigError(TransportConfigError):
 class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and logs every call (health: open, DEBUG)."""
 
-    def __init__(self, authenticator: auth.Authenticator | None) -> None:
+    def __init__(
+        self, authenticator: auth.Authenticator | None, audit: AuditHook | None = None
+    ) -> None:
         #: None: a worker's socket (the directory is the boundary)
         self._auth = authenticator
+        #: every call (but health) is also an audit record, when the policy keeps one
+        self._audit = audit
 
     async def intercept_service(
         self,
@@ -100,14 +108,23 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, caller.problem)
         return caller.identity
 
-    @staticmethod
-    def _done(method: str, who: str, context: Any, started: float, outcome: str) -> None:
+    def _done(
+        self, method: str, who: str, context: Any, started: float, outcome: str, request: Any
+    ) -> None:
         level = logging.DEBUG if who == "worker-socket" else logging.INFO
         log.log(
             level,
             "control call %s by %s from %s: %s (%.1f ms)",
             method, who, context.peer(), outcome, (time.perf_counter() - started) * 1000,
         )  # fmt: skip
+        if self._audit is not None:
+            if who == auth.WORKER_SOCKET:  # the supervisor says whom it authenticated
+                forwarded = dict(context.invocation_metadata() or ()).get(auth.CALLER_METADATA)
+                who = f"{forwarded} (via the supervisor)" if forwarded else who
+            try:
+                self._audit(method, who, context.peer(), outcome, message_detail(request))
+            except Exception:  # auditing a call never breaks it
+                log.exception("control call %s: cannot audit it", method)
 
     def _unary(self, method: str, behaviour: Any) -> Any:
         async def call(request: Any, context: Any) -> Any:
@@ -117,9 +134,9 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 response = await behaviour(request, context)
             except BaseException:
-                self._done(method, who, context, started, _code(context))
+                self._done(method, who, context, started, _code(context), request)
                 raise
-            self._done(method, who, context, started, "OK")
+            self._done(method, who, context, started, "OK", request)
             return response
 
         return call
@@ -132,9 +149,9 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 async for response in behaviour(requests, context):
                     yield response
             except BaseException:
-                self._done(method, who, context, started, _code(context))
+                self._done(method, who, context, started, _code(context), None)
                 raise
-            self._done(method, who, context, started, "OK")
+            self._done(method, who, context, started, "OK", None)
 
         return call
 
@@ -153,9 +170,12 @@ def _code(context: Any) -> str:
 class ControlServer:
     """A grpc.aio server with Admin (``servicer``), Health and Reflection, gated."""
 
-    def __init__(self, options: ControlOptions, servicer: Any) -> None:
+    def __init__(
+        self, options: ControlOptions, servicer: Any, *, audit: AuditHook | None = None
+    ) -> None:
         self.options = options
         self._servicer = servicer
+        self._audit = audit
         self.server: Any = None
         self.port = 0
         self.address = ""
@@ -182,7 +202,7 @@ class ControlServer:
         mtls = options.client_ca is not None
         worker = options.worker_socket is not None
         authenticator = None if worker else auth.Authenticator(token=token, mtls=mtls)
-        gate = _Gate(authenticator)
+        gate = _Gate(authenticator, self._audit)
         server = grpc.aio.server(interceptors=(gate,))
         add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -262,7 +282,14 @@ class ControlPlane:
     def __init__(
         self, options: ControlOptions, engine: PolicyEngine, policies: PolicyLifecycle | None = None
     ) -> None:
-        self.server = ControlServer(options, AdminServicer(engine, policies))
+        self._engine = engine
+        self.server = ControlServer(options, AdminServicer(engine, policies), audit=self.audit)
+
+    def audit(self, method: str, caller: str, peer: str, outcome: str, detail: Any) -> None:
+        """One audit record for a control-plane call, in the serving policy's trail."""
+        gate = self._engine.policy.audit
+        if gate is not None:
+            gate.writer.record_control(method, caller, peer, outcome, detail)
 
     @property
     def port(self) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from authz.control import auth
 from authz.control.enforcement import EnforcementFanOut
 from authz.control.merge import merge_counters, merge_inventories
 from authz.control.options import ControlOptions
@@ -72,7 +73,9 @@ class FanOutAdmin(EnforcementFanOut, PolicyFanOut, admin_pb2_grpc.AdminServicer)
         last: grpc.RpcError | None = None
         for socket in self._sockets:
             try:
-                return await self._stub(socket).Explain(request, timeout=self._timeout)
+                return await self._stub(socket).Explain(
+                    request, timeout=self._timeout, metadata=auth.caller_metadata()
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     await context.abort(exc.code(), exc.details() or "")

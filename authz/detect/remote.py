@@ -81,6 +81,19 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload) + 1) + kind + payload
 
 
+def _object_span() -> tuple[int, int]:
+    """Where the record's object fields (request, identity) sit: they stay here."""
+    from authz.record import OBJECT_FIELDS, DecisionRecord
+
+    at = [DecisionRecord._fields.index(f) for f in OBJECT_FIELDS]
+    assert at == list(range(at[0], at[0] + len(at))), "object fields are adjacent"
+    return at[0], at[-1] + 1
+
+
+_OBJECTS, _AFTER = _object_span()
+_HOLES = (None,) * (_AFTER - _OBJECTS)
+
+
 def encode_items(items: Iterable[Any]) -> bytes:
     """One ``I`` frame's payload: each queued item as plain tuples (see the docstring)."""
     out: list[tuple[Any, ...]] = []
@@ -88,7 +101,8 @@ def encode_items(items: Iterable[Any]) -> bytes:
     for item in items:
         if type(item) is tuple:  # the stage's (record, template, credential, size, epoch)
             record, template, credential, size, epoch = item
-            append((record[:], template, credential, size, epoch))
+            # the record's values, not the request and identity it refers to
+            append((record[:_OBJECTS] + record[_AFTER:], template, credential, size, epoch))
         elif isinstance(item, ResponseObservation):
             append((RESPONSE, item[:]))
         else:
@@ -387,6 +401,7 @@ def decode_items(payload: bytes, epochs: dict[int, int] | None = None) -> list[A
             fields, template, credential, size, epoch = item
             if epochs is not None:
                 epoch = epochs.get(epoch, 0)  # 0: none known, the scorer's current one
+            fields = fields[:_OBJECTS] + _HOLES + fields[_OBJECTS:]
             append((new(DecisionRecord, fields), template, credential, size, epoch))
         elif item[0] == RESPONSE:
             append(new(ResponseObservation, item[1]))

@@ -67,10 +67,9 @@ log = logging.getLogger("authz.detect")
 
 SHARED_NAME = "detect"
 _new = tuple.__new__
-#: items processed between two yields to the event loop
-SLICE = 1024
-#: recent observations kept for joining the access-log feed's entries to them
-JOIN_CAPACITY = 65_536
+SLICE = 1024  # items processed between two yields to the event loop
+JOIN_CAPACITY = 65_536  # recent observations kept to join the feed's entries to
+EARLY = 4096  # feed entries kept waiting for their decision
 #: a shorter TTL than this is not deduplicated on (log actions are kept this long)
 MIN_IN_FORCE = 60.0
 #: proposed sections kept (a reload built but not yet serving)
@@ -103,6 +102,8 @@ class Scorer:
         self._params: dict[str, re.Pattern[str]] = {}
         self.store: FeatureStore | None = None
         self._joins: LruTable[Observation] = LruTable("joins", JOIN_CAPACITY, metrics)
+        #: feed entries before their decision (a shared child: another worker's batch)
+        self._early: LruTable[ResponseObservation] = LruTable("early", EARLY, metrics)
         #: target -> (until, strength of the response in force)
         self._in_force: LruTable[tuple[float, int]] = LruTable("in_force", 100_000, metrics)
         self._first: float | None = None
@@ -301,8 +302,10 @@ class Scorer:
         now = obs.time
         if self._first is None:
             self._first = now
+        early = None
         if self._feed and obs.decision_id:  # only once the access-log feed is live
             self._joins.put(obs.decision_id, obs)
+            early = self._early.pop(obs.decision_id) if len(self._early) else None
         subject = obs.subject
         key = f"{obs.identity_kind}:{subject}" if subject else f"addr:{obs.client_address}"
         route_key = route or f"?{obs.shape}"
@@ -313,17 +316,22 @@ class Scorer:
             found = detector.observe(obs, store)
             if found:
                 self._act(found, obs)
+        if early is not None:
+            self._response(early, again=True)
 
-    def _response(self, response: ResponseObservation) -> None:
+    def _response(self, response: ResponseObservation, again: bool = False) -> None:
         store = self.store
         if store is None:
             return
-        self._seen_response()
+        if not again:
+            self._seen_response()
         self._feed = True
         if response.decision_id:
             obs = self._joins.peek(response.decision_id)
             if obs is None:
-                self._unjoined.inc()
+                if len(self._early) >= EARLY:  # the oldest waiting never found its own
+                    self._unjoined.inc()
+                self._early.put(response.decision_id, response)
                 return
         else:  # a public route the check never saw: a request of its own
             obs = feed_observation(response, self._client_of(response))

@@ -92,6 +92,10 @@ class LruTable(Generic[V]):
             entries.popitem(last=False)
             self._evicted.inc()
 
+    def pop(self, key: str) -> V | None:
+        """Take the entry out (None if absent)."""
+        return self._entries.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 

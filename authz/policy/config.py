@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.audit_config import AuditConfig
 from authz.policy.detection_config import DetectionConfig
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
@@ -236,6 +237,8 @@ class PolicyConfig:
     detection: DetectionConfig | None = None
     #: Automatic responses (blocks, revocations, throttles, step-up); None: no section.
     enforcement: EnforcementConfig | None = None
+    #: The audit trail (None: the policy has no ``audit:`` section).
+    audit: AuditConfig | None = None
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 
 from authz.errors import PolicyError
 from authz.pathtemplate import TemplateError, parse_template
+from authz.policy.audit_loader import load_audit
 from authz.policy.classification import (
     Controls,
     audit_enabled,
@@ -249,6 +250,7 @@ class _Builder:
             or DecisionLogConfig(),
             detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
+            audit=self.guarded(load_audit, doc, self, self.base_dir),
         )
 
     def openapi(

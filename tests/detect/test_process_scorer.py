@@ -54,6 +54,10 @@ def test_items_cross_as_plain_tuples_and_come_back_as_they_were() -> None:
     assert back == items
     assert type(back[0][0]) is DecisionRecord and type(back[1]) is ResponseObservation
     assert type(back[2]) is Observation
+    # what the record refers to (the request, with its credentials) stays behind
+    referring = record._replace(request=object(), identity=object(), data_class="pii")
+    (again,) = decode_items(encode_items([(referring, "", "", 0, 1)]))
+    assert again[0] == record._replace(data_class="pii")
 
 
 async def _until(condition: object, seconds: float = 10.0) -> None:

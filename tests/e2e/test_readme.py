@@ -109,6 +109,9 @@ def test_every_readme_command_runs(demo: subprocess.Popen[bytes]) -> None:
         if words[0] == "curl":
             assert result.returncode == 0, (line, result.stderr)
             curl_statuses.append(int(result.stdout.split()[1]))
+        elif words[:2] == ["authz", "replay"]:  # exit 1: the candidate changes outcomes
+            assert result.returncode in (0, 1), (line, result.stderr)
+            assert result.stdout.startswith("replayed "), result.stdout
         elif words[:2] == ["authz", "check"]:
             assert result.returncode in (0, 1), (line, result.stderr)
             assert result.stdout.startswith(("ALLOW", "DENY", "{")), result.stdout
