@@ -186,6 +186,26 @@ def test_public_route_skips_ext_authz_and_strips_identity_headers() -> None:
         assert "request_headers_to_remove" not in by_name[name]
 
 
+@pytest.mark.parametrize("public_routes", ["skip", "check"])
+def test_enforcement_can_send_public_routes_to_the_service(public_routes: str) -> None:
+    from authz.policy.enforcement_config import EnforcementConfig
+
+    policy = PolicyConfig(
+        version="v",
+        source="s",
+        routes=DEMO.routes,
+        enforcement=EnforcementConfig(public_routes=public_routes),
+    )
+    by_name = {r["name"]: r for r in vhosts(build_bootstrap(policy, EnvoyOptions()))[0]["routes"]}
+    for name in ("health", "static"):
+        if public_routes == "check":  # checked: blocks of an address reach them too
+            assert "typed_per_filter_config" not in by_name[name]
+            assert "request_headers_to_remove" not in by_name[name]  # the service strips
+        else:
+            per_route = by_name[name]["typed_per_filter_config"][EXT_AUTHZ_FILTER]
+            assert per_route["disabled"] is True
+
+
 def test_routes_most_specific_first_and_catch_all_last() -> None:
     (vhost,) = vhosts(build_bootstrap(DEMO, EnvoyOptions()))
     assert vhost["domains"] == ["*"]

@@ -103,6 +103,9 @@ class ResponseObservation(NamedTuple):
     response_flags: str = ""
     #: whether the request reached an upstream (False: Envoy answered it itself)
     upstream: bool = True
+    #: the request's X-Forwarded-For as Envoy logged it ("" when absent): behind
+    #: ``rate_limits.trusted_hops`` proxies the client is read from it, as the check does
+    forwarded_for: str = ""
 
 
 class Action(NamedTuple):

@@ -54,6 +54,7 @@ from authz.detect.registry import build_detectors, configs_by_name, same_shape
 from authz.detect.tables import LruTable
 from authz.paths import path_shape
 from authz.policy.detection_config import DetectionConfig, DetectorConfig
+from authz.ratelimit.keys import client_address
 from authz.telemetry.metrics import Metrics
 
 log = logging.getLogger("authz.detect")
@@ -336,7 +337,7 @@ class Scorer:
                 method=response.method,
                 shape="",
                 path=response.path,
-                client_address=response.client_address,
+                client_address=self._client_of(response),
                 identity_kind="anonymous",
                 subject="",
                 credential="",
@@ -353,6 +354,14 @@ class Scorer:
             found = detector.respond(obs, response, store)
             if found:
                 self._act(found, obs)
+
+    def _client_of(self, response: ResponseObservation) -> str:
+        """The client of a request only the feed saw, read as the check reads it."""
+        config = self.config
+        hops = config.trusted_hops if config is not None else 0
+        if not hops or not response.forwarded_for:
+            return response.client_address
+        return client_address(response.client_address, response.forwarded_for, hops)
 
     def _evidence(self, finding: Finding, obs: Observation) -> dict[str, float | str]:
         """What the detector saw, and the caller's current window beside it."""

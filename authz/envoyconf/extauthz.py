@@ -188,9 +188,14 @@ def _grpc_ext_authz(options: EnvoyOptions) -> ExtAuthz:
     )
 
 
-def skips_authz(route: RouteConfig) -> bool:
-    """Public routes skip ext_authz, unless authz has a contract or rate limits to apply."""
-    return route.public and route.contract is None and not route.rate_limits
+def skips_authz(route: RouteConfig, policy: PolicyConfig | None = None) -> bool:
+    """Public routes skip ext_authz, unless authz has a contract or rate limits to
+    apply, or the policy's ``enforcement.public_routes`` is ``check`` (blocks of an
+    address then reach public routes too)."""
+    if not route.public or route.contract is not None or route.rate_limits:
+        return False
+    enforcement = policy.enforcement if policy is not None else None
+    return enforcement is None or enforcement.public_routes != "check"
 
 
 def no_body() -> ExtAuthzPerRoute:
@@ -211,7 +216,7 @@ def ext_authz_per_route(route: RouteConfig, policy: PolicyConfig) -> ExtAuthzPer
         return ExtAuthzPerRoute(
             check_settings=CheckSettings(with_request_body=buffer_settings(contract.max_body_bytes))
         )
-    if skips_authz(route):
+    if skips_authz(route, policy):
         return ExtAuthzPerRoute(disabled=True)
     return no_body() if body_limit(policy) else None
 

@@ -75,7 +75,7 @@ def _envoy_route(planned: PlannedRoute, policy: PolicyConfig) -> Route:
         route=RouteAction(cluster=UPSTREAM_CLUSTER),
     )
     with_per_route(envoy_route, ext_authz_per_route(route, policy))
-    if skips_authz(route):
+    if skips_authz(route, policy):
         # ext_authz is not called here, so nothing else strips forged identity headers.
         envoy_route.request_headers_to_remove = list(policy.headers.all())
     return envoy_route

@@ -165,6 +165,9 @@ class DetectionConfig:
     #: EWMA weight of a new bucket (0..1)
     alpha: float = 0.1
     tables: TablesConfig = field(default_factory=TablesConfig)
+    #: ``rate_limits.trusted_hops``, copied by the loader: a request only the access-log
+    #: feed saw (a public route) is given the client address the check would read
+    trusted_hops: int = 0
     honeypot: HoneypotConfig = field(default_factory=HoneypotConfig)
     credential_stuffing: CredentialStuffingConfig = field(default_factory=CredentialStuffingConfig)
     enumeration: EnumerationConfig = field(default_factory=EnumerationConfig)

@@ -95,6 +95,10 @@ def load_detection(
         dspec = detectors.get(name)
         if isinstance(dspec, dict):
             values[name] = _detector(kind, dspec, (*at, "detectors", name), reporter, bucket)
+    limits = doc.get("rate_limits")
+    hops = limits.get("trusted_hops") if isinstance(limits, dict) else None
+    if type(hops) is int and hops > 0:  # (the rate-limit loader reports a bad value)
+        values["trusted_hops"] = hops
     config = DetectionConfig(**values)
     _check_honeypot(config.honeypot, reporter, (*at, "detectors", "honeypot"), routes)
     return config

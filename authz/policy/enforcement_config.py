@@ -13,6 +13,7 @@ enforcement:
   block_ttl: 15m                # an operator's block without --ttl
   revoke_ttl: 24h               # a revocation without a TTL (the credential's life at most)
   actions: 1000                 # recent automatic actions kept for `authz actions`
+  public_routes: skip           # or check: Envoy calls the service on public routes too
 ```
 """
 
@@ -70,6 +71,10 @@ class EnforcementConfig:
     block_ttl: float = 900.0
     revoke_ttl: float = 86_400.0
     actions: int = 1000
+    #: ``skip``: public routes with nothing else to check skip the service (Envoy
+    #: never calls it there, so no block reaches them); ``check``: the generated Envoy
+    #: config calls it on them too, and address blocks and throttles apply there
+    public_routes: str = "skip"
     location: str = ""  # file:line:column of the section, for messages
 
     @property

@@ -51,6 +51,7 @@ class EnforcementBuilder:
             block_ttl=self.positive(("block_ttl",), defaults.block_ttl),
             revoke_ttl=self.positive(("revoke_ttl",), defaults.revoke_ttl),
             actions=int(spec.get("actions", defaults.actions)),
+            public_routes=str(spec.get("public_routes", defaults.public_routes)),
             location=self.reporter.where((SECTION,)),
         )
 

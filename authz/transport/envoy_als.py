@@ -170,6 +170,7 @@ def to_observation(entry: accesslog_pb2.HTTPAccessLogEntry) -> ResponseObservati
             upstream_ms,
             response_flags(common.response_flags) if common.HasField("response_flags") else "",
             reached,
+            request.forwarded_for,
         )
     )
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from authz.detect.events import Observation
+from pathlib import Path
+
+import pytest
+
+from authz.detect.events import Observation, ResponseObservation
 from authz.detect.scorer import Scorer
+from authz.policy.loader import load_policy
 
 from .helpers import Sink, normal_traffic, obs, scorer
 
@@ -426,3 +431,36 @@ def _obs_for_caller(now: float, address: str, route: str) -> Observation:
         client_address=address, identity_kind="jwt", subject="s", credential="c",
         object_ids=(), allowed=True, status=200, reason="allowed", body_bytes=0,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("hops", "client"), [(0, "10.0.0.1"), (1, "198.51.100.7")])
+def test_a_feed_only_request_is_given_the_client_the_check_would_read(
+    hops: int, client: str
+) -> None:
+    # a request only the access-log feed saw (a public route): behind trusted proxies
+    # its client is read from X-Forwarded-For, as the check reads it
+    s, sink = scorer(trusted_hops=hops)
+    s.on_response(
+        ResponseObservation(
+            1.0,
+            "",
+            "",
+            "GET",
+            "/.env",
+            "10.0.0.1",
+            404,
+            0,
+            1.0,
+            0.5,
+            forwarded_for="198.51.100.7, 10.0.0.1",
+        )
+    )
+    s.drain()
+    assert [a.target for a in sink.actions if a.target_kind == "address"] == [client]
+
+
+def test_the_loader_copies_trusted_hops_into_detection(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("mode: enforce\nroutes: []\nrate_limits: {trusted_hops: 2}\ndetection: {}\n")
+    config = load_policy(path).detection
+    assert config is not None and config.trusted_hops == 2

@@ -34,7 +34,9 @@ providers:
   dev: {{type: jwt, issuer: "{issuer}", audiences: [orders], algorithms: [ES256]}}
 routes:
   - {{name: orders, path: /v1/orders, methods: [GET], providers: [dev], scopes: [orders:read]}}
+  - {{name: status, path: /v1/status, methods: [GET], public: true}}
 enforcement:
+  public_routes: check
   store: {{redis: "{redis}", on_error: deny, timeout: 200ms}}
   step_up: {{acr_values: ["urn:example:mfa"], max_age: 300s}}
 """
@@ -119,14 +121,19 @@ def test_step_up_carries_the_rfc_9470_challenge(env: Env) -> None:
     assert env.get("/v1/orders", stepped)[0] == 200
 
 
-def test_blocked_address_refused_on_undeclared_paths(env: Env) -> None:
+def test_blocked_address_refused_on_undeclared_and_public_paths(env: Env) -> None:
     # the tests' client reaches Envoy from 127.0.0.1: Envoy's source address
     control = env.replica.control
     assert env.get("/nowhere")[0] == 404
+    assert env.get("/v1/status")[0] == 200
     env.cli(control, "blocks", "add", "--prefix", "127.0.0.0/24", env=env.replica.env)
     until(lambda: env.get("/nowhere")[0] == 403)
     status, _, body = env.get("/v1/orders", env.mint())
     assert status == 403 and json.loads(body)["error"] == "caller_blocked"
+    # enforcement.public_routes: check: Envoy asks the service on public routes too
+    status, _, body = env.get("/v1/status")
+    assert status == 403 and json.loads(body)["error"] == "caller_blocked"
     env.cli(control, "blocks", "lift", "--prefix", "127.0.0.0/24", env=env.replica.env)
     until(lambda: env.get("/nowhere")[0] == 404)
     assert env.get("/v1/orders", env.mint())[0] == 200
+    assert env.get("/v1/status")[0] == 200

@@ -115,6 +115,14 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     assert config is not None and config.store is None
     assert config.step_up.acr_values == ("urn:example:mfa",) and config.actions == 1000
     assert (config.throttle.requests, config.block_ttl, config.revoke_ttl) == (10, 900, 86400)
+    assert config.public_routes == "skip"
+
+
+def test_public_routes_is_skip_or_check(tmp_path: Path) -> None:
+    assert load(tmp_path, "enforcement: {public_routes: check}\n").public_routes == "check"
+    with pytest.raises(PolicyError) as err:
+        load(tmp_path, "enforcement: {public_routes: always}\n")
+    assert "$.enforcement.public_routes" in str(err.value.problems)
 
 
 def test_a_reload_that_drops_the_section_is_a_widening(tmp_path: Path) -> None:

@@ -260,3 +260,11 @@ def test_only_the_transport_knows_protobuf() -> None:
             for alias in node.names
         }
         assert not {n for n in names if n.split(".")[0] in ("grpc", "google", "envoy")}, module
+
+
+def test_the_forwarded_for_envoy_logged_is_kept() -> None:
+    entry = build_http_entry(path="/healthz", route="health", client_address="10.0.0.1")
+    entry.request.forwarded_for = "198.51.100.7, 10.0.0.1"
+    obs = to_observation(entry)
+    assert (obs.client_address, obs.forwarded_for) == ("10.0.0.1", "198.51.100.7, 10.0.0.1")
+    assert to_observation(build_http_entry(path="/healthz")).forwarded_for == ""
