@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from authz.control.options import CONTROL_OFF, ControlOptions
+from authz.telemetry.options import TELEMETRY_OFF, TelemetryOptions
 from authz.transport.http_wire import HttpLimits
 
 
@@ -36,3 +37,5 @@ class ServeOptions:
     access_log_grpc: str | None = None
     access_log_secret_file: str | None = None  # streams must carry this file's secret
     access_log_trust_network: bool = False  # no secret, yet bind beyond loopback
+    #: --metrics and OpenTelemetry export (authz.telemetry)
+    telemetry: TelemetryOptions = TELEMETRY_OFF

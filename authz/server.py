@@ -51,6 +51,7 @@ from authz.serve_options import ServeOptions
 from authz.stages import Shared
 from authz.supervisor import supervise
 from authz.telemetry.metrics import Metrics
+from authz.telemetry.runtime import Telemetry
 from authz.transport.envoy_http import read_secret_file
 from authz.transport.grpc_server import GrpcTransport
 from authz.transport.http_server import HttpTransport
@@ -81,6 +82,8 @@ class Service(HealthReporting):
             from authz.transport.als_server import access_log_runtime
 
             access_log_runtime(self.shared, options)
+        self.telemetry = Telemetry(options.telemetry, self.shared)  # --metrics, OTLP
+        self.shared.runtimes.add(self.telemetry)
         self.engine: PolicyEngine | None = None
         self.transport: GrpcTransport | None = None
         self.http: HttpTransport | None = None
@@ -291,7 +294,8 @@ class Service(HealthReporting):
         # The decision log and what the policy registered (stores, inventory): running
         # before the first request. The policy's providers start in _become_ready.
         await self.shared.runtimes.start()
-        self.engine = PolicyEngine(policy, sink=self.sink)
+        self.engine = PolicyEngine(policy, sink=self.sink, listeners=self.telemetry.listeners)
+        self.telemetry.attach(self.engine)
         engine = self.engine
         ports = []
         if self.options.grpc is not None:

@@ -105,7 +105,9 @@ def supervise(options: ServeOptions) -> int:
     ]
     from authz.control.workers import SupervisorControl
 
-    control = SupervisorControl(options.control, options.workers)  # merges the workers'
+    argv += options.telemetry.worker_argv()  # each worker exports its own OTLP
+    # merges the workers' answers (and metrics for --metrics)
+    control = SupervisorControl(options.control, options.workers, options.telemetry)
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
     detection = config.detection

@@ -18,6 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from authz.control.options import options_from_args
     from authz.serve_options import ServeOptions
     from authz.server import run_service
+    from authz.telemetry.options import options_from_args as telemetry_options
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -30,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         limits = http_options(args)
         control = options_from_args(args)
+        telemetry = telemetry_options(args)
         access_log_options(args)
     except ValueError as exc:
         print(f"authz serve: error: {exc}", file=sys.stderr)
@@ -54,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log_grpc=args.access_log_grpc,
             access_log_secret_file=args.access_log_secret_file,
             access_log_trust_network=args.access_log_insecure_trust_network,
+            telemetry=telemetry,
         )
     )
 
@@ -261,6 +264,9 @@ def register(sub: Any) -> None:
     from authz.control.options import add_serve_arguments
 
     add_serve_arguments(p)
+    from authz.telemetry.options import add_serve_arguments as add_telemetry_arguments
+
+    add_telemetry_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -29,8 +29,9 @@ from authz.control.enforcement import EnforcementFanOut
 from authz.control.merge import merge_counters, merge_inventories
 from authz.control.options import ControlOptions
 from authz.control.policies import PolicyFanOut
-from authz.control.server import ControlServer
-from authz.v1 import admin_pb2_grpc
+from authz.control.server import ControlConfigError, ControlServer
+from authz.telemetry.options import TELEMETRY_OFF, TelemetryOptions
+from authz.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("authz.control")
 
@@ -69,6 +70,25 @@ class FanOutAdmin(EnforcementFanOut, PolicyFanOut, admin_pb2_grpc.AdminServicer)
     async def GetCounters(self, request: Any, context: Any) -> Any:
         return merge_counters(await self._every("GetCounters", request, context))
 
+    async def merged_metrics(self) -> str:
+        """``GET /metrics`` of the supervisor: every worker's counters merged (summed)
+        and rendered, with ``authz_workers_answered`` saying how many answered."""
+        from authz.telemetry.prometheus import render
+
+        calls = [
+            self._stub(s).GetCounters(admin_pb2.GetCountersRequest(), timeout=self._timeout)
+            for s in self._sockets
+        ]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        good = [a for a in answers if not isinstance(a, BaseException)]
+        for socket, answer in zip(self._sockets, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("metrics: worker %s did not answer: %s", socket, answer)
+        merged = merge_counters(good)
+        answered = merged.series.add(name="authz_workers_answered", kind="gauge")
+        answered.value = len(good)
+        return render(merged)
+
     async def Explain(self, request: Any, context: Any) -> Any:
         last: grpc.RpcError | None = None
         for socket in self._sockets:
@@ -87,8 +107,11 @@ class SupervisorControl:
     """The control plane of ``--workers N``: one private socket per worker and the
     public server, run in a thread of the supervisor with an event loop of its own."""
 
-    def __init__(self, options: ControlOptions, workers: int) -> None:
+    def __init__(
+        self, options: ControlOptions, workers: int, telemetry: TelemetryOptions = TELEMETRY_OFF
+    ) -> None:
         self.options = options
+        self.telemetry = telemetry
         self._dir: str | None = None
         self.sockets: list[str] = []
         if options.address is not None:
@@ -101,6 +124,7 @@ class SupervisorControl:
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self.port = 0
+        self.metrics_port = 0
 
     def worker_argv(self, index: int) -> list[str]:
         """The ``authz serve`` flags of worker ``index``."""
@@ -111,17 +135,26 @@ class SupervisorControl:
     def start(self) -> None:
         """Bind and serve (raises what the server raised: ControlConfigError, OSError)."""
         if not self.sockets:
+            if self.telemetry.metrics is not None:
+                raise ControlConfigError(
+                    "--metrics with --workers merges the workers' metrics over the control "
+                    "plane's sockets: it needs the control plane (not --control off)"
+                )
             return
         started = threading.Event()
 
         async def serve() -> None:
             fan_out = FanOutAdmin(self.sockets)
             server = ControlServer(self.options, fan_out)
+            endpoint = _endpoint(self.telemetry, fan_out)
             self._stop = asyncio.Event()
             self._loop = asyncio.get_running_loop()
             try:
                 await server.start()
                 self.port = server.port
+                if endpoint is not None:
+                    await endpoint.start()
+                    self.metrics_port = endpoint.port
             except BaseException as exc:
                 self._error = exc
                 started.set()
@@ -130,6 +163,8 @@ class SupervisorControl:
             try:
                 await self._stop.wait()
             finally:
+                if endpoint is not None:
+                    await endpoint.aclose()
                 await server.aclose()
                 await fan_out.aclose()
 
@@ -152,3 +187,14 @@ class SupervisorControl:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _endpoint(telemetry: TelemetryOptions, fan_out: FanOutAdmin) -> Any:
+    """The supervisor's ``GET /metrics`` (None without ``--metrics``)."""
+    if telemetry.metrics is None:
+        return None
+    from authz.telemetry.options import read_token
+    from authz.telemetry.scrape import MetricsEndpoint
+
+    token = read_token(telemetry.metrics_token_file) if telemetry.metrics_token_file else None
+    return MetricsEndpoint(telemetry.metrics, fan_out.merged_metrics, token=token)

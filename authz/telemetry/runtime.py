@@ -1,0 +1,81 @@
+"""The telemetry of one ``authz serve`` process, as one runtime (start/aclose).
+
+Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
+
+- ``--metrics``: :class:`~authz.telemetry.scrape.MetricsEndpoint` over this
+  process's metrics (a worker of ``--workers N`` has none: the supervisor serves
+  the merged metrics, :mod:`authz.control.workers`);
+- ``--metrics`` or ``--otlp-metrics``: the decision metrics listener
+  (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
+- ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
+- ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
+- ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp`).
+
+With every option off, nothing is built: no listener, no probe, no import of
+OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from authz.telemetry.decisions import DecisionMetrics
+from authz.telemetry.options import TelemetryOptions, read_token
+from authz.telemetry.prometheus import descriptions_of, render
+from authz.telemetry.scrape import MetricsEndpoint
+
+if TYPE_CHECKING:
+    from authz.engine import PolicyEngine
+    from authz.record import DecisionListener
+    from authz.stages import Shared
+
+log = logging.getLogger("authz.telemetry")
+
+
+def local_source(metrics: object) -> Any:
+    """What ``GET /metrics`` serves for one process: its metrics, rendered."""
+    from authz.control.servicer import counters_to_proto
+
+    async def source() -> str:
+        return render(counters_to_proto(metrics), descriptions_of(metrics))
+
+    return source
+
+
+class Telemetry:
+    """The exports of one process (see the module doc)."""
+
+    def __init__(self, options: TelemetryOptions, shared: Shared) -> None:
+        self.options = options
+        self._shared = shared
+        metrics = shared.metrics
+        self.endpoint: MetricsEndpoint | None = None
+        if options.metrics is not None:
+            token = read_token(options.metrics_token_file) if options.metrics_token_file else None
+            self.endpoint = MetricsEndpoint(options.metrics, local_source(metrics), token=token)
+        self.decisions = DecisionMetrics(metrics) if options.counting else None
+        self._parts: list[Any] = []  # started in order, closed in reverse
+
+    @property
+    def listeners(self) -> tuple[DecisionListener, ...]:
+        """What the engine hands every decision record to."""
+        return (self.decisions,) if self.decisions is not None else ()
+
+    def attach(self, engine: PolicyEngine) -> None:
+        """Called once the engine exists: the policy version serving."""
+        if self.decisions is not None:
+            self.decisions.set_version(engine.policy.version)
+
+    async def start(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.start()
+            self._parts.append(self.endpoint)
+
+    async def aclose(self) -> None:
+        while self._parts:
+            part = self._parts.pop()
+            try:
+                await part.aclose()
+            except Exception:
+                log.exception("telemetry: %s did not close", type(part).__name__)
