@@ -64,8 +64,11 @@ def _duration(value: str) -> float:
     return seconds
 
 
-def _ask(command: str, args: argparse.Namespace, method: str, request: Any) -> Any:
-    """The answer, or the exit code (2: bad settings or INVALID_ARGUMENT, 3: failed)."""
+def _ask(
+    command: str, args: argparse.Namespace, method: str, request: Any, *, not_found: int = 3
+) -> Any:
+    """The answer, or the exit code (2: bad settings or INVALID_ARGUMENT, ``not_found``:
+    NOT_FOUND, 3: failed). Every control-plane command asks through this."""
     try:
         with connect(timeout=args.timeout, **client_settings(args)) as admin:
             return admin.call(method, request)
@@ -79,6 +82,8 @@ def _ask(command: str, args: argparse.Namespace, method: str, request: Any) -> A
             hint = " (give --token-file, or --tls-cert/--tls-key for mTLS)"
         print(f"authz {command}: {args.control}: {code.name}: {exc.details()}{hint}",
               file=sys.stderr)  # fmt: skip
+        if code == grpc.StatusCode.NOT_FOUND:
+            return not_found
         return 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 3
 
 

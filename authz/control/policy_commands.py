@@ -25,32 +25,15 @@ import json
 import sys
 from typing import Any
 
-import grpc
-
-from authz.control.client import ClientConfigError, connect
 from authz.control.enforcement_commands import _as_dict, _table, _when
-from authz.control.options import add_client_arguments, client_settings
+from authz.control.enforcement_commands import _ask as ask
+from authz.control.options import add_client_arguments
 from authz.v1 import admin_pb2
 
 
 def _ask(command: str, args: argparse.Namespace, method: str, request: Any) -> Any:
     """The answer, or the exit code (1 NOT_FOUND, 2 bad settings, 3 failed)."""
-    try:
-        with connect(timeout=args.timeout, **client_settings(args)) as admin:
-            return admin.call(method, request)
-    except ClientConfigError as exc:
-        print(f"authz {command}: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        code = exc.code()
-        hint = ""
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            hint = " (give --token-file, or --tls-cert/--tls-key for mTLS)"
-        print(f"authz {command}: {args.control}: {code.name}: {exc.details()}{hint}",
-              file=sys.stderr)  # fmt: skip
-        if code == grpc.StatusCode.NOT_FOUND:
-            return 1
-        return 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 3
+    return ask(command, args, method, request, not_found=1)
 
 
 def render_versions(answer: Any) -> str:
