@@ -219,15 +219,18 @@ class Service(HealthReporting):
                 self.shared.runtimes.abandon()
                 await policy.close()
                 return True
-            if not await self.swap_in(policy, "reload", by):
+            if not await self.swap_in(policy, "reload", by, digest=digest):
                 self._rejected_digest = digest  # retried when the files change again
                 return False
-            self._active_digest, self.disk_version = digest, policy.version
             return True
 
-    async def swap_in(self, policy: CompiledPolicy, origin: str, by: str) -> bool:
+    async def swap_in(
+        self, policy: CompiledPolicy, origin: str, by: str, *, digest: str | None = None
+    ) -> bool:
         """Make a built policy active once its providers are ready (the reload lock is
-        held); ``origin`` (reload, rollback) and ``by`` go to the history and the log."""
+        held); ``origin`` (reload, rollback) and ``by`` go to the history and the log.
+        ``digest``: the file's content just loaded, recorded as on disk in the same step
+        as the swap, so no one sees the new policy serving beside the old file version."""
         assert self.engine is not None
         ready = await wait_ready(policy, self.options.ready_timeout)
         if ready:
@@ -251,6 +254,8 @@ class Service(HealthReporting):
             await policy.close()
             return False
         old = self.engine.swap(policy)
+        if digest is not None:
+            self._active_digest, self.disk_version = digest, policy.version
         self._reloaded.inc()
         self.history.record(policy.config, origin, by)
         log.info("policy %s active (was %s; %s by %s)", policy.version, old.version, origin, by)
