@@ -130,6 +130,9 @@ class Scorer:
             "automatic actions by detector, response and mode",
             ("detector", "response", "mode"),
         )
+        self._findings = metrics.counter(
+            "authz_detect_findings_total", "detections by detector (before warm-up)", ("detector",)
+        )
         self._suppressed = metrics.counter(
             "authz_detect_suppressed_total",
             "findings not actioned: warm-up, or an action on the target still in force",
@@ -367,6 +370,7 @@ class Scorer:
         first = self._first if self._first is not None else now
         warm = now - first >= config.warmup
         for finding in findings:
+            self._findings.labels(finding.detector).inc()  # off the request path
             if not warm and not finding.during_warmup:
                 self._suppressed.labels("warmup").inc()
                 continue

@@ -6,7 +6,8 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   process's metrics (a worker of ``--workers N`` has none: the supervisor serves
   the merged metrics, :mod:`authz.control.workers`);
 - ``--metrics`` or ``--otlp-metrics``: the decision metrics listener
-  (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
+  (:mod:`authz.telemetry.decisions`) and the per-stage latency probe
+  (:mod:`authz.telemetry.stages`);
 - ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
 - ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
 - ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp`).
@@ -24,6 +25,7 @@ from authz.telemetry.decisions import DecisionMetrics
 from authz.telemetry.options import TelemetryOptions, read_token
 from authz.telemetry.prometheus import descriptions_of, render
 from authz.telemetry.scrape import MetricsEndpoint
+from authz.telemetry.stages import StageLatency
 
 if TYPE_CHECKING:
     from authz.engine import PolicyEngine
@@ -55,6 +57,8 @@ class Telemetry:
             token = read_token(options.metrics_token_file) if options.metrics_token_file else None
             self.endpoint = MetricsEndpoint(options.metrics, local_source(metrics), token=token)
         self.decisions = DecisionMetrics(metrics) if options.counting else None
+        if options.counting:  # every policy built from now on times its stages
+            shared.step_probe = StageLatency(metrics).wrap
         self._parts: list[Any] = []  # started in order, closed in reverse
 
     @property
