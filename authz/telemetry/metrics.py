@@ -31,6 +31,9 @@ class Counter(Protocol):
 class Histogram(Protocol):
     def observe(self, value: float) -> None: ...
 
+    def observe_weighted(self, value: float, weight: int) -> None:
+        """``weight`` observations of ``value`` (one sampled call standing for many)."""
+
 
 class Gauge(Protocol):
     def set(self, value: float) -> None: ...
@@ -91,6 +94,9 @@ class _Noop:
         return None
 
     def observe(self, value: float) -> None:
+        return None
+
+    def observe_weighted(self, value: float, weight: int) -> None:
         return None
 
 
@@ -175,6 +181,11 @@ class MemoryHistogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.sum += value
+
+    def observe_weighted(self, value: float, weight: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += weight
+        self.count += weight
+        self.sum += value * weight
 
 
 S = TypeVar("S")

@@ -1,6 +1,7 @@
 """``authz_stage_latency_ms{stage}``: with the probe set (what ``--metrics`` does),
 every named stage a decision runs is timed, a synchronous one, an awaited one and
-one that denies; without it the policy's steps are the stages' own."""
+one that denies; sampled, a call in N timed weighing N; without it the policy's
+steps are the stages' own."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def engine(tmp_path: Path, probe: bool) -> tuple[PolicyEngine, MemoryMetrics]:
     metrics = MemoryMetrics()
     shared.metrics = metrics
     if probe:
-        shared.step_probe = StageLatency(metrics).wrap
+        shared.step_probe = StageLatency(metrics, every=1).wrap  # every call timed
     return PolicyEngine(CompiledPolicy(load_policy(tmp_path / "p.yaml"), shared=shared)), metrics
 
 
@@ -77,10 +78,39 @@ class Slow:
 
 async def test_an_awaited_stage_is_timed_to_its_end() -> None:
     metrics = MemoryMetrics()
-    step = StageLatency(metrics).wrap(Slow())
+    step = StageLatency(metrics, every=1).wrap(Slow())
     pending = step(Context(Request(method="GET", path="/"), "", ""))
     assert pending is not None
     with contextlib.suppress(AuthzError):
         await pending
     (series,) = metrics.families["authz_stage_latency_ms"].series.values()
     assert series.count == 1 and series.sum >= 20  # type: ignore[attr-defined]
+
+
+class Quick:
+    name, phase = "quick", "request"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def step(self, ctx: Context) -> None:
+        self.calls += 1
+
+    async def check(self, ctx: Context) -> None:
+        self.step(ctx)
+
+    def element(self, ctx: Context) -> str:
+        return ""
+
+
+def test_sampled_calls_weigh_what_they_stand_for() -> None:
+    metrics = MemoryMetrics()
+    stage = Quick()
+    step = StageLatency(metrics, every=4).wrap(stage)
+    ctx = Context(Request(method="GET", path="/"), "", "")
+    for _ in range(9):
+        assert step(ctx) is None
+    assert stage.calls == 9  # every call runs; calls 1, 5 and 9 are timed
+    (series,) = metrics.families["authz_stage_latency_ms"].series.values()
+    assert series.count == 12  # type: ignore[attr-defined]
+    assert sum(series.counts) == 12  # type: ignore[attr-defined]
