@@ -41,7 +41,7 @@ from authz.paths import path_shape
 from authz.record import DecisionListener, make_record, trace_context
 from authz.stages import Context, Stage, step_of
 from authz.telemetry.classes import class_counters, no_count
-from authz.telemetry.metrics import Metrics
+from authz.telemetry.metrics import Metrics, report_table
 
 log = logging.getLogger("authz.engine")
 
@@ -101,6 +101,9 @@ class PolicyEngine:
         self._count_monitor = outcomes.labels("monitor").inc
         #: (outcome, data class) -> its counter's bound ``inc`` (all bound here)
         self._by_class = class_counters(self.metrics)
+        report_table(
+            self.metrics, "undeclared_shapes", self.undeclared.__len__, MAX_UNDECLARED_SHAPES
+        )
         self._undeclared_total = self.metrics.counter(
             "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
         ).labels()

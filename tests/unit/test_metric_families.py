@@ -209,3 +209,14 @@ async def test_engine_reason_and_rule_labels_stay_bounded(tmp_path: Path) -> Non
         family.labels("open", "deny", f"made-up-{i}").inc()
     assert len(family.series) == MAX_DECISION_SERIES  # its own bound: routes x reasons
     assert m.value("authz_decisions_total", OTHER, OTHER, OTHER) >= 50
+
+
+def test_tables_show_their_size_against_their_bound(metrics: MemoryMetrics) -> None:
+    """Read when the metrics are: nothing on the request path keeps them."""
+    entries = {k[0]: v for k, v in metrics.snapshot()["authz_table_entries"].items()}
+    capacity = {k[0]: v for k, v in metrics.snapshot()["authz_table_capacity"].items()}
+    assert capacity["ratelimit_buckets"] == 16 and entries["ratelimit_buckets"] == 16  # full
+    assert capacity["inventory_undeclared"] == 2 and entries["inventory_undeclared"] == 2
+    assert entries["jwt_cache:corp"] == 1 and capacity["jwt_cache:corp"] > 1
+    assert capacity["undeclared_shapes"] == 10_000 and 1 <= entries["undeclared_shapes"] <= 6
+    assert set(entries) <= set(capacity)
