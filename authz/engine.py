@@ -84,8 +84,8 @@ class PolicyEngine:
         self.metrics: Metrics = metrics if metrics is not None else policy.shared.metrics
         self._decisions = self.metrics.counter(
             "authz_decisions_total",
-            "decisions by route name (undeclared: none matched), decision"
-            " (allow|deny|monitor) and reason code",
+            "decisions by route name (undeclared: none matched; unrouted: decided before"
+            " routing), decision (allow|deny|monitor) and reason code",
             DECISION_LABELS,
             max_series=MAX_DECISION_SERIES,
         )

@@ -39,7 +39,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.monotonic,
         *,
         metrics: Metrics | None = None,
-        table: str = "ratelimit_buckets",
+        table: str | None = None,
     ):
         self.max_keys = max_keys
         self.clock = clock
@@ -56,9 +56,8 @@ class MemoryStore:
             "authz_ratelimit_memory_expired_total", "in-process buckets dropped once full again"
         ).labels()
         self._ticks = 0
-        report_table(
-            m, table, self._buckets.__len__, lambda: self.max_keys
-        )  # its name in the metrics
+        if table is not None:  # its name in authz_table_entries
+            report_table(m, table, self._buckets.__len__, lambda: self.max_keys)
 
     @property
     def evicted_expired(self) -> int:

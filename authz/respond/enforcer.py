@@ -97,10 +97,7 @@ class Enforcer:
             )
             self.sync.max_actions = config.actions
         self.throttler = Throttler(
-            memory
-            if memory is not None
-            else MemoryStore(metrics=self.metrics, table="throttle_buckets"),
-            throttle_store,
+            memory if memory is not None else MemoryStore(metrics=self.metrics), throttle_store
         )
         self.recent: deque[ActionRecord] = deque(maxlen=config.actions)
         self._sweeper: asyncio.Task[None] | None = None
