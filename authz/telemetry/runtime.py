@@ -6,8 +6,7 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   process's metrics (a worker of ``--workers N`` has none: the supervisor serves
   the merged metrics, :mod:`authz.control.workers`);
 - ``--metrics`` or ``--otlp-metrics``: the decision metrics listener
-  (:mod:`authz.telemetry.decisions`) and the per-stage latency probe
-  (:mod:`authz.telemetry.stages`);
+  (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
 - ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
 - ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
 - ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp`).
