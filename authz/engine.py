@@ -82,6 +82,9 @@ class PolicyEngine:
         self.undeclared: dict[tuple[str, str], int] = {}
         #: the process's metrics (in memory unless the service passes its own)
         self.metrics: Metrics = metrics if metrics is not None else policy.shared.metrics
+        report_table(
+            self.metrics, "undeclared_shapes", self.undeclared.__len__, MAX_UNDECLARED_SHAPES
+        )
         self._decisions = self.metrics.counter(
             "authz_decisions_total",
             "decisions by route name (undeclared: none matched; unrouted: decided before"
@@ -101,9 +104,6 @@ class PolicyEngine:
         self._count_monitor = outcomes.labels("monitor").inc
         #: (outcome, data class) -> its counter's bound ``inc`` (all bound here)
         self._by_class = class_counters(self.metrics)
-        report_table(
-            self.metrics, "undeclared_shapes", self.undeclared.__len__, MAX_UNDECLARED_SHAPES
-        )
         self._undeclared_total = self.metrics.counter(
             "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
         ).labels()
