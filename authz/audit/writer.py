@@ -33,10 +33,12 @@ import re
 import socket
 import time
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any
 
 from authz.audit import chain as C
-from authz.audit.entry import AuditView, control_entry, decision_entry
+from authz.audit.encode import DecisionEncoder
+from authz.audit.entry import AuditView, control_entry
 from authz.audit.sink import JsonLinesSink
 from authz.policy.audit_config import AuditConfig
 from authz.record import DecisionRecord
@@ -106,6 +108,7 @@ class AuditWriter(JsonLinesSink):
             "authz_audit_checkpoints_total", "signed checkpoints written"
         ).labels()
         self._next_refused_report = 0.0
+        self._encoder = DecisionEncoder(self._time)
         self.reconfigure(config)
 
     # -- configuration ------------------------------------------------------------------
@@ -230,13 +233,17 @@ class AuditWriter(JsonLinesSink):
         lines: list[bytes] = []
         count = 0
         every = self.config.checkpoint_records
+        encode = self._encoder.line
         for item in batch:
             try:
-                if isinstance(item, tuple) and isinstance(item[0], DecisionRecord):
-                    entry = decision_entry(item[0], item[1], self._time)
+                if type(item) is tuple:
+                    line = encode(item[0], item[1], self._seq, self._prev)
+                    self._prev = sha256(line).hexdigest()
+                    self._seq += 1
+                    self._file_bytes += len(line) + 1
+                    lines.append(line)
                 else:
-                    entry = dict(item)
-                lines.append(self._line(entry))
+                    lines.append(self._line(dict(item)))
             except (TypeError, ValueError, AttributeError):  # pragma: no cover - a bug
                 self._unwritable.inc()
                 log.exception("%s: a record could not be serialised", self._name)
