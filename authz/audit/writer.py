@@ -22,7 +22,9 @@ before it lets a decision through: the queue has room and (``on_full: deny``) wr
 succeed. ``backpressure`` waits up to ``block_ms`` for room first. A decision that
 gets no room is denied ``audit_unavailable`` (503) and its record counted as refused
 (``authz_audit_refused_total``) and logged; a full or read-only disk stops writes,
-so the queue fills and the same happens (``deny``: at once).
+so the queue fills and the same happens (``deny``: at once). Refusals are tallied
+(:mod:`authz.audit.gap`) and, once the queue is written again, one ``gap`` line in the
+chain says how many were refused, when, and for which reasons.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from authz.audit import chain as C
 from authz.audit.encode import DecisionEncoder
 from authz.audit.entry import AuditView, control_entry
+from authz.audit.gap import GapTally
 from authz.audit.sink import JsonLinesSink
 from authz.policy.audit_config import AuditConfig
 from authz.record import DecisionRecord
@@ -109,6 +112,7 @@ class AuditWriter(JsonLinesSink):
         ).labels()
         self._next_refused_report = 0.0
         self._encoder = DecisionEncoder(self._time)
+        self._gaps = GapTally()
         self.reconfigure(config)
 
     # -- configuration ------------------------------------------------------------------
@@ -181,6 +185,7 @@ class AuditWriter(JsonLinesSink):
             self._queue.append(record)
             return
         self._refused.inc()
+        self._gaps.refuse(record, time.time())
         now = time.monotonic()
         if now >= self._next_refused_report:
             self._next_refused_report = now + REFUSED_REPORT_INTERVAL
@@ -258,6 +263,15 @@ class AuditWriter(JsonLinesSink):
                 lines.append(self._checkpoint(False))
         return (b"\n".join(lines) + b"\n" if lines else b""), count
 
+    def _gap_line(self, gap: dict[str, Any]) -> bytes:
+        line = self._line(gap)
+        self._records += 1
+        self._file_records += 1
+        if not self._unsealed:
+            self._first_unsealed = time.monotonic()
+        self._unsealed += 1
+        return line
+
     def _write_line(self, line: bytes) -> bool:
         """Write one writer-made line (header, checkpoint) through the batch machinery."""
         self._pending, self._pending_count, self._pending_at = line + b"\n", 0, 0
@@ -282,6 +296,11 @@ class AuditWriter(JsonLinesSink):
 
     def _idle(self, final: bool) -> None:
         config = self.config
+        gap = self._gaps.take()
+        # room is back: the trail says what it could not keep (a failed write stays
+        # pending and is retried, like any line)
+        if gap is not None and not self._write_line(self._gap_line(gap)):
+            return
         now = time.monotonic()
         if (
             not self._rotating
