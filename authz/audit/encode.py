@@ -62,10 +62,7 @@ class DecisionEncoder:
     ) -> Fragment | None:
         """The encoded ``identity``, ``token_digest``, ``token_exp`` and ``token_iat``."""
         identity = record.identity
-        credential = ""
-        if identity is not None and identity.kind != "anonymous" and view is not None:
-            header, _ = view.credential_headers.get(identity.provider, ("", False))
-            credential = (headers.get(header) or "") if header else ""
+        credential = _credential(identity, view, headers) if view is not None else ""
         cached = self._identities.get(id(identity))
         if (
             cached is not None
@@ -121,11 +118,24 @@ class DecisionEncoder:
         body = request.body
         length = headers.get("content-length", "")
         content_length = len(body) if body else int(length) if length.isdigit() else 0
-        who = self._identity(record, view, headers)
+        cached = self._identities.get(id(identity))
+        if (
+            cached is not None
+            and cached[0] is identity
+            and cached[2] is view
+            and (view is None or cached[1] == _credential(identity, view, headers))
+        ):
+            who: Fragment | None = cached[3]
+        else:
+            who = self._identity(record, view, headers)
         if who is None or not math.isfinite(time_):
             return None
         identity_json, digest, exp, iat = who
-        at = self._time(time_)
+        second = int(time_)
+        if second != self._second:
+            self._second = second
+            self._prefix = self._at(float(second))[:-4]
+        at = self._prefix + _MILLIS[min(999, int((time_ - second) * 1000))]
         values = (at, client, content_type, data_class, decision, decision_id, request.host,
                   method, path, version, query, reason, request_id, route, trace_id)  # fmt: skip
         try:
@@ -165,6 +175,17 @@ class DecisionEncoder:
 
 
 _MILLIS = tuple(f"{m:03d}Z" for m in range(1000))
+
+
+def _credential(identity: Any, view: AuditView, headers: Mapping[str, str]) -> str:
+    """The credential the identity was proven with (its provider's header), or ""."""
+    if identity is None or identity.kind == "anonymous":
+        return ""
+    header = view.credential_headers.get(identity.provider, _NO_HEADER)[0]
+    return (headers.get(header) or "") if header else ""
+
+
+_NO_HEADER = ("", False)
 
 
 class _Headers:

@@ -235,32 +235,47 @@ class AuditWriter(JsonLinesSink):
         return self._line(entry)
 
     def _serialise(self, batch: list[Any]) -> tuple[bytes, int]:
+        """The batch's lines, chained, with a checkpoint every ``checkpoint_records``;
+        the chain state is kept in locals and written back (a decision line costs its
+        encoding and one SHA-256, nothing else per record)."""
         lines: list[bytes] = []
+        append = lines.append
         count = 0
         every = self.config.checkpoint_records
         encode = self._encoder.line
+        seq, prev, unsealed, size = self._seq, self._prev, self._unsealed, 0
         for item in batch:
             try:
                 if type(item) is tuple:
-                    line = encode(item[0], item[1], self._seq, self._prev)
-                    self._prev = sha256(line).hexdigest()
-                    self._seq += 1
-                    self._file_bytes += len(line) + 1
-                    lines.append(line)
+                    line = encode(item[0], item[1], seq, prev)
+                    prev = sha256(line).hexdigest()
+                    seq += 1
+                    size += len(line) + 1
+                    append(line)
                 else:
-                    lines.append(self._line(dict(item)))
+                    self._seq, self._prev = seq, prev
+                    append(self._line(dict(item)))
+                    seq, prev = self._seq, self._prev
             except (TypeError, ValueError, AttributeError):  # pragma: no cover - a bug
                 self._unwritable.inc()
                 log.exception("%s: a record could not be serialised", self._name)
                 continue
             count += 1
-            self._records += 1
-            self._file_records += 1
-            if not self._unsealed:
+            if not unsealed:
                 self._first_unsealed = time.monotonic()
-            self._unsealed += 1
-            if self._unsealed >= every:
-                lines.append(self._checkpoint(False))
+            unsealed += 1
+            if unsealed >= every:
+                self._seq, self._prev, self._records = seq, prev, self._records + count
+                self._file_records += count
+                count_sealed = count
+                append(self._checkpoint(False))  # chains on, resets _unsealed
+                seq, prev, unsealed = self._seq, self._prev, 0
+                self._records -= count_sealed  # added once below, with the rest
+                self._file_records -= count_sealed
+        self._seq, self._prev, self._unsealed = seq, prev, unsealed
+        self._records += count
+        self._file_records += count
+        self._file_bytes += size
         return (b"\n".join(lines) + b"\n" if lines else b""), count
 
     def _gap_line(self, gap: dict[str, Any]) -> bytes:
