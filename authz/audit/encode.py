@@ -49,9 +49,10 @@ class DecisionEncoder:
         self._identities: dict[int, tuple[Any, str, Any, Fragment]] = {}
 
     def line(self, record: DecisionRecord, view: AuditView | None, seq: int, prev: str) -> bytes:
-        fast = self._fast(record, view, seq, prev)
-        if fast is not None:
-            return fast
+        return self.fast(record, view, seq, prev) or self.generic(record, view, seq, prev)
+
+    def generic(self, record: DecisionRecord, view: AuditView | None, seq: int, prev: str) -> bytes:
+        """``canonical(decision_entry(...))``: the form :meth:`fast` reproduces."""
         entry = decision_entry(record, view, self._at)
         entry["seq"] = seq
         entry["prev"] = prev
@@ -97,7 +98,7 @@ class DecisionEncoder:
             self._identities[id(identity)] = (identity, credential, view, fragment)
         return fragment
 
-    def _fast(
+    def fast(
         self, record: DecisionRecord, view: AuditView | None, seq: int, prev: str
     ) -> bytes | None:
         (time_, request_id, decision_id, route, method, path, identity_type, subject, issuer,

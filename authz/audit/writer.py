@@ -242,12 +242,12 @@ class AuditWriter(JsonLinesSink):
         append = lines.append
         count = 0
         every = self.config.checkpoint_records
-        encode = self._encoder.line
+        fast, generic = self._encoder.fast, self._encoder.generic
         seq, prev, unsealed, size = self._seq, self._prev, self._unsealed, 0
         for item in batch:
             try:
                 if type(item) is tuple:
-                    line = encode(item[0], item[1], seq, prev)
+                    line = fast(item[0], item[1], seq, prev) or generic(item[0], item[1], seq, prev)
                     prev = sha256(line).hexdigest()
                     seq += 1
                     size += len(line) + 1
@@ -276,7 +276,10 @@ class AuditWriter(JsonLinesSink):
         self._records += count
         self._file_records += count
         self._file_bytes += size
-        return (b"\n".join(lines) + b"\n" if lines else b""), count
+        if not lines:
+            return b"", count
+        append(b"")  # the last newline, without copying the batch once more
+        return b"\n".join(lines), count
 
     def _gap_line(self, gap: dict[str, Any]) -> bytes:
         line = self._line(gap)

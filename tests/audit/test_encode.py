@@ -30,10 +30,10 @@ def generic(record: DecisionRecord, view: AuditView | None, seq: int, prev: str)
 def test_the_common_record_takes_the_fast_path_and_matches() -> None:
     encoder = DecisionEncoder(_Rfc3339())
     record = decision(3)
-    fast = encoder._fast(record, VIEW, 9, PREV)
+    fast = encoder.fast(record, VIEW, 9, PREV)
     assert fast is not None
     assert fast == generic(record, VIEW, 9, PREV)
-    again = encoder._fast(record, VIEW, 10, PREV)  # the identity fragment, cached
+    again = encoder.fast(record, VIEW, 10, PREV)  # the identity fragment, cached
     assert again == generic(record, VIEW, 10, PREV)
 
 
@@ -81,5 +81,5 @@ def test_any_record_encodes_to_the_generic_bytes(
 def test_a_record_without_request_falls_back() -> None:
     record = decision(1)._replace(request=None, time=time.time())
     encoder = DecisionEncoder(_Rfc3339())
-    assert encoder._fast(record, VIEW, 0, PREV) is None
+    assert encoder.fast(record, VIEW, 0, PREV) is None
     assert encoder.line(record, VIEW, 0, PREV) == generic(record, VIEW, 0, PREV)
