@@ -29,7 +29,6 @@ from authz.pathtemplate import TemplateError, parse_template
 from authz.policy.audit_loader import load_audit
 from authz.policy.classification import (
     Controls,
-    audit_enabled,
     check_route,
     effective_class,
     field_classes,
@@ -233,7 +232,16 @@ class _Builder:
         for i, spec in enumerate(openapi_specs if isinstance(openapi_specs, list) else ()):
             routes += tuple(self.guarded(self.openapi, i, spec, by_name) or ())
         self.guarded(self.check_route_set, routes)
-        self.guarded(self.check_classes, written, routes[len(written) :], providers)
+        audit = self.guarded(load_audit, doc, self, self.base_dir)
+        decision_log = (
+            self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
+            or DecisionLogConfig()
+        )
+        controls = Controls(
+            providers, self.limits.global_rules, audit, decision_log,
+            audit_invalid=audit is None and doc.get("audit") is not None,
+        )  # fmt: skip
+        self.guarded(self.check_classes, written, routes[len(written) :], controls)
         rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
         return PolicyConfig(
             version=version,
@@ -246,11 +254,10 @@ class _Builder:
             routes=routes,
             documents=tuple(self.documents),
             rate_limits=rate_limits,
-            decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
-            or DecisionLogConfig(),
+            decision_log=decision_log,
             detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
-            audit=self.guarded(load_audit, doc, self, self.base_dir),
+            audit=audit,
         )
 
     def openapi(
@@ -443,10 +450,10 @@ class _Builder:
         self,
         written: list[tuple[int, RouteConfig]],
         imported: tuple[RouteConfig, ...],
-        providers: tuple[ProviderConfig, ...],
+        controls: Controls,
     ) -> None:
-        """The minimum controls of each route's data class (:mod:`.classification`)."""
-        controls = Controls(providers, self.limits.global_rules, audit_enabled(self.doc))
+        """The minimum controls of each route's data class (:mod:`.classification`),
+        against the frozen audit and decision-log configuration."""
         for i, route in written:
             for found in check_route(route, controls):
                 self.problem(("routes", i, *found.field), found.message)
