@@ -156,6 +156,7 @@ class CompiledPolicy:
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}
         load = Load(config, self.shared, self.providers, self.router, self.plans)
+        bind = self.shared.step_probe or step_of  # timed when telemetry counts
         for route in config.routes:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
@@ -172,11 +173,11 @@ class CompiledPolicy:
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
                 stages=route_stages,
-                steps=tuple(step_of(stage) for stage in route_stages),
+                steps=tuple(bind(stage) for stage in route_stages),
             )
         #: canonical path, request-phase gates, route: before a route is known
         self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
-        self.head_steps = tuple(step_of(stage) for stage in self.head)
+        self.head_steps = tuple(bind(stage) for stage in self.head)
         self.observers = pipeline.build(factories, ("observe",), load, None)
         self.observer_steps = tuple(step_of(stage) for stage in self.observers)
         #: every factory's (name, phase), in run order: explain lists the ones that

@@ -36,7 +36,7 @@ from authz.identity.jwks import JwksCache
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 from authz.reasons import Reason
-from authz.telemetry.metrics import MemoryMetrics, Metrics
+from authz.telemetry.metrics import MemoryMetrics, Metrics, report_table
 
 #: Longest token looked at; real tokens are far smaller, and this bounds the work
 #: (and cache memory) an attacker can cause per request.
@@ -187,6 +187,7 @@ class JwtProvider:
         self._cache_hit = m.counter(
             "authz_jwt_cache_hits_total", "JWTs answered from the verified-token cache", by
         ).labels(config.name)
+        report_table(m, f"jwt_cache:{config.name}", self._cache.__len__, self._cache_size)
 
     @property
     def verifications(self) -> int:
