@@ -102,6 +102,27 @@ TOKEN_LIFETIME_TOO_LONG = _add(
     "token_lifetime_too_long", 401, "identity", "the JWT lives longer than the provider allows"
 )
 TOKEN_MISSING_SUBJECT = _add("token_missing_subject", 401, "identity", "the JWT has no `sub`")
+TOKEN_DUPLICATE_MEMBER = _add(
+    "token_duplicate_member",
+    401,
+    "identity",
+    "the JWT's JOSE header or claims set names a member twice (RFC 7515/7519 4)",
+)
+TOKEN_CLAIM_TYPE = _add(
+    "token_claim_type",
+    401,
+    "identity",
+    "a registered claim has the wrong JSON type (`iss`/`sub` not a string, `aud` not a "
+    "string or array of strings, `exp`/`nbf`/`iat` not a number, `scope` not a string, "
+    "`scp` not an array of strings); never coerced",
+)
+TOKEN_NOT_ACCESS_TOKEN = _add(
+    "token_not_access_token",
+    401,
+    "identity",
+    "the JWT is not an access token: its `typ` is not one the provider accepts (RFC 9068), "
+    "or it is an ID, logout or refresh token (see the provider's `typ`)",
+)
 API_KEY_UNKNOWN = _add("api_key_unknown", 401, "identity", "no such API key (or an empty one)")
 API_KEY_EXPIRED = _add("api_key_expired", 401, "identity", "the API key is past its `expires`")
 PEER_IDENTITY_INVALID = _add(

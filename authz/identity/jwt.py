@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import time
 from collections import OrderedDict
@@ -28,7 +27,9 @@ from typing import Any, NoReturn
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from authz import reasons as R
+from authz import strictjson
 from authz.errors import InvalidToken, MultipleCredentials
+from authz.identity import claims as C
 from authz.identity.base import WAIT, Answer, Clock, Fetcher
 from authz.identity.bearer import bearer_presented, parse_authorization, query_has_access_token
 from authz.identity.jwk import JwkKey, algorithm_family
@@ -73,17 +74,12 @@ def _b64decode(segment: str, name: str) -> bytes:
         _fail(R.TOKEN_MALFORMED, f"bad base64url in {name}")
 
 
-def _reject_constant(name: str) -> NoReturn:
-    # json accepts NaN and Infinity, which would defeat every time comparison.
-    _fail(R.TOKEN_MALFORMED, f"non-finite number {name} in token")
-
-
 def _json_object(segment: str, name: str) -> dict[str, Any]:
     raw = _b64decode(segment, name)
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except InvalidToken:
-        raise
+        value = strictjson.loads(raw)
+    except strictjson.DuplicateMember:
+        _fail(R.TOKEN_DUPLICATE_MEMBER, f"{name} names a member twice")
     except (ValueError, RecursionError):
         _fail(R.TOKEN_MALFORMED, f"{name} is not JSON")
     if not isinstance(value, dict):
@@ -107,21 +103,6 @@ def _encodable(value: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _number(payload: dict[str, Any], claim: str) -> float | None:
-    value = payload.get(claim)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
-    if not math.isfinite(number):
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
-    return number
 
 
 class _Verified:
@@ -171,6 +152,7 @@ class JwtProvider:
         self._dedicated = self._header != "authorization"
         self._carrier = "header:" + self._header
         self._audiences = frozenset(config.audiences)
+        self._typ = C.accepted_typ(config.typ)
         available = get_default_algorithms()
         # "none" is never an algorithm, whatever the configuration says.
         self._algorithms: dict[str, Algorithm] = {
@@ -307,6 +289,7 @@ class JwtProvider:
         forbidden = FORBIDDEN_HEADERS.intersection(header)
         if forbidden:
             _fail(R.TOKEN_HEADER_FORBIDDEN, f"header {sorted(forbidden)[0]!r} not accepted")
+        C.check_typ(header, self._typ)
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             _fail(R.TOKEN_MALFORMED, "kid is not a string")
@@ -337,57 +320,40 @@ class JwtProvider:
 
     def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
         config = self.config
-        if payload.get("iss") != config.issuer:
+        if C.string(payload, "iss") != config.issuer:
             _fail(R.TOKEN_WRONG_ISSUER, "issuer does not match")
-        aud = payload.get("aud")
-        if isinstance(aud, str):
-            aud_ok = aud in self._audiences
-        elif isinstance(aud, list):
-            aud_ok = any(isinstance(a, str) and a in self._audiences for a in aud)
-        else:
-            aud_ok = False
-        if not aud_ok:
+        if self._audiences.isdisjoint(C.audiences(payload)):
             _fail(R.TOKEN_WRONG_AUDIENCE, "audience not accepted")
+        C.check_access_payload(payload)
 
         now = self._clock()
         leeway = config.leeway
-        exp = _number(payload, "exp")
+        exp = C.number(payload, "exp")
         if exp is None:
             _fail(R.TOKEN_MISSING_EXP, "exp missing")
         if now >= exp + leeway:
             _fail(R.TOKEN_EXPIRED, "token expired")
-        nbf = _number(payload, "nbf")
+        nbf = C.number(payload, "nbf")
         if nbf is not None and nbf > now + leeway:
             _fail(R.TOKEN_NOT_YET_VALID, "nbf in the future")
-        iat = _number(payload, "iat")
+        iat = C.number(payload, "iat")
         if iat is not None and iat > now + leeway:
             _fail(R.TOKEN_NOT_YET_VALID, "iat in the future")
         start = iat if iat is not None else nbf if nbf is not None else now
         if exp - start > config.max_lifetime + leeway:
             _fail(R.TOKEN_LIFETIME_TOO_LONG, "token lifetime exceeds the maximum")
 
-        sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub:
+        sub = C.string(payload, "sub")
+        if not sub:
             _fail(R.TOKEN_MISSING_SUBJECT, "sub missing")
+        C.string(payload, "jti")
         identity = Identity(
             kind="jwt",
             subject=sub,
             provider=config.name,
             issuer=config.issuer,
-            scopes=self._scopes(payload),
+            scopes=C.scopes(payload, config.scope_claim),
             claims=MappingProxyType(payload),
             expires_at=exp,
         )
         return identity, exp + leeway
-
-    def _scopes(self, payload: dict[str, Any]) -> frozenset[str]:
-        value = payload.get(self.config.scope_claim)
-        if value is None:
-            return frozenset()
-        # "scope" is a space-separated string (RFC 8693) and "scp" an array, but
-        # issuers mix them up; accept both shapes for either claim name.
-        if isinstance(value, str):
-            return frozenset(value.split())
-        if isinstance(value, list) and all(isinstance(s, str) for s in value):
-            return frozenset(s for s in value if s)
-        _fail(R.TOKEN_MALFORMED, f"claim {self.config.scope_claim} is neither string nor list")

@@ -55,6 +55,9 @@ class JwtProviderConfig:
     jwks_timeout: float = 5.0
     cache_size: int = 10_000  # verified-token cache entries
     min_rsa_bits: int = 2048  # RSA keys with a shorter modulus are refused (never below 2048)
+    #: Accepted JOSE ``typ`` values, normalised (lower case, no ``application/``);
+    #: None: the default (absent, ``jwt`` or ``at+jwt``; see the README's providers).
+    typ: tuple[str, ...] | None = None
     type: str = "jwt"
 
 

@@ -320,6 +320,7 @@ class _Builder:
             header=spec.get("header", "authorization"),
             cache_size=spec.get("cache_size", defaults.cache_size),
             min_rsa_bits=spec.get("min_rsa_bits", defaults.min_rsa_bits),
+            typ=self.jwt_typ(spec, at),
             leeway=duration("leeway"),
             max_lifetime=max_lifetime,
             jwks_ttl=duration("jwks_ttl"),
@@ -327,6 +328,17 @@ class _Builder:
             jwks_stale_ttl=duration("jwks_stale_ttl"),
             jwks_timeout=duration("jwks_timeout"),
         )
+
+    def jwt_typ(self, spec: dict[str, Any], at: JsonPath) -> tuple[str, ...] | None:
+        from authz.identity.claims import normalise_typ
+
+        values = spec.get("typ")
+        if values is None:
+            return None
+        typ = tuple(dict.fromkeys(normalise_typ(v) for v in values))
+        if not all(typ):
+            self.problem((*at, "typ"), "an empty typ")
+        return typ
 
     def api_key_provider(
         self, name: str, spec: dict[str, Any], at: JsonPath
