@@ -123,6 +123,48 @@ TOKEN_NOT_ACCESS_TOKEN = _add(
     "the JWT is not an access token: its `typ` is not one the provider accepts (RFC 9068), "
     "or it is an ID, logout or refresh token (see the provider's `typ`)",
 )
+TOKEN_CERTIFICATE_MISMATCH = _add(
+    "token_certificate_mismatch",
+    401,
+    "identity",
+    "the JWT is bound to a client certificate (`cnf.x5t#S256`, RFC 8705) and the request "
+    "came with another certificate or none",
+)
+TOKEN_NOT_SENDER_CONSTRAINED = _add(
+    "token_not_sender_constrained",
+    401,
+    "identity",
+    "the route requires a sender-constrained token (`cnf.x5t#S256` or DPoP `cnf.jkt`) "
+    "and this one is not bound (or the provider requires DPoP and it came as `Bearer`)",
+)
+DPOP_PROOF_INVALID = _add(
+    "dpop_proof_invalid",
+    401,
+    "identity",
+    "the `DPoP` proof is missing, malformed, not `dpop+jwt`, badly signed, for another "
+    "method or URL, outside the `iat` window, or its `ath` or key does not fit the token "
+    '(`WWW-Authenticate: DPoP error="invalid_dpop_proof"`, RFC 9449)',
+)
+DPOP_PROOF_REPLAYED = _add(
+    "dpop_proof_replayed",
+    401,
+    "identity",
+    "the `DPoP` proof's `jti` was already used within the window (RFC 9449 11.1)",
+)
+DPOP_KEY_MISMATCH = _add(
+    "dpop_key_mismatch",
+    401,
+    "identity",
+    "the DPoP proof's key is not the one the token is bound to (`cnf.jkt`, RFC 7638 "
+    "thumbprint), or a DPoP-bound token came without the `DPoP` scheme",
+)
+DPOP_REPLAY_UNAVAILABLE = _add(
+    "dpop_replay_unavailable",
+    503,
+    "identity",
+    "the DPoP replay cache cannot answer (its Redis store is down, or the in-memory cache "
+    "is full of live proofs): refused, never let through unchecked",
+)
 API_KEY_UNKNOWN = _add("api_key_unknown", 401, "identity", "no such API key (or an empty one)")
 API_KEY_EXPIRED = _add("api_key_expired", 401, "identity", "the API key is past its `expires`")
 PEER_IDENTITY_INVALID = _add(

@@ -122,6 +122,9 @@ def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
                 HeaderValue(
                     key=envoy_http.PEER_PRINCIPAL_HEADER, value="%DOWNSTREAM_PEER_URI_SAN%"
                 ),
+                # The client certificate (URL-encoded PEM) for certificate-bound
+                # tokens (RFC 8705); left out without one.
+                HeaderValue(key=envoy_http.PEER_CERTIFICATE_HEADER, value="%DOWNSTREAM_PEER_CERT%"),
                 HeaderValue(
                     key=envoy_http.SOURCE_ADDRESS_HEADER,
                     value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",

@@ -39,6 +39,7 @@ from authz.policy.config import (
     ApiKey,
     ApiKeyProviderConfig,
     DecisionLogConfig,
+    DpopConfig,
     HeaderNames,
     JwtProviderConfig,
     MtlsProviderConfig,
@@ -321,6 +322,7 @@ class _Builder:
             cache_size=spec.get("cache_size", defaults.cache_size),
             min_rsa_bits=spec.get("min_rsa_bits", defaults.min_rsa_bits),
             typ=self.jwt_typ(spec, at),
+            dpop=self.jwt_dpop(spec, at),
             leeway=duration("leeway"),
             max_lifetime=max_lifetime,
             jwks_ttl=duration("jwks_ttl"),
@@ -339,6 +341,22 @@ class _Builder:
         if not all(typ):
             self.problem((*at, "typ"), "an empty typ")
         return typ
+
+    def jwt_dpop(self, spec: dict[str, Any], at: JsonPath) -> DpopConfig | None:
+        mode = spec.get("dpop")
+        if mode is None:
+            return None
+        defaults = DpopConfig()
+        window = spec.get("dpop_iat_window")
+        iat_window = defaults.iat_window if window is None else parse_duration(window)
+        if iat_window <= 0:
+            self.problem((*at, "dpop_iat_window"), "must be more than zero")
+        return DpopConfig(
+            mode=mode,
+            iat_window=iat_window,
+            replay_cache_size=spec.get("dpop_replay_cache_size", defaults.replay_cache_size),
+            replay_store=spec.get("dpop_replay_store"),
+        )
 
     def api_key_provider(
         self, name: str, spec: dict[str, Any], at: JsonPath
@@ -446,6 +464,7 @@ class _Builder:
             priority=priority,
             rate_limits=rate_limits,
             credentials=spec.get("credentials", "exclusive"),
+            sender_constrained=bool(spec.get("sender_constrained", False)),
             data_class=effective_class(declared, public, fields),
             declared_data_class=declared,
             field_data_classes=fields,
