@@ -81,7 +81,8 @@ HTTP_CHECK_HEADERS = ("x-request-id", "content-type", "x-forwarded-proto")
 def http_check_headers(policy: PolicyConfig) -> list[str]:
     """The request headers Envoy sends on an HTTP check: what the decision reads.
 
-    Each provider's credential header, the headers route contracts declare as
+    Each provider's credential header (and ``DPoP`` when one takes DPoP proofs), the
+    headers route contracts declare as
     parameters, the headers rate-limit keys name (and X-Forwarded-For when hops are
     trusted), plus :data:`HTTP_CHECK_HEADERS`. Derived from the policy, so a stage
     that reads a header the policy names gets it without a change here.
@@ -92,6 +93,8 @@ def http_check_headers(policy: PolicyConfig) -> list[str]:
         if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
     ]
     names += HTTP_CHECK_HEADERS
+    if any(isinstance(p, JwtProviderConfig) and p.dpop is not None for p in policy.providers):
+        names.append("dpop")  # the RFC 9449 proof
     for route in policy.routes:
         if route.contract is not None:
             names += [p.name for p in route.contract.parameters if p.where == "header"]
