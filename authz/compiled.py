@@ -142,7 +142,13 @@ class CompiledPolicy:
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
+            p.name: build_provider(
+                p,
+                clock=clock,
+                fetcher=fetcher,
+                metrics=self.shared.metrics,
+                stores={st.name: st for st in config.rate_limits.stores},
+            )
             for p in config.providers
         }
         #: the policy's own runtimes: its identity providers (JWKS caches), started together

@@ -165,8 +165,11 @@ class JwtProvider:
         return self.jwks.ready()
 
     async def aclose(self) -> None:
-        """Stop background key refreshes."""
+        """Stop background key refreshes (and close a shared DPoP replay cache)."""
         await self.jwks.aclose()
+        close = getattr(self.proofs.replay, "aclose", None) if self.proofs else None
+        if close is not None:
+            await close()
 
     def presented(self, request: Request) -> str | None:
         """Where a bearer token is: this provider's header, or an ``access_token``

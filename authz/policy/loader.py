@@ -236,6 +236,13 @@ class _Builder:
         self.guarded(self.check_route_set, routes)
         self.guarded(self.check_classes, written, routes[len(written) :], providers)
         rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
+        stores = {st.name for st in rate_limits.stores}
+        for p in providers:
+            store = p.dpop.replay_store if isinstance(p, JwtProviderConfig) and p.dpop else None
+            if store is not None and store not in stores:
+                self.problem(
+                    ("providers", p.name, "dpop_replay_store"), f"no Redis store named {store!r}"
+                )
         return PolicyConfig(
             version=version,
             source=source,

@@ -224,3 +224,52 @@ async def test_strictness_holds_on_cache_hits(make: Make, key: DevKey) -> None:
     assert await provider.authenticate(request(good)) is not None
     assert provider.authenticate_now(request(good)) is not None  # answered from the cache
     assert provider.cache_hits == 1
+
+
+# -- the policy options ---------------------------------------------------------------------
+
+
+def _policy(tmp_path: Path, provider: str, extra: str = "") -> Any:
+    from authz.policy.loader import load_policy
+
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "providers:\n"
+        f"  corp: {{type: jwt, issuer: https://i, audiences: [a], jwks_file: jwks.json, {provider}}}\n"
+        "routes:\n"
+        "  - {name: r, path: /r, methods: [GET], providers: [corp], sender_constrained: true}\n"
+        + extra
+    )
+    return load_policy(path)
+
+
+def test_policy_options_load(tmp_path: Path) -> None:
+    from authz.policy.config import DpopConfig
+
+    extra = "rate_limits:\n  stores:\n    shared: {type: redis, url: 'redis://127.0.0.1:1'}\n"
+    policy = _policy(
+        tmp_path,
+        "typ: [Application/AT+JWT], dpop: required, dpop_iat_window: 30s, dpop_replay_store: shared",
+        extra,
+    )
+    (corp,) = policy.providers
+    assert corp.typ == ("at+jwt",)
+    assert corp.dpop == DpopConfig(mode="required", iat_window=30.0, replay_store="shared")
+    assert policy.routes[0].sender_constrained is True
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ("dpop: sometimes", "dpop"),
+        ("dpop: allowed, dpop_replay_store: nowhere", "no Redis store named 'nowhere'"),
+        ("typ: []", "typ"),
+    ],
+)
+def test_policy_options_refused(tmp_path: Path, provider: str, message: str) -> None:
+    from authz.errors import PolicyError
+
+    with pytest.raises(PolicyError) as err:
+        _policy(tmp_path, provider)
+    assert message in str(err.value)

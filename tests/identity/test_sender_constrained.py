@@ -251,3 +251,39 @@ def test_normalise_url() -> None:
     assert normalise_url("http://e.com:8080/a%2fb%7E") == "http://e.com:8080/a%2Fb~"
     assert normalise_url("https://user@e.com/") is None
     assert normalise_url("ftp://e.com/") is None
+
+
+# -- the replay cache shared through Redis (a real redis-server) -------------------------
+
+
+async def test_replay_is_refused_across_providers_sharing_redis(
+    make: Make, issuer: DevKey, client_key: DevKey, clock: Clock, tmp_path: Path
+) -> None:
+    from authz.errors import DpopReplayUnavailable
+    from authz.identity.dpop_redis import RedisReplayCache
+    from authz.policy.ratelimit_config import RedisStoreConfig
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisStoreConfig(name="shared", url=server.url, timeout=0.5)
+        caches = [RedisReplayCache(store), RedisReplayCache(store)]
+        one = await make(dpop=DpopConfig())
+        two = await make(dpop=DpopConfig())
+        assert one.proofs is not None and two.proofs is not None
+        one.proofs.replay, two.proofs.replay = caches  # two processes, one store
+        token = mint(issuer, clock, cnf={"jkt": jkt(client_key)})
+        p = proof(client_key, "GET", URL, token, iat=clock())
+        assert await one.authenticate(req(token, scheme="DPoP", dpop=p)) is not None
+        assert await reason(two, req(token, scheme="DPoP", dpop=p)) == "dpop_proof_replayed"
+        keys = server.command("KEYS", "authz:dpop:*").split()
+        assert keys and b"." not in b"".join(keys)  # digests, not the client's jti
+    finally:
+        server.stop()
+    # the store is down: fail closed
+    fresh = proof(client_key, "GET", URL, token, iat=clock())
+    with pytest.raises(DpopReplayUnavailable) as err:
+        await one.authenticate(req(token, scheme="DPoP", dpop=fresh))
+    assert err.value.status == 503 and err.value.reason == "dpop_replay_unavailable"
+    for c in caches:
+        await c.aclose()
