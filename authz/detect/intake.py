@@ -24,64 +24,56 @@ from authz.record import DecisionRecord
 
 _new = tuple.__new__
 
-#: what the ``detect`` stage queues: (record, route template, credential name, body
-#: size, the epoch of the policy section it was built with)
-Pending = tuple[DecisionRecord, str, str, int, int]
+#: the record's fields the detectors read, in this order (:data:`Picked`)
+PICKED = (
+    "time",
+    "decision_id",
+    "route",
+    "method",
+    "path",
+    "identity_type",
+    "subject",
+    "decision",
+    "status",
+    "reason",
+    "client_address",
+)
+#: those fields of a record, in one call (not eleven attribute reads): a plain tuple of
+#: strings and numbers, which the garbage collector soon stops tracking and marshal
+#: carries to the scoring child as it is (the record refers to the request, with its
+#: credentials: it stays behind)
+pick = operator.itemgetter(*(DecisionRecord._fields.index(f) for f in PICKED))
+Picked = tuple[float, str, str, str, str, str, str, str, int, str, str]
+#: where the client address sits in :data:`Picked` (the stage may replace it)
+ADDRESS = PICKED.index("client_address")
+
+#: what the ``detect`` stage queues: (the record's :data:`Picked` fields, route
+#: template, credential name, body size, the epoch of the policy section it was built
+#: with): strings and numbers only
+Pending = tuple[Picked, str, str, int, int]
 
 
 def observation_of(item: Pending) -> Observation:
-    """The Observation of a decision the ``detect`` stage queued (in the background)."""
-    record, shape, credential, size, _ = item
+    """The Observation of a decision the ``detect`` stage queued, as it was queued:
+    no object ids, an undeclared path's shape not derived (the scorer's
+    :func:`scored_observation` fills both in)."""
+    fields, template, credential, size, _ = item
+    (when, decision_id, route, method, path, kind, subject, decision, status, reason,
+     address) = fields  # fmt: skip
     return _new(
         Observation,
-        (
-            record.time,
-            record.decision_id,
-            record.route,
-            record.method,
-            shape,
-            record.path,
-            record.client_address,
-            record.identity_type,
-            record.subject,
-            credential,
-            (),
-            record.decision != "deny",
-            record.status,
-            record.reason,
-            size,
-        ),
-    )
-
-
-#: the record's fields an observation takes, in one call (not ten attribute reads)
-_pick = operator.itemgetter(
-    *(
-        DecisionRecord._fields.index(f)
-        for f in (
-            "time",
-            "decision_id",
-            "route",
-            "method",
-            "path",
-            "identity_type",
-            "subject",
-            "decision",
-            "status",
-            "reason",
-            "client_address",
-        )
-    )
-)
+        (when, decision_id, route, method, template, path, address, kind, subject,
+         credential, (), decision != "deny", status, reason, size),
+    )  # fmt: skip
 
 
 def scored_observation(item: Pending, params: dict[str, re.Pattern[str]]) -> Observation:
     """:func:`observation_of` as the scorer needs it, in one tuple: the object ids
     read from the path by the route's :func:`param_pattern` (``params``: by route
     name), an undeclared path's shape."""
-    record, template, credential, size, _ = item
+    fields, template, credential, size, _ = item
     (when, decision_id, route, method, path, kind, subject, decision, status, reason,
-     address) = _pick(record)  # fmt: skip
+     address) = fields  # fmt: skip
     ids: tuple[str, ...] = ()
     if route:
         pattern = params.get(route)

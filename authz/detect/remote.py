@@ -5,9 +5,9 @@ stage sees when the policy says ``detection.scorer: process`` (the default). The
 request path is the same (the stage appends a 5-tuple to :attr:`queue`, the feed an
 access-log entry); what changes is what a drain does with them:
 
-- **Serving process.** Every ``interval`` the drain turns up to :data:`SLICE` queued
-  items into plain tuples (a record's fields, ``record[:]``: no class to pickle) and
-  writes them to the child as one ``marshal`` frame over a socket pair: about half a
+- **Serving process.** Every ``interval`` the drain writes up to :data:`SLICE` queued
+  items (plain tuples already: the record's fields the detectors read, no class to
+  pickle) to the child as one ``marshal`` frame over a socket pair: a fraction of a
   microsecond an item, against ~13 µs for scoring it here. The socket's write buffer
   is bounded (:data:`MAX_BUFFERED`): while a child is that far behind, or absent,
   items wait in the stage's bounded queue (full: dropped and counted in
@@ -81,28 +81,16 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload) + 1) + kind + payload
 
 
-def _object_span() -> tuple[int, int]:
-    """Where the record's object fields (request, identity) sit: they stay here."""
-    from authz.record import OBJECT_FIELDS, DecisionRecord
-
-    at = [DecisionRecord._fields.index(f) for f in OBJECT_FIELDS]
-    assert at == list(range(at[0], at[0] + len(at))), "object fields are adjacent"
-    return at[0], at[-1] + 1
-
-
-_OBJECTS, _AFTER = _object_span()
-_HOLES = (None,) * (_AFTER - _OBJECTS)
-
-
 def encode_items(items: Iterable[Any]) -> bytes:
-    """One ``I`` frame's payload: each queued item as plain tuples (see the docstring)."""
+    """One ``I`` frame's payload: each queued item as plain tuples. The stage's
+    5-tuples already are (the record's picked fields, template, credential, size,
+    epoch: :data:`~authz.detect.intake.Pending`) and go as they are; the feed's
+    entries and full observations as their values, tagged."""
     out: list[tuple[Any, ...]] = []
     append = out.append
     for item in items:
-        if type(item) is tuple:  # the stage's (record, template, credential, size, epoch)
-            record, template, credential, size, epoch = item
-            # the record's values, not the request and identity it refers to
-            append((record[:_OBJECTS] + record[_AFTER:], template, credential, size, epoch))
+        if type(item) is tuple:
+            append(item)
         elif isinstance(item, ResponseObservation):
             append((RESPONSE, item[:]))
         else:
@@ -388,21 +376,19 @@ def merge_metrics(metrics: Metrics, changes: Iterable[MetricChange]) -> None:
 
 
 def decode_items(payload: bytes, epochs: dict[int, int] | None = None) -> list[Any]:
-    """The child's side of :func:`encode_items`: the stage's 5-tuples (their record
-    rebuilt, their epoch mapped through ``epochs``: the serving process's section
-    numbers onto the child's) and the feed's entries, in queue order."""
-    from authz.record import DecisionRecord
-
+    """The child's side of :func:`encode_items`: the stage's 5-tuples (their epoch
+    mapped through ``epochs``: the serving process's section numbers onto the
+    child's) and the feed's entries, in queue order."""
     new = tuple.__new__
     out: list[Any] = []
     append = out.append
     for item in marshal.loads(payload):
         if len(item) == 5:
-            fields, template, credential, size, epoch = item
             if epochs is not None:
-                epoch = epochs.get(epoch, 0)  # 0: none known, the scorer's current one
-            fields = fields[:_OBJECTS] + _HOLES + fields[_OBJECTS:]
-            append((new(DecisionRecord, fields), template, credential, size, epoch))
+                fields, template, credential, size, epoch = item
+                # 0: none known, the scorer's current one
+                item = (fields, template, credential, size, epochs.get(epoch, 0))
+            append(item)
         elif item[0] == RESPONSE:
             append(new(ResponseObservation, item[1]))
         else:

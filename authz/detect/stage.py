@@ -1,7 +1,8 @@
 """The ``detect`` stage (phase ``observe``): one Observation per decision, queued.
 
 It sees every decision, allowed or denied, declared or not, and does the least it
-can on the request path: one 5-tuple (the decision record the engine already made,
+can on the request path: one 5-tuple (the fields detectors read of the decision
+record the engine already made, taken in one call: :func:`~authz.detect.intake.pick`;
 the route's template, the credential's name, the body size, the epoch of the
 policy section the stage was built with: strings and numbers only, so the garbage
 collector soon stops tracking it) appended to the scorer's
@@ -37,7 +38,7 @@ from authz.detect.events import (
     token_part,
 )
 from authz.detect.features import AUTH_FAILURES
-from authz.detect.intake import LogOnlySink
+from authz.detect.intake import ADDRESS, LogOnlySink, pick
 from authz.detect.scorer import SHARED_NAME, Scorer
 from authz.model import Identity
 from authz.policy.config import ApiKeyProviderConfig, JwtProviderConfig, RouteConfig
@@ -154,16 +155,17 @@ class Detect:
             length = request.headers.get("content-length")
             if length and length.isdigit():
                 size = int(length)
+        fields = pick(record)
         if self._hops:
             address = client_address(
                 record.client_address, request.headers.get("x-forwarded-for"), self._hops
             )
             if address != record.client_address:
-                record = record._replace(client_address=address)
+                fields = (*fields[:ADDRESS], address, *fields[ADDRESS + 1 :])
         route = ctx.route
         # only strings and numbers: the garbage collector stops tracking the tuple
         queue.append(
-            (record, route.path if route is not None else "", credential, size, self._epoch)
+            (fields, route.path if route is not None else "", credential, size, self._epoch)
         )
         return None
 
