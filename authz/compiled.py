@@ -23,6 +23,7 @@ from authz.identity.registry import build_provider
 from authz.model import Identity, Request
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -157,7 +158,7 @@ class CompiledPolicy:
         header_of = {
             p.name: p.header
             for p in config.providers
-            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig)
         }
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}

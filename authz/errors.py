@@ -268,6 +268,12 @@ class DpopReplayUnavailable(DependencyError, reason=R.DPOP_REPLAY_UNAVAILABLE):
     headers = (("retry-after", "1"),)
 
 
+class IntrospectionUnavailable(DependencyError, reason=R.INTROSPECTION_UNAVAILABLE):
+    """The introspection endpoint cannot answer: the token is refused (fail closed)."""
+
+    headers = (("retry-after", "1"),)
+
+
 class RateLimitUnavailable(DependencyError, reason=R.RATE_LIMIT_UNAVAILABLE):
     """The shared rate-limit store cannot be reached and the rule fails closed."""
 

@@ -165,6 +165,19 @@ DPOP_REPLAY_UNAVAILABLE = _add(
     "the DPoP replay cache cannot answer (its Redis store is down, or the in-memory cache "
     "is full of live proofs): refused, never let through unchecked",
 )
+TOKEN_INACTIVE = _add(
+    "token_inactive",
+    401,
+    "identity",
+    "the introspection endpoint says the token is not active (RFC 7662 `active: false`)",
+)
+INTROSPECTION_UNAVAILABLE = _add(
+    "introspection_unavailable",
+    503,
+    "identity",
+    "the introspection endpoint is down, slow past its timeout or answers garbage: "
+    "refused (fail closed), never let through",
+)
 API_KEY_UNKNOWN = _add("api_key_unknown", 401, "identity", "no such API key (or an empty one)")
 API_KEY_EXPIRED = _add("api_key_expired", 401, "identity", "the API key is past its `expires`")
 PEER_IDENTITY_INVALID = _add(

@@ -39,6 +39,7 @@ from authz.envoyconf.common import AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, seconds
 from authz.envoyconf.options import EnvoyOptions
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -90,7 +91,7 @@ def http_check_headers(policy: PolicyConfig) -> list[str]:
     names = [
         p.header.lower()
         for p in policy.providers
-        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig)
     ]
     names += HTTP_CHECK_HEADERS
     if any(isinstance(p, JwtProviderConfig) and p.dpop is not None for p in policy.providers):

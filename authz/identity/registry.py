@@ -10,6 +10,7 @@ from authz.identity.base import Clock, Fetcher, IdentityProvider
 from authz.identity.mtls import MtlsProvider
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     MtlsProviderConfig,
     ProviderConfig,
@@ -40,6 +41,10 @@ def build_provider(
         return JwtProvider(config, clock=clock, fetcher=fetcher, metrics=metrics, replay=replay)
     if isinstance(config, MtlsProviderConfig):
         return MtlsProvider(config)
+    if isinstance(config, IntrospectionProviderConfig):
+        from authz.identity.introspection import IntrospectionProvider
+
+        return IntrospectionProvider(config, clock=clock)
     if isinstance(config, ApiKeyProviderConfig):
         return ApiKeyProvider(config, clock=clock)
     raise TypeError(f"unknown provider config {type(config).__name__}")

@@ -208,7 +208,10 @@ def sender_constrained(provider: ProviderConfig) -> bool:
     tokens (DPoP, RFC 9449; certificate-bound tokens, RFC 8705): when a JWT provider
     can require them, it answers True here and regulated routes may use it.
     """
-    return provider.type == "mtls"
+    if provider.type == "mtls":
+        return True
+    dpop = getattr(provider, "dpop", None)  # a JWT provider with dpop: required
+    return dpop is not None and dpop.mode == "required"
 
 
 def per_identity(rule: RuleConfig, kinds: frozenset[str]) -> bool:

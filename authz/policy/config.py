@@ -105,7 +105,28 @@ class ApiKeyProviderConfig:
     type: str = "api_key"
 
 
-ProviderConfig = JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig
+@dataclass(frozen=True, slots=True)
+class IntrospectionProviderConfig:
+    """Opaque tokens checked at an RFC 7662 introspection endpoint."""
+
+    name: str
+    endpoint: str  # http(s) URL of the introspection endpoint
+    client_id: str
+    client_secret_file: str  # absolute path; the secret itself is never in the policy
+    timeout: float = 2.0  # per call; slower or down: 503 introspection_unavailable
+    cache_size: int = 10_000  # answers cached, keyed by the token's SHA-256
+    cache_ttl: float = 60.0  # an active answer at most this long (and never past exp)
+    negative_ttl: float = 5.0  # an inactive answer this long (bounds calls for junk)
+    issuer: str | None = None  # when set, `iss` must be it
+    audiences: tuple[str, ...] = ()  # when set, `aud` must hold one
+    scope_claim: str = "scope"
+    header: str = "authorization"
+    type: str = "introspection"
+
+
+ProviderConfig = (
+    JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig
+)
 
 PARAMETER_LOCATIONS = ("path", "query", "header")
 JSON_MEDIA_TYPE = "application/json"

@@ -41,6 +41,7 @@ from authz.policy.config import (
     DecisionLogConfig,
     DpopConfig,
     HeaderNames,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     MtlsProviderConfig,
     PolicyConfig,
@@ -291,6 +292,8 @@ class _Builder:
             return MtlsProviderConfig(name=name, trust_domains=tuple(spec["trust_domains"]))
         if kind == "api_key":
             return self.api_key_provider(name, spec, at)
+        if kind == "introspection":
+            return self.introspection_provider(name, spec, at)
         sources: list[str] = [k for k in ("jwks_uri", "jwks_file") if k in spec]
         if spec.get("discovery"):
             sources.append("discovery")
@@ -365,6 +368,37 @@ class _Builder:
             replay_store=spec.get("dpop_replay_store"),
         )
 
+    def introspection_provider(
+        self, name: str, spec: dict[str, Any], at: JsonPath
+    ) -> IntrospectionProviderConfig:
+        file = Path(spec["client_secret_file"])
+        file = file if file.is_absolute() else (self.base_dir / file)
+        if not file.is_file():
+            self.problem((*at, "client_secret_file"), f"no such file: {file}")
+        d = IntrospectionProviderConfig(name=name, endpoint="", client_id="", client_secret_file="")
+
+        def duration(key: str) -> float:
+            value = spec.get(key)
+            return float(getattr(d, key)) if value is None else parse_duration(value)
+
+        for key in ("timeout", "cache_ttl"):
+            if duration(key) <= 0:
+                self.problem((*at, key), "must be more than zero")
+        return IntrospectionProviderConfig(
+            name=name,
+            endpoint=spec["endpoint"],
+            client_id=spec["client_id"],
+            client_secret_file=str(file.resolve()),
+            timeout=duration("timeout"),
+            cache_size=spec.get("cache_size", d.cache_size),
+            cache_ttl=duration("cache_ttl"),
+            negative_ttl=duration("negative_ttl"),
+            issuer=spec.get("issuer"),
+            audiences=tuple(spec.get("audiences", ())),
+            scope_claim=spec.get("scope_claim", "scope"),
+            header=spec.get("header", "authorization"),
+        )
+
     def api_key_provider(
         self, name: str, spec: dict[str, Any], at: JsonPath
     ) -> ApiKeyProviderConfig:
@@ -426,7 +460,7 @@ class _Builder:
         kinds = {providers[n].type for n in names if n in providers}
         if spec.get("spiffe_ids") and "mtls" not in kinds:
             self.problem((*at, "spiffe_ids"), "spiffe_ids need an mtls provider on the route")
-        if spec.get("scopes") and not kinds & {"jwt", "api_key"}:
+        if spec.get("scopes") and not kinds & {"jwt", "api_key", "introspection"}:
             self.problem((*at, "scopes"), "scopes need a jwt or api_key provider on the route")
         exact = tuple(s for s in spec.get("spiffe_ids", ()) if not s.endswith("/*"))
         prefixes = tuple(s[:-1] for s in spec.get("spiffe_ids", ()) if s.endswith("/*"))
