@@ -23,6 +23,7 @@ every process; down means 503, never a proof let through unchecked).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -199,8 +200,7 @@ class ProofChecker:
         if self._need.weakness(jwk, jwk["kty"], alg) is not None:
             self.fail(bad, "the jwk is too weak")
         try:
-            key = algorithm.from_jwk(jwk)
-            thumbprint = jwk_thumbprint(jwk)
+            key, thumbprint = _public_key(str(alg), json.dumps(jwk, sort_keys=True))
         except Exception:  # PyJWT InvalidKeyError, KeyError, bad curve
             self.fail(bad, "the jwk is not a usable public key")
         signing_input = proof[: len(h64) + 1 + len(p64)].encode("ascii")
@@ -229,6 +229,14 @@ class ProofChecker:
         if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), expected.encode()):
             self.fail(bad, "ath is not the token's hash")
         return thumbprint, jti, float(iat)
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(alg: str, jwk_json: str) -> tuple[Any, str]:
+    """The key object and RFC 7638 thumbprint of a proof's jwk (memoised, bounded: a
+    client signs every proof with the same key; loading it costs more than verifying)."""
+    jwk = json.loads(jwk_json)
+    return get_default_algorithms()[alg].from_jwk(jwk), jwk_thumbprint(jwk)
 
 
 def _decode(segment: str) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from typing import Any, NoReturn
@@ -55,9 +56,11 @@ def confirmation(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     return x5t, jkt
 
 
+@functools.lru_cache(maxsize=1024)
 def certificate_thumbprint(peer_certificate: str) -> str | None:
     """base64url(SHA-256(DER)) of the first certificate in the URL-encoded PEM, None
-    when there is none (no client certificate, or not PEM)."""
+    when there is none (no client certificate, or not PEM). Memoised (bounded): a
+    client sends its certificate with every request of a connection."""
     if not peer_certificate:
         return None
     pem = unquote(peer_certificate) if "%" in peer_certificate else peer_certificate
