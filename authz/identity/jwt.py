@@ -260,7 +260,7 @@ class JwtProvider:
         client certificate (RFC 8705) now; True when a DPoP proof must be checked."""
         if entry.x5t is not None:
             check_certificate_binding(entry.x5t, request.peer_certificate)
-        dpop = value[:5].lower() == "dpop "
+        dpop = value.lstrip()[:4].lower() == "dpop"  # the scheme parse_authorization read
         if dpop:
             if entry.jkt is None:
                 self._refuse(R.DPOP_KEY_MISMATCH, "DPoP scheme with a token not bound to a key")
