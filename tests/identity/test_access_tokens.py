@@ -273,3 +273,10 @@ def test_policy_options_refused(tmp_path: Path, provider: str, message: str) -> 
     with pytest.raises(PolicyError) as err:
         _policy(tmp_path, provider)
     assert message in str(err.value)
+
+
+def test_http_checks_carry_the_dpop_proof_only_when_a_provider_takes_it(tmp_path: Path) -> None:
+    from authz.envoyconf.extauthz import http_check_headers
+
+    assert "dpop" in http_check_headers(_policy(tmp_path, "dpop: allowed"))
+    assert "dpop" not in http_check_headers(_policy(tmp_path, "leeway: 5s"))
