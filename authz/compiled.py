@@ -23,6 +23,7 @@ from authz.identity.registry import build_provider
 from authz.model import Identity, Request
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -142,7 +143,13 @@ class CompiledPolicy:
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
+            p.name: build_provider(
+                p,
+                clock=clock,
+                fetcher=fetcher,
+                metrics=self.shared.metrics,
+                stores={st.name: st for st in config.rate_limits.stores},
+            )
             for p in config.providers
         }
         #: the policy's own runtimes: its identity providers (JWKS caches), started together
@@ -151,7 +158,7 @@ class CompiledPolicy:
         header_of = {
             p.name: p.header
             for p in config.providers
-            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig)
         }
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}

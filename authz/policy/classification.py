@@ -27,9 +27,9 @@ validate`` prints each with its place in the file):
   rule, not shadow, on the route or global, whose key tells apart the callers of
   every provider of the route: ``subject`` does for all, ``spiffe_id`` for mTLS
   callers, ``claim:NAME`` for JWT callers), and need the audit trail on;
-- ``regulated`` routes also need every credential bound to its sender: mTLS today
-  (:func:`sender_constrained` is the hook for sender-constrained tokens, DPoP or
-  certificate-bound, when a provider offers them).
+- ``regulated`` routes also need every credential bound to its sender: the route's
+  ``sender_constrained: true``, or providers that only take bound credentials (mTLS,
+  a JWT provider with ``dpop: required``; :func:`sender_constrained`).
 
 A route's providers are alternatives (any one admits a request), so a rule on
 providers holds only when every provider meets it; each one that does not is
@@ -212,7 +212,10 @@ def sender_constrained(provider: ProviderConfig) -> bool:
     tokens (DPoP, RFC 9449; certificate-bound tokens, RFC 8705): when a JWT provider
     can require them, it answers True here and regulated routes may use it.
     """
-    return provider.type == "mtls"
+    if provider.type == "mtls":
+        return True
+    dpop = getattr(provider, "dpop", None)  # a JWT provider with dpop: required
+    return dpop is not None and dpop.mode == "required"
 
 
 def per_identity(rule: RuleConfig, kinds: frozenset[str]) -> bool:
@@ -283,6 +286,8 @@ def _audit(route: RouteConfig, controls: Controls) -> Iterator[tuple[JsonPath, d
 def _sender_bound(
     route: RouteConfig, controls: Controls
 ) -> Iterator[tuple[JsonPath, dict[str, str]]]:
+    if route.sender_constrained:
+        return  # the route itself refuses every credential not bound to its sender
     for j, name in enumerate(route.providers):
         provider = controls.provider(name)
         if provider is not None and not sender_constrained(provider):
@@ -327,8 +332,8 @@ RULES: tuple[Rule, ...] = (
         ("regulated",),
         _sender_bound,
         "a regulated route{source} needs every credential bound to its sender: provider "
-        "{provider!r} ({type}) is not; use an mtls provider (sender-constrained tokens "
-        "count once a provider offers them)",
+        "{provider!r} ({type}) is not; use an mtls provider, dpop: required on the "
+        "provider, or sender_constrained: true on the route",
     ),
 )
 

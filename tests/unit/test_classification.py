@@ -563,6 +563,12 @@ BY_SUBJECT = RuleConfig(name="r", key=("subject",), limit=1, period=1.0, burst=1
             RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated"),
             RouteConfig("a", "/a", ("GET",), providers=("mesh",), data_class="regulated"),
         ),
+        (
+            "sender_constrained",
+            RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated"),
+            RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated",
+                        sender_constrained=True),
+        ),
     ],
 )  # fmt: skip
 def test_each_rule_of_the_table(rule: str, bad: RouteConfig, good: RouteConfig) -> None:
