@@ -4,8 +4,8 @@ Two stages, registered in :mod:`authz.pipeline`:
 
 - :class:`RequestHygiene` (phase ``request``, once per policy, undeclared paths too):
 
-  - a Host / ``:authority`` that names no single host (two values Envoy merged with a
-    comma, a userinfo part ``user@host``, whitespace) -> 400 ``host_ambiguous``;
+  - a Host / ``:authority`` that names no single host (empty, two values Envoy merged
+    with a comma, a userinfo part ``user@host``, whitespace) -> 400 ``host_ambiguous``;
   - a method override (``X-HTTP-Method-Override``, ``X-HTTP-Method``,
     ``X-Method-Override``, a ``_method`` query parameter) -> 400 ``method_override``, so
     the upstream never runs a method the decision did not see; with
@@ -20,13 +20,14 @@ Two stages, registered in :mod:`authz.pipeline`:
   ``Content-Encoding`` other than ``identity`` -> 415 ``content_encoding_unsupported``
   (the contract would validate bytes the upstream decodes into something else).
 
-Per request: one frozenset lookup and one ``str.startswith`` (a tuple, in C) per
-header, a few substring tests on the Host and the query; everything else is built at
-policy load.
+Per request: one dict lookup per header (a bounded table of names already classified;
+a new name costs a frozenset lookup and one ``str.startswith`` on a tuple, in C), a few
+substring tests on the Host and the query; everything else is built at policy load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -40,6 +41,11 @@ from authz.stages import Context, Load, Phase
 METHOD_OVERRIDE_HEADERS = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override"}
 )
+#: What a header name is to :class:`RequestHygiene` (small ints).
+KEEP, STRIP, OVERRIDE = 0, 1, 2
+#: Header names whose kind is remembered (a client sending many distinct names only
+#: makes the table start over).
+MAX_KNOWN_NAMES = 4096
 #: The query parameter that does the same (form-based frameworks).
 METHOD_OVERRIDE_PARAMETER = "_method"
 
@@ -61,10 +67,12 @@ def check_headers(policy: PolicyConfig) -> tuple[list[str], list[str]]:
     return names, list(prefixes)
 
 
-def ambiguous_host(host: str) -> str:
-    """Why ``host`` names no single host ("" when it is fine). An empty Host never reaches
-    the service through the generated Envoy config (Envoy refuses HTTP/1.1 without one
-    and h2 without ``:authority``); a Request built without one (tests, replay) passes."""
+def ambiguous_host(host: str, headers: Mapping[str, str]) -> str:
+    """Why ``host`` names no single host ("" when it is fine). Empty is refused when the
+    request carried one (``host`` or ``:authority`` among its headers, as both transports
+    pass them); a Request built without any (tests, replay) has nothing to refuse."""
+    if not host:
+        return "empty Host" if "host" in headers or ":authority" in headers else ""
     if "," in host:
         return "two Host values"
     if "@" in host:
@@ -98,29 +106,43 @@ class RequestHygiene:
         self.prefixes = prefixes
         self.own = own
         self.remove_overrides = config.method_override == "remove"
+        #: header name -> KEEP, STRIP or OVERRIDE: one lookup per header on the hot path
+        #: (bounded: cleared when full, refilled from the rules above)
+        self.kinds: dict[str, int] = {}
+
+    def kind(self, name: str) -> int:
+        """What ``name`` is (the rules; :attr:`kinds` remembers the answer)."""
+        if name in METHOD_OVERRIDE_HEADERS:
+            kind = OVERRIDE
+        elif name in self.exact or (name.startswith(self.prefixes) and name not in self.own):
+            kind = STRIP
+        else:
+            kind = KEEP
+        if len(self.kinds) >= MAX_KNOWN_NAMES:
+            self.kinds.clear()
+        self.kinds[name] = kind
+        return kind
 
     def step(self, ctx: Context) -> None:
         request = ctx.request
-        why = ambiguous_host(request.host)
+        why = ambiguous_host(request.host, request.headers)
         if why:
             raise AmbiguousRequest(why, reason=R.HOST_AMBIGUOUS)
         if ctx.query and has_method_parameter(ctx.query):
             raise AmbiguousRequest("a _method query parameter", reason=R.METHOD_OVERRIDE)
-        exact, prefixes = self.exact, self.prefixes
+        kinds = self.kinds
         found: list[str] | None = None
         for name in request.headers:
-            if name in exact or (name.startswith(prefixes) and name not in self.own):
-                if found is None:
-                    found = []
-                found.append(name)
-            elif name in METHOD_OVERRIDE_HEADERS:
-                if not self.remove_overrides:
-                    raise AmbiguousRequest(
-                        f"method override header {name}", reason=R.METHOD_OVERRIDE
-                    )
-                if found is None:
-                    found = []
-                found.append(name)
+            kind = kinds.get(name)
+            if kind is None:
+                kind = self.kind(name)
+            if kind == KEEP:
+                continue
+            if kind == OVERRIDE and not self.remove_overrides:
+                raise AmbiguousRequest(f"method override header {name}", reason=R.METHOD_OVERRIDE)
+            if found is None:
+                found = []
+            found.append(name)
         if found is not None:
             ctx.remove_upstream = tuple(found)
 

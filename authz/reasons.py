@@ -51,8 +51,8 @@ HOST_AMBIGUOUS = _add(
     "host_ambiguous",
     400,
     "canonical",
-    "a Host / `:authority` that names no single host: two values merged with a comma, a "
-    "userinfo part (`user@host`), whitespace",
+    "a Host / `:authority` that names no single host: empty, two values merged with a "
+    "comma, a userinfo part (`user@host`), whitespace",
 )
 METHOD_OVERRIDE = _add(
     "method_override",

@@ -115,6 +115,12 @@ def test_ambiguous_host_is_refused(host: str) -> None:
     assert (d.status, d.reason) == (400, "host_ambiguous")
 
 
+def test_an_empty_host_the_request_carried_is_refused() -> None:
+    for name in ("host", ":authority"):
+        d = decide(engine(), host="", headers={name: ""})
+        assert (d.status, d.reason) == (400, "host_ambiguous")
+
+
 def test_plain_hosts_pass() -> None:
     for host in ("api.example.com", "api.example.com:8443", "[::1]:80", "127.0.0.1"):
         assert decide(engine(), host=host).allowed, host
@@ -140,3 +146,14 @@ def test_encoded_body_on_a_validated_route_is_415() -> None:
 def test_identity_encoding() -> None:
     assert identity_encoding("identity") and identity_encoding("Identity, identity")
     assert not identity_encoding("gzip") and not identity_encoding("identity, br")
+
+
+def test_the_table_of_known_header_names_is_bounded() -> None:
+    from authz.hygiene import MAX_KNOWN_NAMES, RequestHygiene
+
+    eng = engine()
+    stage = next(s for s in eng.policy.head if isinstance(s, RequestHygiene))
+    for i in range(MAX_KNOWN_NAMES + 10):
+        decide(eng, headers={f"x-h{i}": "1"})
+    assert len(stage.kinds) <= MAX_KNOWN_NAMES
+    assert "x-user-id" in decide(eng, headers={"x-user-id": "1"}).remove_upstream_headers
