@@ -17,6 +17,7 @@ OpenTelemetry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,18 @@ class Telemetry:
             self.endpoint = MetricsEndpoint(options.metrics, local_source(metrics), token=token)
         self.decisions = DecisionMetrics(metrics) if options.counting else None
         self._parts: list[Any] = []  # started in order, closed in reverse
+        self.tracer: Any = None  # a DecisionTracer (--tracing)
+        self._provider: Any = None
+        if options.tracing:
+            from authz.telemetry.tracing import SCOPE, DecisionTracer, build_provider
+
+            assert options.otlp_endpoint is not None  # options.check()
+            self._provider = build_provider(options.otlp_endpoint, options.service_name)
+            self.tracer = DecisionTracer(
+                self._provider.get_tracer(SCOPE),
+                ratio=options.trace_ratio,
+                parent_based=options.trace_parent_based,
+            )
 
     @property
     def listeners(self) -> tuple[DecisionListener, ...]:
@@ -66,6 +79,7 @@ class Telemetry:
         """Called once the engine exists: the policy version serving."""
         if self.decisions is not None:
             self.decisions.set_version(engine.policy.version)
+        engine.tracer = self.tracer
 
     async def start(self) -> None:
         if self.endpoint is not None:
@@ -79,3 +93,9 @@ class Telemetry:
                 await part.aclose()
             except Exception:
                 log.exception("telemetry: %s did not close", type(part).__name__)
+        if self._provider is not None:
+            provider, self._provider = self._provider, None
+            try:  # flushes the batch processor (its thread blocks on the export)
+                await asyncio.to_thread(provider.shutdown)
+            except Exception:
+                log.exception("telemetry: the tracer provider did not shut down")
