@@ -221,7 +221,14 @@ def build_provider(endpoint: str, service_name: str) -> Any:
     """A ``TracerProvider`` (sampler ALWAYS_ON: :class:`DecisionTracer` samples) that
     exports through a ``BatchSpanProcessor`` to the OTLP gRPC collector at
     ``endpoint`` (``http://HOST:PORT`` plaintext, ``https://`` TLS)."""
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:  # xds-protos ships an older copy of the same modules
+        raise ImportError(
+            f"the OTLP exporter does not load ({exc}): xds-protos installed its own, older "
+            "opentelemetry/proto modules over opentelemetry-proto's; run "
+            "`pip install --force-reinstall --no-deps opentelemetry-proto`"
+        ) from exc
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
