@@ -129,7 +129,7 @@ class PolicyEngine:
         """Decide one request. Never raises."""
         tracer = self.tracer
         if tracer is not None:
-            parent = tracer.sample(request.headers)
+            parent = tracer.sample(request.trace or request.headers)
             if parent is not None:
                 return await self._check_traced(request, tracer, parent)
         started = time.perf_counter()
