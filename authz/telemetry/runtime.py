@@ -58,16 +58,17 @@ class Telemetry:
         self.decisions = DecisionMetrics(metrics) if options.counting else None
         self._parts: list[Any] = []  # started in order, closed in reverse
         self.tracer: Any = None  # a DecisionTracer (--tracing)
-        self._provider: Any = None
+        self._processor: Any = None
         if options.tracing:
-            from authz.telemetry.tracing import SCOPE, DecisionTracer, build_provider
+            from authz.telemetry.tracing import DecisionTracer, build_processor
 
             assert options.otlp_endpoint is not None  # options.check()
-            self._provider = build_provider(options.otlp_endpoint, options.service_name)
+            self._processor = build_processor(options.otlp_endpoint)
             self.tracer = DecisionTracer(
-                self._provider.get_tracer(SCOPE),
+                self._processor,
                 ratio=options.trace_ratio,
                 parent_based=options.trace_parent_based,
+                service_name=options.service_name,
             )
 
     @property
@@ -93,9 +94,9 @@ class Telemetry:
                 await part.aclose()
             except Exception:
                 log.exception("telemetry: %s did not close", type(part).__name__)
-        if self._provider is not None:
-            provider, self._provider = self._provider, None
+        if self._processor is not None:
+            processor, self._processor = self._processor, None
             try:  # flushes the batch processor (its thread blocks on the export)
-                await asyncio.to_thread(provider.shutdown)
+                await asyncio.to_thread(processor.shutdown)
             except Exception:
-                log.exception("telemetry: the tracer provider did not shut down")
+                log.exception("telemetry: the span processor did not shut down")

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -43,9 +42,7 @@ def build(tmp_path: Path, exporter: InMemorySpanExporter, **kw: Any) -> PolicyEn
     path = tmp_path / "p.yaml"
     path.write_text(POLICY)
     engine = PolicyEngine(CompiledPolicy(load_policy(path)))
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    engine.tracer = DecisionTracer(provider.get_tracer("authz"), **kw)
+    engine.tracer = DecisionTracer(SimpleSpanProcessor(exporter), **kw)
     return engine
 
 
