@@ -71,10 +71,20 @@ class Telemetry:
                 service_name=options.service_name,
             )
 
+        self.otlp_logs: Any = None  # an OtlpDecisionLogs (--otlp-logs)
+        if options.otlp_logs:
+            from authz.telemetry.otlp_logs import OtlpDecisionLogs
+
+            assert options.otlp_endpoint is not None  # options.check()
+            self.otlp_logs = OtlpDecisionLogs(
+                options.otlp_endpoint, options.service_name, shared.metrics
+            )
+
     @property
     def listeners(self) -> tuple[DecisionListener, ...]:
         """What the engine hands every decision record to."""
-        return (self.decisions,) if self.decisions is not None else ()
+        found = (self.decisions, self.otlp_logs)
+        return tuple(x for x in found if x is not None)
 
     def attach(self, engine: PolicyEngine) -> None:
         """Called once the engine exists: the policy version serving."""
@@ -86,6 +96,9 @@ class Telemetry:
         if self.endpoint is not None:
             await self.endpoint.start()
             self._parts.append(self.endpoint)
+        if self.otlp_logs is not None:
+            await self.otlp_logs.start()
+            self._parts.append(self.otlp_logs)
 
     async def aclose(self) -> None:
         while self._parts:

@@ -35,6 +35,8 @@ class ReceivedSpan:
 
 def _value(value: Any) -> Any:
     kind = value.WhichOneof("value")
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, kind) if kind else None
 
 

@@ -98,3 +98,38 @@ def test_spans_reach_the_receiver_with_their_parents_on_both_transports(
     assert allowed.attributes["authz.decision"] == "allow"
     assert allowed.attributes["http.route"] == "/v1/orders/{id}"
     assert KEY not in repr([s.attributes for s in spans] + [s.events for s in spans])
+
+
+def test_decision_records_arrive_as_otlp_logs_with_trace_and_span_ids(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with OtlpReceiver() as rx:
+        svc = ServiceProcess(
+            policy, tmp_path, "--otlp-endpoint", rx.endpoint, "--otlp-logs", "--tracing",
+        )  # fmt: skip
+        try:
+            svc.wait_serving()
+            with grpc.insecure_channel(svc.address) as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                for path, headers in (
+                    ("/v1/admin", {"x-api-key": KEY, "traceparent": f"00-{GRPC_TRACE}-{GRPC_PARENT}-01"}),
+                    ("/v1/orders/7", {"x-api-key": KEY}),
+                ):  # fmt: skip
+                    stub.Check(
+                        build_check_request(method="GET", path=path, host="api.local", headers=headers),
+                        timeout=10,
+                    )  # fmt: skip
+            wait_for(lambda: len(rx.logs) >= 2, timeout=20)
+            spans = rx.wait_spans(lambda s: len(s) >= 2)
+        finally:
+            assert svc.stop() == 0
+    by_path = {log["body"]["path"] if isinstance(log["body"], dict) else "": log for log in rx.logs}
+    denied, allowed = by_path["/v1/admin"], by_path["/v1/orders/7"]
+    assert denied["service"] == "authz"
+    assert denied["trace_id"] == GRPC_TRACE and denied["span_id"] == GRPC_PARENT
+    assert denied["attributes"]["authz.reason"] == "insufficient_scope"
+    assert denied["body"]["reason"] == "insufficient_scope" and denied["body"]["route"] == "admin"
+    (span,) = [s for s in spans if s.trace_id == GRPC_TRACE]
+    assert span.parent_span_id == denied["span_id"]  # the log sits beside the decision span
+    assert allowed["trace_id"] == "" and allowed["body"]["decision"] == "allow"
+    assert KEY not in repr(rx.logs)
