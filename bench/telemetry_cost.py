@@ -9,6 +9,12 @@ arms:
 - ``trace1``: ``--otlp-endpoint --tracing --trace-sampling 0.01``;
 - ``trace100``: ``--tracing --trace-sampling 1`` (every decision a span).
 
+Then the same arms with the engine alone, in this process (``--calls``, no transport,
+decision log off): CPU of the whole process per decision (``time.process_time``, the
+batch processor's and exporter's threads included; the traced arms flush before the
+clock stops), best of ``--rounds`` interleaved rounds. Less noise than the service
+figures on a shared box; the same costs.
+
 The requests carry no ``traceparent``, so the head ratio decides (with a parent, the
 parent's flag would). Spans go through the SDK's BatchSpanProcessor and the OTLP gRPC
 exporter to a real OTLP receiver in this process (it only counts them). Per request:
@@ -17,6 +23,7 @@ the ratio to ``off``, requests/s, spans received. The arms alternate, ``--runs``
 times each; medians are printed.
 
     python bench/telemetry_cost.py [--duration 5] [--runs 3] [--transports grpc,http]
+        [--calls 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -99,12 +106,98 @@ def measure(
     return {"us": cpu / n * 1e6, "rps": load.rps, "errors": float(load.errors), "spans": spans}
 
 
+def _sync(coro: Any) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the decision waited on I/O")
+
+
+def in_process(fx: fixtures.Fixture, calls: int, rounds: int) -> None:
+    """Per-decision process CPU of the engine alone, per arm (see the module doc). The
+    receiver runs in a process of its own: its CPU is not this one's."""
+    import signal
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "tests.telemetry.otlp_receiver"],
+        cwd=root, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert receiver.stdout is not None
+        _in_process(fx, receiver.stdout.readline().strip(), calls, rounds)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=10)
+
+
+def _in_process(fx: fixtures.Fixture, endpoint: str, calls: int, rounds: int) -> None:
+    import asyncio
+    import time
+
+    from authz.engine import CompiledPolicy, PolicyEngine
+    from authz.policy.loader import load_policy
+    from authz.server import make_sink
+    from authz.telemetry.decisions import DecisionMetrics
+    from authz.telemetry.metrics import MemoryMetrics
+    from authz.telemetry.tracing import DecisionTracer, build_processor
+    from authz.transport import envoy_grpc
+
+    policy = CompiledPolicy(load_policy(fx.policy))
+    asyncio.run(policy.start())
+    request = envoy_grpc.to_request(
+        envoy_grpc.build_check_request(
+            method="GET", path=fixtures.PATH, host=fixtures.HOST,
+            headers={"authorization": f"Bearer {fx.token}", "x-request-id": "r"},
+            request_id="r",
+        )
+    )  # fmt: skip
+    engines: dict[str, Any] = {}
+    processors: dict[str, Any] = {}
+    for arm in ARMS:
+        metrics = MemoryMetrics()
+        listeners = [DecisionMetrics(metrics)] if arm == "metrics" else []
+        engine = PolicyEngine(policy, sink=make_sink("off"), listeners=listeners, metrics=metrics)
+        if arm.startswith("trace"):
+            processors[arm] = build_processor(endpoint)
+            ratio = 0.01 if arm == "trace1" else 1.0
+            engine.tracer = DecisionTracer(processors[arm], ratio=ratio)
+        assert _sync(engine.check(request)).allowed
+        engines[arm] = engine
+    best: dict[str, float] = {}
+    for r in range(rounds):
+        for arm in ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]:
+            engine = engines[arm]
+            # at 100%, flush before the queue's bound (8192) drops spans; at 1% the
+            # batch processor exports on its own schedule, as in the service
+            every = 1000 if arm == "trace100" else calls + 1
+            t = time.process_time()
+            for done in range(calls):
+                _sync(engine.check(request))
+                if done % every == every - 1:
+                    processors[arm].force_flush()
+            if arm in processors:
+                processors[arm].force_flush()
+            us = (time.process_time() - t) / calls * 1e6
+            best[arm] = min(best.get(arm, us), us)
+    for processor in processors.values():
+        processor.shutdown()
+    print(f"engine alone, in process: per decision, process CPU µs (best of {rounds})")
+    for arm in ARMS:
+        print(f"  {arm:9} {best[arm]:7.2f} µs  ratio {best[arm] / best['off']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before it")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--transports", default="grpc,http")
+    parser.add_argument("--calls", type=int, default=20_000, help="per arm and round, in process")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="authz-telemetry-cost-"))
     fx = fixtures.make(work)
@@ -118,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 for arm in order:
                     got = measure(fx, work, arm, transport, rx, args)
                     results.setdefault((transport, arm), []).append(got)
+    if args.calls > 0:
+        in_process(fx, args.calls, args.rounds)
     for transport in transports:
         base = statistics.median(x["us"] for x in results[(transport, "off")])
         print(f"{transport}: per decision, CPU µs of the serving process")

@@ -9,7 +9,7 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
 - ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
 - ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
-- ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp`).
+- ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp_logs`).
 
 With every option off, nothing is built: no listener, no probe, no import of
 OpenTelemetry.

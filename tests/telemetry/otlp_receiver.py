@@ -109,3 +109,18 @@ class OtlpReceiver(
 
     def __exit__(self, *exc: object) -> None:
         self._server.stop(grace=None)
+
+
+def main() -> None:
+    """``python -m tests.telemetry.otlp_receiver``: serve (counting only) until killed,
+    printing the address on the first line (the benchmark's receiver in a process of
+    its own, so that its CPU is not the measured process's)."""
+    import signal
+
+    with OtlpReceiver(keep=False) as rx:
+        print(rx.endpoint, flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+if __name__ == "__main__":
+    main()
