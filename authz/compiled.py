@@ -23,6 +23,7 @@ from authz.identity.registry import build_provider
 from authz.model import Identity, Request
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -142,7 +143,13 @@ class CompiledPolicy:
         self.version = config.version
         self.router = Router(config.routes)
         self.providers: dict[str, IdentityProvider] = {
-            p.name: build_provider(p, clock=clock, fetcher=fetcher, metrics=self.shared.metrics)
+            p.name: build_provider(
+                p,
+                clock=clock,
+                fetcher=fetcher,
+                metrics=self.shared.metrics,
+                stores={st.name: st for st in config.rate_limits.stores},
+            )
             for p in config.providers
         }
         #: the policy's own runtimes: its identity providers (JWKS caches), started together
@@ -151,11 +158,12 @@ class CompiledPolicy:
         header_of = {
             p.name: p.header
             for p in config.providers
-            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+            if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig)
         }
         global_monitor = config.mode == "monitor"
         self.plans: dict[str, RoutePlan] = {}
         load = Load(config, self.shared, self.providers, self.router, self.plans)
+        bind = self.shared.step_probe or step_of  # timed when telemetry counts
         for route in config.routes:
             strip: tuple[str, ...] = ()
             if route.strip_credential:
@@ -172,11 +180,11 @@ class CompiledPolicy:
                 monitor=global_monitor if route.mode is None else route.mode == "monitor",
                 strip=strip,
                 stages=route_stages,
-                steps=tuple(step_of(stage) for stage in route_stages),
+                steps=tuple(bind(stage) for stage in route_stages),
             )
         #: canonical path, request-phase gates, route: before a route is known
         self.head = pipeline.build(factories, pipeline.POLICY_PHASES, load, None)
-        self.head_steps = tuple(step_of(stage) for stage in self.head)
+        self.head_steps = tuple(bind(stage) for stage in self.head)
         self.observers = pipeline.build(factories, ("observe",), load, None)
         self.observer_steps = tuple(step_of(stage) for stage in self.observers)
         #: every factory's (name, phase), in run order: explain lists the ones that

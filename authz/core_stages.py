@@ -8,13 +8,14 @@ engine runs a request with a cached token without a coroutine for any of them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
+from authz import reasons as R
 from authz.authorize import Authorizer
-from authz.errors import AuthzError, MissingCredential, MultipleCredentials
+from authz.errors import AuthzError, InvalidToken, MissingCredential, MultipleCredentials
 from authz.identity.base import WAIT, IdentityProvider
-from authz.model import Request
+from authz.model import Identity, Request
 from authz.paths import canonicalize
 from authz.policy.config import RouteConfig
 from authz.routing import Router
@@ -85,6 +86,17 @@ def _one_credential(providers: tuple[IdentityProvider, ...], request: Request) -
             seen = where
 
 
+def _require_bound(identity: Identity) -> None:
+    """A token whose ``cnf`` binding the provider verified, or the mTLS peer."""
+    if identity.kind == "mtls":
+        return
+    cnf = identity.claims.get("cnf") if identity.kind == "jwt" else None
+    if not isinstance(cnf, Mapping) or ("x5t#S256" not in cnf and "jkt" not in cnf):
+        raise InvalidToken(
+            "the route requires a sender-constrained token", reason=R.TOKEN_NOT_SENDER_CONSTRAINED
+        )
+
+
 class Identify:
     """Asks the route's providers in plan order; the first that does not abstain decides.
 
@@ -96,6 +108,10 @@ class Identify:
 
     name = "identity"
     phase: Phase = "identity"
+
+    def __init__(self, sender_constrained: bool = False) -> None:
+        #: the route takes only sender-constrained credentials (RFC 8705 / RFC 9449)
+        self.sender_constrained = sender_constrained
 
     def step(self, ctx: Context) -> Awaitable[None] | None:
         plan = ctx.plan
@@ -111,6 +127,8 @@ class Identify:
             if found is not None:
                 if found is WAIT:
                     return self._wait(ctx, plan.providers.index(provider))
+                if self.sender_constrained:
+                    _require_bound(found)
                 ctx.identity = found
                 return None
         raise MissingCredential("no credential")
@@ -125,6 +143,8 @@ class Identify:
                 exc.element = provider.name
                 raise
             if found is not None:
+                if self.sender_constrained:
+                    _require_bound(found)
                 ctx.identity = found
                 return
         raise MissingCredential("no credential")
@@ -143,7 +163,9 @@ class IdentityStage:
     phase: Phase = "identity"
 
     def build(self, load: Load, route: RouteConfig | None) -> Identify | None:
-        return Identify() if route is not None and route.providers else None
+        if route is None or not route.providers:
+            return None
+        return Identify(route.sender_constrained)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,14 +42,21 @@ from authz.paths import path_shape
 from authz.record import DecisionListener, make_record, trace_context
 from authz.stages import Context, Stage, step_of
 from authz.telemetry.classes import class_counters, no_count
-from authz.telemetry.metrics import Metrics
+from authz.telemetry.metrics import Metrics, report_table
 from authz.telemetry.tracing import DecisionTracer, Parent, StageMark
 
 log = logging.getLogger("authz.engine")
 
 MAX_UNDECLARED_SHAPES = 10_000
-#: Reason codes whose counter handle the engine keeps bound (more than the registry has).
-MAX_REASON_HANDLES = 256
+#: route x decision x reason combinations kept in ``authz_decisions_total`` (a policy
+#: of 100 routes and ~10 reasons a route sees fits; past it: ``_other``)
+MAX_DECISION_SERIES = 2048
+#: the labels of ``authz_decisions_total``
+DECISION_LABELS = ("route", "decision", "reason")
+#: the route label of a decision no route matched (its path never becomes a label)
+UNDECLARED = "undeclared"
+#: ... and of one made before routing (an invalid path, a global rate limit, a gate)
+UNROUTED = "unrouted"
 
 
 class PolicyEngine:
@@ -77,12 +84,20 @@ class PolicyEngine:
         self.undeclared: dict[tuple[str, str], int] = {}
         #: the process's metrics (in memory unless the service passes its own)
         self.metrics: Metrics = metrics if metrics is not None else policy.shared.metrics
-        self._decisions = self.metrics.counter(
-            "authz_decisions_total", "decisions by reason code", ("reason",)
+        report_table(
+            self.metrics, "undeclared_shapes", self.undeclared.__len__, MAX_UNDECLARED_SHAPES
         )
-        #: reason -> its counter's bound ``inc`` (bounded: the registry's codes, then
-        #: _other): one dict get and one call per decision
-        self._by_reason: dict[str, Callable[[], None]] = {}
+        self._decisions = self.metrics.counter(
+            "authz_decisions_total",
+            "decisions by route name (undeclared: none matched; unrouted: decided before"
+            " routing), decision (allow|deny|monitor) and reason code",
+            DECISION_LABELS,
+            max_series=MAX_DECISION_SERIES,
+        )
+        #: (route, outcome, reason) -> its counter's bound ``inc`` (bounded: the policy's
+        #: route names and the registry's codes, then _other): one dict get and one call
+        #: per decision
+        self._by_reason: dict[tuple[str, str, str], Callable[[], None]] = {}
         outcomes = self.metrics.counter(
             "authz_decision_outcomes_total", "decisions by outcome", ("decision",)
         )
@@ -100,9 +115,13 @@ class PolicyEngine:
     @property
     def decisions(self) -> dict[str, int]:
         """Decisions so far by reason code (from the metrics)."""
-        family = self.metrics.counter("authz_decisions_total", "", ("reason",))
-        series = getattr(family, "series", {})
-        return {labels[0]: int(s.value) for labels, s in series.items()}
+        family = self.metrics.counter(
+            "authz_decisions_total", "", DECISION_LABELS, max_series=MAX_DECISION_SERIES
+        )
+        out: dict[str, int] = {}
+        for labels, s in getattr(family, "series", {}).items():
+            out[labels[2]] = out.get(labels[2], 0) + int(s.value)
+        return out
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -408,11 +427,14 @@ class PolicyEngine:
         else:
             outcome = "deny"
             self._count_deny()
-        count = self._by_reason.get(decision.reason)
+        reason = decision.reason
+        route_label = decision.route or (UNDECLARED if reason == "undeclared_route" else UNROUTED)
+        key = (route_label, outcome, reason)
+        count = self._by_reason.get(key)
         if count is None:
-            count = self._decisions.labels(decision.reason).inc
-            if len(self._by_reason) < MAX_REASON_HANDLES:
-                self._by_reason[decision.reason] = count
+            count = self._decisions.labels(*key).inc
+            if len(self._by_reason) < MAX_DECISION_SERIES:
+                self._by_reason[key] = count
         count()
         route = ctx.route
         data_class = route.data_class if route is not None else ""

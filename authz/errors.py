@@ -28,6 +28,7 @@ a stage sees a PyJWT or jsonschema exception.
     │   ├── MultipleCredentials   401    multiple_credentials
     │   ├── InvalidToken          401    token_* reasons (malformed, algorithm, header, kid,
     │   │                                signature, issuer, audience, expired, ...)
+    │   │   └── DpopError         401    dpop_* reasons (WWW-Authenticate: DPoP, RFC 9449 7.1)
     │   ├── InvalidApiKey         401    api_key_unknown / api_key_expired
     │   └── InvalidPeerIdentity   401    peer_identity_invalid / untrusted_trust_domain
     ├── AuthorizationError        403
@@ -196,6 +197,18 @@ class InvalidToken(AuthenticationError, reason=R.TOKEN_INVALID):
     pass
 
 
+class DpopError(InvalidToken, reason=R.DPOP_PROOF_INVALID):
+    """A DPoP proof (or the binding it should prove) fails: the challenge is the
+    ``DPoP`` scheme with the algorithms a proof may use (RFC 9449 7.1)."""
+
+    challenge_error = "invalid_dpop_proof"
+    algs: str = "ES256"
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        value = f'DPoP realm="{realm}", error="{self.challenge_error}", algs="{self.algs}"'
+        return (("www-authenticate", value),)
+
+
 class InvalidApiKey(AuthenticationError, reason=R.API_KEY_UNKNOWN):
     pass
 
@@ -247,6 +260,18 @@ class ConcurrencyLimited(RateLimitError, reason=R.CONCURRENCY_LIMITED):
 
 class DependencyError(AuthzError, reason=R.DEPENDENCY_UNAVAILABLE):
     pass
+
+
+class DpopReplayUnavailable(DependencyError, reason=R.DPOP_REPLAY_UNAVAILABLE):
+    """The DPoP replay cache cannot say whether a proof is new: refused (fail closed)."""
+
+    headers = (("retry-after", "1"),)
+
+
+class IntrospectionUnavailable(DependencyError, reason=R.INTROSPECTION_UNAVAILABLE):
+    """The introspection endpoint cannot answer: the token is refused (fail closed)."""
+
+    headers = (("retry-after", "1"),)
 
 
 class RateLimitUnavailable(DependencyError, reason=R.RATE_LIMIT_UNAVAILABLE):

@@ -37,7 +37,7 @@ from authz.paths import path_shape
 from authz.policy.config import RouteConfig
 from authz.runtime import Stateless
 from authz.stages import Check, Context, Load, Phase, Shared
-from authz.telemetry.metrics import MemoryMetrics, Metrics
+from authz.telemetry.metrics import MemoryMetrics, Metrics, report_table
 
 SHARED_NAME = "inventory"
 DEFAULT_CAPACITY = 2048
@@ -189,6 +189,8 @@ class Inventory(Stateless):
         self._keys: list[tuple[str, str]] = []  # undeclared keys, for sampling
         self._slot: dict[tuple[str, str], int] = {}
         m = metrics if metrics is not None else MemoryMetrics()
+        report_table(m, "inventory_undeclared", self._undeclared.__len__, capacity)
+        report_table(m, "inventory_declared", self._declared.__len__, capacity)
         self._evicted = m.counter(
             "authz_inventory_evicted_total", "undeclared path shapes evicted (table full)"
         ).labels()

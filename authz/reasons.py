@@ -102,6 +102,82 @@ TOKEN_LIFETIME_TOO_LONG = _add(
     "token_lifetime_too_long", 401, "identity", "the JWT lives longer than the provider allows"
 )
 TOKEN_MISSING_SUBJECT = _add("token_missing_subject", 401, "identity", "the JWT has no `sub`")
+TOKEN_DUPLICATE_MEMBER = _add(
+    "token_duplicate_member",
+    401,
+    "identity",
+    "the JWT's JOSE header or claims set names a member twice (RFC 7515/7519 4)",
+)
+TOKEN_CLAIM_TYPE = _add(
+    "token_claim_type",
+    401,
+    "identity",
+    "a registered claim has the wrong JSON type (`iss`/`sub` not a string, `aud` not a "
+    "string or array of strings, `exp`/`nbf`/`iat` not a number, `scope` not a string, "
+    "`scp` not an array of strings); never coerced",
+)
+TOKEN_NOT_ACCESS_TOKEN = _add(
+    "token_not_access_token",
+    401,
+    "identity",
+    "the JWT is not an access token: its `typ` is not one the provider accepts (RFC 9068), "
+    "or it is an ID, logout or refresh token (see the provider's `typ`)",
+)
+TOKEN_CERTIFICATE_MISMATCH = _add(
+    "token_certificate_mismatch",
+    401,
+    "identity",
+    "the JWT is bound to a client certificate (`cnf.x5t#S256`, RFC 8705) and the request "
+    "came with another certificate or none",
+)
+TOKEN_NOT_SENDER_CONSTRAINED = _add(
+    "token_not_sender_constrained",
+    401,
+    "identity",
+    "the route requires a sender-constrained token (`cnf.x5t#S256` or DPoP `cnf.jkt`) "
+    "and this one is not bound (or the provider requires DPoP and it came as `Bearer`)",
+)
+DPOP_PROOF_INVALID = _add(
+    "dpop_proof_invalid",
+    401,
+    "identity",
+    "the `DPoP` proof is missing, malformed, not `dpop+jwt`, badly signed, for another "
+    "method or URL, outside the `iat` window, or its `ath` or key does not fit the token "
+    '(`WWW-Authenticate: DPoP error="invalid_dpop_proof"`, RFC 9449)',
+)
+DPOP_PROOF_REPLAYED = _add(
+    "dpop_proof_replayed",
+    401,
+    "identity",
+    "the `DPoP` proof's `jti` was already used within the window (RFC 9449 11.1)",
+)
+DPOP_KEY_MISMATCH = _add(
+    "dpop_key_mismatch",
+    401,
+    "identity",
+    "the DPoP proof's key is not the one the token is bound to (`cnf.jkt`, RFC 7638 "
+    "thumbprint), or a DPoP-bound token came without the `DPoP` scheme",
+)
+DPOP_REPLAY_UNAVAILABLE = _add(
+    "dpop_replay_unavailable",
+    503,
+    "identity",
+    "the DPoP replay cache cannot answer (its Redis store is down, or the in-memory cache "
+    "is full of live proofs): refused, never let through unchecked",
+)
+TOKEN_INACTIVE = _add(
+    "token_inactive",
+    401,
+    "identity",
+    "the introspection endpoint says the token is not active (RFC 7662 `active: false`)",
+)
+INTROSPECTION_UNAVAILABLE = _add(
+    "introspection_unavailable",
+    503,
+    "identity",
+    "the introspection endpoint is down, slow past its timeout or answers garbage: "
+    "refused (fail closed), never let through",
+)
 API_KEY_UNKNOWN = _add("api_key_unknown", 401, "identity", "no such API key (or an empty one)")
 API_KEY_EXPIRED = _add("api_key_expired", 401, "identity", "the API key is past its `expires`")
 PEER_IDENTITY_INVALID = _add(

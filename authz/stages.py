@@ -139,6 +139,9 @@ class Shared:
         self.metrics: Metrics = MemoryMetrics()
         #: The runtimes of this process (stores, inventory, decision log), see authz.runtime.
         self.runtimes = Runtimes()
+        #: Binds a stage to the step a policy's hot path calls (:func:`step_of` when
+        #: None); telemetry sets a timing one (:mod:`authz.telemetry.stages`).
+        self.step_probe: Callable[[Stage], Step] | None = None
 
     def get(self, name: str, factory: Callable[[], T]) -> T:
         found = self._objects.get(name)

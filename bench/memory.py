@@ -44,7 +44,7 @@ from bench.common import rss_kib
 async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
     from authz.audit.sink import JsonLinesSink
     from authz.compiled import IDENTITY_HEADER_CACHE_SIZE, CompiledPolicy
-    from authz.engine import MAX_UNDECLARED_SHAPES, PolicyEngine
+    from authz.engine import MAX_DECISION_SERIES, MAX_UNDECLARED_SHAPES, PolicyEngine
     from authz.identity import mtls
     from authz.identity.jwt import JwtProvider
     from authz.model import Request
@@ -114,7 +114,10 @@ async def run(count: int, work: Path, report_every: int) -> dict[str, Any]:
             "bound": IDENTITY_HEADER_CACHE_SIZE,
         },
         "undeclared_shapes": {"size": len(engine.undeclared), "bound": MAX_UNDECLARED_SHAPES + 1},
-        "decision_counters": {"size": len(engine.decisions), "bound": "one per reason"},
+        "decision_counters": {
+            "size": len(getattr(engine.metrics, "families", {})["authz_decisions_total"].series),
+            "bound": MAX_DECISION_SERIES,
+        },
         "jwks_keys": {"size": len(jwt.jwks.keys), "bound": "the issuer's key set"},
     }
     return {

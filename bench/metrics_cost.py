@@ -83,10 +83,20 @@ def increments(calls: int) -> dict[str, float]:
     return {k: v / calls * 1e9 for k, v in out.items()}
 
 
-async def decisions(path: Path, metrics: Metrics, calls: int) -> float:
+async def decisions(path: Path, metrics: Metrics, calls: int, telemetry: bool = False) -> float:
+    """µs per decision; ``telemetry``: as ``serve --metrics`` runs it (each stage timed,
+    the decision's latency observed, the policy version)."""
     shared = Shared()
     shared.metrics = metrics
-    engine = PolicyEngine(CompiledPolicy(load_policy(path), shared=shared))
+    listeners = []
+    if telemetry:
+        from authz.telemetry.decisions import DecisionMetrics
+        from authz.telemetry.stages import StageLatency
+
+        shared.step_probe = StageLatency(metrics).wrap
+        listeners.append(DecisionMetrics(metrics))
+    policy = CompiledPolicy(load_policy(path), shared=shared)
+    engine = PolicyEngine(policy, listeners=listeners)
     requests = [
         Request(
             method="GET",
@@ -106,7 +116,7 @@ async def decisions(path: Path, metrics: Metrics, calls: int) -> float:
 
 ROOT = Path(__file__).resolve().parents[1]
 #: main when this change began.
-BEFORE = "9507ece"
+BEFORE = "e403a14"
 
 
 def _child(root: Path, calls: int) -> float:
@@ -162,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(POLICY)
         times: dict[str, float] = {}
         for _ in range(args.rounds):  # alternate, keep the best of each
-            for name, make in (("noop metrics", NoopMetrics), ("memory metrics", MemoryMetrics)):
-                us = asyncio.run(decisions(path, make(), args.calls))
+            for name, make, telemetry in (
+                ("noop metrics", NoopMetrics, False),
+                ("memory metrics", MemoryMetrics, False),
+                ("--metrics", MemoryMetrics, True),
+            ):
+                us = asyncio.run(decisions(path, make(), args.calls, telemetry))
                 times[name] = min(us, times.get(name, float("inf")))
     for name, us in times.items():
         print(f"decision, {name:16} {us:7.2f} µs")
     print(f"memory/noop {times['memory metrics'] / times['noop metrics']:.3f}")
+    print(f"--metrics/memory {times['--metrics'] / times['memory metrics']:.3f}")
     before_after(args.before, args.calls, args.rounds)
     return 0
 

@@ -167,10 +167,16 @@ def test_policy_lifecycle_script() -> None:
 
 
 def test_audit_cost_script(tmp_path: Path) -> None:
-    run = _run("bench/audit_cost.py", "--calls", "100", "--rounds", "1", "--dir", str(tmp_path))
+    run = _run(
+        "bench/audit_cost.py", "--calls", "100", "--rounds", "1", "--dir", str(tmp_path),
+        "--breakdown",
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()[2:]}
+    table, _, parts = run.stdout.partition("writer, per record")
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
     assert set(rows) == {"off", "never", "interval", "always"}
+    for part in ("serialise (all)", "encode (hand-built)", "encode (generic)", "sha-256"):
+        assert part in parts
     assert rows["off"][2] == "1.00"  # the ratios are to the arm without audit
     assert not list(tmp_path.iterdir())  # its trails are removed
 

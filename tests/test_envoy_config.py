@@ -939,12 +939,14 @@ def test_http_transport_ext_authz() -> None:
     added = {h["key"]: h["value"] for h in service["authorization_request"]["headers_to_add"]}
     assert added == {
         "x-authz-peer-principal": "%DOWNSTREAM_PEER_URI_SAN%",
+        "x-authz-peer-certificate": "%DOWNSTREAM_PEER_CERT%",
         "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     }
     assert cfg["disallowed_headers"]["patterns"] == [
         {"exact": "x-authz-peer-principal"},
         {"exact": "x-authz-source-address"},
         {"exact": "x-authz-transport-secret"},
+        {"exact": "x-authz-peer-certificate"},
     ]
     # no providers in this policy: the fixed few (Envoy adds authorization itself)
     assert cfg["allowed_headers"]["patterns"] == [

@@ -11,10 +11,18 @@ identity failure.
 
 What is re-decided: routing (404/405), identity requirements, scopes, claims, SPIFFE
 IDs, public or not, monitor mode. What is not: stages whose outcome depends on state
-or on the body, which the record does not keep -- rate limits, load shedding, blocks
-and revocations, body validation, detection. A record denied by one of those is
-counted as *not re-decided* by its reason, not compared; a candidate that adds such
-a limit shows no divergence here.
+or on the body, which the record does not keep -- rate limits and concurrency caps
+(bucket state), load shedding (the load of the moment), blocks, revocations and
+step-up (live responses), body validation (the record keeps no body; the query's
+credential-like values are redacted, so parameter checks cannot be trusted either),
+detection. Both sides are reported, never counted as a divergence nor as a match:
+
+- **not replayable**: a record whose recorded decision came from one of those stages
+  (its reason code's phase: ``rate``, ``shed``, ``enforce``, ``validate``; or a
+  ``decision``-phase failure such as ``audit_unavailable``), counted by reason;
+- **compared without**: a record the candidate allows, on a route with such a stage
+  (a contract, rate limits, shedding, automatic responses) that replay did not run:
+  the candidate allows it up to that stage, counted by stage.
 """
 
 from __future__ import annotations
@@ -114,7 +122,11 @@ class ReplayReport:
     version: str
     records: int = 0
     same: int = 0
-    not_replayed: Counter[str] = field(default_factory=Counter)
+    #: reason -> records not re-decided (their recorded outcome came from a stage
+    #: replay does not run)
+    not_replayable: Counter[str] = field(default_factory=Counter)
+    #: stage -> records re-decided without the candidate's stage of that name
+    compared_without: Counter[str] = field(default_factory=Counter)
     allow_to_deny: dict[tuple[str, str], Group] = field(default_factory=dict)
     deny_to_allow: dict[tuple[str, str], Group] = field(default_factory=dict)
     reason_changed: dict[tuple[str, str], Group] = field(default_factory=dict)
@@ -134,7 +146,8 @@ class ReplayReport:
         return {
             "candidate": self.candidate, "version": self.version, "records": self.records,
             "same": self.same, "divergences": self.divergences,
-            "not_replayed": dict(self.not_replayed),
+            "not_replayable": dict(self.not_replayable),
+            "compared_without": dict(self.compared_without),
             "allow_to_deny": groups(self.allow_to_deny),
             "deny_to_allow": groups(self.deny_to_allow),
             "reason_changed": groups(self.reason_changed),
@@ -163,6 +176,39 @@ def replay_config(config: PolicyConfig) -> PolicyConfig:
     return dataclasses.replace(config, audit=None, detection=None, enforcement=None)
 
 
+#: the candidate's stages replay does not run, as reported
+BODY, RATE, SHED, RESPONSES = (
+    "body validation", "rate limits", "load shedding", "blocks and responses"
+)  # fmt: skip
+
+
+def _global_unrun(config: PolicyConfig) -> tuple[str, ...]:
+    """The candidate's stages that apply to every route and that replay does not run."""
+    limits = config.rate_limits
+    overload = limits.overload
+    shed = (
+        overload.background_at is not None
+        or overload.normal_at is not None
+        or overload.signal_file is not None
+        or overload.adaptive is not None
+    )
+    return tuple(
+        name
+        for name, on in ((RATE, bool(limits.rules)), (SHED, shed),
+                         (RESPONSES, config.enforcement is not None))
+        if on
+    )  # fmt: skip
+
+
+def _unrun(route: RouteConfig, global_unrun: tuple[str, ...]) -> tuple[str, ...]:
+    own = []
+    if route.contract is not None:
+        own.append(BODY)
+    if route.rate_limits and RATE not in global_unrun:
+        own.append(RATE)
+    return (*own, *global_unrun)
+
+
 def replay(directory: Path, config: PolicyConfig) -> ReplayReport:
     return asyncio.run(_replay(directory, config))
 
@@ -177,6 +223,8 @@ async def _replay(directory: Path, config: PolicyConfig) -> ReplayReport:
     )
     engine = PolicyEngine(policy, clock=lambda: now[0])
     report = ReplayReport(config.source, config.version)
+    global_unrun = _global_unrun(config)
+    unrun = {route.name: _unrun(route, global_unrun) for route in config.routes}
     for entry in decisions(directory):
         report.records += 1
         reason = str(entry.get("reason", ""))
@@ -184,7 +232,7 @@ async def _replay(directory: Path, config: PolicyConfig) -> ReplayReport:
         if known is not None and (
             known.phase in NOT_REPLAYED or (known.phase == "decision" and reason != "allowed")
         ):
-            report.not_replayed[reason] += 1
+            report.not_replayable[reason] += 1
             continue
         now[0] = float(entry.get("time", 0))
         identity.identity = recorded_identity(entry)
@@ -204,6 +252,9 @@ async def _replay(directory: Path, config: PolicyConfig) -> ReplayReport:
             request_id=str(entry.get("request_id", "")),
         )
         decision = await engine.check(request)
+        if decision.allowed:  # the stages not run come after the ones that denied
+            for stage in unrun.get(decision.route, ()):
+                report.compared_without[stage] += 1
         was_allowed = entry.get("decision") in ("allow", "monitor")
         if decision.allowed == was_allowed and (was_allowed or decision.reason == reason):
             report.same += 1

@@ -14,6 +14,10 @@ The first line that breaks that is named, with what most likely happened:
 - **truncated**: the chain does not end with its writer's closing (``final``)
   checkpoint: its tail was cut off (or the writer died; records after the last
   checkpoint are unsealed);
+- **gap** (not tampering): a ``gap`` line the writer wrote itself, saying how many
+  records it refused (queue full, writes failing), when and for what reasons
+  (:mod:`authz.audit.gap`). The chain is intact; the gaps are listed in
+  :attr:`Report.gaps` apart from the problems.
 - **forged checkpoint**: a checkpoint whose Ed25519 signature does not verify
   against the key (``--key PUB``; without it, the key in the chain's first file,
   which proves only that the chain is self-consistent).
@@ -63,6 +67,31 @@ class Report:
     checkpoints: int = 0
     problems: list[Problem] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
+    #: the writer's own ``gap`` lines (records it refused, :mod:`authz.audit.gap`)
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def refused(self) -> int:
+        return sum(g.refused for g in self.gaps)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A gap line: the chain is intact, but says that it lacks ``refused`` records."""
+
+    file: str
+    line: int
+    refused: int
+    first_at: str
+    last_at: str
+    reasons: dict[str, int]
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{r or '?'} {n}" for r, n in sorted(self.reasons.items()))
+        return (
+            f"{self.file}:{self.line}: gap: {self.refused} records refused (queue full or "
+            f"writes failing) from {self.first_at} to {self.last_at}: {reasons}"
+        )
 
 
 def chain_files(directory: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -185,6 +214,8 @@ def _walk(
             last_checkpoint = e
         else:
             records += 1
+            if kind == "gap":
+                report.gaps.append(_gap(e))
         exp_seq, exp_prev = e.seq + 1, e.hash
     report.records += records
     if not complete:
@@ -204,6 +235,18 @@ def _walk(
             "was cut off, or its writer did not close (crash, or still writing)",
         )  # fmt: skip
     return None
+
+
+def _gap(e: Entry) -> Gap:
+    v = e.value
+    reasons = v.get("reasons")
+    refused = v.get("refused")
+    return Gap(
+        e.file, e.line, refused if isinstance(refused, int) else 0, str(v.get("first_at", "")),
+        str(v.get("last_at", "")),
+        {str(k): n for k, n in reasons.items() if isinstance(n, int)}
+        if isinstance(reasons, dict) else {},
+    )  # fmt: skip
 
 
 def _checkpoint(name: str, e: Entry, public: Any, records: int) -> Problem | None:

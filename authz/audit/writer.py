@@ -22,7 +22,9 @@ before it lets a decision through: the queue has room and (``on_full: deny``) wr
 succeed. ``backpressure`` waits up to ``block_ms`` for room first. A decision that
 gets no room is denied ``audit_unavailable`` (503) and its record counted as refused
 (``authz_audit_refused_total``) and logged; a full or read-only disk stops writes,
-so the queue fills and the same happens (``deny``: at once).
+so the queue fills and the same happens (``deny``: at once). Refusals are tallied
+(:mod:`authz.audit.gap`) and, once the queue is written again, one ``gap`` line in the
+chain says how many were refused, when, and for which reasons.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ import re
 import socket
 import time
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any
 
 from authz.audit import chain as C
-from authz.audit.entry import AuditView, control_entry, decision_entry
+from authz.audit.encode import DecisionEncoder
+from authz.audit.entry import AuditView, control_entry
+from authz.audit.gap import GapTally
 from authz.audit.sink import JsonLinesSink
 from authz.policy.audit_config import AuditConfig
 from authz.record import DecisionRecord
@@ -106,6 +111,8 @@ class AuditWriter(JsonLinesSink):
             "authz_audit_checkpoints_total", "signed checkpoints written"
         ).labels()
         self._next_refused_report = 0.0
+        self._encoder = DecisionEncoder(self._time)
+        self._gaps = GapTally()
         self.reconfigure(config)
 
     # -- configuration ------------------------------------------------------------------
@@ -178,6 +185,7 @@ class AuditWriter(JsonLinesSink):
             self._queue.append(record)
             return
         self._refused.inc()
+        self._gaps.refuse(record, time.time())
         now = time.monotonic()
         if now >= self._next_refused_report:
             self._next_refused_report = now + REFUSED_REPORT_INTERVAL
@@ -227,29 +235,60 @@ class AuditWriter(JsonLinesSink):
         return self._line(entry)
 
     def _serialise(self, batch: list[Any]) -> tuple[bytes, int]:
+        """The batch's lines, chained, with a checkpoint every ``checkpoint_records``;
+        the chain state is kept in locals and written back (a decision line costs its
+        encoding and one SHA-256, nothing else per record)."""
         lines: list[bytes] = []
+        append = lines.append
         count = 0
         every = self.config.checkpoint_records
+        fast, generic = self._encoder.fast, self._encoder.generic
+        seq, prev, unsealed, size = self._seq, self._prev, self._unsealed, 0
         for item in batch:
             try:
-                if isinstance(item, tuple) and isinstance(item[0], DecisionRecord):
-                    entry = decision_entry(item[0], item[1], self._time)
+                if type(item) is tuple:
+                    line = fast(item[0], item[1], seq, prev) or generic(item[0], item[1], seq, prev)
+                    prev = sha256(line).hexdigest()
+                    seq += 1
+                    size += len(line) + 1
+                    append(line)
                 else:
-                    entry = dict(item)
-                lines.append(self._line(entry))
+                    self._seq, self._prev = seq, prev
+                    append(self._line(dict(item)))
+                    seq, prev = self._seq, self._prev
             except (TypeError, ValueError, AttributeError):  # pragma: no cover - a bug
                 self._unwritable.inc()
                 log.exception("%s: a record could not be serialised", self._name)
                 continue
             count += 1
-            self._records += 1
-            self._file_records += 1
-            if not self._unsealed:
+            if not unsealed:
                 self._first_unsealed = time.monotonic()
-            self._unsealed += 1
-            if self._unsealed >= every:
-                lines.append(self._checkpoint(False))
-        return (b"\n".join(lines) + b"\n" if lines else b""), count
+            unsealed += 1
+            if unsealed >= every:
+                self._seq, self._prev, self._records = seq, prev, self._records + count
+                self._file_records += count
+                count_sealed = count
+                append(self._checkpoint(False))  # chains on, resets _unsealed
+                seq, prev, unsealed = self._seq, self._prev, 0
+                self._records -= count_sealed  # added once below, with the rest
+                self._file_records -= count_sealed
+        self._seq, self._prev, self._unsealed = seq, prev, unsealed
+        self._records += count
+        self._file_records += count
+        self._file_bytes += size
+        if not lines:
+            return b"", count
+        append(b"")  # the last newline, without copying the batch once more
+        return b"\n".join(lines), count
+
+    def _gap_line(self, gap: dict[str, Any]) -> bytes:
+        line = self._line(gap)
+        self._records += 1
+        self._file_records += 1
+        if not self._unsealed:
+            self._first_unsealed = time.monotonic()
+        self._unsealed += 1
+        return line
 
     def _write_line(self, line: bytes) -> bool:
         """Write one writer-made line (header, checkpoint) through the batch machinery."""
@@ -275,6 +314,11 @@ class AuditWriter(JsonLinesSink):
 
     def _idle(self, final: bool) -> None:
         config = self.config
+        gap = self._gaps.take()
+        # room is back: the trail says what it could not keep (a failed write stays
+        # pending and is retried, like any line)
+        if gap is not None and not self._write_line(self._gap_line(gap)):
+            return
         now = time.monotonic()
         if (
             not self._rotating

@@ -2,8 +2,11 @@
 
 ``verify`` checks every chain of an audit directory (:mod:`authz.audit.verify`) and
 prints one line per broken chain naming the first bad line (file:line: kind:
-message), or a summary. Exit 0: intact; 1: a problem was found; 2: bad arguments
-(no such directory, unreadable key). ``keygen`` writes an Ed25519 key pair for the
+message), one line per gap the writer recorded (records it refused: queue full or
+writes failing), and a summary. Exit 0: intact, nothing missing; 1: a problem was
+found (tampering or damage: it wins over gaps); 2: bad arguments (no such directory,
+unreadable key); 3: intact, but the writer recorded gaps (records are missing by its
+own account, not by tampering). ``keygen`` writes an Ed25519 key pair for the
 policy's ``audit.signing_key`` (private, mode 0600) and for ``verify --key``.
 """
 
@@ -42,9 +45,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{directory}: {report.chains} chains, {report.files} files, {report.records} "
         f"records, {report.checkpoints} checkpoints (signatures checked against {keyed})"
     )
+    for gap in report.gaps:
+        print(gap)
+    gaps = (
+        f", {len(report.gaps)} gaps ({report.refused} records refused by the writer)"
+        if report.gaps
+        else ""
+    )
     if report.problems:
-        print(f"{summary}: {len(report.problems)} broken", file=sys.stderr)
+        print(f"{summary}{gaps}: {len(report.problems)} broken", file=sys.stderr)
         return 1
+    if report.gaps:
+        print(f"{summary}{gaps}: intact, with gaps")
+        return 3
     print(f"{summary}: intact")
     return 0
 

@@ -19,6 +19,8 @@ from authz.errors import PolicyError
 from authz.policy.loader import load_policy
 
 DEMO_ISSUER_PORT = 9000
+#: the service's Prometheus scrape endpoint (`serve --metrics`)
+METRICS_PORT = 9200
 
 
 def register(subparsers: Any) -> None:
@@ -81,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         admin_port=9901,
         control_port=9193,
         upstream_port=8000,
+        extra_serve_args=("--metrics", f"127.0.0.1:{METRICS_PORT}"),
     )
     try:
         stack.start()
@@ -106,7 +109,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"# a decision without Envoy:  authz check --server {stack.authz_address} "
         f'-H "Authorization: Bearer $(cat {state}/writer.jwt)" -X POST {base}/v1/orders'
     )
-    print(f"# grpcurl:  grpcurl -plaintext {stack.authz_address} list\n")
+    print(f"# grpcurl:  grpcurl -plaintext {stack.authz_address} list")
+    print(f"# metrics:  curl -s http://127.0.0.1:{METRICS_PORT}/metrics\n")
     code = 0
     try:
         if args.smoke:

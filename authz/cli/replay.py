@@ -21,11 +21,18 @@ def render(report: Any) -> list[str]:
         f"replayed {report.records} recorded decisions under {report.candidate} "
         f"({report.version}): {report.same} same, {report.divergences} diverge"
     ]
-    if report.not_replayed:
-        skipped = ", ".join(f"{r} {n}" for r, n in sorted(report.not_replayed.items()))
+    if report.not_replayable:
+        skipped = ", ".join(f"{r} {n}" for r, n in sorted(report.not_replayable.items()))
         lines.append(
-            f"  not re-decided (rate limits, blocks, body validation: state the trail does "
-            f"not keep): {sum(report.not_replayed.values())} ({skipped})"
+            f"  not replayable (decided by rate limits, load shedding, blocks or body "
+            f"validation: state or a body the trail does not keep): "
+            f"{sum(report.not_replayable.values())} ({skipped})"
+        )
+    if report.compared_without:
+        unrun = ", ".join(f"{s} {n}" for s, n in sorted(report.compared_without.items()))
+        lines.append(
+            f"  compared without the candidate's stages replay does not run: {unrun} "
+            "(same or diverging up to those stages only)"
         )
     for title, table in (
         ("allow -> deny", report.allow_to_deny),

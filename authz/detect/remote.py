@@ -122,6 +122,13 @@ class ProcessScorer(Scorer):
         self._closing = False
         self._enabled = False
         self.restarts = 0
+        self._up = metrics.gauge(
+            "authz_detect_scorer_up", "1 while the scoring process takes batches, else 0"
+        ).labels()
+        self._restarted = metrics.counter(
+            "authz_detect_scorer_restarts_total",
+            "times the scoring process stopped and was restarted",
+        ).labels()
         #: item batches written to the child, and the child's answers to them (each
         #: batch gets one): equal when the child has scored all it was sent
         self.batches = 0
@@ -263,6 +270,7 @@ class ProcessScorer(Scorer):
                 return
             await self._reap()
             self._writer = None
+            self._up.set(0)
             if time.monotonic() - began > 60.0:
                 delay = RESTART_FIRST  # it ran for a while: start over quickly
             again = "reconnecting" if self.connect else "restarting"
@@ -270,6 +278,7 @@ class ProcessScorer(Scorer):
             await asyncio.sleep(delay)
             delay = min(RESTART_MAX, delay * 2)
             self.restarts += 1
+            self._restarted.inc()
 
     async def _spawn(self) -> None:
         if self.connect:
@@ -297,6 +306,7 @@ class ProcessScorer(Scorer):
 
     def _started(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
+        self._up.set(1)
         self.answered = self.batches  # what a dead child was sent is not coming back
         if self._enabled:  # (no await in between: the sections precede every batch)
             self._send_sections()

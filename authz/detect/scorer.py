@@ -6,13 +6,11 @@ policy proposes its section (:meth:`Scorer.propose`: thresholds, route templates
 applied once that policy serves) and starts nothing; the service starts it
 (:meth:`Scorer.start`: one asyncio task), :meth:`Scorer.aclose` stops it.
 
-- The request path calls :meth:`Scorer.offer` (through the ``detect`` stage) and the
-  access-log feed :meth:`Scorer.on_response`: both append to one bounded deque;
-  when it is full the item is dropped and counted (``authz_detect_dropped_total``),
-  never waited for.
+- The request path calls :meth:`Scorer.offer` (the ``detect`` stage), the access-log
+  feed :meth:`Scorer.on_response`: both append to one bounded deque; when it is full
+  the item is dropped, counted (``authz_detect_dropped_total``), never waited for.
 - Every ``interval`` (default 200 ms) the task drains the queue in slices of
-  :data:`SLICE` items, yielding to the event loop between slices, so a backlog never
-  stalls decisions.
+  :data:`SLICE` items, yielding between slices: a backlog never stalls decisions.
 - A response joined to its observation by decision id (a bounded table of recent
   observations) reaches the detectors' ``respond``; one with decision id "" is a
   request on a public route that the check never saw: it counts as a request.
@@ -22,10 +20,9 @@ applied once that policy serves) and starts nothing; the service starts it
   on the same target is still in force (deduplicated; a block passes a log). The
   action goes to ``shared.get(ACTION_SINK, LogOnlySink)``, looked up when acting
   (the enforcer registers itself there when a policy is built), is logged on
-  ``authz.detect`` and counted by detector, response and mode.
+  ``authz.detect`` and counted by detector, response and mode (findings by detector).
 
-Time is the observations' own (traffic time), so a replayed scenario and the tests
-run on a fake clock.
+Time is the observations' own (traffic time): replays and tests run on a fake clock.
 """
 
 from __future__ import annotations
@@ -130,6 +127,8 @@ class Scorer:
             "automatic actions by detector, response and mode",
             ("detector", "response", "mode"),
         )
+        by = ("detector",)
+        self._findings = metrics.counter("authz_detect_findings_total", "detections", by)
         self._suppressed = metrics.counter(
             "authz_detect_suppressed_total",
             "findings not actioned: warm-up, or an action on the target still in force",
@@ -367,6 +366,7 @@ class Scorer:
         first = self._first if self._first is not None else now
         warm = now - first >= config.warmup
         for finding in findings:
+            self._findings.labels(finding.detector).inc()  # off the request path
             if not warm and not finding.during_warmup:
                 self._suppressed.labels("warmup").inc()
                 continue

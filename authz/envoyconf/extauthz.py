@@ -39,6 +39,7 @@ from authz.envoyconf.common import AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, seconds
 from authz.envoyconf.options import EnvoyOptions
 from authz.policy.config import (
     ApiKeyProviderConfig,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     PolicyConfig,
     RouteConfig,
@@ -81,7 +82,8 @@ HTTP_CHECK_HEADERS = ("x-request-id", "content-type", "x-forwarded-proto")
 def http_check_headers(policy: PolicyConfig) -> list[str]:
     """The request headers Envoy sends on an HTTP check: what the decision reads.
 
-    Each provider's credential header, the headers route contracts declare as
+    Each provider's credential header (and ``DPoP`` when one takes DPoP proofs), the
+    headers route contracts declare as
     parameters, the headers rate-limit keys name (and X-Forwarded-For when hops are
     trusted), plus :data:`HTTP_CHECK_HEADERS`. Derived from the policy, so a stage
     that reads a header the policy names gets it without a change here.
@@ -89,9 +91,11 @@ def http_check_headers(policy: PolicyConfig) -> list[str]:
     names = [
         p.header.lower()
         for p in policy.providers
-        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig)
+        if isinstance(p, JwtProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig)
     ]
     names += HTTP_CHECK_HEADERS
+    if any(isinstance(p, JwtProviderConfig) and p.dpop is not None for p in policy.providers):
+        names.append("dpop")  # the RFC 9449 proof
     for route in policy.routes:
         if route.contract is not None:
             names += [p.name for p in route.contract.parameters if p.where == "header"]
@@ -122,6 +126,9 @@ def _http_service(policy: PolicyConfig, options: EnvoyOptions) -> HttpService:
                 HeaderValue(
                     key=envoy_http.PEER_PRINCIPAL_HEADER, value="%DOWNSTREAM_PEER_URI_SAN%"
                 ),
+                # The client certificate (URL-encoded PEM) for certificate-bound
+                # tokens (RFC 8705); left out without one.
+                HeaderValue(key=envoy_http.PEER_CERTIFICATE_HEADER, value="%DOWNSTREAM_PEER_CERT%"),
                 HeaderValue(
                     key=envoy_http.SOURCE_ADDRESS_HEADER,
                     value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",

@@ -18,19 +18,26 @@ def _fail(reason: Reason, detail: str) -> NoReturn:
     raise InvalidToken(detail, reason=reason)
 
 
-def parse_authorization(value: str, *, dedicated: bool) -> str | None:
+BEARER = frozenset({"bearer"})
+BEARER_OR_DPOP = frozenset({"bearer", "dpop"})
+
+
+def parse_authorization(
+    value: str, *, dedicated: bool, schemes: frozenset[str] = BEARER
+) -> str | None:
     """The bearer token in a header value, None if it carries no bearer credential.
 
     Envoy joins repeated headers with ``,``, and a JWT never contains one, so more
     than one comma-separated credential, or extra words after the token, means
-    the client sent several: :class:`MultipleCredentials`. Another scheme
+    the client sent several: :class:`MultipleCredentials`. ``schemes`` are the
+    accepted ones (``DPoP`` too for a provider that takes DPoP). Another scheme
     (``Basic``) abstains when the header is shared (``authorization``); on a
     header dedicated to this provider it is a malformed token.
     """
     if "," in value:
         parts = [p.split() for p in value.split(",") if p.strip()]
         if len(parts) > 1:
-            if any(p[0].lower() == "bearer" for p in parts):
+            if any(p[0].lower() in schemes for p in parts):
                 raise MultipleCredentials("more than one credential in the header")
             _not_bearer(dedicated)
             return None
@@ -39,28 +46,28 @@ def parse_authorization(value: str, *, dedicated: bool) -> str | None:
         words = value.split()  # the common case: one credential, no list to build
     if not words:
         return None
-    if words[0].lower() != "bearer":
+    if words[0].lower() not in schemes:
         _not_bearer(dedicated)
         return None
     if len(words) == 2:
         return words[1]
     if len(words) > 2:
-        raise MultipleCredentials("more than one token after 'Bearer'")
-    _fail(R.TOKEN_MALFORMED, "'Bearer' without a token")
+        raise MultipleCredentials("more than one token after the scheme")
+    _fail(R.TOKEN_MALFORMED, "a scheme without a token")
 
 
-def bearer_presented(value: str, *, dedicated: bool) -> bool:
+def bearer_presented(value: str, *, dedicated: bool, schemes: frozenset[str] = BEARER) -> bool:
     """Whether :func:`parse_authorization` would find a credential in ``value``
     (return a token or raise) rather than abstain; parses nothing."""
     if value.startswith(("Bearer ", "bearer ")) and "," not in value:
         return True  # the common case, without copying the token
     if "," not in value:
         words = value.split(None, 1)
-        return bool(words) and (dedicated or words[0].lower() == "bearer")
+        return bool(words) and (dedicated or words[0].lower() in schemes)
     parts = [p.split(None, 1) for p in value.split(",") if p.strip()]
     if dedicated:
         return bool(parts)
-    return any(p[0].lower() == "bearer" for p in parts)
+    return any(p[0].lower() in schemes for p in parts)
 
 
 def _not_bearer(dedicated: bool) -> None:

@@ -93,6 +93,22 @@ class JwksCache:
         self._suppressed = m.counter(
             "authz_jwks_suppressed_refreshes_total", "unknown-kid refreshes not made (cooldown)", by
         ).labels(name)
+        lookups = m.counter(
+            "authz_jwks_key_lookups_total",
+            "key lookups for a token by result: hit (the cached set had it) | miss",
+            ("provider", "result"),
+        )
+        self._hit, self._miss = lookups.labels(name, "hit").inc, lookups.labels(name, "miss").inc
+        self._last_success_gauge = m.gauge(
+            "authz_jwks_last_success_timestamp_seconds",
+            "when the key set was last loaded (Unix time; 0: never)",
+            by,
+        ).labels(name)
+        self._usable_until_gauge = m.gauge(
+            "authz_jwks_usable_until_timestamp_seconds",
+            "until when the keys held serve without a fresh load (jwks_stale_ttl; Unix time)",
+            by,
+        ).labels(name)
         sources = sum((config.jwks_file is not None, config.jwks_uri is not None, config.discovery))
         if sources != 1:
             raise ValueError(
@@ -208,6 +224,7 @@ class JwksCache:
 
         found = self._lookup(kid, alg)
         if found is not None:
+            self._hit()
             if self._inflight is None and self._refresh_due(now):
                 # Keys past their TTL keep serving while a refresh runs in the background.
                 self._spawn_refresh()
@@ -216,6 +233,7 @@ class JwksCache:
             # Several candidates: a refresh cannot make the choice unambiguous.
             raise InvalidToken("token has no kid and several keys fit", reason=R.TOKEN_UNKNOWN_KID)
 
+        self._miss()
         if self._inflight is not None:
             self._suppressed.inc()
             await self.refresh()
@@ -306,6 +324,8 @@ class JwksCache:
             self._install(keys)
         self._last_success = self._clock()
         self.usable_until = self._last_success + self.config.jwks_stale_ttl
+        self._last_success_gauge.set(self._last_success)
+        self._usable_until_gauge.set(self.usable_until)
         self._consecutive_failures = 0
         return True
 

@@ -15,10 +15,6 @@ leaves this module.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 import re
 import time
 from collections import OrderedDict
@@ -29,14 +25,24 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from authz import reasons as R
 from authz.errors import InvalidToken, MultipleCredentials
+from authz.identity import claims as C
 from authz.identity.base import WAIT, Answer, Clock, Fetcher
-from authz.identity.bearer import bearer_presented, parse_authorization, query_has_access_token
+from authz.identity.bearer import (
+    BEARER,
+    BEARER_OR_DPOP,
+    bearer_presented,
+    parse_authorization,
+    query_has_access_token,
+)
+from authz.identity.dpop import MemoryReplayCache, ProofChecker, ReplayCache, request_url
+from authz.identity.jose import b64decode, json_object
 from authz.identity.jwk import JwkKey, algorithm_family
 from authz.identity.jwks import JwksCache
+from authz.identity.sender import check_certificate_binding, confirmation
 from authz.model import Identity, Request
 from authz.policy.config import JwtProviderConfig
 from authz.reasons import Reason
-from authz.telemetry.metrics import MemoryMetrics, Metrics
+from authz.telemetry.metrics import MemoryMetrics, Metrics, report_table
 
 #: Longest token looked at; real tokens are far smaller, and this bounds the work
 #: (and cache memory) an attacker can cause per request.
@@ -49,90 +55,29 @@ FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 # Compact JWS: three base64url segments. The signature may be empty so that an
 # unsigned ("alg": "none") token is reported as a forbidden algorithm, not as garbage.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_B64_INDEX = {c: i for i, c in enumerate(_B64URL_ALPHABET)}
 
 
 def _fail(reason: Reason, detail: str) -> NoReturn:
     raise InvalidToken(detail, reason=reason)
 
 
-def _b64decode(segment: str, name: str) -> bytes:
-    rem = len(segment) % 4
-    if rem == 1:
-        _fail(R.TOKEN_MALFORMED, f"bad base64url length in {name}")
-    if rem:
-        # Unused low bits of the last character must be zero, else several strings
-        # would decode to the same bytes (a cache key and a token id would differ).
-        mask = 0x0F if rem == 2 else 0x03
-        if _B64_INDEX[segment[-1]] & mask:
-            _fail(R.TOKEN_MALFORMED, f"non-canonical base64url in {name}")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        _fail(R.TOKEN_MALFORMED, f"bad base64url in {name}")
-
-
-def _reject_constant(name: str) -> NoReturn:
-    # json accepts NaN and Infinity, which would defeat every time comparison.
-    _fail(R.TOKEN_MALFORMED, f"non-finite number {name} in token")
-
-
-def _json_object(segment: str, name: str) -> dict[str, Any]:
-    raw = _b64decode(segment, name)
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except InvalidToken:
-        raise
-    except (ValueError, RecursionError):
-        _fail(R.TOKEN_MALFORMED, f"{name} is not JSON")
-    if not isinstance(value, dict):
-        _fail(R.TOKEN_MALFORMED, f"{name} is not a JSON object")
-    if b"\\u" in raw and _LONE_SURROGATE.search(raw) and not _encodable(value):
-        # JSON may escape a lone UTF-16 surrogate ("\ud800"); no UTF-8 text holds one,
-        # so a claim with it could not be put in a header, a log line or a sketch.
-        _fail(R.TOKEN_MALFORMED, f"{name} holds a lone surrogate")
-    return value
-
-
-#: A \u escape of a UTF-16 surrogate (a pair is fine, and json joins it): the cheap
-#: pre-check before the whole value is walked.
-_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _encodable(value: Any) -> bool:
-    """True if every string in ``value`` (keys included) is valid Unicode text."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _number(payload: dict[str, Any], claim: str) -> float | None:
-    value = payload.get(claim)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
-    if not math.isfinite(number):
-        _fail(R.TOKEN_MALFORMED, f"claim {claim} is out of range")
-    return number
-
-
 class _Verified:
     """A cache entry: what verifying a token proved, and with which key."""
 
-    __slots__ = ("deadline", "generation", "identity", "key", "valid_until")
+    __slots__ = ("deadline", "generation", "identity", "jkt", "key", "valid_until", "x5t")
 
-    def __init__(self, identity: Identity, valid_until: float, key: JwkKey, jwks: JwksCache):
+    def __init__(
+        self,
+        identity: Identity,
+        valid_until: float,
+        key: JwkKey,
+        jwks: JwksCache,
+        cnf: tuple[str | None, str | None] = (None, None),
+    ):
         self.identity = identity
         self.valid_until = valid_until  # exp + leeway
         self.key = key
+        self.x5t, self.jkt = cnf  # what the token is bound to (RFC 8705 / RFC 9449)
         self.generation = 0
         self.deadline = 0.0
         self.bind(jwks)
@@ -161,6 +106,7 @@ class JwtProvider:
         clock: Clock = time.time,
         fetcher: Fetcher | None = None,
         metrics: Metrics | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -170,7 +116,14 @@ class JwtProvider:
         self._header = config.header.lower()
         self._dedicated = self._header != "authorization"
         self._carrier = "header:" + self._header
+        self._schemes = BEARER_OR_DPOP if config.dpop is not None else BEARER
+        self._dpop_required = config.dpop is not None and config.dpop.mode == "required"
+        self.proofs: ProofChecker | None = None
+        if config.dpop is not None:
+            cache = replay or MemoryReplayCache(config.dpop.replay_cache_size)
+            self.proofs = ProofChecker(config.dpop, cache, clock=clock)
         self._audiences = frozenset(config.audiences)
+        self._typ = C.accepted_typ(config.typ)
         available = get_default_algorithms()
         # "none" is never an algorithm, whatever the configuration says.
         self._algorithms: dict[str, Algorithm] = {
@@ -187,6 +140,7 @@ class JwtProvider:
         self._cache_hit = m.counter(
             "authz_jwt_cache_hits_total", "JWTs answered from the verified-token cache", by
         ).labels(config.name)
+        report_table(m, f"jwt_cache:{config.name}", self._cache.__len__, self._cache_size)
 
     @property
     def verifications(self) -> int:
@@ -212,15 +166,20 @@ class JwtProvider:
         return self.jwks.ready()
 
     async def aclose(self) -> None:
-        """Stop background key refreshes."""
+        """Stop background key refreshes (and close a shared DPoP replay cache)."""
         await self.jwks.aclose()
+        close = getattr(self.proofs.replay, "aclose", None) if self.proofs else None
+        if close is not None:
+            await close()
 
     def presented(self, request: Request) -> str | None:
         """Where a bearer token is: this provider's header, or an ``access_token``
         query parameter (never accepted, but a credential the client sent: counted so
         that it cannot ride along unverified beside another one)."""
         value = request.headers.get(self._header)
-        if value is not None and bearer_presented(value, dedicated=self._dedicated):
+        if value is not None and bearer_presented(
+            value, dedicated=self._dedicated, schemes=self._schemes
+        ):
             return self._carrier
         path = request.path
         if "?" in path and query_has_access_token(path):
@@ -228,55 +187,96 @@ class JwtProvider:
         return None
 
     async def authenticate(self, request: Request) -> Identity | None:
-        """The identity a bearer JWT proves; None when no bearer token is present."""
+        """The identity a bearer (or DPoP) JWT proves; None when no token is present."""
         found = self.authenticate_now(request)
         if found is not WAIT:
             return found
-        # not cached (or no longer usable, and dropped): the header is read again,
-        # which is nothing beside a verification
-        token = parse_authorization(request.headers[self._header], dedicated=self._dedicated)
+        # not cached, or bound to a DPoP key (the proof needs the replay cache): the
+        # header is read again, which is nothing beside a verification
+        value = request.headers[self._header]
+        token = parse_authorization(value, dedicated=self._dedicated, schemes=self._schemes)
         if token is None:  # pragma: no cover - authenticate_now found one
             return None
-        verified = await self._verify(token)
-        if self._cache_size:
-            cache = self._cache
-            cache[token] = verified
-            while len(cache) > self._cache_size:
-                cache.popitem(last=False)
+        verified = self._cached(token)
+        if verified is None:
+            verified = await self._verify(token)
+            if self._cache_size:
+                cache = self._cache
+                cache[token] = verified
+                while len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+        if self._bound(request, verified, value) and self.proofs is not None:
+            proof = request.headers.get("dpop")
+            if proof is None:
+                self.proofs.fail(R.DPOP_PROOF_INVALID, "DPoP scheme without a DPoP proof")
+            assert verified.jkt is not None
+            url = request_url(request.scheme, request.host, request.path)
+            await self.proofs.check(proof, request.method, url, token, verified.jkt)
         return verified.identity
 
     def authenticate_now(self, request: Request) -> Answer:
         """The identity of a cached token, None without a bearer token, else WAIT (the
-        token must be verified: :meth:`authenticate`). Raises what authenticate would
-        for a malformed header or a second token in the query."""
+        token must be verified, or its DPoP proof checked: :meth:`authenticate`). Raises
+        what authenticate would for a malformed header, a second token in the query or
+        a token bound to another certificate."""
         value = request.headers.get(self._header)
         if value is None:
             return None
-        token = parse_authorization(value, dedicated=self._dedicated)
+        token = parse_authorization(value, dedicated=self._dedicated, schemes=self._schemes)
         if token is None:
             return None
         path = request.path
         if "?" in path and query_has_access_token(path):
             raise MultipleCredentials("token in both the header and the query")
+        entry = self._cached(token)
+        if entry is None:
+            return WAIT
+        if self._bound(request, entry, value):
+            return WAIT  # a DPoP proof to check
+        return entry.identity
 
+    def _cached(self, token: str) -> _Verified | None:
         entry = self._cache.get(token)
-        if entry is not None:
-            now = self._clock()
-            jwks = self.jwks
-            if now < entry.deadline and entry.generation == jwks.generation:
-                self._cache.move_to_end(token)
-                self._cache_hit.inc()
-                return entry.identity
-            if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
-                # Refreshed or rotated since, and the key is still served (O(1)).
-                entry.bind(jwks)
-                self._cache.move_to_end(token)
-                self._cache_hit.inc()
-                return entry.identity
-            # Expired, keys stale, or its key rotated out or revoked: verify again,
-            # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
-            del self._cache[token]
-        return WAIT
+        if entry is None:
+            return None
+        now = self._clock()
+        jwks = self.jwks
+        if now < entry.deadline and entry.generation == jwks.generation:
+            self._cache.move_to_end(token)
+            self._cache_hit.inc()
+            return entry
+        if now < entry.valid_until and now < jwks.usable_until and jwks.holds(entry.key):
+            # Refreshed or rotated since, and the key is still served (O(1)).
+            entry.bind(jwks)
+            self._cache.move_to_end(token)
+            self._cache_hit.inc()
+            return entry
+        # Expired, keys stale, or its key rotated out or revoked: verify again,
+        # which gives the reason (token_expired, jwks_unavailable, token_unknown_kid).
+        del self._cache[token]
+        return None
+
+    def _bound(self, request: Request, entry: _Verified, value: str) -> bool:
+        """Check what the token is bound to, on every request (cache hits too): the
+        client certificate (RFC 8705) now; True when a DPoP proof must be checked."""
+        if entry.x5t is not None:
+            check_certificate_binding(entry.x5t, request.peer_certificate)
+        dpop = value.lstrip()[:4].lower() == "dpop"  # the scheme parse_authorization read
+        if dpop:
+            if entry.jkt is None:
+                self._refuse(R.DPOP_KEY_MISMATCH, "DPoP scheme with a token not bound to a key")
+            return True
+        if entry.jkt is not None:
+            # RFC 9449 7.2: a DPoP-bound token must not be accepted as a bearer token.
+            self._refuse(R.DPOP_KEY_MISMATCH, "a DPoP-bound token under the Bearer scheme")
+        if self._dpop_required:
+            self._refuse(R.TOKEN_NOT_SENDER_CONSTRAINED, "the provider requires DPoP")
+        return False
+
+    def _refuse(self, reason: Reason, detail: str) -> NoReturn:
+        if self.proofs is not None:
+            self.proofs.fail(reason, detail, "invalid_token")
+        _fail(reason, detail)
 
     async def verify(self, token: str) -> tuple[Identity, float]:
         """Verify ``token`` fully (no cache); the identity and the time it stops being valid.
@@ -294,9 +294,9 @@ class JwtProvider:
         if _COMPACT.fullmatch(token) is None:
             _fail(R.TOKEN_MALFORMED, "not a compact JWS (three base64url parts)")
         header_b64, payload_b64, signature_b64 = token.split(".")
-        header = _json_object(header_b64, "header")
-        payload = _json_object(payload_b64, "payload")
-        signature = _b64decode(signature_b64, "signature")
+        header = json_object(header_b64, "header")
+        payload = json_object(payload_b64, "payload")
+        signature = b64decode(signature_b64, "signature")
 
         alg = header.get("alg")
         if not isinstance(alg, str) or not alg:
@@ -307,6 +307,7 @@ class JwtProvider:
         forbidden = FORBIDDEN_HEADERS.intersection(header)
         if forbidden:
             _fail(R.TOKEN_HEADER_FORBIDDEN, f"header {sorted(forbidden)[0]!r} not accepted")
+        C.check_typ(header, self._typ)
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             _fail(R.TOKEN_MALFORMED, "kid is not a string")
@@ -333,61 +334,44 @@ class JwtProvider:
         if not valid:
             _fail(R.TOKEN_BAD_SIGNATURE, "signature verification failed")
         identity, valid_until = self._check_claims(payload)
-        return _Verified(identity, valid_until, jwk, self.jwks)
+        return _Verified(identity, valid_until, jwk, self.jwks, confirmation(payload))
 
     def _check_claims(self, payload: dict[str, Any]) -> tuple[Identity, float]:
         config = self.config
-        if payload.get("iss") != config.issuer:
+        if C.string(payload, "iss") != config.issuer:
             _fail(R.TOKEN_WRONG_ISSUER, "issuer does not match")
-        aud = payload.get("aud")
-        if isinstance(aud, str):
-            aud_ok = aud in self._audiences
-        elif isinstance(aud, list):
-            aud_ok = any(isinstance(a, str) and a in self._audiences for a in aud)
-        else:
-            aud_ok = False
-        if not aud_ok:
+        if self._audiences.isdisjoint(C.audiences(payload)):
             _fail(R.TOKEN_WRONG_AUDIENCE, "audience not accepted")
+        C.check_access_payload(payload)
 
         now = self._clock()
         leeway = config.leeway
-        exp = _number(payload, "exp")
+        exp = C.number(payload, "exp")
         if exp is None:
             _fail(R.TOKEN_MISSING_EXP, "exp missing")
         if now >= exp + leeway:
             _fail(R.TOKEN_EXPIRED, "token expired")
-        nbf = _number(payload, "nbf")
+        nbf = C.number(payload, "nbf")
         if nbf is not None and nbf > now + leeway:
             _fail(R.TOKEN_NOT_YET_VALID, "nbf in the future")
-        iat = _number(payload, "iat")
+        iat = C.number(payload, "iat")
         if iat is not None and iat > now + leeway:
             _fail(R.TOKEN_NOT_YET_VALID, "iat in the future")
         start = iat if iat is not None else nbf if nbf is not None else now
         if exp - start > config.max_lifetime + leeway:
             _fail(R.TOKEN_LIFETIME_TOO_LONG, "token lifetime exceeds the maximum")
 
-        sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub:
+        sub = C.string(payload, "sub")
+        if not sub:
             _fail(R.TOKEN_MISSING_SUBJECT, "sub missing")
+        C.string(payload, "jti")
         identity = Identity(
             kind="jwt",
             subject=sub,
             provider=config.name,
             issuer=config.issuer,
-            scopes=self._scopes(payload),
+            scopes=C.scopes(payload, config.scope_claim),
             claims=MappingProxyType(payload),
             expires_at=exp,
         )
         return identity, exp + leeway
-
-    def _scopes(self, payload: dict[str, Any]) -> frozenset[str]:
-        value = payload.get(self.config.scope_claim)
-        if value is None:
-            return frozenset()
-        # "scope" is a space-separated string (RFC 8693) and "scp" an array, but
-        # issuers mix them up; accept both shapes for either claim name.
-        if isinstance(value, str):
-            return frozenset(value.split())
-        if isinstance(value, list) and all(isinstance(s, str) for s in value):
-            return frozenset(s for s in value if s)
-        _fail(R.TOKEN_MALFORMED, f"claim {self.config.scope_claim} is neither string nor list")

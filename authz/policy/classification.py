@@ -27,9 +27,9 @@ validate`` prints each with its place in the file):
   rule, not shadow, on the route or global, whose key tells apart the callers of
   every provider of the route: ``subject`` does for all, ``spiffe_id`` for mTLS
   callers, ``claim:NAME`` for JWT callers), and need the audit trail on;
-- ``regulated`` routes also need every credential bound to its sender: mTLS today
-  (:func:`sender_constrained` is the hook for sender-constrained tokens, DPoP or
-  certificate-bound, when a provider offers them).
+- ``regulated`` routes also need every credential bound to its sender: the route's
+  ``sender_constrained: true``, or providers that only take bound credentials (mTLS,
+  a JWT provider with ``dpop: required``; :func:`sender_constrained`).
 
 A route's providers are alternatives (any one admits a request), so a rule on
 providers holds only when every provider meets it; each one that does not is
@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from authz.policy.config import ProviderConfig, RouteConfig
+from authz.policy.audit_config import AuditConfig
+from authz.policy.config import DecisionLogConfig, ProviderConfig, RouteConfig
 from authz.policy.document import JsonPath
 from authz.policy.ratelimit_config import RuleConfig
 
@@ -170,35 +171,38 @@ def _resolve(root: Any, ref: str) -> Any:
 # --------------------------------------------------------------------------- controls
 
 
+_NO_LOG_CONFIG = DecisionLogConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class Controls:
-    """What the policy offers a route beyond its own fields, read once by the loader."""
+    """What the policy offers a route beyond its own fields, read once by the loader
+    from the frozen configuration (never the raw document)."""
 
     providers: tuple[ProviderConfig, ...]
     global_rules: tuple[RuleConfig, ...]
-    #: the audit trail is on (see :func:`audit_enabled`)
-    audit: bool
+    #: the policy's audit trail (its frozen ``audit:`` section), None when it has none
+    audit: AuditConfig | None = None
+    #: the policy's decision log (:class:`DecisionLogConfig`)
+    decision_log: DecisionLogConfig = _NO_LOG_CONFIG
+    #: an ``audit:`` section is written but did not load: its own errors are reported,
+    #: and the routes are not also told that the audit trail is off
+    audit_invalid: bool = False
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
 
-
-def audit_enabled(doc: Any) -> bool:
-    """Whether the raw policy document turns the audit trail on.
-
-    A top-level ``audit:`` section that is present and not ``enabled: false`` (the
-    audit trail of issue 11, being added beside this; the loader will hand its frozen
-    config here once it lands). Until then a decision log that fails closed
-    (``decision_log: {on_failure: deny}``) also counts: no allowed request goes
-    unrecorded, though nothing proves the log untouched.
-    """
-    if not isinstance(doc, dict):
-        return False
-    audit = doc.get("audit")
-    if audit is True or (isinstance(audit, dict) and audit.get("enabled", True) is not False):
-        return True
-    log = doc.get("decision_log")
-    return isinstance(log, dict) and log.get("on_failure") == "deny"
+    @property
+    def audit_on(self) -> bool:
+        """Every access is recorded: the audit trail is configured (a frozen
+        :class:`AuditConfig`; it fails closed: a record it cannot take is a 503
+        ``audit_unavailable``, never an unrecorded allow), or, weaker and accepted for
+        policies without a signing key, the decision log fails closed
+        (``decision_log: {on_failure: deny}``: no allow unrecorded, but nothing proves
+        the log untouched)."""
+        return (
+            self.audit is not None or self.audit_invalid or self.decision_log.on_failure == "deny"
+        )
 
 
 def sender_constrained(provider: ProviderConfig) -> bool:
@@ -208,7 +212,10 @@ def sender_constrained(provider: ProviderConfig) -> bool:
     tokens (DPoP, RFC 9449; certificate-bound tokens, RFC 8705): when a JWT provider
     can require them, it answers True here and regulated routes may use it.
     """
-    return provider.type == "mtls"
+    if provider.type == "mtls":
+        return True
+    dpop = getattr(provider, "dpop", None)  # a JWT provider with dpop: required
+    return dpop is not None and dpop.mode == "required"
 
 
 def per_identity(rule: RuleConfig, kinds: frozenset[str]) -> bool:
@@ -272,13 +279,15 @@ def _rate_limit(
 
 
 def _audit(route: RouteConfig, controls: Controls) -> Iterator[tuple[JsonPath, dict[str, str]]]:
-    if not controls.audit:
+    if not controls.audit_on:
         yield ("data_class",), {}
 
 
 def _sender_bound(
     route: RouteConfig, controls: Controls
 ) -> Iterator[tuple[JsonPath, dict[str, str]]]:
+    if route.sender_constrained:
+        return  # the route itself refuses every credential not bound to its sender
     for j, name in enumerate(route.providers):
         provider = controls.provider(name)
         if provider is not None and not sender_constrained(provider):
@@ -314,16 +323,17 @@ RULES: tuple[Rule, ...] = (
         "audit_on",
         ("pii", "regulated"),
         _audit,
-        "a {cls} route{source} needs the audit trail on (an audit: section; until it "
-        "lands, decision_log: {{on_failure: deny}}), so that every access is recorded",
+        "a {cls} route{source} needs the audit trail on (an audit: section with dir and "
+        "signing_key; at least decision_log: {{on_failure: deny}}), so that every access "
+        "is recorded",
     ),
     Rule(
         "sender_constrained",
         ("regulated",),
         _sender_bound,
         "a regulated route{source} needs every credential bound to its sender: provider "
-        "{provider!r} ({type}) is not; use an mtls provider (sender-constrained tokens "
-        "count once a provider offers them)",
+        "{provider!r} ({type}) is not; use an mtls provider, dpop: required on the "
+        "provider, or sender_constrained: true on the route",
     ),
 )
 

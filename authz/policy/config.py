@@ -35,6 +35,20 @@ HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 
 
 @dataclass(frozen=True, slots=True)
+class DpopConfig:
+    """RFC 9449 DPoP for one JWT provider (its ``dpop`` option)."""
+
+    mode: str = "allowed"  # allowed: Bearer or DPoP | required: DPoP-bound tokens only
+    iat_window: float = 60.0  # a proof is accepted this long after its iat
+    leeway: float = 5.0  # and this far before it (clock skew)
+    algorithms: tuple[str, ...] = ("ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA")
+    replay_cache_size: int = 100_000  # jti entries per process (full of live ones: 503)
+    #: The name of a ``rate_limits.stores`` Redis store that shares seen ``jti`` values
+    #: between processes; None: this process only.
+    replay_store: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JwtProviderConfig:
     """An OIDC/JWT issuer. Exactly one key source: jwks_uri, jwks_file or discovery."""
 
@@ -55,6 +69,10 @@ class JwtProviderConfig:
     jwks_timeout: float = 5.0
     cache_size: int = 10_000  # verified-token cache entries
     min_rsa_bits: int = 2048  # RSA keys with a shorter modulus are refused (never below 2048)
+    #: Accepted JOSE ``typ`` values, normalised (lower case, no ``application/``);
+    #: None: the default (absent, ``jwt`` or ``at+jwt``; see the README's providers).
+    typ: tuple[str, ...] | None = None
+    dpop: DpopConfig | None = None  # None: DPoP not accepted (a DPoP-bound token is refused)
     type: str = "jwt"
 
 
@@ -87,7 +105,28 @@ class ApiKeyProviderConfig:
     type: str = "api_key"
 
 
-ProviderConfig = JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig
+@dataclass(frozen=True, slots=True)
+class IntrospectionProviderConfig:
+    """Opaque tokens checked at an RFC 7662 introspection endpoint."""
+
+    name: str
+    endpoint: str  # http(s) URL of the introspection endpoint
+    client_id: str
+    client_secret_file: str  # absolute path; the secret itself is never in the policy
+    timeout: float = 2.0  # per call; slower or down: 503 introspection_unavailable
+    cache_size: int = 10_000  # answers cached, keyed by the token's SHA-256
+    cache_ttl: float = 60.0  # an active answer at most this long (and never past exp)
+    negative_ttl: float = 5.0  # an inactive answer this long (bounds calls for junk)
+    issuer: str | None = None  # when set, `iss` must be it
+    audiences: tuple[str, ...] = ()  # when set, `aud` must hold one
+    scope_claim: str = "scope"
+    header: str = "authorization"
+    type: str = "introspection"
+
+
+ProviderConfig = (
+    JwtProviderConfig | MtlsProviderConfig | ApiKeyProviderConfig | IntrospectionProviderConfig
+)
 
 PARAMETER_LOCATIONS = ("path", "query", "header")
 JSON_MEDIA_TYPE = "application/json"
@@ -166,6 +205,9 @@ class RouteConfig:
     priority: str = "normal"  # critical | normal | background (load shedding order)
     rate_limits: tuple[RuleConfig, ...] = ()  # this route's own limits
     credentials: str = "exclusive"  # one of CREDENTIAL_MODES
+    #: Only sender-constrained credentials: a token bound to the client certificate
+    #: (``cnf.x5t#S256``) or to a DPoP key (``cnf.jkt``), or the mTLS peer identity.
+    sender_constrained: bool = False
     #: The route's effective data class (:mod:`authz.policy.classification`): the
     #: highest of its declared class (default: internal, public for a public route) and
     #: its body fields' ``x-data-class``; set by the loader.

@@ -29,7 +29,6 @@ from authz.pathtemplate import TemplateError, parse_template
 from authz.policy.audit_loader import load_audit
 from authz.policy.classification import (
     Controls,
-    audit_enabled,
     check_route,
     effective_class,
     field_classes,
@@ -39,7 +38,9 @@ from authz.policy.config import (
     ApiKey,
     ApiKeyProviderConfig,
     DecisionLogConfig,
+    DpopConfig,
     HeaderNames,
+    IntrospectionProviderConfig,
     JwtProviderConfig,
     MtlsProviderConfig,
     PolicyConfig,
@@ -233,8 +234,24 @@ class _Builder:
         for i, spec in enumerate(openapi_specs if isinstance(openapi_specs, list) else ()):
             routes += tuple(self.guarded(self.openapi, i, spec, by_name) or ())
         self.guarded(self.check_route_set, routes)
-        self.guarded(self.check_classes, written, routes[len(written) :], providers)
+        audit = self.guarded(load_audit, doc, self, self.base_dir)
+        decision_log = (
+            self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
+            or DecisionLogConfig()
+        )
+        controls = Controls(
+            providers, self.limits.global_rules, audit, decision_log,
+            audit_invalid=audit is None and doc.get("audit") is not None,
+        )  # fmt: skip
+        self.guarded(self.check_classes, written, routes[len(written) :], controls)
         rate_limits = self.guarded(self.limits.config) or RateLimitConfig()
+        stores = {st.name for st in rate_limits.stores}
+        for p in providers:
+            store = p.dpop.replay_store if isinstance(p, JwtProviderConfig) and p.dpop else None
+            if store is not None and store not in stores:
+                self.problem(
+                    ("providers", p.name, "dpop_replay_store"), f"no Redis store named {store!r}"
+                )
         return PolicyConfig(
             version=version,
             source=source,
@@ -246,11 +263,10 @@ class _Builder:
             routes=routes,
             documents=tuple(self.documents),
             rate_limits=rate_limits,
-            decision_log=self.guarded(lambda: DecisionLogConfig(**doc.get("decision_log", {})))
-            or DecisionLogConfig(),
+            decision_log=decision_log,
             detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
-            audit=self.guarded(load_audit, doc, self, self.base_dir),
+            audit=audit,
         )
 
     def openapi(
@@ -283,6 +299,8 @@ class _Builder:
             return MtlsProviderConfig(name=name, trust_domains=tuple(spec["trust_domains"]))
         if kind == "api_key":
             return self.api_key_provider(name, spec, at)
+        if kind == "introspection":
+            return self.introspection_provider(name, spec, at)
         sources: list[str] = [k for k in ("jwks_uri", "jwks_file") if k in spec]
         if spec.get("discovery"):
             sources.append("discovery")
@@ -320,12 +338,72 @@ class _Builder:
             header=spec.get("header", "authorization"),
             cache_size=spec.get("cache_size", defaults.cache_size),
             min_rsa_bits=spec.get("min_rsa_bits", defaults.min_rsa_bits),
+            typ=self.jwt_typ(spec, at),
+            dpop=self.jwt_dpop(spec, at),
             leeway=duration("leeway"),
             max_lifetime=max_lifetime,
             jwks_ttl=duration("jwks_ttl"),
             jwks_refresh_interval=duration("jwks_refresh_interval"),
             jwks_stale_ttl=duration("jwks_stale_ttl"),
             jwks_timeout=duration("jwks_timeout"),
+        )
+
+    def jwt_typ(self, spec: dict[str, Any], at: JsonPath) -> tuple[str, ...] | None:
+        from authz.identity.claims import normalise_typ
+
+        values = spec.get("typ")
+        if values is None:
+            return None
+        typ = tuple(dict.fromkeys(normalise_typ(v) for v in values))
+        if not all(typ):
+            self.problem((*at, "typ"), "an empty typ")
+        return typ
+
+    def jwt_dpop(self, spec: dict[str, Any], at: JsonPath) -> DpopConfig | None:
+        mode = spec.get("dpop")
+        if mode is None:
+            return None
+        defaults = DpopConfig()
+        window = spec.get("dpop_iat_window")
+        iat_window = defaults.iat_window if window is None else parse_duration(window)
+        if iat_window <= 0:
+            self.problem((*at, "dpop_iat_window"), "must be more than zero")
+        return DpopConfig(
+            mode=mode,
+            iat_window=iat_window,
+            replay_cache_size=spec.get("dpop_replay_cache_size", defaults.replay_cache_size),
+            replay_store=spec.get("dpop_replay_store"),
+        )
+
+    def introspection_provider(
+        self, name: str, spec: dict[str, Any], at: JsonPath
+    ) -> IntrospectionProviderConfig:
+        file = Path(spec["client_secret_file"])
+        file = file if file.is_absolute() else (self.base_dir / file)
+        if not file.is_file():
+            self.problem((*at, "client_secret_file"), f"no such file: {file}")
+        d = IntrospectionProviderConfig(name=name, endpoint="", client_id="", client_secret_file="")
+
+        def duration(key: str) -> float:
+            value = spec.get(key)
+            return float(getattr(d, key)) if value is None else parse_duration(value)
+
+        for key in ("timeout", "cache_ttl"):
+            if duration(key) <= 0:
+                self.problem((*at, key), "must be more than zero")
+        return IntrospectionProviderConfig(
+            name=name,
+            endpoint=spec["endpoint"],
+            client_id=spec["client_id"],
+            client_secret_file=str(file.resolve()),
+            timeout=duration("timeout"),
+            cache_size=spec.get("cache_size", d.cache_size),
+            cache_ttl=duration("cache_ttl"),
+            negative_ttl=duration("negative_ttl"),
+            issuer=spec.get("issuer"),
+            audiences=tuple(spec.get("audiences", ())),
+            scope_claim=spec.get("scope_claim", "scope"),
+            header=spec.get("header", "authorization"),
         )
 
     def api_key_provider(
@@ -389,7 +467,7 @@ class _Builder:
         kinds = {providers[n].type for n in names if n in providers}
         if spec.get("spiffe_ids") and "mtls" not in kinds:
             self.problem((*at, "spiffe_ids"), "spiffe_ids need an mtls provider on the route")
-        if spec.get("scopes") and not kinds & {"jwt", "api_key"}:
+        if spec.get("scopes") and not kinds & {"jwt", "api_key", "introspection"}:
             self.problem((*at, "scopes"), "scopes need a jwt or api_key provider on the route")
         exact = tuple(s for s in spec.get("spiffe_ids", ()) if not s.endswith("/*"))
         prefixes = tuple(s[:-1] for s in spec.get("spiffe_ids", ()) if s.endswith("/*"))
@@ -434,6 +512,7 @@ class _Builder:
             priority=priority,
             rate_limits=rate_limits,
             credentials=spec.get("credentials", "exclusive"),
+            sender_constrained=bool(spec.get("sender_constrained", False)),
             data_class=effective_class(declared, public, fields),
             declared_data_class=declared,
             field_data_classes=fields,
@@ -443,10 +522,10 @@ class _Builder:
         self,
         written: list[tuple[int, RouteConfig]],
         imported: tuple[RouteConfig, ...],
-        providers: tuple[ProviderConfig, ...],
+        controls: Controls,
     ) -> None:
-        """The minimum controls of each route's data class (:mod:`.classification`)."""
-        controls = Controls(providers, self.limits.global_rules, audit_enabled(self.doc))
+        """The minimum controls of each route's data class (:mod:`.classification`),
+        against the frozen audit and decision-log configuration."""
         for i, route in written:
             for found in check_route(route, controls):
                 self.problem(("routes", i, *found.field), found.message)

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from authz.ratelimit.base import EPSILON, LEASE, Item, Outcome, gcra
-from authz.telemetry.metrics import MemoryMetrics, Metrics
+from authz.telemetry.metrics import MemoryMetrics, Metrics, report_table
 
 #: Bytes one bucket takes in a full table (a key of ~25 characters, its TAT, the
 #: ordered table's entry), measured with tracemalloc over 1,000,000 keys; the
@@ -39,6 +39,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.monotonic,
         *,
         metrics: Metrics | None = None,
+        table: str | None = None,
     ):
         self.max_keys = max_keys
         self.clock = clock
@@ -55,6 +56,8 @@ class MemoryStore:
             "authz_ratelimit_memory_expired_total", "in-process buckets dropped once full again"
         ).labels()
         self._ticks = 0
+        if table is not None:  # its name in authz_table_entries
+            report_table(m, table, self._buckets.__len__, lambda: self.max_keys)
 
     @property
     def evicted_expired(self) -> int:

@@ -72,7 +72,7 @@ class RateLimitRuntime:
         self.metrics = metrics if metrics is not None else MemoryMetrics()
         #: where the stores are registered (a private registry when none is given)
         self.runtimes = runtimes if runtimes is not None else Runtimes()
-        self.memory = MemoryStore(metrics=self.metrics)
+        self.memory = MemoryStore(metrics=self.metrics, table="ratelimit_buckets")
         self.redis: dict[RedisStoreConfig, RedisStore] = {}
         self.batched: dict[RedisStoreConfig, BatchedStore] = {}
         self.overload = OverloadMonitor(metrics=self.metrics)

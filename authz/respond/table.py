@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from authz.detect.events import TARGET_KINDS
-from authz.telemetry.metrics import MemoryMetrics, Metrics
+from authz.telemetry.metrics import MemoryMetrics, Metrics, report_table
 
 #: What an entry does, in the order a request is checked against them.
 ENFORCED = ("revoke", "block", "step_up", "throttle")
@@ -144,6 +144,7 @@ class Table:
         self._gauge = m.gauge(
             "authz_enforcement_entries", "enforcements in the table", ("response",)
         )
+        report_table(m, "enforcements", self.entries.__len__, max_entries)
         self.evictions = 0
         self._counts: dict[str, int] = dict.fromkeys(ENFORCED, 0)
         #: (response, target kind) -> enforced entries: what the request path may skip

@@ -14,7 +14,8 @@ process (tests, ``authz`` inspection, and the source a later exporter reads).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 #: Label value of the series that collects combinations past a family's bound.
@@ -30,6 +31,9 @@ class Counter(Protocol):
 
 class Histogram(Protocol):
     def observe(self, value: float) -> None: ...
+
+    def observe_weighted(self, value: float, weight: int) -> None:
+        """``weight`` observations of ``value`` (one sampled call standing for many)."""
 
 
 class Gauge(Protocol):
@@ -91,6 +95,9 @@ class _Noop:
         return None
 
     def observe(self, value: float) -> None:
+        return None
+
+    def observe_weighted(self, value: float, weight: int) -> None:
         return None
 
 
@@ -175,6 +182,11 @@ class MemoryHistogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.sum += value
+
+    def observe_weighted(self, value: float, weight: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += weight
+        self.count += weight
+        self.sum += value * weight
 
 
 S = TypeVar("S")
@@ -293,3 +305,50 @@ class MemoryMetrics:
                 for labels, s in family.series.items()
             }
         return out
+
+
+# --------------------------------------------------------------------------- table sizes
+
+#: tables shown by ``authz_table_entries`` (one per kind, and per JWT provider)
+MAX_TABLES = 64
+
+
+class ReadGauge:
+    """A gauge whose value is read when the metrics are (a scrape, ``authz counters``),
+    not kept up to date on the request path."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    @property
+    def value(self) -> float:
+        try:
+            return float(self._read())
+        except Exception:  # a table being torn down: no value, not a failed scrape
+            return math.nan
+
+
+def report_table(
+    metrics: Metrics, table: str, size: Callable[[], float], bound: int | Callable[[], float]
+) -> None:
+    """Show a bounded table's size against its bound: ``authz_table_entries{table}``
+    and ``authz_table_capacity{table}``, read at scrape time (``bound`` a callable
+    when a reload may change it). ``table`` is a fixed name (never request data).
+    Called again for the same name (a reload's new table), the new one replaces the
+    old. Another Metrics than :class:`MemoryMetrics` gets a fixed capacity only."""
+    capacity = metrics.gauge(
+        "authz_table_capacity", "the bound of each in-process table", ("table",)
+    )
+    entries = metrics.gauge(
+        "authz_table_entries", "entries each in-process table holds now", ("table",)
+    )
+    if not isinstance(entries, MemoryFamily) or not isinstance(capacity, MemoryFamily):
+        if not callable(bound):
+            capacity.labels(table).set(bound)
+        return
+    if (table,) not in entries.series and len(entries.series) >= MAX_TABLES:
+        return
+    entries.series[(table,)] = ReadGauge(size)
+    capacity.series[(table,)] = ReadGauge(bound if callable(bound) else lambda: bound)

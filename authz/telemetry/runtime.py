@@ -25,6 +25,7 @@ from authz.telemetry.decisions import DecisionMetrics
 from authz.telemetry.options import TelemetryOptions, read_token
 from authz.telemetry.prometheus import descriptions_of, render
 from authz.telemetry.scrape import MetricsEndpoint
+from authz.telemetry.stages import StageLatency
 
 if TYPE_CHECKING:
     from authz.engine import PolicyEngine
@@ -56,6 +57,8 @@ class Telemetry:
             token = read_token(options.metrics_token_file) if options.metrics_token_file else None
             self.endpoint = MetricsEndpoint(options.metrics, local_source(metrics), token=token)
         self.decisions = DecisionMetrics(metrics) if options.counting else None
+        if options.counting:  # every policy built from now on times its stages
+            shared.step_probe = StageLatency(metrics).wrap
         self._parts: list[Any] = []  # started in order, closed in reverse
         self.tracer: Any = None  # a DecisionTracer (--tracing)
         self._processor: Any = None

@@ -22,7 +22,8 @@ request headers the filter allows. The answer is an HTTP response:
 
 The peer identity is not part of that protocol: the generated config has Envoy add
 it with ``authorization_request.headers_to_add`` (``x-authz-peer-principal:
-%DOWNSTREAM_PEER_URI_SAN%``, ``x-authz-source-address``), always overwriting, and
+%DOWNSTREAM_PEER_URI_SAN%``, ``x-authz-peer-certificate: %DOWNSTREAM_PEER_CERT%``,
+``x-authz-source-address``), always overwriting, and
 never forwards a client-sent copy (``disallowed_headers``). Only this transport
 reads those headers; the gRPC transport takes the identity from the attributes.
 
@@ -46,9 +47,17 @@ from authz.model import Decision, Request
 #: Envoy sets these (headers_to_add) on every check request; a client cannot.
 PEER_PRINCIPAL_HEADER = "x-authz-peer-principal"
 SOURCE_ADDRESS_HEADER = "x-authz-source-address"
+#: The URL-encoded PEM of the client certificate Envoy verified (%DOWNSTREAM_PEER_CERT%),
+#: as the gRPC transport's ``attributes.source.certificate``.
+PEER_CERTIFICATE_HEADER = "x-authz-peer-certificate"
 #: Proves a check comes from the Envoy whose config was generated with the secret.
 SECRET_HEADER = "x-authz-transport-secret"
-TRUSTED_HEADERS = (PEER_PRINCIPAL_HEADER, SOURCE_ADDRESS_HEADER, SECRET_HEADER)
+TRUSTED_HEADERS = (
+    PEER_PRINCIPAL_HEADER,
+    SOURCE_ADDRESS_HEADER,
+    SECRET_HEADER,
+    PEER_CERTIFICATE_HEADER,
+)
 #: At least 128 bits as hex; characters that are safe in a header value and mean
 #: nothing to Envoy's substitution formatter (``%``) or YAML.
 MIN_SECRET_LENGTH = 32
@@ -94,6 +103,7 @@ def to_request(
     """
     principal = headers.pop(PEER_PRINCIPAL_HEADER, "")
     source = headers.pop(SOURCE_ADDRESS_HEADER, "")
+    certificate = headers.pop(PEER_CERTIFICATE_HEADER, "")
     headers.pop(SECRET_HEADER, None)  # the transport checked it; no stage may see it
     return Request(
         method=method,
@@ -102,6 +112,7 @@ def to_request(
         headers=headers,
         body=body,
         principal=principal,
+        peer_certificate=certificate,
         source_address=source,
         request_id=headers.get("x-request-id", ""),
         scheme=headers.get("x-forwarded-proto", "http"),

@@ -7,6 +7,7 @@ Refused, each as ``body_malformed`` (400) unless said otherwise:
 - ``NaN``, ``Infinity``, ``-Infinity`` and numbers that overflow to infinity;
 - integers with more digits than Python converts (``sys.get_int_max_str_digits``);
 - duplicate keys in one object (``body_duplicate_key``, at the duplicate member);
+  the reader is :mod:`authz.strictjson`, the one tokens are read with too;
 - nesting deeper than ``max_depth`` or more than ``max_members`` values
   (``body_limit_exceeded``), checked on the raw bytes before parsing, so a hostile
   body costs no more than a scan.
@@ -19,7 +20,6 @@ the remaining brackets (C loops only).
 from __future__ import annotations
 
 import json
-import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -27,6 +27,8 @@ from typing import Any
 from authz import reasons as R
 from authz.errors import ContractViolation
 from authz.policy.config import BodyLimits
+from authz.strictjson import DECODER as _DECODER
+from authz.strictjson import DuplicateMember
 
 _BOM = b"\xef\xbb\xbf"
 # A JSON string, unrolled ("normal* (special normal*)*"): linear, no backtracking.
@@ -40,39 +42,6 @@ for _b in b"]}":
 # A \uD800-\uDFFF escape: only then can a lone surrogate appear in the parsed value.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _DECODER_ERROR = (ValueError, RecursionError)
-
-
-class _Duplicate(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__("duplicate key")
-        self.key = key
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Duplicate(key)
-            seen.add(key)
-    return obj
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("number out of range")
-    return value
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, strict=True
-)
 
 
 def malformed(detail: str, pointer: str = "") -> ContractViolation:
@@ -111,7 +80,7 @@ def parse_json(body: bytes, limits: BodyLimits) -> Any:
     scan_structure(body, limits)
     try:
         value, end = _DECODER.raw_decode(text, _skip_ws(text, 0))
-    except _Duplicate:
+    except DuplicateMember:
         raise ContractViolation(
             R.BODY_DUPLICATE_KEY,
             "duplicate key in an object",

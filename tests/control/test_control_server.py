@@ -241,7 +241,8 @@ def test_explain_is_a_dry_run(policy: Path, start_service: Callable[..., Service
     check(svc.address, "/once")
     counters = admin(svc.control, "GetCounters",
                      admin_pb2.GetCountersRequest(prefix="authz_decisions"), token=token)  # fmt: skip
-    assert [(s.labels[0].value, s.value) for s in counters.series] == [("allowed", 1.0)]
+    got = [({h.name: h.value for h in s.labels}, s.value) for s in counters.series]
+    assert got == [({"route": "once", "decision": "allow", "reason": "allowed"}, 1.0)]
     assert svc.decision_log.read_text().count('"decision_id"') <= 1
 
 

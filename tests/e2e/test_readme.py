@@ -106,7 +106,10 @@ def test_every_readme_command_runs(demo: subprocess.Popen[bytes]) -> None:
         result = run(line)
         ran += 1
         words = line.split()
-        if words[0] == "curl":
+        if words[0] == "curl" and "/metrics" in line:  # the demo's Prometheus scrape
+            assert result.returncode == 0, (line, result.stderr)
+            assert 'authz_decisions_total{route="' in result.stdout, result.stdout
+        elif words[0] == "curl":
             assert result.returncode == 0, (line, result.stderr)
             curl_statuses.append(int(result.stdout.split()[1]))
         elif words[:2] == ["authz", "replay"]:  # exit 1: the candidate changes outcomes
@@ -118,6 +121,9 @@ def test_every_readme_command_runs(demo: subprocess.Popen[bytes]) -> None:
         elif words[:2] == ["authz", "diff"]:  # exit 1: the files differ, as diff(1)
             assert result.returncode == 1, (line, result.stdout, result.stderr)
             assert result.stdout.startswith(("---", "{")), result.stdout
+        elif words[:3] == ["promtool", "check", "rules"]:
+            assert result.returncode == 0, (line, result.stdout, result.stderr)
+            assert "SUCCESS" in result.stdout, result.stdout
         else:
             assert result.returncode == 0, (line, result.stdout, result.stderr)
     assert curl_statuses == CURL_STATUSES

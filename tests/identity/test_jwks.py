@@ -506,3 +506,28 @@ async def test_unchanged_keys_keep_their_objects_and_generation(
     clock.advance(300)
     assert await cache.refresh()
     assert cache.generation == generation + 2 and not cache.holds(key)
+
+
+async def test_metrics_count_lookups_and_stamp_the_last_load(
+    tmp_path: Path, es_keys: list[DevKey], clock: FakeClock, caches: list[JwksCache]
+) -> None:
+    from authz.telemetry.metrics import MemoryMetrics
+
+    path = tmp_path / "jwks.json"
+    write_jwks(path, [es_keys[0]])
+    metrics = MemoryMetrics()
+    cache = JwksCache(
+        config(jwks_file=str(path), jwks_stale_ttl=600.0), clock=clock, metrics=metrics
+    )
+    caches.append(cache)
+    assert metrics.value("authz_jwks_last_success_timestamp_seconds", "dev") == 0
+    await cache.start()
+    loaded = clock()
+    for _ in range(3):
+        await cache.key_for(es_keys[0].kid)
+    with pytest.raises(InvalidToken):
+        await cache.key_for(es_keys[1].kid)  # not in the set: a miss (and a refresh)
+    assert metrics.value("authz_jwks_key_lookups_total", "dev", "hit") == 3
+    assert metrics.value("authz_jwks_key_lookups_total", "dev", "miss") == 1
+    assert metrics.value("authz_jwks_last_success_timestamp_seconds", "dev") == loaded
+    assert metrics.value("authz_jwks_usable_until_timestamp_seconds", "dev") == loaded + 600

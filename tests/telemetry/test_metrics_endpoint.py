@@ -71,14 +71,16 @@ def test_scrape_counts_decisions_by_reason_and_route(
     for path in ("/healthz", "/healthz", "/once", "/once", "/nope"):
         check(svc.address, path)
     got = scrape(metrics)
-    assert got[("authz_decisions_total", (("reason", "allowed"),))] == 3
-    assert got[("authz_decisions_total", (("reason", "rate_limited"),))] == 1
-    assert got[("authz_decisions_total", (("reason", "undeclared_route"),))] == 1
-    by_route = {k[1]: v for k, v in got.items() if k[0] == "authz_route_decisions_total"}
-    assert by_route[(("decision", "deny"), ("reason", "rate_limited"), ("route", "once"))] == 1
-    assert by_route[(("decision", "allow"), ("reason", "allowed"), ("route", "health"))] == 2
-    # an undeclared request's path never becomes a label: its route is ""
-    assert by_route[(("decision", "deny"), ("reason", "undeclared_route"), ("route", ""))] == 1
+    by_route = {k[1]: v for k, v in got.items() if k[0] == "authz_decisions_total"}
+    assert by_route == {
+        (("decision", "allow"), ("reason", "allowed"), ("route", "health")): 2,
+        (("decision", "allow"), ("reason", "allowed"), ("route", "once")): 1,
+        (("decision", "deny"), ("reason", "rate_limited"), ("route", "once")): 1,
+        # an undeclared request's path never becomes a label
+        (("decision", "deny"), ("reason", "undeclared_route"), ("route", "undeclared")): 1,
+    }
+    stages = {dict(k[1])["stage"] for k in got if k[0] == "authz_stage_latency_ms_count"}
+    assert {"canonical_path", "route", "ratelimit"} <= stages, stages
     assert got[("authz_decision_latency_ms_count", (("decision", "allow"),))] == 3
     assert got[("authz_decision_latency_ms_bucket", (("decision", "deny"), ("le", "+Inf")))] == 2
     (version,) = [k for k in got if k[0] == "authz_policy_info"]
@@ -149,7 +151,8 @@ def test_workers_scrape_is_merged_by_the_supervisor(tmp_path: Path, policy: Path
         for i in range(sent):  # a new connection each: SO_REUSEPORT spreads them
             check(address, "/healthz", source=f"10.0.0.{i % 5}")
         got = scrape(metrics)
-        assert got[("authz_decisions_total", (("reason", "allowed"),))] == sent
+        allowed = (("decision", "allow"), ("reason", "allowed"), ("route", "health"))
+        assert got[("authz_decisions_total", allowed)] == sent
         assert got[("authz_decision_latency_ms_count", (("decision", "allow"),))] == sent
     finally:
         proc.terminate()
@@ -165,3 +168,49 @@ def test_workers_without_control_plane_refuse_metrics(policy: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2, run.stderr
     assert "needs the control plane" in run.stderr
+
+
+DETECT_POLICY = """\
+mode: enforce
+undeclared_routes: deny
+routes:
+  - {name: health, path: /healthz, methods: [GET], public: true}
+detection:
+  mode: enforce
+  warmup: 0s
+  detectors:
+    honeypot: {response: block, target: address, ttl: 1h, paths: ["/.env"]}
+enforcement:
+  store: memory
+"""
+
+
+def test_the_scoring_process_metrics_appear_on_the_serving_process_scrape(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """Detection scores in a child process (scorer: process, the default); what it
+    counts is merged into the serving process's metrics (detect/remote.py
+    merge_metrics), so the one scrape shows it."""
+    policy = tmp_path / "detect.yaml"
+    policy.write_text(DETECT_POLICY)
+    metrics = f"127.0.0.1:{free_port()}"
+    svc = start_service(policy, "--metrics", metrics)
+    check(svc.address, "/healthz", source="10.0.0.9")
+    check(svc.address, "/.env", source="10.0.0.7")  # the honeypot: a finding, a block
+
+    def merged() -> bool:
+        got = scrape(metrics)
+        return (
+            got.get(("authz_detect_findings_total", (("detector", "honeypot"),)), 0) >= 1
+            and got.get(("authz_detect_scorer_cpu_seconds_total", ()), 0) > 0
+        )
+
+    wait_for(merged, timeout=30)
+    got = scrape(metrics)
+    # counted in the child only: the findings, the child's CPU, its observations
+    assert got[("authz_detect_observations_total", (("kind", "request"),))] >= 2
+    actions = {k[1]: v for k, v in got.items() if k[0] == "authz_detect_actions_total"}
+    assert actions[(("detector", "honeypot"), ("mode", "enforce"), ("response", "block"))] == 1
+    # the serving process's own half: the child is up
+    assert got[("authz_detect_scorer_up", ())] == 1
+    assert got[("authz_detect_scorer_restarts_total", ())] == 0

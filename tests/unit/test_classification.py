@@ -14,7 +14,6 @@ from authz.policy.classification import (
     CLASSES,
     RULES,
     Controls,
-    audit_enabled,
     check_route,
     effective_class,
     field_classes,
@@ -310,16 +309,51 @@ def test_pii_needs_the_audit_trail(tmp_path: Path) -> None:
     assert "decision_log: {on_failure: deny}" in message
 
 
-def test_audit_enabled_reads_the_audit_section() -> None:
-    # The audit: section of the audit trail (being added beside this): present and not
-    # disabled is on; a decision log that fails closed counts until it lands.
-    assert audit_enabled({"audit": {"dir": "/var/log/authz"}})
-    assert audit_enabled({"audit": True})
-    assert not audit_enabled({"audit": {"enabled": False}})
-    assert not audit_enabled({"audit": False})
-    assert audit_enabled({"decision_log": {"on_failure": "deny"}})
-    assert not audit_enabled({"decision_log": {"on_failure": "drop"}})
-    assert not audit_enabled({})
+PII_ROUTE = (
+    "  - name: a\n    path: /a\n    methods: [GET]\n    providers: [dev]\n"
+    "    data_class: pii\n" + SUBJECT_LIMIT
+)
+
+
+def test_the_rule_reads_the_loaded_audit_section(tmp_path: Path) -> None:
+    from authz.audit.chain import keygen
+
+    private, _ = keygen()
+    (tmp_path / "audit.pem").write_bytes(private)
+    audit = "audit: {dir: trail, signing_key: audit.pem}\n"
+    path = write(tmp_path, route(PII_ROUTE, extra="decision_log: {on_failure: drop}\n" + audit))
+    config = load_policy(path)  # the audit trail, as loaded, satisfies the rule
+    assert config.audit is not None and config.routes[0].data_class == "pii"
+
+
+def test_an_audit_section_that_does_not_load_is_reported_once(tmp_path: Path) -> None:
+    audit = "audit: {dir: trail, signing_key: missing.pem}\n"
+    path = write(tmp_path, route(PII_ROUTE, extra=audit))
+    [(where, message)] = problems(path)  # the section's own error, not also the route's
+    assert where == at(path, "missing.pem")
+    assert message.startswith("$.audit.signing_key: cannot read")
+
+
+def test_a_flag_is_not_an_audit_trail(tmp_path: Path) -> None:
+    # only the loaded configuration counts: nothing in the raw document turns it on
+    path = write(tmp_path, route(PII_ROUTE, extra="audit: true\n"))
+    found = problems(path)
+    assert any(m.startswith("$.audit: ") for _, m in found), found
+    assert not any("needs the audit trail on" in m for _, m in found), found
+    bare = write(tmp_path, route(PII_ROUTE, extra=""), "bare.yaml")
+    [(where, message)] = problems(bare)
+    assert where == at(bare, "pii")
+    assert "needs the audit trail on" in message
+
+
+def test_controls_audit_on_comes_from_frozen_configs(tmp_path: Path) -> None:
+    from authz.policy.audit_config import AuditConfig
+    from authz.policy.config import DecisionLogConfig
+
+    assert not Controls((), ()).audit_on
+    assert Controls((), (), AuditConfig(dir="d", signing_key="k", key_pem=b"")).audit_on
+    assert Controls((), (), None, DecisionLogConfig(on_failure="deny")).audit_on
+    assert not Controls((), (), None, DecisionLogConfig(on_failure="drop")).audit_on
 
 
 def test_regulated_needs_every_credential_bound_to_its_sender(tmp_path: Path) -> None:
@@ -442,8 +476,8 @@ def test_openapi_rules_are_placed_at_the_operation(tmp_path: Path) -> None:
         (
             at(openapi, "post:"),
             "operation add-person: a regulated route (from body field /ssn) needs the audit "
-            "trail on (an audit: section; until it lands, decision_log: {on_failure: deny}), "
-            "so that every access is recorded",
+            "trail on (an audit: section with dir and signing_key; at least decision_log: "
+            "{on_failure: deny}), so that every access is recorded",
         )
     ]
 
@@ -529,10 +563,16 @@ BY_SUBJECT = RuleConfig(name="r", key=("subject",), limit=1, period=1.0, burst=1
             RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated"),
             RouteConfig("a", "/a", ("GET",), providers=("mesh",), data_class="regulated"),
         ),
+        (
+            "sender_constrained",
+            RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated"),
+            RouteConfig("a", "/a", ("GET",), providers=("dev",), data_class="regulated",
+                        sender_constrained=True),
+        ),
     ],
 )  # fmt: skip
 def test_each_rule_of_the_table(rule: str, bad: RouteConfig, good: RouteConfig) -> None:
-    controls = Controls((MESH, KEYS, DEV), (), audit=False)
+    controls = Controls((MESH, KEYS, DEV), ())
     assert rule in {f.rule for f in check_route(bad, controls)}
     assert rule not in {f.rule for f in check_route(good, controls)}
 

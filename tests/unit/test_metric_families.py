@@ -21,7 +21,7 @@ import pytest
 from authz import devissuer
 from authz.audit.sink import JsonLinesSink
 from authz.demo.stack import free_port
-from authz.engine import CompiledPolicy, PolicyEngine
+from authz.engine import MAX_DECISION_SERIES, CompiledPolicy, PolicyEngine
 from authz.inventory import Inventory
 from authz.model import Request
 from authz.policy.loader import load_policy
@@ -63,8 +63,9 @@ routes:
 
 #: (family, labels, at least): what the run below must have counted.
 EXPECTED: list[tuple[str, tuple[str, ...], float]] = [
-    ("authz_decisions_total", ("allowed",), 1),
-    ("authz_decisions_total", ("rate_limited",), 1),
+    ("authz_decisions_total", ("browse", "allow", "allowed"), 1),
+    ("authz_decisions_total", ("unrouted", "deny", "rate_limited"), 1),  # a global rule
+    ("authz_decisions_total", ("undeclared", "deny", "undeclared_route"), 1),
     ("authz_decision_outcomes_total", ("allow",), 1),
     ("authz_decision_outcomes_total", ("deny",), 1),
     ("authz_undeclared_total", (), 1),
@@ -204,7 +205,18 @@ async def test_engine_reason_and_rule_labels_stay_bounded(tmp_path: Path) -> Non
     for path in ("/open", "/nope", "/%zz", "/open"):
         await engine.check(Request(method="GET", path=path, source_address="192.0.2.1"))
     family = m.families["authz_decisions_total"]
-    for i in range(50):
-        family.labels(f"made-up-{i}").inc()
-    assert len(family.series) <= 4
-    assert m.value("authz_decisions_total", OTHER) >= 50
+    for i in range(MAX_DECISION_SERIES + 50):
+        family.labels("open", "deny", f"made-up-{i}").inc()
+    assert len(family.series) == MAX_DECISION_SERIES  # its own bound: routes x reasons
+    assert m.value("authz_decisions_total", OTHER, OTHER, OTHER) >= 50
+
+
+def test_tables_show_their_size_against_their_bound(metrics: MemoryMetrics) -> None:
+    """Read when the metrics are: nothing on the request path keeps them."""
+    entries = {k[0]: v for k, v in metrics.snapshot()["authz_table_entries"].items()}
+    capacity = {k[0]: v for k, v in metrics.snapshot()["authz_table_capacity"].items()}
+    assert capacity["ratelimit_buckets"] == 16 and entries["ratelimit_buckets"] == 16  # full
+    assert capacity["inventory_undeclared"] == 2 and entries["inventory_undeclared"] == 2
+    assert entries["jwt_cache:corp"] == 1 and capacity["jwt_cache:corp"] > 1
+    assert capacity["undeclared_shapes"] == 10_000 and 1 <= entries["undeclared_shapes"] <= 6
+    assert set(entries) <= set(capacity)

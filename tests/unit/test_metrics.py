@@ -63,9 +63,10 @@ async def test_the_engine_counts_decisions_into_its_metrics(tmp_path: Path) -> N
     engine = PolicyEngine(CompiledPolicy(load_policy(tmp_path / "p.yaml")), metrics=metrics)
     for path in ("/ping", "/ping", "/nope", "/%2e%2e/x"):
         await engine.check(Request(method="GET", path=path))
-    assert metrics.value("authz_decisions_total", "allowed") == 2
-    assert metrics.value("authz_decisions_total", "undeclared_route") == 1
-    assert metrics.value("authz_decisions_total", "invalid_path") == 1
+    assert metrics.value("authz_decisions_total", "ping", "allow", "allowed") == 2
+    # no route matched: the fixed "undeclared", never the path; before routing: "unrouted"
+    assert metrics.value("authz_decisions_total", "undeclared", "deny", "undeclared_route") == 1
+    assert metrics.value("authz_decisions_total", "unrouted", "deny", "invalid_path") == 1
     assert metrics.value("authz_decision_outcomes_total", "deny") == 2
     assert metrics.value("authz_undeclared_total") == 1
     assert engine.decisions == {"allowed": 2, "undeclared_route": 1, "invalid_path": 1}
@@ -85,4 +86,5 @@ async def test_rate_limit_rules_count_into_the_process_metrics(tmp_path: Path) -
     assert isinstance(metrics, MemoryMetrics)
     assert metrics.value("authz_ratelimit_rule_total", "per-address", "admitted") == 2
     assert metrics.value("authz_ratelimit_rule_total", "per-address", "limited") == 1
-    assert metrics.value("authz_decisions_total", "rate_limited") == 1
+    # a global rule decides before routing: "unrouted", not a route's name
+    assert metrics.value("authz_decisions_total", "unrouted", "deny", "rate_limited") == 1
