@@ -61,7 +61,10 @@ def test_a_denied_request_is_one_trace_of_envoy_and_authz(tmp_path: Path, transp
     trace = [s for s in spans if s.trace_id == authz.trace_id]
     envoy = [s for s in trace if s.service == "envoy"]
     assert envoy, spans
-    # authz's parent is a span of Envoy's in the same trace (its ext_authz client span,
-    # or the request's own span)
-    assert authz.parent_span_id in {s.span_id for s in envoy}, trace
+    # authz's parent is Envoy's ext_authz client span ("async ... egress"), itself a
+    # child of Envoy's span of the request ("ingress", the root)
+    (caller,) = [s for s in envoy if s.span_id == authz.parent_span_id]
+    assert "egress" in caller.name, trace
+    (root,) = [s for s in envoy if s.span_id == caller.parent_span_id]
+    assert root.name == "ingress" and root.parent_span_id == "", trace
     assert API_KEY not in repr([s.attributes for s in spans])
