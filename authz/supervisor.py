@@ -86,6 +86,10 @@ def supervise(options: ServeOptions) -> int:
     if options.http is not None:
         argv += ["--http", options.http, *http_argv(options)]
     argv += access_log_argv(options)  # each worker binds it too (SO_REUSEPORT)
+    if options.tls is not None:  # each worker reloads the files itself
+        argv += ["--tls-cert", options.tls.cert, "--tls-key", options.tls.key]
+        if options.tls.client_ca is not None:
+            argv += ["--tls-client-ca", options.tls.client_ca]
     argv += [
         "--workers",
         "1",
