@@ -50,7 +50,7 @@ from authz.transport.envoy_http import (
 )
 from authz.transport.http_connection import LINGER_SECONDS, HttpConnection
 from authz.transport.http_wire import HttpLimits, UntrustedBindError
-from authz.transport.tls import CertificateReloader, TlsFiles, TlsUpgrade
+from authz.transport.tls import HANDSHAKE_TIMEOUT, CertificateReloader, TlsFiles
 from authz.units import parse_host_port
 
 log = logging.getLogger("authz.http")
@@ -304,13 +304,11 @@ class HttpTransport:
             sock.close()
             raise OSError(f"cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
         sock.setblocking(False)
-        if self.tls is not None:
-            reloader = self.tls
-            self._server = await loop.create_server(
-                lambda: TlsUpgrade(reloader, lambda: HttpConnection(self)), sock=sock
-            )
-        else:
-            self._server = await loop.create_server(lambda: HttpConnection(self), sock=sock)
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), sock=sock,
+            ssl=self.tls.listener_context() if self.tls is not None else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls is not None else None,
+        )  # fmt: skip
         self.port = int(sock.getsockname()[1])
         self._sweeper = asyncio.ensure_future(self._sweep())
 

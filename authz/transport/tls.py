@@ -11,14 +11,13 @@ certificate (logged once per change) rather than breaking the listener.
 - gRPC (the ext_authz and control-plane servers): :meth:`grpc_credentials`, a
   ``grpc.dynamic_ssl_server_credentials`` whose certificate-config fetcher gRPC calls
   on each new handshake;
-- HTTP: :meth:`ssl_context` on each accepted connection (the HTTP transport upgrades
-  the connection with ``loop.start_tls``), so a new certificate or CA applies to the
-  next connection and a CA removed from the bundle is no longer trusted.
+- HTTP: :meth:`listener_context`, whose handshake callback gives each new connection
+  :meth:`ssl_context`, so a new certificate or CA applies to the next connection and a
+  CA removed from the bundle is no longer trusted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -155,6 +154,21 @@ class CertificateReloader:
         self.refresh()
         return self.loaded.context
 
+    def listener_context(self) -> ssl.SSLContext:
+        """The context an asyncio server listens with: on each handshake (its
+        ``sni_callback``, which OpenSSL calls with or without SNI) the connection takes
+        :meth:`ssl_context`, so new files apply to the next connection."""
+        base = load(self.files).context
+
+        def pick(connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+            try:
+                connection.context = self.ssl_context()
+            except Exception:  # never break a handshake over a reload
+                log.exception("TLS reload failed")
+
+        base.sni_callback = pick  # type: ignore[assignment]
+        return base
+
     def _grpc_config(self) -> Any:
         import grpc
 
@@ -179,49 +193,3 @@ class CertificateReloader:
             fetch,
             require_client_authentication=self.files.client_ca is not None,
         )
-
-
-class TlsUpgrade(asyncio.Protocol):
-    """An accepted connection, upgraded to TLS with the reloader's context of the moment
-    (``loop.start_tls``) and then handed to the protocol ``factory`` makes."""
-
-    def __init__(
-        self,
-        reloader: CertificateReloader,
-        factory: Callable[[], asyncio.Protocol],
-        *,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    ) -> None:
-        self._reloader = reloader
-        self._factory = factory
-        self._timeout = handshake_timeout
-        self._task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # the ClientHello waits for start_tls
-        self._task = asyncio.ensure_future(self._upgrade(transport))
-
-    async def _upgrade(self, transport: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        inner = self._factory()
-        try:
-            secure = await loop.start_tls(
-                transport, inner, self._reloader.ssl_context(), server_side=True,
-                ssl_handshake_timeout=self._timeout,
-            )  # fmt: skip
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError) as exc:
-            log.debug("TLS handshake failed: %s", exc)
-            transport.abort()
-            return
-        if secure is None:
-            transport.abort()
-            return
-        inner.connection_made(secure)
-
-    def data_received(self, data: bytes) -> None:  # reading is paused until start_tls
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
