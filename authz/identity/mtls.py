@@ -109,6 +109,12 @@ def read_svid(pem_urlencoded: str) -> PeerSvid:
     return PeerSvid(None)
 
 
+def spiffe_id_from_certificate(pem_urlencoded: str) -> str | None:
+    """The SPIFFE ID of a valid X.509-SVID (see :func:`read_svid`), else None."""
+    svid = read_svid(pem_urlencoded)
+    return svid.spiffe_id if svid.refusal is None else None
+
+
 #: Verified peers whose answer is kept (per provider, per table); a table is cleared
 #: when full.
 IDENTITY_CACHE_SIZE = 4096
