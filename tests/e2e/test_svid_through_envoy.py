@@ -17,6 +17,7 @@ import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -47,6 +48,7 @@ BUNDLES = "    trust_bundles: {a.local: a-ca.crt, b.local: b-ca.crt}"
 #: client certificate name -> (issuing CA, URI SANs, DNS SANs)
 CLIENTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "one-uri-san": ("a", (ONE,), ()),
+    "admin": ("a", (ADMIN,), ()),
     "two-uri-sans": ("a", (ONE, ADMIN), ()),
     "admin-second-uri-san": ("a", (ONE, ADMIN), ()),
     "spiffe-id-in-dns-san": ("a", (), (ADMIN,)),
@@ -62,13 +64,15 @@ class SvidEnv:
     clients: dict[str, CertFiles]
     per_domain: bool
 
-    def get(self, client: str, path: str = "/who") -> tuple[int, str, str]:
+    def get(
+        self, client: str, path: str = "/who", headers: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
         """(status, reason or "", subject or "") of GET ``path`` with ``client``'s cert;
         (0, "handshake", "") when the TLS handshake fails."""
         ctx = ssl.create_default_context(cafile=self.server_ca)
         ctx.load_cert_chain(self.clients[client].cert, self.clients[client].key)
         try:
-            status, _, body = send("GET", self.stack.base_url + path, context=ctx)
+            status, _, body = send("GET", self.stack.base_url + path, headers, context=ctx)
         except (urllib.error.URLError, ssl.SSLError, ConnectionError):
             return 0, "handshake", ""
         data = json.loads(body)
@@ -144,3 +148,12 @@ def test_a_domain_ca_vouches_for_its_own_ids_only(svid: SvidEnv) -> None:
         # One shared bundle: chain verification alone cannot tell; this is why the
         # policy's trust_bundles exist.
         assert got == (200, "", INTRUDER)
+
+
+def test_a_client_sent_certificate_header_is_not_read(svid: SvidEnv) -> None:
+    # The certificate the service reads is the one Envoy verified, never a copy sent
+    # by the client (over HTTP Envoy overwrites the header and keeps it from the check).
+    admin_pem = quote(svid.clients["admin"].pem, safe="")
+    assert svid.get("admin", "/admin") == (200, "", ADMIN)
+    spoofed = {"x-authz-peer-certificate": admin_pem, "x-forwarded-client-cert": admin_pem}
+    assert svid.get("one-uri-san", "/admin", spoofed) == (403, "spiffe_id_not_allowed", "")
