@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from authz import pipeline
 from authz import reasons as R
@@ -42,6 +43,7 @@ from authz.record import DecisionListener, make_record, trace_context
 from authz.stages import Context, Stage, step_of
 from authz.telemetry.classes import class_counters, no_count
 from authz.telemetry.metrics import Metrics, report_table
+from authz.telemetry.tracing import DecisionTracer, Parent, StageMark
 
 log = logging.getLogger("authz.engine")
 
@@ -104,6 +106,8 @@ class PolicyEngine:
         self._count_monitor = outcomes.labels("monitor").inc
         #: (outcome, data class) -> its counter's bound ``inc`` (all bound here)
         self._by_class = class_counters(self.metrics)
+        #: ``--tracing`` (:mod:`authz.telemetry.tracing`); None: no span, no timing
+        self.tracer: DecisionTracer | None = None
         self._undeclared_total = self.metrics.counter(
             "authz_undeclared_total", "requests no route declares (shapes: see inventory)"
         ).labels()
@@ -142,6 +146,11 @@ class PolicyEngine:
 
     async def check(self, request: Request) -> Decision:
         """Decide one request. Never raises."""
+        tracer = self.tracer
+        if tracer is not None:
+            parent = tracer.sample(request.trace or request.headers)
+            if parent is not None:
+                return await self._check_traced(request, tracer, parent)
         started = time.perf_counter()
         policy = self._policy
         decision_id = self._new_id()
@@ -177,6 +186,54 @@ class PolicyEngine:
                     if pending is not None:
                         await pending
                 except Exception:  # an observer never changes or breaks a decision
+                    log.exception("observer failed")
+        return decision
+
+    async def _check_traced(
+        self, request: Request, tracer: DecisionTracer, parent: Parent
+    ) -> Decision:
+        """:meth:`check` for a decision that is traced: the same steps, each timed
+        (:class:`StageMark`), then one span from the record. A loop of its own, so
+        :meth:`check` pays nothing for tracing."""
+        started_ns = time.time_ns()
+        started = time.perf_counter()
+        policy = self._policy
+        decision_id = self._new_id()
+        ctx = Context(request, "", "")
+        shared = policy.shared
+        marks: list[StageMark] = []
+        shared.in_flight += 1
+        try:
+            try:
+                for stage, step in zip(policy.head, policy.head_steps, strict=True):
+                    await _marked(stage, step, ctx, marks)
+                if ctx.plan is not None:
+                    for stage, step in zip(ctx.plan.stages, ctx.plan.steps, strict=True):
+                        await _marked(stage, step, ctx, marks)
+                decision = self._allow(policy, decision_id, ctx)
+            except AuthzError as exc:
+                decision = self._deny(policy, decision_id, exc, ctx)
+        except Exception:
+            log.exception("internal error deciding request %s", request.request_id)
+            decision = self._deny(policy, decision_id, InternalError(), ctx)
+        finally:
+            shared.in_flight -= 1
+        decision = self._record(request, decision, started, policy, ctx)
+        try:
+            route = ctx.route
+            tracer.export(
+                ctx.record, parent, started_ns, marks, started, route.path if route else ""
+            )
+        except Exception:  # tracing never breaks a decision
+            log.exception("decision span failed")
+        if policy.observer_steps:
+            ctx.decision = decision
+            for observe in policy.observer_steps:
+                try:
+                    pending = observe(ctx)
+                    if pending is not None:
+                        await pending
+                except Exception:
                     log.exception("observer failed")
         return decision
 
@@ -425,6 +482,25 @@ class PolicyEngine:
 
 
 _NO_TRACE = ("", "")
+
+
+async def _marked(stage: Stage, step: Any, ctx: Context, marks: list[StageMark]) -> None:
+    """Run one step of a traced decision, noting when and how it ended."""
+    started = time.perf_counter()
+    try:
+        pending = step(ctx)
+        if pending is not None:
+            await pending
+    except AuthzError as exc:
+        took = (time.perf_counter() - started) * 1000
+        marks.append(StageMark(stage.name, stage.phase, started, took, "deny", exc.reason))
+        raise
+    except Exception:
+        took = (time.perf_counter() - started) * 1000
+        marks.append(StageMark(stage.name, stage.phase, started, took, "error"))
+        raise
+    took = (time.perf_counter() - started) * 1000
+    marks.append(StageMark(stage.name, stage.phase, started, took, "pass"))
 
 
 async def _timed(stage: Stage, ctx: Context, ran: dict[tuple[str, str], Step]) -> None:

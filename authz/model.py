@@ -33,6 +33,10 @@ class Request:
     source_address: str = ""
     request_id: str = ""
     scheme: str = "http"
+    #: The trace context of the check call itself (``traceparent``/B3 of the gRPC
+    #: call's metadata: Envoy's ext_authz span), read only with ``--tracing``; a
+    #: decision span prefers it to the same headers of the client's request.
+    trace: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

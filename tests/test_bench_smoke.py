@@ -179,3 +179,17 @@ def test_audit_cost_script(tmp_path: Path) -> None:
         assert part in parts
     assert rows["off"][2] == "1.00"  # the ratios are to the arm without audit
     assert not list(tmp_path.iterdir())  # its trails are removed
+
+
+def test_telemetry_cost_script() -> None:
+    run = _run(
+        "bench/telemetry_cost.py", "--duration", "0.5", "--warmup", "0", "--runs", "1",
+        "--transports", "http", timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {
+        line.split()[0]: line.split() for line in run.stdout.splitlines() if "µs  ratio" in line
+    }
+    assert set(rows) == {"off", "metrics", "trace1", "trace100"}
+    assert rows["off"][4] == "1.000"  # ratios are to the arm without telemetry
+    assert int(rows["trace100"][-1]) > 0  # spans reached the receiver

@@ -116,6 +116,12 @@ def register(subparsers: argparse._SubParsersAction[AnyType]) -> None:
         help="with --access-log: Envoy sends this file's secret on its access-log stream "
         "(the file `authz serve --access-log-secret-file` reads); the config then holds it",
     )  # fmt: skip
+    p.add_argument(
+        "--tracing", type=hp, default=None, metavar="HOST:PORT",
+        help="Envoy traces every request (OpenTelemetry tracer) and sends its spans over "
+        "OTLP gRPC to this collector, the one `authz serve --otlp-endpoint --tracing` "
+        "exports to; Envoy propagates traceparent to ext_authz and the upstream",
+    )  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
@@ -167,6 +173,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         http_secret=_secret_from_args(args),
         access_log=getattr(args, "access_log", None),
         access_log_secret=_access_log_secret(args),
+        tracing=getattr(args, "tracing", None),
     )
 
 
@@ -200,6 +207,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--access-log", str(opts.access_log)]
     if opts.access_log_secret is not None:
         parts += ["--access-log-secret-file", args.access_log_secret_file]
+    if opts.tracing is not None:
+        parts += ["--tracing", str(opts.tracing)]
     if opts.tls is not None:
         parts += ["--tls-cert", opts.tls.cert_chain, "--tls-key", opts.tls.private_key]
         if opts.tls.client_ca is not None:

@@ -97,6 +97,9 @@ class LocalStack:
     #: ``"external"`` (Envoy logs to ``access_log_port``, the caller serves it), or None.
     access_log: str | None = None
     access_log_port: int = 0
+    #: Envoy's own spans (``envoy-config --tracing``) to an OTLP gRPC collector on this
+    #: loopback port; 0: Envoy does not trace
+    tracing_port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     upstream: EchoUpstream | None = None
 
@@ -169,6 +172,7 @@ class LocalStack:
             access_log=(
                 HostPort("127.0.0.1", self.access_log_port) if self.access_log is not None else None
             ),
+            tracing=HostPort("127.0.0.1", self.tracing_port) if self.tracing_port else None,
         )
         if self.access_log == "service":
             serve_args += ["--access-log-grpc", self.access_log_address]

@@ -65,6 +65,7 @@ from authz.envoyconf.common import (
     AUTHZ_HTTP_IDLE_TIMEOUT,
     EXT_AUTHZ_FILTER,
     ROUTER_FILTER,
+    TRACING_CLUSTER,
     UPSTREAM_CLUSTER,
     seconds,
     socket_address,
@@ -73,6 +74,7 @@ from authz.envoyconf.extauthz import ext_authz_filter, metadata_key
 from authz.envoyconf.options import EnvoyOptions
 from authz.envoyconf.routes import route_configuration
 from authz.envoyconf.tls import downstream_tls, with_policy_trust_bundles
+from authz.envoyconf.tracing import hcm_tracing
 from authz.policy.config import (
     PolicyConfig,
 )
@@ -166,6 +168,7 @@ def _http_connection_manager(policy: PolicyConfig, options: EnvoyOptions) -> Htt
         # The service matches hosts without a port; so must the virtual hosts.
         strip_any_host_port=True,
         local_reply_config=_local_reply(options),
+        tracing=hcm_tracing() if options.tracing is not None else None,
     )
 
 
@@ -303,6 +306,11 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
                 *(
                     [_cluster(ACCESS_LOG_CLUSTER, options.access_log, grpc=True, health=False)]
                     if options.access_log is not None
+                    else []
+                ),
+                *(
+                    [_cluster(TRACING_CLUSTER, options.tracing, grpc=True, health=False)]
+                    if options.tracing is not None
                     else []
                 ),
             ],

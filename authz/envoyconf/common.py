@@ -35,6 +35,8 @@ UPSTREAM_CLUSTER = "upstream"
 
 #: The cluster of the service's access-log port (``authz serve --access-log-grpc``).
 ACCESS_LOG_CLUSTER = "authz_access_log"
+#: The OTLP collector Envoy sends its spans to (``--tracing``).
+TRACING_CLUSTER = "otel_collector"
 
 
 CATCH_ALL_ROUTE = "undeclared"

@@ -83,6 +83,9 @@ class EnvoyOptions:
     #: The secret Envoy sends on its access-log stream (the service's
     #: ``--access-log-secret-file``); None: none.
     access_log_secret: str | None = field(default=None, repr=False)
+    #: The OTLP gRPC collector Envoy sends its own spans to (``envoy.tracers.opentelemetry``,
+    #: :mod:`authz.envoyconf.tracing`); None: Envoy does not trace.
+    tracing: HostPort | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:

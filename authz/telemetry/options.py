@@ -184,7 +184,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--tracing", action="store_true",
-        help="a span per decision, child of Envoy's trace context, a child span per stage",
+        help="a span per decision, child of Envoy's trace context, an event per stage",
     )  # fmt: skip
     g.add_argument(
         "--trace-sampling", type=_ratio, default=1.0, metavar="RATIO",

@@ -9,7 +9,7 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
 - ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
 - ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
-- ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp`).
+- ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp_logs`).
 
 With every option off, nothing is built: no listener, no probe, no import of
 OpenTelemetry.
@@ -17,6 +17,7 @@ OpenTelemetry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -59,21 +60,48 @@ class Telemetry:
         if options.counting:  # every policy built from now on times its stages
             shared.step_probe = StageLatency(metrics).wrap
         self._parts: list[Any] = []  # started in order, closed in reverse
+        self.tracer: Any = None  # a DecisionTracer (--tracing)
+        self._processor: Any = None
+        if options.tracing:
+            from authz.telemetry.tracing import DecisionTracer, build_processor
+
+            assert options.otlp_endpoint is not None  # options.check()
+            self._processor = build_processor(options.otlp_endpoint)
+            self.tracer = DecisionTracer(
+                self._processor,
+                ratio=options.trace_ratio,
+                parent_based=options.trace_parent_based,
+                service_name=options.service_name,
+            )
+
+        self.otlp_logs: Any = None  # an OtlpDecisionLogs (--otlp-logs)
+        if options.otlp_logs:
+            from authz.telemetry.otlp_logs import OtlpDecisionLogs
+
+            assert options.otlp_endpoint is not None  # options.check()
+            self.otlp_logs = OtlpDecisionLogs(
+                options.otlp_endpoint, options.service_name, shared.metrics
+            )
 
     @property
     def listeners(self) -> tuple[DecisionListener, ...]:
         """What the engine hands every decision record to."""
-        return (self.decisions,) if self.decisions is not None else ()
+        found = (self.decisions, self.otlp_logs)
+        return tuple(x for x in found if x is not None)
 
     def attach(self, engine: PolicyEngine) -> None:
         """Called once the engine exists: the policy version serving."""
         if self.decisions is not None:
             self.decisions.set_version(engine.policy.version)
+        engine.tracer = self.tracer
 
     async def start(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.start()
             self._parts.append(self.endpoint)
+        if self.otlp_logs is not None:
+            await self.otlp_logs.start()
+            self._parts.append(self.otlp_logs)
 
     async def aclose(self) -> None:
         while self._parts:
@@ -82,3 +110,9 @@ class Telemetry:
                 await part.aclose()
             except Exception:
                 log.exception("telemetry: %s did not close", type(part).__name__)
+        if self._processor is not None:
+            processor, self._processor = self._processor, None
+            try:  # flushes the batch processor (its thread blocks on the export)
+                await asyncio.to_thread(processor.shutdown)
+            except Exception:
+                log.exception("telemetry: the span processor did not shut down")

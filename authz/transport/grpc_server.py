@@ -5,6 +5,7 @@ authentication (:mod:`authz.control`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authz.engine import PolicyEngine
 from authz.errors import InternalError
-from authz.model import Decision
+from authz.model import Decision, Request
 from authz.transport.envoy_grpc import (
     CheckRequest,
     encode_check_response,
@@ -127,7 +128,10 @@ class AuthorizationServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NOT_A_CHECK_REQUEST)
             return b""  # not reached: abort raises
         try:
-            return encode_check_response(await self._engine.check(to_request(request)))
+            checked = to_request(request)
+            if self._engine.tracer is not None:  # Envoy's span is the call's parent
+                checked = with_call_trace(checked, context.invocation_metadata())
+            return encode_check_response(await self._engine.check(checked))
         except Exception:
             log.exception("Check failed outside the engine")
             return _INTERNAL
@@ -139,6 +143,17 @@ class AuthorizationServicer:
             response_serializer=_encoded,
         )
         return grpc.method_handlers_generic_handler(AUTHORIZATION_SERVICE, {"Check": check})
+
+
+#: the call metadata keys of a trace context (W3C, B3 single and multi)
+TRACE_KEYS = frozenset(("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                        "x-b3-sampled", "x-b3-flags", "x-b3-parentspanid"))  # fmt: skip
+
+
+def with_call_trace(request: Request, metadata: Any) -> Request:
+    """``request`` with the trace context of the call's metadata, if it has one."""
+    trace = {k: v for k, v in metadata or () if k in TRACE_KEYS and isinstance(v, str)}
+    return dataclasses.replace(request, trace=trace) if trace else request
 
 
 def _encoded(response: bytes) -> bytes:
