@@ -86,7 +86,8 @@ def read_svid(pem_urlencoded: str) -> PeerSvid:
             None, InvalidPeerIdentity("malformed peer certificate", reason=R.PEER_IDENTITY_INVALID)
         )
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier) if sans else []
-    if len(uris) > 1:
+    claimed = [u for u in uris if u.lower().startswith("spiffe://")]
+    if len(uris) > 1 and claimed:
         return PeerSvid(
             None,
             InvalidPeerIdentity(
@@ -94,8 +95,8 @@ def read_svid(pem_urlencoded: str) -> PeerSvid:
                 reason=R.PEER_IDENTITY_AMBIGUOUS,
             ),
         )
-    if uris:
-        return PeerSvid(uris[0] if uris[0].startswith("spiffe://") else None)
+    if uris:  # one URI SAN, or several none of which is a SPIFFE ID: no SVID claimed
+        return PeerSvid(claimed[0] if claimed else None)
     others = [str(v) for v in sans.get_values_for_type(x509.DNSName)] if sans else []
     others += [str(a.value) for a in cert.subject]
     if any("spiffe://" in v.lower() for v in others):
@@ -178,6 +179,8 @@ class MtlsProvider(StaticProvider):
         if svid.spiffe_id is None:
             # A verified peer without a SPIFFE ID: not an identity this provider knows.
             return False
+        if not svid.spiffe_id.startswith("spiffe://"):  # SPIFFE://...: the scheme is lowercase
+            return InvalidPeerIdentity("not a SPIFFE ID", reason=R.PEER_IDENTITY_INVALID)
         return self._from_principal(svid.spiffe_id)
 
     def _from_principal(self, principal: str) -> Identity | InvalidPeerIdentity | bool:

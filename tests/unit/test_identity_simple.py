@@ -211,7 +211,12 @@ async def test_mtls_certificate_wins_over_principal(mesh: MtlsProvider, cert_ord
 
 
 def test_certificate_without_spiffe_san() -> None:
-    for cert in (make_cert(dns=("a.example",)), make_cert(), make_cert("https://a.example/x")):
+    for cert in (
+        make_cert(dns=("a.example",)),
+        make_cert(),
+        make_cert("https://a.example/x"),
+        make_cert("https://a.example/x", "urn:x:y"),  # no SPIFFE ID claimed at all
+    ):
         svid = read_svid(cert)
         assert (svid.spiffe_id, svid.refusal) == (None, None)
     refusal = read_svid("not a certificate").refusal
@@ -229,6 +234,7 @@ def test_certificate_without_spiffe_san() -> None:
         (make_cert("spiffe://prod.example/a", "https://a.example/"), "peer_identity_ambiguous"),
         # the SPIFFE ID in a DNS SAN: Envoy falls back to it for the principal
         (make_cert(dns=("spiffe://prod.example/ns/a",)), "peer_identity_not_uri_san"),
+        (make_cert("SPIFFE://prod.example/ns/a"), "peer_identity_invalid"),
     ],
 )
 async def test_mtls_certificate_not_an_svid_is_refused(
