@@ -82,6 +82,9 @@ class MtlsProviderConfig:
 
     name: str
     trust_domains: tuple[str, ...]
+    #: (trust domain, absolute path of its PEM CA bundle), one per trust domain or
+    #: none; Envoy's SPIFFE validator then lets a domain's CA vouch for its IDs only.
+    trust_bundles: tuple[tuple[str, str], ...] = ()
     type: str = "mtls"
 
 
