@@ -7,7 +7,7 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   the merged metrics, :mod:`authz.control.workers`);
 - ``--metrics`` or ``--otlp-metrics``: the decision metrics listener
   (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
-- ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
+- ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp_metrics`);
 - ``--tracing``, or the policy's ``telemetry.tracing``: spans per decision
   (:mod:`authz.telemetry.tracing`), the sampling following the serving policy;
 - ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp_logs`).
@@ -75,6 +75,16 @@ class Telemetry:
         if options.tracing:
             self.tracer = self.tracer_for(None)
 
+        self.otlp_metrics: Any = None  # an OtlpMetrics (--otlp-metrics)
+        if options.otlp_metrics:
+            from authz.telemetry.otlp_metrics import OtlpMetrics
+
+            assert options.otlp_endpoint is not None  # options.check()
+            self.otlp_metrics = OtlpMetrics(
+                options.otlp_endpoint, options.service_name, metrics,
+                options.otlp_metrics_interval,
+            )  # fmt: skip
+
         self.otlp_logs: Any = None  # an OtlpDecisionLogs (--otlp-logs)
         if options.otlp_logs:
             from authz.telemetry.otlp_logs import OtlpDecisionLogs
@@ -140,6 +150,9 @@ class Telemetry:
         if self.otlp_logs is not None:
             await self.otlp_logs.start()
             self._parts.append(self.otlp_logs)
+        if self.otlp_metrics is not None:  # closed first: its last export sees the rest
+            await self.otlp_metrics.start()
+            self._parts.append(self.otlp_metrics)
 
     async def aclose(self) -> None:
         while self._parts:
