@@ -14,6 +14,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY authz ./authz
 RUN pip install . \
+    # xds-protos ships an older opentelemetry/proto: put the real one back (OTLP export)
+    && pip install --force-reinstall --no-deps opentelemetry-proto \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin authz \
     # The dev issuer's key directory (a named volume in docker-compose.yml takes its owner).

@@ -32,7 +32,8 @@ a stage sees a PyJWT or jsonschema exception.
     │   │                                signature, issuer, audience, expired, ...)
     │   │   └── DpopError         401    dpop_* reasons (WWW-Authenticate: DPoP, RFC 9449 7.1)
     │   ├── InvalidApiKey         401    api_key_unknown / api_key_expired
-    │   └── InvalidPeerIdentity   401    peer_identity_invalid / untrusted_trust_domain
+    │   └── InvalidPeerIdentity   401    peer_identity_invalid / untrusted_trust_domain /
+    │                                    peer_identity_ambiguous / peer_identity_not_uri_san
     ├── AuthorizationError        403
     │   ├── InsufficientScope     403    insufficient_scope   (error="insufficient_scope")
     │   ├── ClaimMismatch         403    claim_mismatch

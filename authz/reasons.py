@@ -204,6 +204,20 @@ UNTRUSTED_TRUST_DOMAIN = _add(
     "identity",
     "the verified peer's SPIFFE ID is from a trust domain the provider does not trust",
 )
+PEER_IDENTITY_AMBIGUOUS = _add(
+    "peer_identity_ambiguous",
+    401,
+    "identity",
+    "the verified peer's certificate has more than one URI SAN; an X.509-SVID has exactly "
+    "one, and it is the SPIFFE ID (see mTLS)",
+)
+PEER_IDENTITY_NOT_URI_SAN = _add(
+    "peer_identity_not_uri_san",
+    401,
+    "identity",
+    "the verified peer's certificate carries a SPIFFE ID only outside a URI SAN (a DNS SAN, "
+    "say); the SPIFFE ID is read from the URI SAN only (see mTLS)",
+)
 BODY_MALFORMED = _add(
     "body_malformed", 400, "validate", "the body cannot be read as its media type (see Contracts)"
 )

@@ -38,4 +38,12 @@ ensure_venv() {
     2> >(grep -v "is neither a file nor a directory" >&2) >/dev/null
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extra]" \
     2> >(grep -v "is neither a file nor a directory" >&2)
+  # xds-protos (Envoy's API, for the ext_authz messages) ships an older copy of
+  # opentelemetry/proto: whichever of it and opentelemetry-proto pip installs last
+  # wins. Put the real one back when the older copy won.
+  if ! "$VENV/bin/python" -c \
+    'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope' 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall \
+      --no-deps opentelemetry-proto 2> >(grep -v "is neither a file nor a directory" >&2)
+  fi
 }

@@ -33,7 +33,7 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz.envoyconf import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
-from authz.identity.mtls import spiffe_id_from_certificate
+from authz.identity.mtls import read_svid
 from authz.policy.config import PolicyConfig, RouteConfig
 from tests.certs import EVIL, PROMETHEUS, CertFiles, MtlsPki, make_mtls_pki
 from tests.test_envoy_config import envoy_binary, envoy_validate
@@ -346,7 +346,7 @@ def test_verified_spiffe_id_reaches_the_check_request(
     certificate = source.certificate
     assert "\n" not in certificate and "%0A" in certificate  # URL-encoded
     assert unquote(certificate) == client.pem
-    assert spiffe_id_from_certificate(certificate) == spiffe_id  # what the service reads
+    assert read_svid(certificate).spiffe_id == spiffe_id  # what the service reads
     assert check.attributes.request.http.scheme == "https"
     assert "x-forwarded-client-cert" not in echoed["headers"]
 

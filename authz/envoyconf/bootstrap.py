@@ -73,8 +73,9 @@ from authz.envoyconf.common import (
 from authz.envoyconf.extauthz import ext_authz_filter, metadata_key
 from authz.envoyconf.options import EnvoyOptions
 from authz.envoyconf.routes import route_configuration
-from authz.envoyconf.tls import downstream_tls, upstream_tls
+from authz.envoyconf.tls import downstream_tls, with_policy_trust_bundles
 from authz.envoyconf.tracing import hcm_tracing
+from authz.envoyconf.upstream_tls import upstream_tls
 from authz.policy.config import (
     PolicyConfig,
 )
@@ -293,8 +294,9 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
             )
         ]
     )
-    if options.tls is not None:
-        chain.transport_socket = downstream_tls(options.tls)
+    tls = with_policy_trust_bundles(options.tls, policy.providers)
+    if tls is not None:
+        chain.transport_socket = downstream_tls(tls)
     listener = Listener(
         name="ingress",
         address=socket_address(options.listen),

@@ -29,18 +29,31 @@ class TlsOptions:
     #: PEM trust bundle; when set, client certificates are verified against it and a
     #: certificate that does not verify ends the handshake.
     client_ca: str | None = None
-    #: Refuse clients without a certificate. None: True when client_ca is set. Without
-    #: client_ca, Envoy does not ask for client certificates at all.
+    #: Refuse clients without a certificate. None: True when client_ca or
+    #: trust_bundles are set. Without either, Envoy does not ask for client
+    #: certificates at all.
     require_client_cert: bool | None = None
+    #: (trust domain, PEM CA bundle) pairs: instead of client_ca, Envoy's SPIFFE
+    #: certificate validator verifies each client certificate against the bundle of
+    #: its own SPIFFE ID's trust domain, so one domain's CA cannot vouch for another's
+    #: IDs. :func:`authz.envoyconf.build_bootstrap` fills it from the policy's mtls
+    #: providers (``trust_bundles``) when client_ca is not given.
+    trust_bundles: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cert_chain or not self.private_key:
             raise EnvoyConfigError("TLS needs both a certificate chain and a private key")
         if self.client_ca == "":
             raise EnvoyConfigError("client_ca is an empty path")
+        if self.client_ca is not None and self.trust_bundles:
+            raise EnvoyConfigError(
+                "give one trust bundle (client_ca) or one per trust domain (trust_bundles), "
+                "not both"
+            )
+        verifies = self.client_ca is not None or bool(self.trust_bundles)
         if self.require_client_cert is None:
-            object.__setattr__(self, "require_client_cert", self.client_ca is not None)
-        elif self.require_client_cert and self.client_ca is None:
+            object.__setattr__(self, "require_client_cert", verifies)
+        elif self.require_client_cert and not verifies:
             raise EnvoyConfigError(
                 "requiring client certificates needs a trust bundle to verify them (client_ca)"
             )

@@ -1,33 +1,35 @@
 """Downstream TLS: the listener's transport socket (TLS 1.2 at least; with a trust
-bundle, client certificates verified) and the checks ``authz envoy-config`` runs on the
+bundle, client certificates verified; with one bundle per trust domain, by Envoy's
+SPIFFE certificate validator) and the checks ``authz envoy-config`` runs on the
 certificate, key and bundle files before writing a config that names them."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+from collections.abc import Iterable
 from pathlib import Path
 
 from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     TransportSocket,
+    TypedExtensionConfig,
 )
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
     DownstreamTlsContext,
-    SubjectAltNameMatcher,
-    SubjectAltNameMatcherSanType,
+    SpiffeCertValidatorConfig,
+    SpiffeCertValidatorConfigTrustDomain,
     TlsCertificate,
     TlsParameters,
     TlsParametersTlsProtocol,
-    UpstreamTlsContext,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from authz.envoyconf.common import TLS_TRANSPORT_SOCKET, EnvoyConfigError
-from authz.envoyconf.options import AuthzTlsOptions, TlsOptions
-from authz.units import HostPort
+from authz.envoyconf.options import TlsOptions
+from authz.policy.config import MtlsProviderConfig, ProviderConfig
 
 
 def downstream_tls(tls: TlsOptions) -> TransportSocket:
@@ -49,6 +51,8 @@ def downstream_tls(tls: TlsOptions) -> TransportSocket:
         common.validation_context = CertificateValidationContext(
             trusted_ca=DataSource(filename=tls.client_ca)
         )
+    elif tls.trust_bundles:
+        common.validation_context = spiffe_validation_context(tls.trust_bundles)
     context = DownstreamTlsContext(
         common_tls_context=common,
         require_client_certificate=bool(tls.require_client_cert),
@@ -56,34 +60,80 @@ def downstream_tls(tls: TlsOptions) -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=Any.pack(context))
 
 
-def upstream_tls(tls: AuthzTlsOptions, target: HostPort, *, grpc: bool) -> TransportSocket:
-    """The authz cluster's TLS: the service's certificate verified against ``tls.ca`` and
-    its SAN against the server name (the ``--authz`` host unless given); Envoy's client
-    certificate when given (mTLS, ``authz serve --tls-client-ca``)."""
-    name = tls.server_name or target.host
-    ip = tls.server_name is None and target.is_ip
-    san = SubjectAltNameMatcher(
-        san_type=SubjectAltNameMatcherSanType.IP_ADDRESS
-        if ip
-        else SubjectAltNameMatcherSanType.DNS,
-        matcher=StringMatcher(exact=name.strip("[]")),
-    )
-    common = CommonTlsContext(
-        tls_params=TlsParameters(tls_minimum_protocol_version=TlsParametersTlsProtocol.TLSv1_2),
-        validation_context=CertificateValidationContext(
-            trusted_ca=DataSource(filename=tls.ca), match_typed_subject_alt_names=[san]
-        ),
-        alpn_protocols=["h2"] if grpc else ["http/1.1"],
-    )
-    if tls.cert_chain is not None and tls.private_key is not None:
-        common.tls_certificates = [
-            TlsCertificate(
-                certificate_chain=DataSource(filename=tls.cert_chain),
-                private_key=DataSource(filename=tls.private_key),
+#: Envoy's SPIFFE certificate validator (extensions.transport_sockets.tls.v3).
+SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
+
+
+def spiffe_validation_context(
+    bundles: tuple[tuple[str, str], ...],
+) -> CertificateValidationContext:
+    """Verify each client certificate against its own trust domain's bundle only.
+
+    Envoy picks the bundle by the trust domain of the certificate's ``spiffe://``
+    URI SAN, then verifies the chain against that bundle alone: a certificate claiming
+    a domain whose CA did not sign it, or with no SPIFFE URI SAN at all, ends the
+    handshake. Like ``trusted_ca``, no SAN matchers: the policy decides who may call.
+    """
+    config = SpiffeCertValidatorConfig(
+        trust_domains=[
+            SpiffeCertValidatorConfigTrustDomain(
+                name=domain, trust_bundle=DataSource(filename=bundle)
             )
+            for domain, bundle in bundles
         ]
-    context = UpstreamTlsContext(common_tls_context=common, sni="" if ip else name)
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=Any.pack(context))
+    )
+    return CertificateValidationContext(
+        custom_validator_config=TypedExtensionConfig(
+            name=SPIFFE_VALIDATOR, typed_config=Any.pack(config)
+        )
+    )
+
+
+def policy_trust_bundles(providers: Iterable[ProviderConfig]) -> tuple[tuple[str, str], ...]:
+    """The policy's (trust domain, bundle) pairs, from its mtls providers, sorted.
+
+    All or none: a trust domain without a bundle would not verify at all under the
+    SPIFFE validator, and one domain cannot have two different bundles.
+    """
+    bundles: dict[str, str] = {}
+    missing: list[str] = []
+    for provider in providers:
+        if not isinstance(provider, MtlsProviderConfig):
+            continue
+        if not provider.trust_bundles:
+            missing.append(provider.name)
+            continue
+        for domain, bundle in provider.trust_bundles:
+            if bundles.setdefault(domain, bundle) != bundle:
+                raise EnvoyConfigError(
+                    f"trust domain {domain!r} has two trust bundles: {bundles[domain]} "
+                    f"and {bundle} (providers.{provider.name}.trust_bundles)"
+                )
+    if bundles and missing:
+        raise EnvoyConfigError(
+            f"mtls provider(s) {', '.join(missing)} have no trust_bundles while others do: "
+            "give every mtls provider one bundle per trust domain"
+        )
+    return tuple(sorted(bundles.items()))
+
+
+def with_policy_trust_bundles(
+    tls: TlsOptions | None, providers: Iterable[ProviderConfig]
+) -> TlsOptions | None:
+    """``tls`` verifying client certificates per trust domain when the policy names
+    bundles and no single ``client_ca`` was given (giving both is an error)."""
+    if tls is None or tls.trust_bundles:
+        return tls
+    bundles = policy_trust_bundles(providers)
+    if not bundles:
+        return tls
+    if tls.client_ca is not None:
+        raise EnvoyConfigError(
+            "the policy names one trust bundle per trust domain (trust_bundles of its mtls "
+            "providers): drop --client-ca, Envoy then verifies each certificate against "
+            "its own domain's bundle"
+        )
+    return dataclasses.replace(tls, trust_bundles=bundles, require_client_cert=None)
 
 
 def _read(path: str, flag: str) -> bytes:

@@ -108,6 +108,23 @@ def _providers(old: PolicyConfig, new: PolicyConfig) -> list[Finding]:
             domains = [d for d in p.trust_domains if d not in q.trust_domains]
             if domains:
                 add("warning", "trust_domains_added", p.name, f"trusts {', '.join(domains)}")
+            bundles, was = dict(p.trust_bundles), dict(q.trust_bundles)
+            if was and not bundles:
+                add(
+                    "warning",
+                    "trust_bundles_removed",
+                    p.name,
+                    "no longer one CA bundle per trust domain (any CA Envoy trusts vouches for "
+                    "any domain)",
+                )
+            changed = [d for d, f in sorted(bundles.items()) if was and was.get(d) != f]
+            if changed:
+                add(
+                    "warning",
+                    "trust_bundles_changed",
+                    p.name,
+                    "other CA bundle for " + ", ".join(changed),
+                )
         elif isinstance(p, JwtProviderConfig) and isinstance(q, JwtProviderConfig):
             if p.issuer != q.issuer:
                 add("warning", "issuer_changed", p.name, f"issuer {q.issuer} -> {p.issuer}")

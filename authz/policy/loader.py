@@ -55,6 +55,7 @@ from authz.policy.document import JsonPath, json_path, parse_duration, parse_yam
 from authz.policy.enforcement_loader import EnforcementBuilder
 from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
+from authz.policy.telemetry_config import load_tracing
 
 #: Reads a file the policy names (raises OSError like Path.read_bytes).
 ReadFile = Callable[[Path], bytes]
@@ -282,6 +283,7 @@ class _Builder:
             detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
             audit=audit,
+            tracing=self.guarded(load_tracing, doc),
         )
 
     def openapi(
@@ -311,7 +313,7 @@ class _Builder:
         at: JsonPath = ("providers", name)
         kind = spec["type"]
         if kind == "mtls":
-            return MtlsProviderConfig(name=name, trust_domains=tuple(spec["trust_domains"]))
+            return self.mtls_provider(name, spec, at)
         if kind == "api_key":
             return self.api_key_provider(name, spec, at)
         if kind == "introspection":
@@ -389,6 +391,29 @@ class _Builder:
             replay_cache_size=spec.get("dpop_replay_cache_size", defaults.replay_cache_size),
             replay_store=spec.get("dpop_replay_store"),
         )
+
+    def mtls_provider(self, name: str, spec: dict[str, Any], at: JsonPath) -> MtlsProviderConfig:
+        domains = tuple(spec["trust_domains"])
+        given: dict[str, str] = spec.get("trust_bundles") or {}
+        bundles: list[tuple[str, str]] = []
+        for domain in domains:
+            if given and domain not in given:
+                self.problem(
+                    (*at, "trust_bundles"),
+                    f"no bundle for trust domain {domain!r}: give one per trust domain",
+                )
+        for domain, raw in given.items():
+            where = (*at, "trust_bundles", domain)
+            if domain not in domains:
+                self.problem(where, f"{domain!r} is not one of trust_domains")
+                continue
+            file = Path(raw)
+            file = file if file.is_absolute() else (self.base_dir / file)
+            problem = _bundle_problem(file)
+            if problem:
+                self.problem(where, problem)
+            bundles.append((domain, str(file.resolve())))
+        return MtlsProviderConfig(name=name, trust_domains=domains, trust_bundles=tuple(bundles))
 
     def introspection_provider(
         self, name: str, spec: dict[str, Any], at: JsonPath
@@ -587,3 +612,25 @@ def _claim_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _bundle_problem(file: Path) -> str | None:
+    """Why ``file`` is no PEM CA bundle (one or more CA certificates), or None."""
+    from cryptography import x509
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        return f"cannot read {file}: {exc.strerror or exc}"
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return f"{file}: no PEM certificate in it"
+    for cert in certs:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        if not ca:
+            return f"{file}: {cert.subject.rfc4514_string()} is not a CA certificate"
+    return None

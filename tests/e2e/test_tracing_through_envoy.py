@@ -37,9 +37,16 @@ routes:
 
 
 def _joined(spans: list[ReceivedSpan]) -> bool:
-    authz = [s for s in spans if s.service == "authz"]
-    envoy_traces = {s.trace_id for s in spans if s.service == "envoy"}
-    return any(s.trace_id in envoy_traces for s in authz)
+    """The whole chain has arrived: an authz span, its parent (Envoy's ext_authz
+    client span) and that one's parent (Envoy's root). Envoy exports in batches: the
+    client span and the root can come in different ones."""
+    envoy = {s.span_id: s for s in spans if s.service == "envoy"}
+    for span in spans:
+        if span.service == "authz":
+            caller = envoy.get(span.parent_span_id)
+            if caller is not None and caller.parent_span_id in envoy:
+                return True
+    return False
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -55,7 +62,8 @@ def test_a_denied_request_is_one_trace_of_envoy_and_authz(tmp_path: Path, transp
         )
         assert status == 403
         spans = rx.wait_spans(_joined, timeout=30)
-    (authz,) = [s for s in spans if s.service == "authz"]
+    envoy_ids = {s.span_id for s in spans if s.service == "envoy"}
+    (authz,) = [s for s in spans if s.service == "authz" and s.parent_span_id in envoy_ids]
     assert authz.attributes["authz.decision"] == "deny"
     assert authz.attributes["authz.reason"] == "insufficient_scope"
     trace = [s for s in spans if s.trace_id == authz.trace_id]

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from authz.errors import InvalidApiKey, InvalidPeerIdentity, MultipleCredentials
 from authz.identity.api_key import ApiKeyProvider
-from authz.identity.mtls import MtlsProvider, parse_spiffe_id, spiffe_id_from_certificate
+from authz.identity.mtls import MtlsProvider, parse_spiffe_id, read_svid
 from authz.model import Request
 from authz.policy.config import ApiKey, ApiKeyProviderConfig, MtlsProviderConfig
 
@@ -187,7 +187,7 @@ async def test_mtls_principal(mesh: MtlsProvider) -> None:
 
 async def test_mtls_certificate_uri_san(mesh: MtlsProvider, cert_orders: str) -> None:
     assert "%0A" in cert_orders and "-----BEGIN" in cert_orders  # URL-encoded PEM, as Envoy sends
-    assert spiffe_id_from_certificate(cert_orders) == "spiffe://prod.example/ns/orders/sa/api"
+    assert read_svid(cert_orders).spiffe_id == "spiffe://prod.example/ns/orders/sa/api"
     identity = await mesh.authenticate(req(peer_certificate=cert_orders))
     assert identity is not None
     assert identity.subject == "spiffe://prod.example/ns/orders/sa/api"
@@ -202,21 +202,56 @@ async def test_mtls_certificate_used_when_principal_is_not_spiffe(
     assert identity.subject == "spiffe://prod.example/ns/orders/sa/api"
 
 
-async def test_mtls_principal_wins_over_certificate(mesh: MtlsProvider, cert_orders: str) -> None:
+async def test_mtls_certificate_wins_over_principal(mesh: MtlsProvider, cert_orders: str) -> None:
+    # Envoy's principal is only the first URI SAN (or a DNS SAN): the certificate decides.
     identity = await mesh.authenticate(
         req(principal="spiffe://td.local/ns/a", peer_certificate=cert_orders)
     )
-    assert identity is not None and identity.subject == "spiffe://td.local/ns/a"
+    assert identity is not None and identity.subject == "spiffe://prod.example/ns/orders/sa/api"
 
 
 def test_certificate_without_spiffe_san() -> None:
-    assert spiffe_id_from_certificate(make_cert(dns=("a.example",))) is None
-    assert spiffe_id_from_certificate(make_cert()) is None
-    assert spiffe_id_from_certificate(make_cert("https://a.example/x")) is None
-    # more than one SPIFFE ID: not an SVID
-    assert spiffe_id_from_certificate(make_cert("spiffe://a/x", "spiffe://a/y")) is None
-    assert spiffe_id_from_certificate("not a certificate") is None
-    assert spiffe_id_from_certificate("") is None
+    for cert in (
+        make_cert(dns=("a.example",)),
+        make_cert(),
+        make_cert("https://a.example/x"),
+        make_cert("https://a.example/x", "urn:x:y"),  # no SPIFFE ID claimed at all
+    ):
+        svid = read_svid(cert)
+        assert (svid.spiffe_id, svid.refusal) == (None, None)
+    refusal = read_svid("not a certificate").refusal
+    assert refusal is not None and refusal.reason == "peer_identity_invalid"
+
+
+@pytest.mark.parametrize(
+    ("cert", "reason"),
+    [
+        # two URI SANs: Envoy's principal is the first, the spec allows exactly one
+        (
+            make_cert("spiffe://prod.example/a", "spiffe://prod.example/b"),
+            "peer_identity_ambiguous",
+        ),
+        (make_cert("spiffe://prod.example/a", "https://a.example/"), "peer_identity_ambiguous"),
+        # the SPIFFE ID in a DNS SAN: Envoy falls back to it for the principal
+        (make_cert(dns=("spiffe://prod.example/ns/a",)), "peer_identity_not_uri_san"),
+        (make_cert("SPIFFE://prod.example/ns/a"), "peer_identity_invalid"),
+    ],
+)
+async def test_mtls_certificate_not_an_svid_is_refused(
+    mesh: MtlsProvider, cert: str, reason: str
+) -> None:
+    principal = "spiffe://prod.example/a" if reason == "peer_identity_ambiguous" else ""
+    for _ in range(2):  # the second answer comes from the table, the same
+        with pytest.raises(InvalidPeerIdentity) as info:
+            await mesh.authenticate(req(principal=principal, peer_certificate=cert))
+        assert (info.value.reason, info.value.status) == (reason, 401)
+    assert mesh.cached == 1
+
+
+async def test_mtls_certificate_parsed_once(mesh: MtlsProvider, cert_orders: str) -> None:
+    first = await mesh.authenticate(req(peer_certificate=cert_orders))
+    again = await mesh.authenticate(req(peer_certificate=cert_orders))
+    assert first is again and mesh.cached == 1
 
 
 async def test_mtls_no_principal_abstains(mesh: MtlsProvider) -> None:

@@ -219,3 +219,19 @@ routes:
     cut = text[: text.index("    spiffe_ids:")]
     short = load_policy_bytes(cut.encode(), source="p.yaml", base_dir=tmp_path)
     assert codes(widenings(whole, short)) == [("warning", "spiffe_ids_removed", "internal")]
+
+
+def test_trust_bundles_removed_or_changed() -> None:
+    def mesh(bundles: tuple[tuple[str, str], ...]) -> PolicyConfig:
+        provider = dataclasses.replace(MESH_PROVIDER, trust_bundles=bundles)
+        others = tuple(p for p in BASE.providers if p.name != MESH_PROVIDER.name)
+        return dataclasses.replace(BASE, providers=(*others, provider))
+
+    per_domain = mesh((("prod", "/pki/prod.pem"),))
+    assert widenings(per_domain, per_domain) == []
+    assert widenings(BASE, per_domain) == []  # a bundle per domain only narrows
+    (removed,) = widenings(per_domain, BASE)
+    assert (removed.level, removed.code) == ("warning", "trust_bundles_removed")
+    (changed,) = widenings(per_domain, mesh((("prod", "/pki/other.pem"),)))
+    assert changed.code == "trust_bundles_changed"
+    assert changed.message == "provider mesh: other CA bundle for prod"
