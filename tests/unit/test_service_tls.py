@@ -153,3 +153,12 @@ def test_envoy_config_cli_flags(files: TlsFiles, tmp_path: Path) -> None:
     lone = parser().parse_args(["envoy-config", "p.yaml", "--authz-tls-cert", files.cert])
     with pytest.raises(EnvoyConfigError, match="need --authz-tls-ca"):
         options_from_args(lone)
+
+
+def test_workers_get_the_same_tls_flags(files: TlsFiles) -> None:
+    from authz.serve_options import ServeOptions
+    from authz.supervisor import tls_argv
+
+    assert tls_argv(ServeOptions(policy="p.yaml")) == []
+    argv = tls_argv(ServeOptions(policy="p.yaml", tls=files))
+    assert tls_options(serve_args(*argv)) == files
