@@ -231,7 +231,9 @@ def wrk(
         script,
     ]
     for k, v in (headers or {}).items():
-        argv += ["-H", f"{k}: {v}"]
+        # wrk keeps its own "Host" unless given that very spelling: a "host" beside it
+        # would be a second Host header (refused as ambiguous, 400 host_ambiguous)
+        argv += ["-H", f"{'Host' if k.lower() == 'host' else k}: {v}"]
     argv.append(url)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
