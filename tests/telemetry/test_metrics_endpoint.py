@@ -109,7 +109,6 @@ def test_token_required_when_configured(
     [
         (["--metrics", "0.0.0.0:9200"], "is not a loopback address"),
         (["--tracing"], "--tracing needs --otlp-endpoint"),
-        (["--otlp-endpoint", "http://127.0.0.1:4317"], "--otlp-endpoint needs --tracing"),
         (["--metrics-insecure-open"], "need --metrics"),
         (["--trace-sampling", "2"], "expected a ratio from 0 to 1"),
         (["--otlp-endpoint", "127.0.0.1:4317", "--tracing"], "expected http://HOST:PORT"),
@@ -214,3 +213,6 @@ def test_the_scoring_process_metrics_appear_on_the_serving_process_scrape(
     # the serving process's own half: the child is up
     assert got[("authz_detect_scorer_up", ())] == 1
     assert got[("authz_detect_scorer_restarts_total", ())] == 0
+    # the child's tables, against their bounds: two callers seen (two addresses)
+    assert got[("authz_table_entries", (("table", "detect_callers"),))] >= 2
+    assert got[("authz_table_capacity", (("table", "detect_callers"),))] >= 1000
