@@ -10,14 +10,17 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy.manifests import (
     CRD_KINDS,
     KUBE,
     ROOT,
     TARGETS,
+    compose,
     container,
     flag,
+    kubectl,
     one,
     policy_text,
     render,
@@ -170,8 +173,6 @@ def test_overlays_keep_the_base() -> None:
 def test_the_kustomizations_list_every_file() -> None:
     """No manifest lies about unused: each YAML file is a resource or patch of its
     kustomization (mesh-config.yaml is istioctl's install file, not a resource)."""
-    import yaml
-
     for kustomization in KUBE.rglob("kustomization.yaml"):
         k = yaml.safe_load(kustomization.read_text())
         named = set(k.get("resources", [])) | {
@@ -179,3 +180,14 @@ def test_the_kustomizations_list_every_file() -> None:
         }
         here = {p.name for p in kustomization.parent.glob("*.yaml")} - {"kustomization.yaml"}
         assert here - named <= {"mesh-config.yaml"}, kustomization
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_fallback_renderer_gives_what_kubectl_kustomize_gives(target: str) -> None:
+    """Without kubectl the tests render in Python (compose): it must agree with kubectl."""
+    kubectl()  # skips without it
+
+    def key(doc: dict[str, object]) -> str:
+        return yaml.safe_dump(doc, sort_keys=True)
+
+    assert sorted(map(key, compose(KUBE / target))) == sorted(map(key, render(target)))
