@@ -191,3 +191,16 @@ def test_the_fallback_renderer_gives_what_kubectl_kustomize_gives(target: str) -
         return yaml.safe_dump(doc, sort_keys=True)
 
     assert sorted(map(key, compose(KUBE / target))) == sorted(map(key, render(target)))
+
+
+def test_draining_outlasts_the_readiness_probe_and_fits_the_grace_period() -> None:
+    """SIGTERM turns health NOT_SERVING; the pod keeps answering for --drain-delay, long
+    enough for readiness to fail and the endpoints to drop it, then drains in-flight
+    calls, all inside terminationGracePeriodSeconds."""
+    docs = render("base")
+    c = container(docs)
+    ready = c["readinessProbe"]
+    delay = float(flag(c["args"], "--drain-delay"))
+    assert delay >= ready["periodSeconds"] * ready["failureThreshold"]
+    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert delay + float(flag(c["args"], "--drain-timeout")) < grace
