@@ -43,6 +43,6 @@ EXPOSE 9191 9192 9193
 # grpc.health.v1 Check of the whole server on the default --grpc port (what Envoy and
 # the Kubernetes gRPC probes ask): SERVING once the policy and its keys are loaded.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=10 \
-    CMD ["python", "-c", "import sys; from authz.demo.stack import grpc_serving; sys.exit(not grpc_serving('127.0.0.1:9191', 2.0))"]
+    CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:9191')).Check(h.HealthCheckRequest(), timeout=2); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 ENTRYPOINT ["authz"]
 CMD ["--help"]
