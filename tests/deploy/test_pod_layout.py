@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from authz.demo.stack import free_port, grpc_serving
-from tests.deploy.manifests import container, render
+from tests.deploy.manifests import container, one, render
 from tests.support import wait_for
 
 AUTHZ = str(Path(sys.executable).parent / "authz")
@@ -71,6 +71,11 @@ def pod(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     secrets.mkdir()
     (secrets / "control-token").write_text("c" * 40 + "\n")
     (secrets / "http-secret").write_text("h" * 40 + "\n")
+    volumes = one(render("base"), "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (mode,) = [v["secret"]["defaultMode"] for v in volumes if "secret" in v]
+    assert mode == 0o440  # readable by the pod's fsGroup, which owns the files
+    for secret in secrets.iterdir():
+        secret.chmod(mode)
     for d in ("run", "tmp"):
         (tmp_path / d).mkdir(mode=0o700)
     grpc = free_port()
