@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from authz.health import DECISION_LOG_HEALTH
 from tests.deploy.manifests import (
     CRD_KINDS,
     KUBE,
@@ -86,9 +87,11 @@ def test_ports_agree_across_args_container_service_and_probes() -> None:
     service = one(docs, "Service", "authz")["spec"]["ports"]
     assert {p["name"]: p["targetPort"] for p in service} == {n: n for n in ports}
     assert {p["name"]: p["port"] for p in service} == ports
-    # readiness, liveness and start-up all ask grpc.health.v1 on the gRPC port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # start-up and readiness ask grpc.health.v1 of the whole server on the gRPC port;
+    # liveness the decision log's name, which stale keys and draining leave SERVING
+    for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["grpc"] == {"port": ports["grpc"]}, probe
+    assert c["livenessProbe"]["grpc"] == {"port": ports["grpc"], "service": DECISION_LOG_HEALTH}
 
 
 def test_workers_come_from_the_cpu_request() -> None:

@@ -134,3 +134,18 @@ def test_the_images_health_check_passes_against_the_pod(pod: tuple[Path, int]) -
     command = [sys.executable, *healthcheck()[1:]]
     command[-1] = command[-1].replace(":9191'", f":{grpc}'")
     assert subprocess.run(command, timeout=30).returncode == 0
+
+
+def test_the_probes_services_are_serving_on_the_pod(pod: tuple[Path, int]) -> None:
+    """What kubelet's gRPC probes ask (grpc.health.v1 Check, each probe's service)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _, port = pod
+    c = container(render("base"))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            service = c[probe]["grpc"].get("service", "")
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, probe
