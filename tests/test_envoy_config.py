@@ -783,7 +783,9 @@ def test_compose_mounts_exist_and_authz_serves_the_compose_policy() -> None:
 
 def test_dockerfile() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    # python:3.11-slim pinned by digest (tests/deploy/test_container.py checks the rest)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}$", text, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}", text, re.M)
     assert "pip install ." in text
     assert re.search(r"^USER (?!root|0\b)", text, re.M)
     assert 'ENTRYPOINT ["authz"]' in text

@@ -54,7 +54,16 @@ def test_quick_start_is_two_commands() -> None:
 def test_only_docker_and_the_benchmark_are_not_run() -> None:
     # Kept apart: the one command we cannot run here (no Docker engine) and the full
     # benchmark (minutes of load; tests/test_bench_smoke.py runs it with tiny durations).
+    # Also kept apart: the commands that need a Kubernetes cluster (tests/deploy checks
+    # what they name: the Secret's keys, the namespace, the overlay).
     assert blocks("sh") == [
+        [
+            "kubectl create namespace authz-system",
+            "openssl rand -hex 32 > control.token && openssl rand -hex 32 > http.secret",
+            "kubectl -n authz-system create secret generic authz-secrets "
+            "--from-file=control-token=control.token --from-file=http-secret=http.secret",
+            "kubectl apply -k deploy/kubernetes/overlays/redis",
+        ],
         ["docker compose up --build"],
         ["bash bench/setup.sh", ".venv/bin/python bench/run.py"],
     ]
