@@ -243,6 +243,8 @@ class RedisSync:
             cursor, keys = await asyncio.wait_for(
                 writer.scan(cursor, match=pattern, count=SCAN_COUNT, **where), timeout
             )
+            if isinstance(cursor, dict):  # a Cluster answers {node: cursor}
+                cursor = next(iter(cursor.values()), 0)
             if keys:
                 values = await asyncio.wait_for(writer.mget(keys), timeout)
                 for value in values:
