@@ -33,8 +33,6 @@ from authz.respond.stage import EnforceAddress
 from tests.integration.test_enforcement_redis import request_from, until
 from tests.integration.test_ratelimit_redis import Client, clients, serve  # noqa: F401
 from tests.redis_topologies import RedisClusterTopology, SentinelTopology
-    redis_sentinel,  # noqa: F401
-)
 from tests.support import ServiceProcess
 
 
