@@ -128,7 +128,7 @@ def parse_target(
     )
     cluster = _nodes(reporter, (*at, "cluster"), spec["cluster"]) if "cluster" in spec else ()
     service = str(spec.get("service", ""))
-    if sentinels and not service:
+    if "sentinels" in spec and not service:
         reporter.problem((*at, "service"), "a Sentinel deployment needs the primary's name")
     if "service" in spec and "sentinels" not in spec:
         reporter.problem((*at, "service"), "only with 'sentinels'")
