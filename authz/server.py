@@ -254,6 +254,7 @@ class Service(HealthReporting):
             await policy.close()
             return False
         old = self.engine.swap(policy)
+        self.telemetry.policy_changed(self.engine)
         if digest is not None:
             self._active_digest, self.disk_version = digest, policy.version
         self._reloaded.inc()

@@ -12,6 +12,7 @@ from authz.policy.audit_config import AuditConfig
 from authz.policy.detection_config import DetectionConfig
 from authz.policy.enforcement_config import EnforcementConfig
 from authz.policy.ratelimit_config import RateLimitConfig, RuleConfig
+from authz.policy.telemetry_config import TracingConfig
 
 MODES = ("enforce", "monitor")
 #: How a route with several providers treats a request carrying several credentials:
@@ -284,6 +285,8 @@ class PolicyConfig:
     enforcement: EnforcementConfig | None = None
     #: The audit trail (None: the policy has no ``audit:`` section).
     audit: AuditConfig | None = None
+    #: ``telemetry.tracing`` (None: the command line decides)
+    tracing: TracingConfig | None = None
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:

@@ -53,6 +53,7 @@ from authz.policy.document import JsonPath, json_path, parse_duration, parse_yam
 from authz.policy.enforcement_loader import EnforcementBuilder
 from authz.policy.ratelimit_config import RateLimitConfig
 from authz.policy.ratelimit_loader import RateLimitBuilder
+from authz.policy.telemetry_config import load_tracing
 
 #: Reads a file the policy names (raises OSError like Path.read_bytes).
 ReadFile = Callable[[Path], bytes]
@@ -267,6 +268,7 @@ class _Builder:
             detection=self.guarded(load_detection, doc, self, routes),
             enforcement=self.guarded(self.enforcement.config),
             audit=audit,
+            tracing=self.guarded(load_tracing, doc),
         )
 
     def openapi(

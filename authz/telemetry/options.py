@@ -30,7 +30,8 @@ class TelemetryOptions:
     metrics_token_file: str | None = None
     #: bind a non-loopback ``metrics`` address without a token
     metrics_insecure_open: bool = False
-    #: the OTLP gRPC collector (``http://HOST:PORT`` plaintext, ``https://`` TLS)
+    #: the OTLP gRPC collector (``http://HOST:PORT`` plaintext, ``https://`` TLS); alone,
+    #: where a policy's ``telemetry.tracing`` sends its spans
     otlp_endpoint: str | None = None
     tracing: bool = False
     #: head sampling: the share of new traces (no parent) that are recorded
@@ -65,8 +66,6 @@ class TelemetryOptions:
                 "--otlp-logs"
             )  # fmt: skip
             raise ValueError(f"{flag} needs --otlp-endpoint URL (the collector's OTLP gRPC port)")
-        if self.otlp_endpoint is not None and not self.any_otlp:
-            raise ValueError("--otlp-endpoint needs --tracing, --otlp-metrics or --otlp-logs")
         if not 0.0 <= self.trace_ratio <= 1.0:
             raise ValueError(f"--trace-sampling {self.trace_ratio}: expected 0 to 1")
         if self.metrics is None:
@@ -91,9 +90,9 @@ class TelemetryOptions:
         """The OTLP flags that give a worker of ``--workers N`` the same exports (the
         scrape endpoint is the supervisor's: it merges the workers' metrics)."""
         argv = ["--metrics-for-supervisor"] if self.metrics is not None else []
-        if not self.any_otlp:
+        if self.otlp_endpoint is None:
             return argv
-        assert self.otlp_endpoint is not None
+        # (an endpoint alone: tracing the policy's telemetry.tracing turns on)
         argv += ["--otlp-endpoint", self.otlp_endpoint, "--service-name", self.service_name]
         if self.tracing:
             argv += ["--tracing", "--trace-sampling", repr(self.trace_ratio)]

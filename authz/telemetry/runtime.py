@@ -7,8 +7,9 @@ Built from :class:`~authz.telemetry.options.TelemetryOptions` by the service:
   the merged metrics, :mod:`authz.control.workers`);
 - ``--metrics`` or ``--otlp-metrics``: the decision metrics listener
   (:mod:`authz.telemetry.decisions`) and the per-stage latency probe;
-- ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp`);
-- ``--tracing``: spans per decision (:mod:`authz.telemetry.tracing`);
+- ``--otlp-metrics``: the seam's values exported over OTLP (:mod:`authz.telemetry.otlp_metrics`);
+- ``--tracing``, or the policy's ``telemetry.tracing``: spans per decision
+  (:mod:`authz.telemetry.tracing`), the sampling following the serving policy;
 - ``--otlp-logs``: the decision records as OTLP logs (:mod:`authz.telemetry.otlp_logs`).
 
 With every option off, nothing is built: no listener, no probe, no import of
@@ -21,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from authz.policy.telemetry_config import TracingConfig
 from authz.telemetry.decisions import DecisionMetrics
 from authz.telemetry.options import TelemetryOptions, read_token
 from authz.telemetry.prometheus import descriptions_of, render
@@ -60,19 +62,28 @@ class Telemetry:
         if options.counting:  # every policy built from now on times its stages
             shared.step_probe = StageLatency(metrics).wrap
         self._parts: list[Any] = []  # started in order, closed in reverse
-        self.tracer: Any = None  # a DecisionTracer (--tracing)
-        self._processor: Any = None
+        #: the command line's tracing, what a policy without ``telemetry.tracing`` gets
+        self._cli = TracingConfig(
+            enabled=options.tracing,
+            sampling=options.trace_ratio,
+            parent_based=options.trace_parent_based,
+        )
+        self.tracer: Any = None  # the serving policy's DecisionTracer (None: no spans)
+        self._tracers: dict[tuple[float, bool], Any] = {}
+        self._processor: Any = None  # built with the first tracer, kept for the process
+        self._warned = False
         if options.tracing:
-            from authz.telemetry.tracing import DecisionTracer, build_processor
+            self.tracer = self.tracer_for(None)
+
+        self.otlp_metrics: Any = None  # an OtlpMetrics (--otlp-metrics)
+        if options.otlp_metrics:
+            from authz.telemetry.otlp_metrics import OtlpMetrics
 
             assert options.otlp_endpoint is not None  # options.check()
-            self._processor = build_processor(options.otlp_endpoint)
-            self.tracer = DecisionTracer(
-                self._processor,
-                ratio=options.trace_ratio,
-                parent_based=options.trace_parent_based,
-                service_name=options.service_name,
-            )
+            self.otlp_metrics = OtlpMetrics(
+                options.otlp_endpoint, options.service_name, metrics,
+                options.otlp_metrics_interval,
+            )  # fmt: skip
 
         self.otlp_logs: Any = None  # an OtlpDecisionLogs (--otlp-logs)
         if options.otlp_logs:
@@ -93,7 +104,44 @@ class Telemetry:
         """Called once the engine exists: the policy version serving."""
         if self.decisions is not None:
             self.decisions.set_version(engine.policy.version)
-        engine.tracer = self.tracer
+        self.policy_changed(engine)
+
+    def policy_changed(self, engine: PolicyEngine) -> None:
+        """The engine serves another policy (start, reload, rollback): its
+        ``telemetry.tracing`` (or the command line's) decides the spans from now on."""
+        self.tracer = engine.tracer = self.tracer_for(engine.policy.config.tracing)
+
+    def tracer_for(self, config: TracingConfig | None) -> Any:
+        """The DecisionTracer for a policy's tracing section (None: the command line's);
+        None when tracing is off, or on without a collector to send to (logged once)."""
+        wanted = config if config is not None else self._cli
+        if not wanted.enabled:
+            return None
+        endpoint = self.options.otlp_endpoint
+        if endpoint is None:
+            if not self._warned:
+                log.warning(
+                    "the policy enables tracing (telemetry.tracing) but authz serve has no "
+                    "--otlp-endpoint: no spans are recorded"
+                )
+                self._warned = True
+            return None
+        key = (wanted.sampling, wanted.parent_based)
+        tracer = self._tracers.get(key)
+        if tracer is None:
+            from authz.telemetry.tracing import DecisionTracer, build_processor
+
+            if self._processor is None:
+                self._processor = build_processor(endpoint)
+            if len(self._tracers) >= 16:  # a policy history's worth; built again if needed
+                self._tracers.clear()
+            tracer = self._tracers[key] = DecisionTracer(
+                self._processor,
+                ratio=wanted.sampling,
+                parent_based=wanted.parent_based,
+                service_name=self.options.service_name,
+            )
+        return tracer
 
     async def start(self) -> None:
         if self.endpoint is not None:
@@ -102,6 +150,9 @@ class Telemetry:
         if self.otlp_logs is not None:
             await self.otlp_logs.start()
             self._parts.append(self.otlp_logs)
+        if self.otlp_metrics is not None:  # closed first: its last export sees the rest
+            await self.otlp_metrics.start()
+            self._parts.append(self.otlp_metrics)
 
     async def aclose(self) -> None:
         while self._parts:

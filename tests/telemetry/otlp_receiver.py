@@ -1,5 +1,5 @@
-"""A small real OTLP gRPC receiver for tests: the collector's TraceService and
-LogsService (from the OpenTelemetry proto definitions, package opentelemetry-proto),
+"""A small real OTLP gRPC receiver for tests: the collector's TraceService,
+MetricsService and LogsService (from the OpenTelemetry proto definitions, package opentelemetry-proto),
 keeping what it receives in memory."""
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -48,7 +52,9 @@ def _service(resource: Any) -> str:
 
 
 class OtlpReceiver(
-    trace_service_pb2_grpc.TraceServiceServicer, logs_service_pb2_grpc.LogsServiceServicer
+    trace_service_pb2_grpc.TraceServiceServicer,
+    logs_service_pb2_grpc.LogsServiceServicer,
+    metrics_service_pb2_grpc.MetricsServiceServicer,
 ):
     """``with OtlpReceiver() as rx:`` serves on ``rx.address`` (127.0.0.1, a free port)."""
 
@@ -58,10 +64,14 @@ class OtlpReceiver(
         self.span_count = 0
         self.spans: list[ReceivedSpan] = []
         self.logs: list[dict[str, Any]] = []
+        #: (service, metric name, data point attributes, value) of every number data point
+        #: received (sums and gauges; a histogram's point carries its count)
+        self.points: list[tuple[str, str, dict[str, Any], float]] = []
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
         self.endpoint = f"http://{self.address}"
@@ -76,6 +86,14 @@ class OtlpReceiver(
                         if self.keep:
                             self.spans.extend(ReceivedSpan(s, service) for s in ss.spans)
             return trace_service_pb2.ExportTraceServiceResponse()
+        if isinstance(request, metrics_service_pb2.ExportMetricsServiceRequest):
+            with self._lock:
+                for rm in request.resource_metrics:
+                    service = _service(rm.resource)
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            self._points(service, metric)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
         with self._lock:
             for rl in request.resource_logs:
                 service = _service(rl.resource)
@@ -91,6 +109,17 @@ class OtlpReceiver(
                             }
                         )
         return logs_service_pb2.ExportLogsServiceResponse()
+
+    def _points(self, service: str, metric: Any) -> None:
+        kind = metric.WhichOneof("data")
+        for point in getattr(metric, kind).data_points:
+            labels = {a.key: _value(a.value) for a in point.attributes}
+            if kind == "histogram":
+                value = float(point.count)
+            else:
+                which = point.WhichOneof("value")
+                value = float(getattr(point, which)) if which else 0.0
+            self.points.append((service, metric.name, labels, value))
 
     def wait_spans(self, predicate: Any, timeout: float = 20.0) -> list[ReceivedSpan]:
         """The spans received, once ``predicate(spans)`` holds (TimeoutError else)."""
