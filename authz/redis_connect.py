@@ -18,16 +18,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, SSLConnection
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authz.policy.redis_target import RedisTarget
 
 Client = Redis | RedisCluster
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (connections to whichever node is primary now), bounded the
+    way a single server's is: a call waits for a free connection, up to the store's
+    timeout, rather than failing at once when ``pool_size`` are in use."""
 
 
 def _auth_tls(target: RedisTarget) -> dict[str, Any]:
@@ -70,13 +76,15 @@ def connect(
     if target.kind == "sentinel":
         node_kwargs = dict(common)
         sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        if target.tls:
-            node_kwargs["connection_class"] = SSLConnection
+        if target.tls:  # the pool then makes Sentinel-managed TLS connections
+            node_kwargs["ssl"] = True
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **node_kwargs
         )
         primary: Redis = sentinel.master_for(
             target.service,
+            connection_pool_class=BlockingSentinelPool,
+            timeout=timeout,  # waiting for a free connection, as with one server
             db=target.db,
             max_connections=pool_size,
             retry=Retry(NoBackoff(), 1),

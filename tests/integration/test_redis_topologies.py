@@ -229,10 +229,15 @@ async def test_sentinel_dpop_replay_cache_fails_closed_then_recovers(
     from authz.errors import DpopReplayUnavailable
 
     target = RedisTarget(sentinels=nodes(redis_sentinel.sentinels), service=redis_sentinel.service)
-    cache = RedisReplayCache(RedisStoreConfig(name="s", url="", target=target, timeout=0.3))
+    config = RedisStoreConfig(name="s", url="", target=target, timeout=0.3, pool_size=2)
+    cache = RedisReplayCache(config)
     try:
         now = time.time()
         assert await cache.first_use("t|1", now + 60, now)
+        # more calls at once than the pool holds: they wait for a connection (bounded
+        # like a single server's pool), they do not fail
+        many = [cache.first_use(f"t|many-{i}", now + 60, now) for i in range(20)]
+        assert all(await asyncio.gather(*many))
         redis_sentinel.kill_primary()
         with pytest.raises(DpopReplayUnavailable):
             await cache.first_use("t|2", now + 60, now)
