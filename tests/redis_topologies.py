@@ -10,6 +10,8 @@ within a few seconds.
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from authz.demo.stack import free_port
+from tests.certs import MtlsPki
 from tests.redis_server import RedisServer, redis_binary
 
 
@@ -194,3 +197,40 @@ def redis_sentinel(tmp_path: Path) -> Iterator[SentinelTopology]:
         yield topology.start()
     finally:
         topology.stop()
+
+
+class TlsRedisServer(RedisServer):
+    """A redis-server that speaks only TLS, asks for a client certificate signed by
+    ``ca`` and a password (``requirepass``)."""
+
+    def __init__(self, workdir: Path, pki: MtlsPki, password: str) -> None:
+        super().__init__(workdir)
+        self.pki = pki
+        self.password = password
+        self.extra = {
+            "port": "0",  # no plain-text port at all
+            "tls-port": str(self.port),
+            "tls-cert-file": pki.server.cert,
+            "tls-key-file": pki.server.key,
+            "tls-ca-cert-file": pki.ca.cert,
+            "tls-auth-clients": "yes",
+            "requirepass": password,
+        }
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    def ping(self) -> bool:
+        context = ssl.create_default_context(cafile=self.pki.ca.cert)
+        client = next(iter(self.pki.clients.values()))
+        context.load_cert_chain(client.cert, client.key)
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as s,
+            ):
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False

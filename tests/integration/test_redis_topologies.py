@@ -9,7 +9,9 @@
   Sentinel fails over, each rule keeps its configured behaviour (``deny``: 503,
   ``local``: limited in the process) and the enforcement store with ``on_error:
   deny`` refuses; then everything works against the promoted replica, with the
-  blocks made before the kill still in force.
+  blocks made before the kill still in force;
+- a TLS-only server asking for a client certificate and a password: the store
+  connects with the files the policy names, and is refused without them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ import pytest
 from authz.errors import EnforcementUnavailable
 from authz.identity.dpop_redis import RedisReplayCache
 from authz.policy.enforcement_config import EnforcementConfig, EnforcementRedisConfig
+from authz.policy.loader import load_policy
 from authz.policy.ratelimit_config import RedisStoreConfig
 from authz.policy.redis_target import RedisTarget
-from authz.ratelimit.base import GCRA, Item
+from authz.ratelimit.base import GCRA, Item, StoreUnavailable
 from authz.ratelimit.redis_store import RedisStore
 from authz.respond.enforcer import Enforcer
 from authz.respond.stage import EnforceAddress
+from tests.certs import make_mtls_pki
 from tests.integration.test_enforcement_redis import request_from, until
 from tests.integration.test_ratelimit_redis import Client, clients, serve  # noqa: F401
-from tests.redis_topologies import RedisClusterTopology, SentinelTopology
+from tests.redis_topologies import RedisClusterTopology, SentinelTopology, TlsRedisServer
 from tests.support import ServiceProcess
 
 
@@ -251,3 +255,42 @@ async def test_sentinel_dpop_replay_cache_fails_closed_then_recovers(
                 await asyncio.sleep(0.1)
     finally:
         await cache.aclose()
+
+
+# ------------------------------------------------------- credentials and TLS from files
+
+
+async def test_tls_client_certificate_and_password_from_files(tmp_path: Path) -> None:
+    pki = make_mtls_pki(tmp_path / "pki")
+    server = TlsRedisServer(tmp_path / "tls", pki, password="s3cret-from-a-file").start()
+    client = next(iter(pki.clients.values()))
+    try:
+        (tmp_path / "password").write_text("s3cret-from-a-file\n")
+        (tmp_path / "wrong").write_text("guess\n")
+
+        def policy(password_file: str, tls: str) -> RedisStoreConfig:
+            path = tmp_path / "policy.yaml"
+            path.write_text(
+                "rate_limits:\n  stores:\n    shared:\n      type: redis\n"
+                f'      url: "{server.url}"\n      timeout: 1s\n'
+                f"      password_file: {password_file}\n      tls: {tls}\n"
+                "routes:\n  - {name: a, path: /a, methods: [GET], public: true}\n"
+            )
+            return load_policy(path).rate_limits.stores[0]
+
+        full = f"{{ca_file: {pki.ca.cert}, cert_file: {client.cert}, key_file: {client.key}}}"
+        good = RedisStore(policy("password", full))
+        try:
+            outcomes = [(await good.acquire([Item("k", GCRA, 3600.0, 2)]))[0] for _ in range(3)]
+            assert [o.allowed for o in outcomes] == [True, True, False]
+        finally:
+            await good.aclose()
+        for config in (policy("wrong", full), policy("password", f"{{ca_file: {pki.ca.cert}}}")):
+            refused = RedisStore(config)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await refused.acquire([Item("k", GCRA, 3600.0, 2)])
+            finally:
+                await refused.aclose()
+    finally:
+        server.stop()
