@@ -319,6 +319,8 @@ class PolicyEngine:
             stage_set = {name for name, _ in ctx.upstream_headers}
             remove = tuple(h for h in remove if h not in stage_set)
         strip = ctx.plan.strip if ctx.plan is not None else ()
+        if ctx.remove_upstream:
+            strip += ctx.remove_upstream
         return Decision(
             allowed=True,
             status=status,

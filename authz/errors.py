@@ -14,12 +14,14 @@ a stage sees a PyJWT or jsonschema exception.
     ├── PolicyError                      policy file could not be used (not a request error)
     ├── RequestError              400    the request itself cannot be read
     │   ├── InvalidPath           400    invalid_path
+    │   ├── AmbiguousRequest      400    host_ambiguous, method_override (authz.hygiene)
     │   └── ContractViolation     400    the request breaks its route's contract (body_*,
     │       │                            parameter_*, query_malformed); the deny body names
     │       │                            where ("in": body|query|path|header, "location": a
     │       │                            JSON pointer), never the offending value
     │       ├── BodyTooLarge      413    body_too_large, body_partial
-    │       └── UnsupportedMediaType 415 unsupported_media_type
+    │       ├── UnsupportedMediaType 415 unsupported_media_type
+    │       └── UnsupportedEncoding  415 content_encoding_unsupported
     ├── RouteError
     │   ├── UndeclaredRoute       404    undeclared_route
     │   └── MethodNotAllowed      405    method_not_allowed
@@ -128,6 +130,12 @@ class InvalidPath(RequestError, reason=R.INVALID_PATH):
     monitorable_unrouted = False
 
 
+class AmbiguousRequest(RequestError, reason=R.HOST_AMBIGUOUS):
+    """A request two parties could read differently (its Host, its method)."""
+
+    monitorable_unrouted = False
+
+
 class ContractViolation(RequestError, reason=R.BODY_INVALID):
     """The request does not match its route's contract.
 
@@ -153,6 +161,10 @@ class BodyTooLarge(ContractViolation, reason=R.BODY_TOO_LARGE):
 
 
 class UnsupportedMediaType(ContractViolation, reason=R.UNSUPPORTED_MEDIA_TYPE):
+    pass
+
+
+class UnsupportedEncoding(ContractViolation, reason=R.CONTENT_ENCODING_UNSUPPORTED):
     pass
 
 

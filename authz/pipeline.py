@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from authz.core_stages import AuthorizeStage, CanonicalPathStage, IdentityStage, RouteStage
 from authz.detect.stage import DetectStage
+from authz.hygiene import EncodingCheckStage, RequestHygieneStage
 from authz.inventory import InventoryStage
 from authz.policy.config import RouteConfig
 from authz.ratelimit.stage import RATE_LIMIT_STAGES
@@ -50,8 +51,10 @@ CORE_STAGES: tuple[StageFactory, ...] = (
 STAGES: tuple[StageFactory, ...] = (
     CORE_STAGES[0],
     ENFORCE_ADDRESS,  # blocked addresses: before any limit is charged, undeclared paths too
+    RequestHygieneStage(),  # ambiguous Host, method override, client identity headers
     *RATE_LIMIT_STAGES,
     CORE_STAGES[1],
+    EncodingCheckStage(),  # an encoded body on a route that validates bodies: 415
     CORE_STAGES[2],
     ENFORCE_IDENTITY,  # revoked credentials: 401 before a scope check's 403
     CORE_STAGES[3],

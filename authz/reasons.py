@@ -47,6 +47,21 @@ INVALID_PATH = _add(
     "a fragment (the generated Envoy config rejects or resolves some of these before authz "
     "sees them: escaped slashes, NUL, dot segments)",
 )
+HOST_AMBIGUOUS = _add(
+    "host_ambiguous",
+    400,
+    "canonical",
+    "a Host / `:authority` that names no single host: empty, two values merged with a "
+    "comma, a userinfo part (`user@host`), whitespace",
+)
+METHOD_OVERRIDE = _add(
+    "method_override",
+    400,
+    "canonical",
+    "a method override (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, a "
+    "`_method` query parameter): the upstream would run a method the decision did not see "
+    "(policy `hygiene.method_override: remove` removes the headers instead)",
+)
 UNDECLARED_ROUTE = _add(
     "undeclared_route",
     404,
@@ -259,6 +274,13 @@ UNSUPPORTED_MEDIA_TYPE = _add(
     415,
     "validate",
     "a body whose `Content-Type` the contract does not allow (or a charset other than UTF-8)",
+)
+CONTENT_ENCODING_UNSUPPORTED = _add(
+    "content_encoding_unsupported",
+    415,
+    "validate",
+    "a body on a route with a contract carries a `Content-Encoding` other than `identity` "
+    "(the gateway never passes bytes it could not read)",
 )
 INSUFFICIENT_SCOPE = _add(
     "insufficient_scope",

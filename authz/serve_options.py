@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from authz.control.options import CONTROL_OFF, ControlOptions
 from authz.telemetry.options import TELEMETRY_OFF, TelemetryOptions
 from authz.transport.http_wire import HttpLimits
+from authz.transport.tls import TlsFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +40,5 @@ class ServeOptions:
     access_log_trust_network: bool = False  # no secret, yet bind beyond loopback
     #: --metrics and OpenTelemetry export (authz.telemetry)
     telemetry: TelemetryOptions = TELEMETRY_OFF
+    #: TLS on the gRPC and HTTP transports (authz.transport.tls); None: plaintext
+    tls: TlsFiles | None = None

@@ -306,8 +306,9 @@ class Service(HealthReporting):
         ports = []
         if self.options.grpc is not None:
             self.transport = GrpcTransport(
-                engine, self.options.grpc, reuse_port=self.options.reuse_port
-            )
+                engine, self.options.grpc, reuse_port=self.options.reuse_port,
+                tls=self.options.tls,
+            )  # fmt: skip
             await self.transport.start()
             ports.append(f"gRPC port {self.transport.port}")
         if self.options.http is not None:
@@ -329,6 +330,7 @@ class Service(HealthReporting):
                 limits=self.options.http_limits,
                 secret=secret,
                 trust_network=self.options.http_trust_network,
+                tls=self.options.tls,
             )
             await self.http.start()
             ports.append(f"HTTP port {self.http.port}")

@@ -60,6 +60,9 @@ class Context:
     identity: Identity = ANONYMOUS
     #: Extra headers to set on the request sent upstream (allow only).
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Client-sent request headers to remove before the upstream sees them (allow only;
+    #: :mod:`authz.hygiene`).
+    remove_upstream: tuple[str, ...] = ()
     #: Extra headers for the client's response (on allow and on deny).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     #: The decision, for ``observe`` stages only (None before it is made).

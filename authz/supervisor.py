@@ -67,6 +67,16 @@ def access_log_argv(options: ServeOptions) -> list[str]:
     return argv
 
 
+def tls_argv(options: ServeOptions) -> list[str]:
+    """The ``--tls-*`` flags that give a worker the same TLS listeners."""
+    if options.tls is None:
+        return []
+    argv = ["--tls-cert", options.tls.cert, "--tls-key", options.tls.key]
+    if options.tls.client_ca is not None:
+        argv += ["--tls-client-ca", options.tls.client_ca]
+    return argv
+
+
 def supervise(options: ServeOptions) -> int:
     """Run N worker processes on one port (SO_REUSEPORT) and keep them running."""
     try:
@@ -86,6 +96,7 @@ def supervise(options: ServeOptions) -> int:
     if options.http is not None:
         argv += ["--http", options.http, *http_argv(options)]
     argv += access_log_argv(options)  # each worker binds it too (SO_REUSEPORT)
+    argv += tls_argv(options)  # each worker reloads the files itself
     argv += [
         "--workers",
         "1",

@@ -141,8 +141,8 @@ def _in_process(fx: fixtures.Fixture, endpoint: str, calls: int, rounds: int) ->
     from authz.engine import CompiledPolicy, PolicyEngine
     from authz.policy.loader import load_policy
     from authz.server import make_sink
-    from authz.telemetry.decisions import DecisionMetrics
     from authz.stages import Shared
+    from authz.telemetry.decisions import DecisionMetrics
     from authz.telemetry.metrics import MemoryMetrics
     from authz.telemetry.stages import StageLatency
     from authz.telemetry.tracing import DecisionTracer, build_processor

@@ -193,3 +193,9 @@ def test_telemetry_cost_script() -> None:
     assert set(rows) == {"off", "metrics", "trace1", "trace100"}
     assert rows["off"][4] == "1.000"  # ratios are to the arm without telemetry
     assert int(rows["trace100"][-1]) > 0  # spans reached the receiver
+
+
+def test_hygiene_cost_bench_runs() -> None:
+    run = _run("bench/hygiene_cost.py", "--calls", "200", "--rounds", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "vs without" in run.stdout and "hygiene stage alone" in run.stdout

@@ -13,7 +13,13 @@ from typing import Any as AnyType
 
 from authz.envoyconf.bootstrap import build_bootstrap, render_yaml
 from authz.envoyconf.common import EnvoyConfigError
-from authz.envoyconf.options import TRANSPORTS, EnvoyOptions, TlsOptions, parse_timeout
+from authz.envoyconf.options import (
+    TRANSPORTS,
+    AuthzTlsOptions,
+    EnvoyOptions,
+    TlsOptions,
+    parse_timeout,
+)
 from authz.envoyconf.tls import check_tls_files
 from authz.policy.config import (
     PolicyConfig,
@@ -95,6 +101,26 @@ def register(subparsers: argparse._SubParsersAction[AnyType]) -> None:
         "default) or let them through unauthenticated by TLS (optional); a certificate "
         "that does not verify is refused either way",
     )  # fmt: skip
+    up = p.add_argument_group(
+        "TLS to the service",
+        "Envoy calls the service over TLS (`authz serve --tls-cert/--tls-key`); with "
+        "--authz-tls-cert, mutual TLS (`authz serve --tls-client-ca`). The paths are "
+        "written into the config as given.",
+    )
+    up.add_argument(
+        "--authz-tls-ca", type=readable, metavar="FILE",
+        help="trust bundle (PEM) the service's certificate must verify against",
+    )  # fmt: skip
+    up.add_argument(
+        "--authz-tls-cert", type=readable, metavar="FILE",
+        help="Envoy's client certificate (PEM) for the service; needs --authz-tls-key",
+    )  # fmt: skip
+    up.add_argument("--authz-tls-key", type=readable, metavar="FILE", help="its private key")
+    up.add_argument(
+        "--authz-tls-server-name", metavar="NAME",
+        help="the DNS SAN the service's certificate must carry, also sent as SNI "
+        "(default: the --authz host, as an IP or DNS SAN)",
+    )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=_DEFAULTS.transport,
         help="how Envoy calls the service: grpc (ext_authz gRPC, `authz serve --grpc`) or "
@@ -148,6 +174,18 @@ def _tls_from_args(args: argparse.Namespace) -> TlsOptions | None:
     )
 
 
+def _authz_tls_from_args(args: argparse.Namespace) -> AuthzTlsOptions | None:
+    ca = getattr(args, "authz_tls_ca", None)
+    cert = getattr(args, "authz_tls_cert", None)
+    key = getattr(args, "authz_tls_key", None)
+    name = getattr(args, "authz_tls_server_name", None)
+    if ca is None:
+        if cert is not None or key is not None or name is not None:
+            raise EnvoyConfigError("--authz-tls-cert/-key/-server-name need --authz-tls-ca")
+        return None
+    return AuthzTlsOptions(ca=ca, cert_chain=cert, private_key=key, server_name=name)
+
+
 def _secret_from_args(args: argparse.Namespace) -> str | None:
     path = getattr(args, "http_secret_file", None)
     if path is None:
@@ -174,6 +212,7 @@ def options_from_args(args: argparse.Namespace) -> EnvoyOptions:
         access_log=getattr(args, "access_log", None),
         access_log_secret=_access_log_secret(args),
         tracing=getattr(args, "tracing", None),
+        authz_tls=_authz_tls_from_args(args),
     )
 
 
@@ -215,6 +254,13 @@ def command_line(args: argparse.Namespace) -> str:
             parts += ["--client-ca", opts.tls.client_ca]
             if not opts.tls.require_client_cert:
                 parts += ["--client-cert", "optional"]
+    if opts.authz_tls is not None:
+        parts += ["--authz-tls-ca", opts.authz_tls.ca]
+        if opts.authz_tls.cert_chain is not None and opts.authz_tls.private_key is not None:
+            parts += ["--authz-tls-cert", opts.authz_tls.cert_chain]
+            parts += ["--authz-tls-key", opts.authz_tls.private_key]
+        if opts.authz_tls.server_name is not None:
+            parts += ["--authz-tls-server-name", opts.authz_tls.server_name]
     if args.output:
         parts += ["-o", args.output]
     return " ".join(parts)
@@ -246,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         if options.tls is not None:
             check_tls_files(options.tls)
+        if options.authz_tls is not None and options.authz_tls.cert_chain is not None:
+            assert options.authz_tls.private_key is not None
+            check_tls_files(TlsOptions(options.authz_tls.cert_chain, options.authz_tls.private_key))
     except EnvoyConfigError as exc:
         print(f"authz envoy-config: error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         control = options_from_args(args)
         telemetry = telemetry_options(args)
         access_log_options(args)
+        tls = tls_options(args)
     except ValueError as exc:
         print(f"authz serve: error: {exc}", file=sys.stderr)
         return 2
@@ -57,8 +58,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log_secret_file=args.access_log_secret_file,
             access_log_trust_network=args.access_log_insecure_trust_network,
             telemetry=telemetry,
+            tls=tls,
         )
     )
+
+
+def tls_options(args: argparse.Namespace) -> Any:
+    """The ``--tls-*`` files, checked now (ValueError saying what is wrong), or None."""
+    from authz.transport.tls import TlsFiles, load
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert/--tls-key")
+        return None
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    load(files)  # TlsConfigError is a ValueError naming the file
+    return files
 
 
 def http_options(args: argparse.Namespace) -> Any:
@@ -81,7 +98,11 @@ def http_options(args: argparse.Namespace) -> Any:
         if args.http_insecure_trust_network:
             raise ValueError("--http-insecure-trust-network makes no sense with a secret")
     host = parse_host_port(args.http, port_zero=True).host
-    trusted = args.http_secret_file is not None or args.http_insecure_trust_network
+    trusted = (
+        args.http_secret_file is not None
+        or args.http_insecure_trust_network
+        or (args.tls_client_ca is not None and args.tls_cert is not None)  # mTLS: only Envoy
+    )
     if not trusted and not is_loopback(host):
         raise ValueError(
             f"--http {args.http}: {host} is not a loopback address, and without a "
@@ -162,6 +183,18 @@ def register(sub: Any) -> None:
         help="the ext_authz HTTP transport (Envoy http_service, Istio envoyExtAuthzHttp); "
         "PORT alone binds 127.0.0.1, another address needs --http-secret-file",
     )
+    t = p.add_argument_group(
+        "TLS",
+        "Serve the gRPC and HTTP transports over TLS (reloaded when the files change); "
+        "with --tls-client-ca, a client certificate (Envoy's) is required: give Envoy "
+        "its certificate with `authz envoy-config --authz-tls-ca/--authz-tls-cert`.",
+    )
+    t.add_argument("--tls-cert", metavar="PEM", help="the service's certificate chain")
+    t.add_argument("--tls-key", metavar="PEM", help="its private key (unencrypted)")
+    t.add_argument(
+        "--tls-client-ca", metavar="PEM",
+        help="require a client certificate that chains to this bundle (mTLS with Envoy)",
+    )  # fmt: skip
     h = p.add_argument_group(
         "HTTP transport",
         "Bounds, timeouts and trust of --http. Envoy sends every check whole and at once, "

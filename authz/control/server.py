@@ -261,19 +261,18 @@ class ControlServer:
 
 
 def _server_credentials(options: ControlOptions) -> Any:
-    def read(path: str | None, flag: str) -> bytes:
-        assert path is not None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ControlConfigError(f"{flag} {path}: {exc.strerror or exc}") from None
+    """The control plane's TLS: the same reloading machinery as the transports
+    (:mod:`authz.transport.tls`), so a renewed certificate applies to new connections."""
+    from authz.transport.tls import CertificateReloader, TlsConfigError, TlsFiles
 
-    key = read(options.tls_key, "--control-tls-key")
-    cert = read(options.tls_cert, "--control-tls-cert")
-    ca = read(options.client_ca, "--control-client-ca") if options.client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
+    assert options.tls_cert is not None and options.tls_key is not None
+    try:
+        reloader = CertificateReloader(
+            TlsFiles(options.tls_cert, options.tls_key, options.client_ca)
+        )
+    except TlsConfigError as exc:
+        raise ControlConfigError(f"control plane: {exc}") from None
+    return reloader.grpc_credentials()
 
 
 class ControlPlane:

@@ -26,6 +26,7 @@ from typing import Any
 
 from authz.demo.upstream import EchoUpstream
 from authz.envoyconf import EnvoyOptions, HostPort, TlsOptions, build_bootstrap, render_yaml
+from authz.envoyconf.options import AuthzTlsOptions
 from authz.policy.loader import load_policy
 
 
@@ -87,6 +88,10 @@ class LocalStack:
     envoy_timeout: float = 1.0
     extra_serve_args: tuple[str, ...] = ()
     tls: TlsOptions | None = None  # TLS (and mTLS with a client CA) on Envoy's listener
+    #: TLS (mTLS with a client certificate) from Envoy to the service; the service's own
+    #: ``--tls-*`` flags go in ``extra_serve_args``. Readiness is then Envoy's health
+    #: check of the service (the proof that Envoy reaches it over TLS).
+    authz_tls: AuthzTlsOptions | None = None
     transport: str = "grpc"  # how Envoy calls authz: "grpc" or "http"
     #: Over HTTP, Envoy and the service share a transport secret (a file in the state
     #: directory), as a deployment where the port is not loopback must.
@@ -173,6 +178,7 @@ class LocalStack:
                 HostPort("127.0.0.1", self.access_log_port) if self.access_log is not None else None
             ),
             tracing=HostPort("127.0.0.1", self.tracing_port) if self.tracing_port else None,
+            authz_tls=self.authz_tls,
         )
         if self.access_log == "service":
             serve_args += ["--access-log-grpc", self.access_log_address]
@@ -196,10 +202,36 @@ class LocalStack:
         )
 
     def authz_ready(self) -> bool:
-        """The service's health on its transport: gRPC health SERVING, or HTTP 200."""
+        """The service's health on its transport: gRPC health SERVING, or HTTP 200 (over
+        TLS with Envoy's certificate when ``authz_tls`` is set)."""
+        if self.authz_tls is not None:
+            return self._authz_ready_tls(self.authz_tls)
         if self.transport == "http":
             return _http_ok(f"http://{self.authz_address}/healthz")
         return grpc_serving(self.authz_address)
+
+    def _authz_ready_tls(self, tls: AuthzTlsOptions) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        if self.transport == "http":
+            context = ssl.create_default_context(cafile=tls.ca)
+            if tls.cert_chain is not None and tls.private_key is not None:
+                context.load_cert_chain(tls.cert_chain, tls.private_key)
+            url = f"https://{self.authz_address}/healthz"
+            with urllib.request.urlopen(url, timeout=1, context=context) as reply:
+                return bool(reply.status == 200)
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(  # type: ignore[no-untyped-call]
+            read(tls.ca), read(tls.private_key), read(tls.cert_chain)
+        )
+        with grpc.secure_channel(self.authz_address, credentials) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _spawn(self, log_name: str, *argv: str) -> subprocess.Popen[bytes]:
         """Start a child whose output goes to a log file in the state directory."""

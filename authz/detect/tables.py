@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from authz.telemetry.metrics import Counter, Metrics
+from authz.telemetry.metrics import Counter, Metrics, report_table
 
 V = TypeVar("V")
 
@@ -41,6 +41,9 @@ class LruTable(Generic[V]):
             "detection table entries evicted (table full, least recently used)",
             ("table",),
         ).labels(name)
+        # its size against its bound, read when the metrics are (in the scoring child:
+        # sent back with its other gauges, so the serving process's /metrics shows it)
+        report_table(metrics, f"detect_{name}", self.__len__, lambda: self.capacity)
 
     def get(self, key: str, factory: Callable[[], V]) -> V:
         """The entry for ``key`` (made by ``factory`` if absent), now most recent."""

@@ -75,6 +75,7 @@ from authz.envoyconf.options import EnvoyOptions
 from authz.envoyconf.routes import route_configuration
 from authz.envoyconf.tls import downstream_tls, with_policy_trust_bundles
 from authz.envoyconf.tracing import hcm_tracing
+from authz.envoyconf.upstream_tls import upstream_tls
 from authz.policy.config import (
     PolicyConfig,
 )
@@ -260,6 +261,15 @@ def _cluster(
     return cluster
 
 
+def _authz_cluster(options: EnvoyOptions) -> Cluster:
+    """The service's cluster; over TLS (mTLS with a client certificate) when asked."""
+    grpc = options.transport == "grpc"
+    cluster = _cluster(AUTHZ_CLUSTER, options.authz, grpc=grpc, authz=True)
+    if options.authz_tls is not None:
+        cluster.transport_socket = upstream_tls(options.authz_tls, options.authz, grpc=grpc)
+    return cluster
+
+
 def _overload_manager() -> OverloadManager:
     return OverloadManager(
         resource_monitors=[
@@ -298,9 +308,7 @@ def build_bootstrap_message(policy: PolicyConfig, options: EnvoyOptions) -> Boot
         static_resources=BootstrapStaticResources(
             listeners=[listener],
             clusters=[
-                _cluster(
-                    AUTHZ_CLUSTER, options.authz, grpc=options.transport == "grpc", authz=True
-                ),
+                _authz_cluster(options),
                 _cluster(UPSTREAM_CLUSTER, options.upstream, grpc=False),
                 # (no health checks: a log sink that is down only loses entries)
                 *(

@@ -37,6 +37,7 @@ from envoy_data_plane.google.protobuf import Any
 
 from authz.envoyconf.common import AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, seconds
 from authz.envoyconf.options import EnvoyOptions
+from authz.hygiene import check_headers
 from authz.policy.config import (
     ApiKeyProviderConfig,
     IntrospectionProviderConfig,
@@ -99,6 +100,7 @@ def http_check_headers(policy: PolicyConfig) -> list[str]:
     for route in policy.routes:
         if route.contract is not None:
             names += [p.name for p in route.contract.parameters if p.where == "header"]
+    names += check_headers(policy)[0]
     limits = policy.rate_limits
     for rule in (*limits.rules, *(r for route in policy.routes for r in route.rate_limits)):
         names += [part[len("header:") :].lower() for part in rule.key if part.startswith("header:")]
@@ -161,7 +163,7 @@ def ext_authz_filter(policy: PolicyConfig, options: EnvoyOptions) -> HttpFilter:
             clear_route_cache=False,
             # Only the headers a decision reads (each one Envoy forwards costs it and
             # the service per request); never the ones only Envoy may set.
-            allowed_headers=exact_headers(http_check_headers(policy)),
+            allowed_headers=exact_headers(http_check_headers(policy), check_headers(policy)[1]),
             disallowed_headers=exact_headers(envoy_http.TRUSTED_HEADERS),
             stat_prefix="authz",
         )

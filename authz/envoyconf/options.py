@@ -60,6 +60,27 @@ class TlsOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthzTlsOptions:
+    """TLS from Envoy to the service (``authz serve --tls-cert``); with a client
+    certificate, mutual TLS (``authz serve --tls-client-ca``).
+
+    Envoy verifies the service's certificate against ``ca`` and its subject alternative
+    name against ``server_name`` (None: the ``--authz`` host, as an IP or DNS SAN).
+    """
+
+    ca: str  # PEM trust bundle for the service's certificate
+    cert_chain: str | None = None  # Envoy's client certificate (PEM), for mTLS
+    private_key: str | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ca:
+            raise EnvoyConfigError("TLS to the service needs a trust bundle (--authz-tls-ca)")
+        if (self.cert_chain is None) != (self.private_key is None):
+            raise EnvoyConfigError("--authz-tls-cert and --authz-tls-key go together")
+
+
+@dataclass(frozen=True, slots=True)
 class EnvoyOptions:
     """Where things are, for one deployment of the same policy."""
 
@@ -86,6 +107,9 @@ class EnvoyOptions:
     #: The OTLP gRPC collector Envoy sends its own spans to (``envoy.tracers.opentelemetry``,
     #: :mod:`authz.envoyconf.tracing`); None: Envoy does not trace.
     tracing: HostPort | None = None
+    #: TLS (and with a client certificate, mTLS) on Envoy's calls to the service;
+    #: None: plaintext.
+    authz_tls: AuthzTlsOptions | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:

@@ -39,6 +39,7 @@ from authz.envoyconf.extauthz import (
     skips_authz,
     with_per_route,
 )
+from authz.hygiene import strip_patterns
 from authz.policy.config import PolicyConfig, RouteConfig
 from authz.routeplan import HostGroup, PlannedRoute, RoutePlan, compile_plan
 from authz.units import is_dns_name
@@ -76,8 +77,13 @@ def _envoy_route(planned: PlannedRoute, policy: PolicyConfig) -> Route:
     )
     with_per_route(envoy_route, ext_authz_per_route(route, policy))
     if skips_authz(route, policy):
-        # ext_authz is not called here, so nothing else strips forged identity headers.
-        envoy_route.request_headers_to_remove = list(policy.headers.all())
+        # ext_authz is not called here, so nothing else strips forged identity headers:
+        # authz's own and the exact names of hygiene.strip_headers (prefixes need the
+        # service, which names the headers present; see authz.hygiene).
+        exact, _ = strip_patterns(policy.hygiene)
+        envoy_route.request_headers_to_remove = list(
+            dict.fromkeys([*policy.headers.all(), *sorted(exact)])
+        )
     return envoy_route
 
 

@@ -246,6 +246,34 @@ class HeaderNames:
         )
 
 
+#: Headers common backends read as the caller's identity: removed from every request
+#: before the upstream sees it (a trailing ``*`` is a prefix; see authz.hygiene).
+DEFAULT_STRIP_HEADERS = (
+    "x-user-id",
+    "x-user",
+    "x-remote-user",
+    "x-forwarded-user",
+    "x-auth-*",
+    "x-authenticated-*",
+)
+METHOD_OVERRIDE_MODES = ("deny", "remove")
+
+
+@dataclass(frozen=True, slots=True)
+class HygieneConfig:
+    """Request hygiene (policy ``hygiene:``), see :mod:`authz.hygiene`.
+
+    ``strip_headers``: names (lower case; a trailing ``*`` makes a prefix) removed from
+    every request before the upstream sees it; authz's own identity headers are always
+    removed or overwritten besides. ``method_override``: ``deny`` refuses a request with a
+    method override header or ``_method`` query parameter (400 method_override);
+    ``remove`` removes the headers (the query parameter is still refused).
+    """
+
+    strip_headers: tuple[str, ...] = DEFAULT_STRIP_HEADERS
+    method_override: str = "deny"
+
+
 DECISION_LOG_FAILURE = ("drop", "deny")
 
 
@@ -272,6 +300,7 @@ class PolicyConfig:
     undeclared_routes: str = "deny"
     realm: str = "authz"
     headers: HeaderNames = field(default_factory=HeaderNames)
+    hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     #: Other files the policy is made of (OpenAPI documents), absolute paths: a change

@@ -34,12 +34,14 @@ from authz.policy.classification import (
     field_classes,
 )
 from authz.policy.config import (
+    DEFAULT_STRIP_HEADERS,
     HMAC_ALGORITHMS,
     ApiKey,
     ApiKeyProviderConfig,
     DecisionLogConfig,
     DpopConfig,
     HeaderNames,
+    HygieneConfig,
     IntrospectionProviderConfig,
     JwtProviderConfig,
     MtlsProviderConfig,
@@ -204,6 +206,17 @@ class _Builder:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             return None
 
+    def hygiene(self, spec: dict[str, Any]) -> HygieneConfig:
+        names = tuple(spec.get("strip_headers", DEFAULT_STRIP_HEADERS))
+        for i, name in enumerate(names):
+            if "*" in name[:-1] or name == "*":
+                self.problem(
+                    ("hygiene", "strip_headers", i), "only a trailing * after a prefix is allowed"
+                )
+        return HygieneConfig(
+            strip_headers=names, method_override=spec.get("method_override", "deny")
+        )
+
     def problem(self, jpath: JsonPath, message: str) -> None:
         for seen in self.reported:  # one problem per place: the schema's wins
             n = min(len(seen), len(jpath))
@@ -216,6 +229,7 @@ class _Builder:
         headers = self.guarded(lambda: HeaderNames(**doc.get("headers", {}))) or HeaderNames()
         if len(set(headers.all())) != len(headers.all()):
             self.problem(("headers",), "identity header names must be distinct")
+        hygiene = self.guarded(self.hygiene, doc.get("hygiene") or {}) or HygieneConfig()
         provider_specs = doc.get("providers")
         providers = tuple(
             p
@@ -260,6 +274,7 @@ class _Builder:
             undeclared_routes=doc.get("undeclared_routes", "deny"),
             realm=doc.get("realm", "authz"),
             headers=headers,
+            hygiene=hygiene,
             providers=providers,
             routes=routes,
             documents=tuple(self.documents),

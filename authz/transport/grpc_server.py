@@ -24,6 +24,7 @@ from authz.transport.envoy_grpc import (
     encode_check_response,
     to_request,
 )
+from authz.transport.tls import CertificateReloader, TlsFiles
 
 log = logging.getLogger("authz.grpc")
 
@@ -178,6 +179,7 @@ class GrpcTransport:
         *,
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -194,7 +196,12 @@ class GrpcTransport:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(address)
+        #: the listener's certificate, reread when its files change (None: plaintext)
+        self.tls = CertificateReloader(tls) if tls is not None else None
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
 

@@ -50,6 +50,7 @@ from authz.transport.envoy_http import (
 )
 from authz.transport.http_connection import LINGER_SECONDS, HttpConnection
 from authz.transport.http_wire import HttpLimits, UntrustedBindError
+from authz.transport.tls import HANDSHAKE_TIMEOUT, CertificateReloader, TlsFiles
 from authz.units import parse_host_port
 
 log = logging.getLogger("authz.http")
@@ -148,6 +149,7 @@ class HttpTransport:
         limits: HttpLimits | None = None,
         secret: str | None = None,
         trust_network: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         """``address`` is HOST:PORT (an empty HOST is 127.0.0.1). ``secret``: every
         check must carry it in ``x-authz-transport-secret``. Without one, a HOST that
@@ -158,7 +160,10 @@ class HttpTransport:
             "127.0.0.1" + address if address.startswith(":") else address, port_zero=True
         )
         self._host, self._port = where.host, where.port
-        if secret is None and not trust_network and not is_loopback(self._host):
+        #: the listener's certificate, reread when its files change (None: plaintext)
+        self.tls = CertificateReloader(tls) if tls is not None else None
+        mtls = tls is not None and tls.client_ca is not None  # only Envoy's cert gets in
+        if secret is None and not trust_network and not mtls and not is_loopback(self._host):
             raise UntrustedBindError(
                 f"the HTTP transport would listen on {self._host}, which is not loopback, "
                 "without a transport secret: anyone who can reach it could send the "
@@ -299,7 +304,11 @@ class HttpTransport:
             sock.close()
             raise OSError(f"cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
         sock.setblocking(False)
-        self._server = await loop.create_server(lambda: HttpConnection(self), sock=sock)
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), sock=sock,
+            ssl=self.tls.listener_context() if self.tls is not None else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls is not None else None,
+        )  # fmt: skip
         self.port = int(sock.getsockname()[1])
         self._sweeper = asyncio.ensure_future(self._sweep())
 

@@ -350,3 +350,46 @@ def test_inventory_without_a_service() -> None:
     )  # fmt: skip
     assert run.returncode == 3
     assert "UNAVAILABLE" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_control_plane_certificate_is_reloaded_when_its_files_change(
+    tmp_path: Path, policy: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    import socket
+    import ssl
+    import time
+
+    from cryptography import x509
+
+    from tests.certs import generate_ca, issue_cert
+
+    ca = generate_ca("control CA")
+    ca_files = ca.write(tmp_path, "control-ca")
+    server = issue_cert(ca, "control", ip_addresses=["127.0.0.1"], server=True)
+    files = server.write(tmp_path, "control")
+    client = issue_cert(ca, "operator", uris=["spiffe://demo.local/ops"], client=True)
+    client_files = client.write(tmp_path, "operator")
+    svc = start_service(
+        policy, "--control-tls-cert", files.cert, "--control-tls-key", files.key,
+        "--control-client-ca", ca_files.cert,
+    )  # fmt: skip
+    host, port = svc.control.rsplit(":", 1)
+
+    def served_serial() -> int:
+        context = ssl.create_default_context(cafile=ca_files.cert)
+        context.set_alpn_protocols(["h2"])
+        context.load_cert_chain(client_files.cert, client_files.key)
+        raw = socket.create_connection((host, int(port)), timeout=5)
+        with raw, context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return int(x509.load_der_x509_certificate(der).serial_number)
+
+    assert served_serial() == server.certificate.serial_number
+    renewed = issue_cert(ca, "control-2", ip_addresses=["127.0.0.1"], server=True)
+    Path(files.key).write_text(renewed.key_pem)  # the key first: a pair that matches
+    Path(files.cert).write_text(renewed.cert_pem)
+    deadline = time.monotonic() + 10
+    while served_serial() != renewed.certificate.serial_number:
+        assert time.monotonic() < deadline, "the renewed certificate was never served"
+        time.sleep(0.3)

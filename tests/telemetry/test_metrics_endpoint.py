@@ -213,3 +213,6 @@ def test_the_scoring_process_metrics_appear_on_the_serving_process_scrape(
     # the serving process's own half: the child is up
     assert got[("authz_detect_scorer_up", ())] == 1
     assert got[("authz_detect_scorer_restarts_total", ())] == 0
+    # the child's tables, against their bounds: two callers seen (two addresses)
+    assert got[("authz_table_entries", (("table", "detect_callers"),))] >= 2
+    assert got[("authz_table_capacity", (("table", "detect_callers"),))] >= 1000

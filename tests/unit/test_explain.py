@@ -65,10 +65,12 @@ async def test_an_allow_lists_every_stage_in_run_order(policy_file: Path) -> Non
     assert [(s.phase, s.name, s.outcome) for s in steps] == [
         ("canonical", "canonical_path", "pass"),
         ("request", "enforce_address", "abstain"),
+        ("request", "hygiene", "pass"),
         ("request", "ratelimit", "abstain"),
         ("route", "route", "pass"),
         ("pre", "shed", "abstain"),
         ("pre", "ratelimit", "abstain"),
+        ("pre", "content_encoding", "abstain"),
         ("identity", "identity", "pass"),
         ("authorize", "enforce_identity", "abstain"),
         ("authorize", "authorize", "pass"),
