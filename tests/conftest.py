@@ -9,6 +9,7 @@ import pytest
 
 from authz import devissuer
 from tests.redis_server import redis_server  # noqa: F401  (a fixture: a real redis-server)
+from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: F401  (fixtures)
 from tests.support import ServiceProcess
 
 

@@ -30,6 +30,8 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: more redis-server options (cluster mode, replicaof...), set before start()
+        self.extra: dict[str, str] = {}
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -45,6 +47,7 @@ class RedisServer:
             "appendonly": "no",
             "dir": str(self.workdir),
             "protected-mode": "no",
+            **self.extra,
         }
         argv = [redis_binary()]
         for name, value in options.items():

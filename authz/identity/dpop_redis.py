@@ -13,14 +13,11 @@ from __future__ import annotations
 import hashlib
 import math
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from authz.errors import DpopReplayUnavailable
 from authz.policy.ratelimit_config import RedisStoreConfig
+from authz.redis_connect import Client, close, connect
 
 KEY_PREFIX = "authz:dpop:"
 
@@ -30,16 +27,10 @@ class RedisReplayCache:
 
     def __init__(self, config: RedisStoreConfig) -> None:
         self.config = config
-        pool = BlockingConnectionPool.from_url(
-            config.url,
-            max_connections=config.pool_size,
-            timeout=config.timeout,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
+        # one server, Sentinel or Cluster (one key per command: any slot will do)
+        self.client: Client = connect(
+            config.deployment, timeout=config.timeout, pool_size=config.pool_size
         )
-        self.client: Redis = Redis(connection_pool=pool)
 
     async def first_use(self, key: str, until: float, now: float) -> bool:
         name = KEY_PREFIX + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
@@ -51,4 +42,4 @@ class RedisReplayCache:
         return bool(created)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await close(self.client)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.redis_target import RedisTarget
+
 ON_ERROR = ("allow", "deny")
 
 
@@ -36,6 +38,12 @@ class EnforcementRedisConfig:
     key_prefix: str = "authz:enf:"
     #: How often a lost subscription tries to reconnect (and resync).
     retry_interval: float = 0.5
+    #: Sentinel or Cluster, credentials and TLS (None: just ``url``)
+    target: RedisTarget | None = None
+
+    @property
+    def deployment(self) -> RedisTarget:
+        return self.target if self.target is not None else RedisTarget(url=self.url)
 
 
 @dataclass(frozen=True, slots=True)

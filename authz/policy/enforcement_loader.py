@@ -8,6 +8,7 @@ a Redis URL that is not one, duplicate ``acr_values``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from authz.policy.document import JsonPath, parse_duration
@@ -17,12 +18,14 @@ from authz.policy.enforcement_config import (
     StepUpConfig,
     ThrottleConfig,
 )
+from authz.policy.redis_target import parse_target
 
 SECTION = "enforcement"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Reporter(Protocol):
+    base_dir: Path
+
     def problem(self, jpath: JsonPath, message: str) -> None: ...
 
     def where(self, jpath: JsonPath, *, key: bool = False) -> str: ...
@@ -77,14 +80,11 @@ class EnforcementBuilder:
         if spec == "memory" or not isinstance(spec, dict):
             return None
         at: JsonPath = (SECTION, "store")
-        url = str(spec.get("redis", ""))
-        if not url.startswith(REDIS_SCHEMES):
-            self.reporter.problem(
-                (*at, "redis"), f"not a Redis URL: {url!r} (redis://, rediss:// or unix://)"
-            )
+        target = parse_target(self.reporter, at, spec, url_key="redis")
         defaults = EnforcementRedisConfig(url="")
         return EnforcementRedisConfig(
-            url=url,
+            url=target.url,
+            target=target.or_none(),
             on_error=str(spec.get("on_error", defaults.on_error)),
             timeout=self.positive(("store", "timeout"), defaults.timeout),
             key_prefix=str(spec.get("key_prefix", defaults.key_prefix)),

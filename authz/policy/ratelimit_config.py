@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.policy.redis_target import RedisTarget
+
 #: Priority classes, highest first. Under overload the lowest are shed first.
 PRIORITIES = ("critical", "normal", "background")
 
@@ -35,6 +37,12 @@ class RedisStoreConfig:
     #: then one call tries again; success ends the outage.
     retry_interval: float = 1.0
     type: str = "redis"
+    #: Sentinel or Cluster, credentials and TLS (None: just ``url``)
+    target: RedisTarget | None = None
+
+    @property
+    def deployment(self) -> RedisTarget:
+        return self.target if self.target is not None else RedisTarget(url=self.url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from authz.policy.ratelimit_config import (
     RedisStoreConfig,
     RuleConfig,
 )
+from authz.policy.redis_target import parse_target
 from authz.units import UNITS
 
 _RATE = re.compile(r"^([1-9][0-9]*)/([0-9]+(?:\.[0-9]+)?)?(ms|s|m|h|d)$")
@@ -78,10 +79,12 @@ class RateLimitBuilder:
             timeout = parse_duration(spec.get("timeout", defaults.timeout))
             if timeout <= 0:
                 self.reporter.problem((*at, "timeout"), "must be more than zero")
+            target = parse_target(self.reporter, at, spec)
             stores.append(
                 RedisStoreConfig(
                     name=name,
-                    url=spec["url"],
+                    url=target.url,
+                    target=target.or_none(),
                     timeout=timeout,
                     pool_size=int(spec.get("pool_size", defaults.pool_size)),
                     key_prefix=str(spec.get("key_prefix", defaults.key_prefix)),

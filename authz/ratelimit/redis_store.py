@@ -26,6 +26,7 @@ failure means (deny 503, or limit locally), see :mod:`authz.ratelimit.stage`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -33,15 +34,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from authz.policy.ratelimit_config import RedisStoreConfig
 from authz.ratelimit.base import Item, Outcome, StoreUnavailable
 from authz.ratelimit.redis_scripts import ACQUIRE, RELEASE
+from authz.redis_connect import Client, close, connect
 from authz.telemetry.metrics import MemoryMetrics, Metrics
 
 log = logging.getLogger("authz.ratelimit")
@@ -73,17 +73,11 @@ class RedisStore:
         self.name = config.name
         self._now = now  # None: Redis's clock (TIME); tests inject one
         self._monotonic = monotonic
-        pool = BlockingConnectionPool.from_url(
-            config.url,
-            max_connections=config.pool_size,
-            timeout=config.timeout,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            # a pooled connection that died with a Redis restart is replaced at once
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
+        self.deployment = config.deployment
+        self.cluster = self.deployment.kind == "cluster"
+        self.client: Client = connect(
+            self.deployment, timeout=config.timeout, pool_size=config.pool_size
         )
-        self.client: Redis = Redis(connection_pool=pool)
         self._acquire = self.client.register_script(ACQUIRE)
         self._release = self.client.register_script(RELEASE)
         self._nonce = f"{os.getpid():x}.{os.urandom(3).hex()}."
@@ -142,6 +136,51 @@ class RedisStore:
     # -- the two operations ----------------------------------------------------------
 
     async def acquire(self, items: Sequence[Item]) -> list[Outcome]:
+        if self.cluster:
+            groups = _by_slot(items)
+            if len(groups) > 1:
+                return await self._acquire_across_slots(items, groups)
+        return await self._acquire_one(items)
+
+    async def _acquire_across_slots(
+        self, items: Sequence[Item], groups: list[list[int]]
+    ) -> list[Outcome]:
+        """A decision whose buckets live in several slots of a Cluster: one script per
+        slot (each atomic), all at once; if any slot denied, the admissions the others
+        made are given back (RELEASE), so the decision is still all or nothing, though
+        not at one instant."""
+        parts = await asyncio.gather(
+            *(self._acquire_one([items[i] for i in group]) for group in groups),
+            return_exceptions=True,
+        )
+        failed = next((p for p in parts if isinstance(p, BaseException)), None)
+        out: list[Outcome | None] = [None] * len(items)
+        for group, part in zip(groups, parts, strict=True):
+            if isinstance(part, BaseException):
+                continue
+            for i, outcome in zip(group, part, strict=True):
+                out[i] = outcome
+        denied = any(
+            o is not None and not o.allowed and not items[i].shadow for i, o in enumerate(out)
+        )
+        if failed is not None or denied:
+            # give back what the admitting slots wrote (a denying slot wrote nothing;
+            # mode 2 counts whatever the outcome, so it is not given back)
+            give_back: list[Item] = []
+            for group, part in zip(groups, parts, strict=True):
+                if isinstance(part, BaseException):
+                    continue
+                pairs = list(zip(group, part, strict=True))
+                if all(o.allowed or items[i].shadow for i, o in pairs):
+                    give_back += [items[i] for i, o in pairs if o.allowed and items[i].mode != 2]
+            if give_back:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.release(give_back)
+        if failed is not None:
+            raise failed
+        return [o for o in out if o is not None]
+
+    async def _acquire_one(self, items: Sequence[Item]) -> list[Outcome]:
         args: list[Any] = [
             "" if self._now is None else int(self._now() * _US),
             self._nonce + str(next(self._counter)),
@@ -162,13 +201,18 @@ class RedisStore:
         return out
 
     async def release(self, items: Sequence[Item]) -> None:
+        if self.cluster:
+            groups = _by_slot(items)
+            if len(groups) > 1:
+                await asyncio.gather(*(self.release([items[i] for i in group]) for group in groups))
+                return
         args: list[Any] = []
         for item in items:
             args += [item.mode, max(1, round(item.interval * _US)), item.cost]
         await self._call(self._release, [item.key for item in items], args)
 
     async def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        if self._on_the_wire:
+        if self._on_the_wire and not self.cluster:  # a Cluster's calls go to their nodes
             return await self._enqueue(script, keys, args)
         self._on_the_wire += 1
         try:
@@ -272,7 +316,7 @@ class RedisStore:
                 "ratelimit: redis store %r (%s) unreachable (%s: %s); each rule now fails "
                 "closed or limits locally, as it says; retrying every %.1fs",
                 self.name,
-                _safe_url(self.config.url),
+                self.deployment.describe(),
                 type(exc).__name__,
                 exc or "timeout",
                 self.config.retry_interval,
@@ -314,13 +358,12 @@ class RedisStore:
         """Close every connection of the pool (and wait for pipelined writes to end)."""
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await close(self.client)
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
+def _by_slot(items: Sequence[Item]) -> list[list[int]]:
+    """The items' indexes grouped by Cluster slot (in order of first appearance)."""
+    groups: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key_slot(item.key.encode()), []).append(i)
+    return list(groups.values())

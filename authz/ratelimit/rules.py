@@ -52,7 +52,8 @@ class CompiledRule:
         return Item(key, self.mode, self.interval, self.capacity, self.shadow)
 
     def redis_item(self, values: str) -> Item:
-        key = f"{self.redis_prefix}{self.name}:{digest(values)}"
+        # hash-tagged: on a Redis Cluster the bucket's slot is the rule and its values
+        key = f"{self.redis_prefix}{{{self.name}:{digest(values)}}}"
         return Item(key, self.mode, self.interval, self.capacity, self.shadow)
 
 

@@ -35,10 +35,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from authz.policy.enforcement_config import EnforcementRedisConfig
+from authz.redis_connect import Client, connect
 from authz.respond.table import Entry, Table
 from authz.telemetry.metrics import MemoryMetrics, Metrics
 
@@ -67,21 +68,27 @@ class RedisSync:
     ) -> None:
         self.config = config
         self.table = table
-        self.prefix = config.key_prefix
-        self.stream = f"{config.key_prefix}log"
+        self.deployment = config.deployment
+        self.cluster = self.deployment.kind == "cluster"
+        prefix = config.key_prefix
+        if self.cluster and "{" not in prefix:
+            # every key in one slot: the resync's SCAN + MGET and the stream meet there
+            prefix = "{" + prefix + "}"
+        self.prefix = prefix
+        self.stream = f"{prefix}log"
         self._on_state = on_state
         self._pending: deque[Change] = deque()
         #: detectors' actions (JSON) for the shared list of recent actions
         self._actions: deque[str] = deque(maxlen=10_000)
-        self.actions_key = f"{config.key_prefix}actions"
+        self.actions_key = f"{prefix}actions"
         self.max_actions = 1000
         #: changes held for Redis while it is down, at most (then the oldest go)
         self.max_pending = max(table.max_entries, 1024)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._writer_client: Redis | None = None
-        self._reader_client: Redis | None = None
+        self._writer_client: Client | None = None
+        self._reader_client: Client | None = None
         self._last_id = "0-0"
         self._closing = False
         self.up = False
@@ -227,10 +234,17 @@ class RedisSync:
         entries: list[Entry] = []
         cursor: Any = 0
         pattern = f"{self.prefix}e:*"
+        # on a Cluster every entry is in the stream's slot: scan the node holding it
+        where: dict[str, Any] = {}
+        if isinstance(writer, RedisCluster):
+            await asyncio.wait_for(writer.initialize(), timeout)
+            where["target_nodes"] = writer.get_node_from_key(self.stream)
         while True:
             cursor, keys = await asyncio.wait_for(
-                writer.scan(cursor, match=pattern, count=SCAN_COUNT), timeout
+                writer.scan(cursor, match=pattern, count=SCAN_COUNT, **where), timeout
             )
+            if isinstance(cursor, dict):  # a Cluster answers {node: cursor}
+                cursor = next(iter(cursor.values()), 0)
             if keys:
                 values = await asyncio.wait_for(writer.mget(keys), timeout)
                 for value in values:
@@ -334,13 +348,14 @@ class RedisSync:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         timeout = self.config.timeout
-        self._writer_client = Redis.from_url(
-            self.config.url, socket_timeout=timeout * 4 + 0.2, socket_connect_timeout=timeout * 4
+        self._writer_client = connect(
+            self.deployment, timeout=timeout * 4, socket_timeout=timeout * 4 + 0.2, pool_size=4
         )
-        self._reader_client = Redis.from_url(
-            self.config.url,
+        self._reader_client = connect(
+            self.deployment,
+            timeout=timeout * 4,
             socket_timeout=BLOCK_MS / 1000 + timeout * 4 + 0.5,
-            socket_connect_timeout=timeout * 4,
+            pool_size=2,
         )
         try:
             await self.resync()
