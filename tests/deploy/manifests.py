@@ -122,3 +122,17 @@ def policy_text(docs: tuple[Doc, ...]) -> str:
 
 def mesh_config() -> Doc:
     return dict(yaml.safe_load((KUBE / "overlays/istio/mesh-config.yaml").read_text()))
+
+
+def main() -> None:
+    """``python -m tests.deploy.manifests DIR``: :func:`compose`'s rendering of a
+    kustomization as YAML (the README test's stand-in for ``kubectl kustomize DIR``
+    on a machine without kubectl)."""
+    import sys
+
+    (directory,) = sys.argv[1:]
+    sys.stdout.write(yaml.safe_dump_all(compose(Path(directory)), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
