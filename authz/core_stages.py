@@ -17,7 +17,7 @@ from authz.errors import AuthzError, InvalidToken, MissingCredential, MultipleCr
 from authz.identity.base import WAIT, IdentityProvider
 from authz.model import Identity, Request
 from authz.paths import canonicalize
-from authz.policy.config import RouteConfig
+from authz.policy.config import JwtProviderConfig, PolicyConfig, RouteConfig
 from authz.routing import Router
 from authz.stages import Context, Load, Phase
 
@@ -109,9 +109,18 @@ class Identify:
     name = "identity"
     phase: Phase = "identity"
 
-    def __init__(self, sender_constrained: bool = False) -> None:
+    def __init__(
+        self, sender_constrained: bool = False, dpop: tuple[bool, str] | None = None
+    ) -> None:
         #: the route takes only sender-constrained credentials (RFC 8705 / RFC 9449)
         self.sender_constrained = sender_constrained
+        #: what a request without a credential is told (see MissingCredential.dpop)
+        self.dpop = dpop
+
+    def _missing(self) -> MissingCredential:
+        exc = MissingCredential("no credential")
+        exc.dpop = self.dpop
+        return exc
 
     def step(self, ctx: Context) -> Awaitable[None] | None:
         plan = ctx.plan
@@ -131,7 +140,7 @@ class Identify:
                     _require_bound(found)
                 ctx.identity = found
                 return None
-        raise MissingCredential("no credential")
+        raise self._missing()
 
     async def _wait(self, ctx: Context, first: int) -> None:
         """Await the providers from ``first`` on (the one that said WAIT, then the rest)."""
@@ -147,7 +156,7 @@ class Identify:
                     _require_bound(found)
                 ctx.identity = found
                 return
-        raise MissingCredential("no credential")
+        raise self._missing()
 
     async def check(self, ctx: Context) -> None:
         pending = self.step(ctx)
@@ -165,7 +174,23 @@ class IdentityStage:
     def build(self, load: Load, route: RouteConfig | None) -> Identify | None:
         if route is None or not route.providers:
             return None
-        return Identify(route.sender_constrained)
+        return Identify(route.sender_constrained, dpop_challenge(load.config, route))
+
+
+def dpop_challenge(policy: PolicyConfig, route: RouteConfig) -> tuple[bool, str] | None:
+    """What a 401 for a missing credential says on a route with DPoP providers (RFC
+    9449 7.1): whether Bearer is still a way in (a provider without ``dpop: required``),
+    and the algorithms a proof may use; None when no provider of the route takes DPoP."""
+    providers = [policy.provider(name) for name in route.providers]
+    dpop = [p.dpop for p in providers if isinstance(p, JwtProviderConfig) and p.dpop]
+    if not dpop:
+        return None
+    bearer = any(
+        not isinstance(p, JwtProviderConfig) or p.dpop is None or p.dpop.mode != "required"
+        for p in providers
+    )
+    algs = dict.fromkeys(alg for d in dpop for alg in d.algorithms)
+    return bearer, " ".join(algs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,18 @@ class AuthenticationError(AuthzError, reason=R.INVALID_CREDENTIAL):
 
 class MissingCredential(AuthenticationError, reason=R.MISSING_CREDENTIAL):
     challenge_error = None
+    #: the route takes DPoP-bound tokens (RFC 9449 7.1): (whether Bearer is still
+    #: accepted, the proof algorithms); None: a Bearer challenge only
+    dpop: tuple[bool, str] | None = None
+
+    def challenge(self, realm: str) -> tuple[tuple[str, str], ...]:
+        if self.dpop is None:
+            return super().challenge(realm)
+        bearer, algs = self.dpop
+        value = f'DPoP realm="{realm}", algs="{algs}"'
+        if bearer:
+            value = f'Bearer realm="{realm}", {value}'
+        return (("www-authenticate", value),)
 
 
 class MultipleCredentials(AuthenticationError, reason=R.MULTIPLE_CREDENTIALS):

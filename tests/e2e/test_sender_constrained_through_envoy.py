@@ -123,6 +123,12 @@ def test_dpop(env: Env) -> None:
 
     valid = proof(CLIENT, "GET", url, bound)
     assert env.call("/v1/orders", dpop(valid))[::2] == (200, "")
+    # no credential: both ways in are named, DPoP with its algorithms (RFC 9449 7.1)
+    status, headers, reason = env.call("/v1/orders", {})
+    assert (status, reason) == (401, "missing_credential")
+    assert headers["www-authenticate"].startswith(
+        'Bearer realm="authz", DPoP realm="authz", algs="ES256'
+    )
     status, headers, reason = env.call("/v1/orders", dpop(valid))  # replayed
     assert (status, reason) == (401, "dpop_proof_replayed")
     assert headers["www-authenticate"].startswith("DPoP ")
