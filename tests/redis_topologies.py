@@ -112,12 +112,15 @@ class RedisClusterTopology:
 
 
 class SentinelTopology:
-    """A primary, its replica and one Sentinel watching them (quorum 1)."""
+    """A primary, its replica and one Sentinel watching them (quorum 1); with
+    ``sentinel_password`` the Sentinel itself asks its clients for it (``requirepass``
+    in sentinel.conf)."""
 
     service = "mymaster"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sentinel_password: str | None = None) -> None:
         self.workdir = workdir
+        self.sentinel_password = sentinel_password
         self.primary = RedisServer(workdir / "primary")
         self.replica = RedisServer(workdir / "replica")
         self.sentinel_port = free_port()
@@ -136,6 +139,7 @@ class SentinelTopology:
             lambda: "master_link_status:up" in cli(self.replica.port, "info", "replication"),
         )
         conf = self.workdir / "sentinel.conf"
+        auth = f"requirepass {self.sentinel_password}\n" if self.sentinel_password else ""
         conf.write_text(
             f"port {self.sentinel_port}\n"
             "bind 127.0.0.1\n"
@@ -144,7 +148,7 @@ class SentinelTopology:
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
             f"sentinel down-after-milliseconds {self.service} 500\n"
             f"sentinel failover-timeout {self.service} 3000\n"
-            f"sentinel parallel-syncs {self.service} 1\n"
+            f"sentinel parallel-syncs {self.service} 1\n" + auth
         )
         log = open(self.workdir / "sentinel.log", "ab")  # noqa: SIM115
         self.sentinel = subprocess.Popen(
@@ -154,15 +158,19 @@ class SentinelTopology:
         wait_for(
             "the sentinel to see the replica",
             lambda: (
-                str(self.replica.port)
-                in cli(self.sentinel_port, "sentinel", "replicas", self.service)
+                str(self.replica.port) in self.ask_sentinel("sentinel", "replicas", self.service)
             ),
         )
         return self
 
+    def ask_sentinel(self, *args: str) -> str:
+        """One redis-cli command to the Sentinel (with its password, if it has one)."""
+        auth = ("--no-auth-warning", "-a", self.sentinel_password) if self.sentinel_password else ()
+        return cli(self.sentinel_port, *auth, *args)
+
     def primary_port(self) -> int | None:
         """The port the Sentinel names as primary now."""
-        out = cli(self.sentinel_port, "sentinel", "get-master-addr-by-name", self.service)
+        out = self.ask_sentinel("sentinel", "get-master-addr-by-name", self.service)
         lines = out.split()
         return int(lines[1]) if len(lines) == 2 and lines[1].isdigit() else None
 
