@@ -104,14 +104,16 @@ def test_located_problems(tmp_path: Path) -> None:
 def test_the_readme_example_loads(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     example = readme.split("<!-- redis-deployments -->\n```yaml\n", 1)[1].split("```", 1)[0]
-    for name in ("redis-user", "redis-password"):
+    for name in ("redis-user", "redis-password", "sentinel-password"):
         (tmp_path / name).write_text("authz\n")
     for name in ("redis-ca.pem", "redis-client.pem", "redis-client.key"):
         (tmp_path / name).write_text("x")
     path = tmp_path / "policy.yaml"
     path.write_text(example + ROUTES)
     policy = load_policy(path)
-    assert policy.rate_limits.stores[0].deployment.kind == "sentinel"
+    sentinel = policy.rate_limits.stores[0].deployment
+    assert sentinel.kind == "sentinel"
+    assert sentinel.sentinel_password == "authz" and sentinel.sentinel_tls
     assert policy.enforcement is not None and policy.enforcement.store is not None
     assert policy.enforcement.store.deployment.kind == "cluster"
 
