@@ -118,9 +118,17 @@ class SentinelTopology:
 
     service = "mymaster"
 
-    def __init__(self, workdir: Path, sentinel_password: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sentinel_password: str | None = None,
+        sentinel_pki: MtlsPki | None = None,
+    ) -> None:
         self.workdir = workdir
         self.sentinel_password = sentinel_password
+        #: with a PKI the Sentinel speaks only TLS (its server certificate, clients'
+        #: certificates signed by the CA); it still reaches the nodes in plain text
+        self.sentinel_pki = sentinel_pki
         self.primary = RedisServer(workdir / "primary")
         self.replica = RedisServer(workdir / "replica")
         self.sentinel_port = free_port()
@@ -140,9 +148,16 @@ class SentinelTopology:
         )
         conf = self.workdir / "sentinel.conf"
         auth = f"requirepass {self.sentinel_password}\n" if self.sentinel_password else ""
+        pki = self.sentinel_pki
+        listen = (
+            f"port 0\ntls-port {self.sentinel_port}\ntls-cert-file {pki.server.cert}\n"
+            f"tls-key-file {pki.server.key}\ntls-ca-cert-file {pki.ca.cert}\n"
+            "tls-auth-clients yes\n"
+            if pki is not None
+            else f"port {self.sentinel_port}\n"
+        )
         conf.write_text(
-            f"port {self.sentinel_port}\n"
-            "bind 127.0.0.1\n"
+            listen + "bind 127.0.0.1\n"
             "protected-mode no\n"
             f"dir {self.workdir}\n"
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
@@ -166,7 +181,12 @@ class SentinelTopology:
     def ask_sentinel(self, *args: str) -> str:
         """One redis-cli command to the Sentinel (with its password, if it has one)."""
         auth = ("--no-auth-warning", "-a", self.sentinel_password) if self.sentinel_password else ()
-        return cli(self.sentinel_port, *auth, *args)
+        tls: tuple[str, ...] = ()
+        if self.sentinel_pki is not None:
+            client = next(iter(self.sentinel_pki.clients.values()))
+            tls = ("--tls", "--cacert", self.sentinel_pki.ca.cert)
+            tls += ("--cert", client.cert, "--key", client.key)
+        return cli(self.sentinel_port, *tls, *auth, *args)
 
     def primary_port(self) -> int | None:
         """The port the Sentinel names as primary now."""

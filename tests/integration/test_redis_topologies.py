@@ -334,3 +334,44 @@ async def test_sentinel_password_from_a_file(tmp_path: Path) -> None:
                 await refused.aclose()
     finally:
         topology.stop()
+
+
+async def test_sentinel_tls_and_password_from_files(tmp_path: Path) -> None:
+    """A Sentinel that speaks only TLS, asks for a client certificate and a password:
+    ``sentinel_tls`` with the files connects (the data nodes stay plain text: the
+    sentinels' settings are their own); without a client certificate it is refused."""
+    pki = make_mtls_pki(tmp_path / "pki")
+    client = next(iter(pki.clients.values()))
+    topology = SentinelTopology(
+        tmp_path / "sentinel", sentinel_password="sentinel-s3cret", sentinel_pki=pki
+    )
+    topology.start()
+    try:
+        (tmp_path / "sentinel-password").write_text("sentinel-s3cret\n")
+
+        def store(tls: str) -> RedisStore:
+            path = tmp_path / "policy.yaml"
+            path.write_text(
+                "rate_limits:\n  stores:\n    shared:\n      type: redis\n"
+                f'      sentinels: ["{topology.sentinels[0]}"]\n'
+                f"      service: {topology.service}\n      timeout: 1s\n"
+                f"      sentinel_password_file: sentinel-password\n      sentinel_tls: {tls}\n"
+                "routes:\n  - {name: a, path: /a, methods: [GET], public: true}\n"
+            )
+            return RedisStore(load_policy(path).rate_limits.stores[0])
+
+        full = f"{{ca_file: {pki.ca.cert}, cert_file: {client.cert}, key_file: {client.key}}}"
+        good = store(full)
+        try:
+            outcomes = [(await good.acquire([Item("k", GCRA, 3600.0, 2)]))[0] for _ in range(3)]
+            assert [o.allowed for o in outcomes] == [True, True, False]
+        finally:
+            await good.aclose()
+        refused = store(f"{{ca_file: {pki.ca.cert}}}")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await refused.acquire([Item("k", GCRA, 3600.0, 2)])
+        finally:
+            await refused.aclose()
+    finally:
+        topology.stop()
