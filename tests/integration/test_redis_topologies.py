@@ -11,7 +11,10 @@
   deny`` refuses; then everything works against the promoted replica, with the
   blocks made before the kill still in force;
 - a TLS-only server asking for a client certificate and a password: the store
-  connects with the files the policy names, and is refused without them.
+  connects with the files the policy names, and is refused without them;
+- a Sentinel with its own ``requirepass`` (and one TLS-only, asking for a client
+  certificate): ``sentinel_password_file``/``sentinel_tls`` connect, a wrong password,
+  none, or no client certificate is refused into the store's failure mode.
 """
 
 from __future__ import annotations
