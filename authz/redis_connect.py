@@ -49,6 +49,21 @@ def _auth_tls(target: RedisTarget) -> dict[str, Any]:
     return out
 
 
+def _sentinel_auth_tls(target: RedisTarget) -> dict[str, Any]:
+    """How to log in to the sentinels themselves (``sentinel_*`` fields)."""
+    out: dict[str, Any] = {}
+    if target.sentinel_password is not None:
+        out["password"] = target.sentinel_password
+        if target.sentinel_username is not None:
+            out["username"] = target.sentinel_username
+    if target.sentinel_tls:
+        out["ssl"] = True
+        out["ssl_ca_certs"] = target.sentinel_ca_file
+        out["ssl_certfile"] = target.sentinel_cert_file
+        out["ssl_keyfile"] = target.sentinel_key_file
+    return out
+
+
 def connect(
     target: RedisTarget,
     *,
@@ -75,7 +90,14 @@ def connect(
         )
     if target.kind == "sentinel":
         node_kwargs = dict(common)
-        sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        sentinel_kwargs = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # no backoff: redis-py's default retries a refused login (an
+            # AuthenticationError is a ConnectionError) for seconds, past any timeout
+            "retry": Retry(NoBackoff(), 1),
+            **_sentinel_auth_tls(target),
+        }
         if target.tls:  # the pool then makes Sentinel-managed TLS connections
             node_kwargs["ssl"] = True
         sentinel = Sentinel(  # type: ignore[no-untyped-call]

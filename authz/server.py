@@ -47,6 +47,7 @@ from authz.health import DECISION_LOG_HEALTH, HealthReporting, wait_ready
 from authz.policy.diff import log_widenings
 from authz.policy.history import PolicyHistory
 from authz.policy.snapshot import Snapshot, load_snapshot, read_snapshot
+from authz.secret_mode import warn_if_others_can_read
 from authz.serve_options import ServeOptions
 from authz.stages import Shared
 from authz.supervisor import supervise
@@ -318,11 +319,7 @@ class Service(HealthReporting):
                     secret = read_secret_file(self.options.http_secret_file)
                 except ValueError as exc:
                     raise TransportConfigError(f"--http-secret-file {exc}") from None
-                if os.stat(self.options.http_secret_file).st_mode & 0o077:
-                    log.warning(
-                        "--http-secret-file %s can be read by other users; chmod 600 it",
-                        self.options.http_secret_file,
-                    )
+                warn_if_others_can_read("--http-secret-file", self.options.http_secret_file)
             self.http = HttpTransport(
                 engine,
                 self.options.http,

@@ -112,12 +112,23 @@ class RedisClusterTopology:
 
 
 class SentinelTopology:
-    """A primary, its replica and one Sentinel watching them (quorum 1)."""
+    """A primary, its replica and one Sentinel watching them (quorum 1); with
+    ``sentinel_password`` the Sentinel itself asks its clients for it (``requirepass``
+    in sentinel.conf)."""
 
     service = "mymaster"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sentinel_password: str | None = None,
+        sentinel_pki: MtlsPki | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.sentinel_password = sentinel_password
+        #: with a PKI the Sentinel speaks only TLS (its server certificate, clients'
+        #: certificates signed by the CA); it still reaches the nodes in plain text
+        self.sentinel_pki = sentinel_pki
         self.primary = RedisServer(workdir / "primary")
         self.replica = RedisServer(workdir / "replica")
         self.sentinel_port = free_port()
@@ -136,15 +147,23 @@ class SentinelTopology:
             lambda: "master_link_status:up" in cli(self.replica.port, "info", "replication"),
         )
         conf = self.workdir / "sentinel.conf"
+        auth = f"requirepass {self.sentinel_password}\n" if self.sentinel_password else ""
+        pki = self.sentinel_pki
+        listen = (
+            f"port 0\ntls-port {self.sentinel_port}\ntls-cert-file {pki.server.cert}\n"
+            f"tls-key-file {pki.server.key}\ntls-ca-cert-file {pki.ca.cert}\n"
+            "tls-auth-clients yes\n"
+            if pki is not None
+            else f"port {self.sentinel_port}\n"
+        )
         conf.write_text(
-            f"port {self.sentinel_port}\n"
-            "bind 127.0.0.1\n"
+            listen + "bind 127.0.0.1\n"
             "protected-mode no\n"
             f"dir {self.workdir}\n"
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
             f"sentinel down-after-milliseconds {self.service} 500\n"
             f"sentinel failover-timeout {self.service} 3000\n"
-            f"sentinel parallel-syncs {self.service} 1\n"
+            f"sentinel parallel-syncs {self.service} 1\n" + auth
         )
         log = open(self.workdir / "sentinel.log", "ab")  # noqa: SIM115
         self.sentinel = subprocess.Popen(
@@ -154,15 +173,24 @@ class SentinelTopology:
         wait_for(
             "the sentinel to see the replica",
             lambda: (
-                str(self.replica.port)
-                in cli(self.sentinel_port, "sentinel", "replicas", self.service)
+                str(self.replica.port) in self.ask_sentinel("sentinel", "replicas", self.service)
             ),
         )
         return self
 
+    def ask_sentinel(self, *args: str) -> str:
+        """One redis-cli command to the Sentinel (with its password, if it has one)."""
+        auth = ("--no-auth-warning", "-a", self.sentinel_password) if self.sentinel_password else ()
+        tls: tuple[str, ...] = ()
+        if self.sentinel_pki is not None:
+            client = next(iter(self.sentinel_pki.clients.values()))
+            tls = ("--tls", "--cacert", self.sentinel_pki.ca.cert)
+            tls += ("--cert", client.cert, "--key", client.key)
+        return cli(self.sentinel_port, *tls, *auth, *args)
+
     def primary_port(self) -> int | None:
         """The port the Sentinel names as primary now."""
-        out = cli(self.sentinel_port, "sentinel", "get-master-addr-by-name", self.service)
+        out = self.ask_sentinel("sentinel", "get-master-addr-by-name", self.service)
         lines = out.split()
         return int(lines[1]) if len(lines) == 2 and lines[1].isdigit() else None
 

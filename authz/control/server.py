@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from authz.audit.entry import message_detail
 from authz.control import auth
 from authz.control.options import ControlOptions
 from authz.control.servicer import ADMIN_SERVICE, AdminServicer, add_to_server
+from authz.secret_mode import warn_if_others_can_read
 from authz.transport.envoy_http import is_loopback
 from authz.transport.http_wire import TransportConfigError
 from authz.units import parse_host_port
@@ -194,11 +194,7 @@ class ControlServer:
                 token = auth.TokenFile(options.token_file)
             except ValueError as exc:
                 raise ControlConfigError(f"--control-token-file {exc}") from None
-            if os.stat(options.token_file).st_mode & 0o077:
-                log.warning(
-                    "--control-token-file %s can be read by other users; chmod 600 it",
-                    options.token_file,
-                )
+            warn_if_others_can_read("--control-token-file", options.token_file)
         mtls = options.client_ca is not None
         worker = options.worker_socket is not None
         authenticator = None if worker else auth.Authenticator(token=token, mtls=mtls)

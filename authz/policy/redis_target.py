@@ -40,6 +40,14 @@ class RedisTarget:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # Sentinel: how to log in to the sentinels themselves (their own requirepass/ACL
+    # and TLS, which need not be the data nodes')
+    sentinel_username: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_tls: bool = False
+    sentinel_ca_file: str | None = None
+    sentinel_cert_file: str | None = None
+    sentinel_key_file: str | None = None
 
     def or_none(self) -> RedisTarget | None:
         """None for a plain URL (the config's ``url`` says it all)."""
@@ -138,15 +146,15 @@ def parse_target(
     if not isinstance(db, int) or db < 0:
         reporter.problem((*at, "db"), "a database number (0 or more)")
         db = 0
-    tls_spec = spec.get("tls")
-    tls = tls_spec is not None and tls_spec is not False
-    files: dict[str, str | None] = {"ca_file": None, "cert_file": None, "key_file": None}
-    if isinstance(tls_spec, dict):
-        for name in files:
-            path = _file(reporter, (*at, "tls", name), tls_spec.get(name))
-            files[name] = str(path) if path is not None else None
-        if ("cert_file" in tls_spec) != ("key_file" in tls_spec):
-            reporter.problem((*at, "tls"), "a client certificate needs both cert_file and key_file")
+    tls, files = _tls(reporter, (*at, "tls"), spec.get("tls"))
+    sentinel_tls, sentinel_files = _tls(reporter, (*at, "sentinel_tls"), spec.get("sentinel_tls"))
+    for key in ("sentinel_username_file", "sentinel_password_file", "sentinel_tls"):
+        if key in spec and "sentinels" not in spec:
+            reporter.problem((*at, key), "only with 'sentinels'")
+    if "sentinel_username_file" in spec and "sentinel_password_file" not in spec:
+        reporter.problem(
+            (*at, "sentinel_username_file"), "a username needs a sentinel_password_file too"
+        )
     if tls and url_key in spec and not url.startswith("rediss://"):
         reporter.problem((*at, "tls"), "TLS to one server: write its URL as rediss://")
     if "password_file" in spec and "@" in url.partition("://")[2]:
@@ -165,4 +173,24 @@ def parse_target(
         password=_secret(reporter, (*at, "password_file"), spec.get("password_file")),
         tls=tls,
         **files,
+        sentinel_username=_secret(
+            reporter, (*at, "sentinel_username_file"), spec.get("sentinel_username_file")
+        ),
+        sentinel_password=_secret(
+            reporter, (*at, "sentinel_password_file"), spec.get("sentinel_password_file")
+        ),
+        sentinel_tls=sentinel_tls,
+        **{f"sentinel_{name}": path for name, path in sentinel_files.items()},
     )
+
+
+def _tls(reporter: Reporter, at: JsonPath, value: Any) -> tuple[bool, dict[str, str | None]]:
+    """``tls`` / ``sentinel_tls``: true, or the CA and client certificate files."""
+    files: dict[str, str | None] = {"ca_file": None, "cert_file": None, "key_file": None}
+    if isinstance(value, dict):
+        for name in files:
+            path = _file(reporter, (*at, name), value.get(name))
+            files[name] = str(path) if path is not None else None
+        if ("cert_file" in value) != ("key_file" in value):
+            reporter.problem(at, "a client certificate needs both cert_file and key_file")
+    return value is not None and value is not False, files

@@ -83,6 +83,7 @@ def test_ports_agree_across_args_container_service_and_probes() -> None:
         "grpc": int(flag(args, "--grpc").rsplit(":", 1)[1]),
         "http": int(flag(args, "--http").rsplit(":", 1)[1]),
         "control": int(flag(args, "--control").rsplit(":", 1)[1]),
+        "metrics": int(flag(args, "--metrics").rsplit(":", 1)[1]),
     }
     service = one(docs, "Service", "authz")["spec"]["ports"]
     assert {p["name"]: p["targetPort"] for p in service} == {n: n for n in ports}
@@ -117,7 +118,7 @@ def test_every_file_the_args_name_is_mounted() -> None:
     assert policy.name in one(docs, "ConfigMap", "authz-policy")["data"]
     # the secrets: each file a flag reads is an item of the Secret volume
     items = {i["path"]: i["key"] for i in volumes["secrets"]["secret"]["items"]}
-    for name in ("--http-secret-file", "--control-token-file"):
+    for name in ("--http-secret-file", "--control-token-file", "--metrics-token-file"):
         path = Path(flag(args, name))
         assert str(path.parent) == mounts["secrets"]["mountPath"], name
         assert path.name in items, name

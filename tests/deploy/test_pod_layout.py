@@ -21,6 +21,7 @@ from tests.support import wait_for
 
 AUTHZ = str(Path(sys.executable).parent / "authz")
 PRINCIPAL = "spiffe://cluster.local/ns/shop/sa/reporting"
+METRICS_TOKEN = "m" * 40
 POLICY = """version: 1
 mode: enforce
 undeclared_routes: deny
@@ -63,7 +64,7 @@ def pod_args(root: Path, ports: dict[int, int]) -> list[str]:
 
 
 @pytest.fixture
-def pod(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+def pod(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     policy_dir = tmp_path / "etc/authz/policy"
     policy_dir.mkdir(parents=True)
     kubelet_write(policy_dir, {"policy.yaml": POLICY}, 1)
@@ -71,6 +72,7 @@ def pod(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     secrets.mkdir()
     (secrets / "control-token").write_text("c" * 40 + "\n")
     (secrets / "http-secret").write_text("h" * 40 + "\n")
+    (secrets / "metrics-token").write_text(METRICS_TOKEN + "\n")
     volumes = one(render("base"), "Deployment")["spec"]["template"]["spec"]["volumes"]
     (mode,) = [v["secret"]["defaultMode"] for v in volumes if "secret" in v]
     assert mode == 0o440  # readable by the pod's fsGroup, which owns the files
@@ -79,7 +81,7 @@ def pod(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     for d in ("run", "tmp"):
         (tmp_path / d).mkdir(mode=0o700)
     grpc = free_port()
-    ports = {9191: grpc, 9192: free_port(), 9193: free_port()}
+    ports = {9191: grpc, 9192: free_port(), 9193: free_port(), 9200: free_port()}
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run"), "TMPDIR": str(tmp_path / "tmp")}
     log = open(tmp_path / "authz.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -99,7 +101,7 @@ def pod(tmp_path: Path) -> Iterator[tuple[Path, int]]:
                 return False
 
         wait_for(serving, timeout=60, interval=0.2)
-        yield policy_dir, grpc
+        yield policy_dir, grpc, ports[9200]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -116,9 +118,9 @@ def decide(grpc: int, path: str) -> str:
 
 
 def test_a_configmap_update_by_symlink_swap_is_loaded_without_a_restart(
-    pod: tuple[Path, int],
+    pod: tuple[Path, int, int],
 ) -> None:
-    policy_dir, grpc = pod
+    policy_dir, grpc, _ = pod
     assert decide(grpc, "/v1/a") == "ALLOW"
     assert decide(grpc, "/v1/b") == "DENY"  # undeclared
     kubelet_write(policy_dir, {"policy.yaml": POLICY_B}, 2)
@@ -127,21 +129,21 @@ def test_a_configmap_update_by_symlink_swap_is_loaded_without_a_restart(
     wait_for(lambda: all(decide(grpc, "/v1/b") == "ALLOW" for _ in range(6)), timeout=30)
 
 
-def test_the_images_health_check_passes_against_the_pod(pod: tuple[Path, int]) -> None:
+def test_the_images_health_check_passes_against_the_pod(pod: tuple[Path, int, int]) -> None:
     from tests.deploy.test_container import healthcheck
 
-    _, grpc = pod
+    _, grpc, _ = pod
     command = [sys.executable, *healthcheck()[1:]]
     command[-1] = command[-1].replace(":9191'", f":{grpc}'")
     assert subprocess.run(command, timeout=30).returncode == 0
 
 
-def test_the_probes_services_are_serving_on_the_pod(pod: tuple[Path, int]) -> None:
+def test_the_probes_services_are_serving_on_the_pod(pod: tuple[Path, int, int]) -> None:
     """What kubelet's gRPC probes ask (grpc.health.v1 Check, each probe's service)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    _, port = pod
+    _, port, _ = pod
     c = container(render("base"))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -149,3 +151,25 @@ def test_the_probes_services_are_serving_on_the_pod(pod: tuple[Path, int]) -> No
             service = c[probe]["grpc"].get("service", "")
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, probe
+
+
+def test_the_metrics_port_answers_the_secrets_token_only(pod: tuple[Path, int, int]) -> None:
+    """What the scrape config in deploy/kubernetes/prometheus-scrape.yaml does: GET
+    /metrics with the Secret's metrics-token as a bearer token; without it, 401."""
+    import urllib.error
+    import urllib.request
+
+    _, _, metrics = pod
+    url = f"http://127.0.0.1:{metrics}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200
+        assert b"# TYPE" in reply.read()
+
+
+def test_the_pods_secret_files_raise_no_warning(pod: tuple[Path, int, int], tmp_path: Path) -> None:
+    """0440 with the fsGroup (what kubelet mounts) is not "readable by other users"."""
+    assert "can be read by other users" not in (tmp_path / "authz.log").read_text()

@@ -11,7 +11,10 @@
   deny`` refuses; then everything works against the promoted replica, with the
   blocks made before the kill still in force;
 - a TLS-only server asking for a client certificate and a password: the store
-  connects with the files the policy names, and is refused without them.
+  connects with the files the policy names, and is refused without them;
+- a Sentinel with its own ``requirepass`` (and one TLS-only, asking for a client
+  certificate): ``sentinel_password_file``/``sentinel_tls`` connect, a wrong password,
+  none, or no client certificate is refused into the store's failure mode.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from authz.respond.stage import EnforceAddress
 from tests.certs import make_mtls_pki
 from tests.integration.test_enforcement_redis import request_from, until
 from tests.integration.test_ratelimit_redis import Client, clients, serve  # noqa: F401
-from tests.redis_topologies import RedisClusterTopology, SentinelTopology, TlsRedisServer
+from tests.redis_topologies import RedisClusterTopology, SentinelTopology, TlsRedisServer, cli
 from tests.support import ServiceProcess
 
 
@@ -294,3 +297,84 @@ async def test_tls_client_certificate_and_password_from_files(tmp_path: Path) ->
                 await refused.aclose()
     finally:
         server.stop()
+
+
+async def test_sentinel_password_from_a_file(tmp_path: Path) -> None:
+    """A Sentinel with its own ``requirepass``: the store logs in to it with the
+    ``sentinel_password_file`` the policy names; a wrong one (or none) is refused, and
+    the store fails the way its failure mode says (StoreUnavailable: deny/local)."""
+    topology = SentinelTopology(tmp_path / "sentinel", sentinel_password="sentinel-s3cret")
+    topology.start()
+    try:
+        assert "NOAUTH" in cli(topology.sentinel_port, "sentinel", "masters")
+        (tmp_path / "sentinel-password").write_text("sentinel-s3cret\n")
+        (tmp_path / "wrong").write_text("guess\n")
+
+        def store(auth: str) -> RedisStore:
+            path = tmp_path / "policy.yaml"
+            path.write_text(
+                "rate_limits:\n  stores:\n    shared:\n      type: redis\n"
+                f'      sentinels: ["{topology.sentinels[0]}"]\n'
+                f"      service: {topology.service}\n      timeout: 1s\n{auth}"
+                "routes:\n  - {name: a, path: /a, methods: [GET], public: true}\n"
+            )
+            return RedisStore(load_policy(path).rate_limits.stores[0])
+
+        good = store("      sentinel_password_file: sentinel-password\n")
+        try:
+            outcomes = [(await good.acquire([Item("k", GCRA, 3600.0, 2)]))[0] for _ in range(3)]
+            assert [o.allowed for o in outcomes] == [True, True, False]
+        finally:
+            await good.aclose()
+        for auth in ("      sentinel_password_file: wrong\n", ""):
+            refused = store(auth)
+            try:
+                with pytest.raises(StoreUnavailable) as caught:
+                    await refused.acquire([Item("k", GCRA, 3600.0, 2)])
+                # refused by the sentinel's login, at once (no retry backoff past timeout)
+                assert "AuthenticationError" in str(caught.value), caught.value
+            finally:
+                await refused.aclose()
+    finally:
+        topology.stop()
+
+
+async def test_sentinel_tls_and_password_from_files(tmp_path: Path) -> None:
+    """A Sentinel that speaks only TLS, asks for a client certificate and a password:
+    ``sentinel_tls`` with the files connects (the data nodes stay plain text: the
+    sentinels' settings are their own); without a client certificate it is refused."""
+    pki = make_mtls_pki(tmp_path / "pki")
+    client = next(iter(pki.clients.values()))
+    topology = SentinelTopology(
+        tmp_path / "sentinel", sentinel_password="sentinel-s3cret", sentinel_pki=pki
+    )
+    topology.start()
+    try:
+        (tmp_path / "sentinel-password").write_text("sentinel-s3cret\n")
+
+        def store(tls: str) -> RedisStore:
+            path = tmp_path / "policy.yaml"
+            path.write_text(
+                "rate_limits:\n  stores:\n    shared:\n      type: redis\n"
+                f'      sentinels: ["{topology.sentinels[0]}"]\n'
+                f"      service: {topology.service}\n      timeout: 1s\n"
+                f"      sentinel_password_file: sentinel-password\n      sentinel_tls: {tls}\n"
+                "routes:\n  - {name: a, path: /a, methods: [GET], public: true}\n"
+            )
+            return RedisStore(load_policy(path).rate_limits.stores[0])
+
+        full = f"{{ca_file: {pki.ca.cert}, cert_file: {client.cert}, key_file: {client.key}}}"
+        good = store(full)
+        try:
+            outcomes = [(await good.acquire([Item("k", GCRA, 3600.0, 2)]))[0] for _ in range(3)]
+            assert [o.allowed for o in outcomes] == [True, True, False]
+        finally:
+            await good.aclose()
+        refused = store(f"{{ca_file: {pki.ca.cert}}}")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await refused.acquire([Item("k", GCRA, 3600.0, 2)])
+        finally:
+            await refused.aclose()
+    finally:
+        topology.stop()
