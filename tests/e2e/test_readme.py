@@ -60,9 +60,11 @@ def test_only_docker_and_the_benchmark_are_not_run() -> None:
     assert blocks("sh") == [
         [
             "kubectl create namespace authz-system",
-            "openssl rand -hex 32 > control.token && openssl rand -hex 32 > http.secret",
+            "openssl rand -hex 32 > control.token && openssl rand -hex 32 > http.secret "
+            "&& openssl rand -hex 32 > metrics.token",
             "kubectl -n authz-system create secret generic authz-secrets "
-            "--from-file=control-token=control.token --from-file=http-secret=http.secret",
+            "--from-file=control-token=control.token --from-file=http-secret=http.secret "
+            "--from-file=metrics-token=metrics.token",
             "kubectl apply -k deploy/kubernetes/overlays/redis",
         ],
         ["docker compose up --build"],
